@@ -1,0 +1,295 @@
+//! The conformance suite every [`Journal`] backend must pass.
+//!
+//! Each check is an async function taking a [`TestBackend`]; the
+//! [`journal_conformance_tests!`](crate::journal_conformance_tests) macro
+//! instantiates all of them as `#[tokio::test]`s for one backend:
+//!
+//! ```ignore
+//! tessera_journal::journal_conformance_tests!(memory, tessera_journal::conformance::MemoryBackend::default());
+//! ```
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use futures::TryStreamExt;
+
+use crate::error::AppendError;
+use crate::journal::Journal;
+use crate::memory::MemoryJournal;
+use crate::types::{EntityKey, NewEvent, PersistedEvent, Snapshot};
+
+/// A backend under test: opens a journal, and reopens the same store after
+/// the test dropped every handle (a restart).
+#[async_trait::async_trait]
+pub trait TestBackend: Send {
+    /// The journal (the first call creates an empty store).
+    async fn open(&mut self) -> Arc<dyn Journal>;
+    /// Opens the same store again; the caller dropped its handles first.
+    async fn reopen(&mut self) -> Arc<dyn Journal> {
+        self.open().await
+    }
+}
+
+/// The memory backend: "reopening" returns the same store.
+#[derive(Default)]
+pub struct MemoryBackend(Option<MemoryJournal>);
+
+#[async_trait::async_trait]
+impl TestBackend for MemoryBackend {
+    async fn open(&mut self) -> Arc<dyn Journal> {
+        Arc::new(self.0.get_or_insert_with(MemoryJournal::default).clone())
+    }
+}
+
+/// A test event with a recognisable payload.
+pub fn event(n: u64) -> NewEvent {
+    NewEvent {
+        type_name: format!("Ev{}", n % 3),
+        version: 1,
+        payload: format!("payload-{n}").into_bytes(),
+        metadata: format!("meta-{n}").into_bytes(),
+    }
+}
+
+fn events(range: std::ops::RangeInclusive<u64>) -> Vec<NewEvent> {
+    range.map(event).collect()
+}
+
+async fn read_all(j: &dyn Journal, e: &EntityKey, from: u64, to: u64) -> Vec<PersistedEvent> {
+    j.read(e, from..=to).try_collect().await.expect("read")
+}
+
+fn key(id: &str) -> EntityKey {
+    EntityKey::new("conf", id)
+}
+
+/// Appends come back in order, with seqs from 1, payloads and metadata intact.
+pub async fn append_and_read_in_order(b: &mut dyn TestBackend) {
+    let j = b.open().await;
+    let e = key("order");
+    let a = j.append(&e, 0, events(1..=3)).await.expect("append");
+    assert_eq!((a.first_seq, a.last_seq), (1, 3));
+    let a = j.append(&e, 3, events(4..=4)).await.expect("append");
+    assert_eq!((a.first_seq, a.last_seq), (4, 4));
+    let got = read_all(&*j, &e, 1, u64::MAX).await;
+    assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    for ev in &got {
+        let want = event(ev.seq);
+        assert_eq!((&ev.type_name, ev.version, &ev.payload, &ev.metadata), (&want.type_name, 1, &want.payload, &want.metadata));
+        assert!(ev.timestamp_ms > 1_600_000_000_000, "timestamp is wall-clock ms");
+    }
+    assert_eq!(j.last_seq(&e).await.unwrap(), 4);
+    assert_eq!(j.last_seq(&key("nobody")).await.unwrap(), 0);
+}
+
+/// A wrong `expected_seq` is a conflict that writes nothing.
+pub async fn conflict_writes_nothing(b: &mut dyn TestBackend) {
+    let j = b.open().await;
+    let e = key("conflict");
+    j.append(&e, 0, events(1..=2)).await.unwrap();
+    for wrong in [0, 1, 3, 10] {
+        match j.append(&e, wrong, events(100..=101)).await {
+            Err(AppendError::Conflict { expected, actual, .. }) => assert_eq!((expected, actual), (wrong, 2)),
+            other => panic!("expected conflict, got {other:?}"),
+        }
+    }
+    let got = read_all(&*j, &e, 1, u64::MAX).await;
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[1].payload, event(2).payload, "acknowledged event not overwritten");
+    assert!(j.append(&e, 2, vec![]).await.is_err(), "an empty append is refused");
+}
+
+/// Many writers racing on one entity: exactly one wins each seq.
+pub async fn racing_writers_one_winner(b: &mut dyn TestBackend) {
+    let j = b.open().await;
+    let e = key("race");
+    for round in 0..5u64 {
+        let mut tasks = Vec::new();
+        for w in 0..8u64 {
+            let (j, e) = (j.clone(), e.clone());
+            tasks.push(tokio::spawn(async move { j.append(&e, round, vec![event(round * 100 + w)]).await }));
+        }
+        let mut wins = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(a) => {
+                    wins += 1;
+                    assert_eq!(a.last_seq, round + 1);
+                }
+                Err(AppendError::Conflict { .. }) => {}
+                Err(e) => panic!("unexpected error {e}"),
+            }
+        }
+        assert_eq!(wins, 1, "round {round}");
+    }
+    assert_eq!(read_all(&*j, &e, 1, u64::MAX).await.len(), 5);
+}
+
+/// Many entities appended concurrently (group commit) all land, in order.
+pub async fn concurrent_entities(b: &mut dyn TestBackend) {
+    let j = b.open().await;
+    let mut tasks = Vec::new();
+    for n in 0..64 {
+        let j = j.clone();
+        tasks.push(tokio::spawn(async move {
+            let e = key(&format!("many-{n}"));
+            for seq in 0..20 {
+                j.append(&e, seq, vec![event(seq + 1)]).await.expect("append");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    for n in 0..64 {
+        let got = read_all(&*j, &key(&format!("many-{n}")), 1, u64::MAX).await;
+        assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), (1..=20).collect::<Vec<_>>());
+    }
+}
+
+/// Range reads return exactly the asked seqs, across page boundaries.
+pub async fn ranges_and_paging(b: &mut dyn TestBackend) {
+    let j = b.open().await;
+    let e = key("ranges");
+    let mut seq = 0;
+    while seq < 2500 {
+        j.append(&e, seq, events(seq + 1..=seq + 500)).await.unwrap();
+        seq += 500;
+    }
+    let seqs = |v: Vec<PersistedEvent>| v.iter().map(|e| e.seq).collect::<Vec<_>>();
+    assert_eq!(seqs(read_all(&*j, &e, 1, u64::MAX).await), (1..=2500).collect::<Vec<_>>());
+    assert_eq!(seqs(read_all(&*j, &e, 1000, 2100).await), (1000..=2100).collect::<Vec<_>>());
+    assert_eq!(seqs(read_all(&*j, &e, 7, 7).await), vec![7]);
+    assert!(read_all(&*j, &e, 2501, 3000).await.is_empty());
+    assert!(read_all(&*j, &e, 10, 9).await.is_empty());
+    assert!(read_all(&*j, &key("empty"), 1, u64::MAX).await.is_empty());
+}
+
+/// Snapshots: none at first, latest wins, atomic with an append, never past the end.
+pub async fn snapshots(b: &mut dyn TestBackend) {
+    let j = b.open().await;
+    let e = key("snap");
+    assert_eq!(j.load_snapshot(&e).await.unwrap(), None);
+    j.append(&e, 0, events(1..=3)).await.unwrap();
+    let s = |seq: u64| Snapshot { seq, version: 1, timestamp_ms: 5, payload: format!("state@{seq}").into_bytes() };
+    j.save_snapshot(&e, s(2)).await.unwrap();
+    assert_eq!(j.load_snapshot(&e).await.unwrap(), Some(s(2)));
+    assert!(j.save_snapshot(&e, s(9)).await.is_err(), "snapshot past the last seq");
+    j.append_with_snapshot(&e, 3, events(4..=5), Some(s(5))).await.unwrap();
+    assert_eq!(j.load_snapshot(&e).await.unwrap(), Some(s(5)));
+    // A conflicting append writes neither its events nor its snapshot.
+    assert!(j.append_with_snapshot(&e, 3, events(6..=6), Some(s(4))).await.is_err());
+    assert_eq!(j.load_snapshot(&e).await.unwrap(), Some(s(5)));
+    assert_eq!(j.last_seq(&e).await.unwrap(), 5);
+}
+
+/// The shard feed: every event of the shard, in commit order, resumable by offset.
+pub async fn shard_feed(b: &mut dyn TestBackend) {
+    let j = b.open().await;
+    let shards = j.shards();
+    let a = key("feed-a");
+    let shard = a.shard(shards);
+    let mut b_id = 0;
+    let other = loop {
+        let k = key(&format!("feed-b{b_id}"));
+        if k.shard(shards) == shard {
+            break k;
+        }
+        b_id += 1;
+    };
+    let baseline: Vec<_> = j.events_by_shard(shard, 0).try_collect().await.unwrap();
+    let start = baseline.last().map_or(0, |e| e.offset);
+    j.append(&a, 0, events(1..=2)).await.unwrap();
+    j.append(&other, 0, events(1..=1)).await.unwrap();
+    j.append(&a, 2, events(3..=3)).await.unwrap();
+    let feed: Vec<_> = j.events_by_shard(shard, start).try_collect().await.unwrap();
+    let got: Vec<_> = feed.iter().map(|f| (f.entity.entity_id.clone(), f.event.seq)).collect();
+    let (ai, oi) = (a.entity_id.clone(), other.entity_id.clone());
+    assert_eq!(got, vec![(ai.clone(), 1), (ai.clone(), 2), (oi, 1), (ai.clone(), 3)]);
+    assert!(feed.windows(2).all(|w| w[0].offset < w[1].offset), "offsets increase");
+    assert_eq!(feed[3].event.payload, event(3).payload);
+    let rest: Vec<_> = j.events_by_shard(shard, feed[1].offset).try_collect().await.unwrap();
+    assert_eq!(rest.len(), 2, "resuming after an offset skips what was seen");
+    let elsewhere: Vec<_> = j.events_by_shard((shard + 1) % shards, start).try_collect().await.unwrap();
+    assert!(elsewhere.iter().all(|f| f.entity != a));
+}
+
+/// `delete_to` removes a prefix; seqs are never reused.
+pub async fn delete_prefix(b: &mut dyn TestBackend) {
+    let j = b.open().await;
+    let e = key("delete");
+    j.append(&e, 0, events(1..=10)).await.unwrap();
+    j.delete_to(&e, 4).await.unwrap();
+    let got = read_all(&*j, &e, 1, u64::MAX).await;
+    assert_eq!(got.first().map(|e| e.seq), Some(5));
+    assert_eq!(got.len(), 6);
+    j.delete_to(&e, 100).await.unwrap();
+    assert!(read_all(&*j, &e, 1, u64::MAX).await.is_empty());
+    assert_eq!(j.last_seq(&e).await.unwrap(), 10, "last seq survives deletion");
+    assert!(matches!(j.append(&e, 0, events(1..=1)).await, Err(AppendError::Conflict { actual: 10, .. })));
+    j.append(&e, 10, events(11..=11)).await.unwrap();
+    assert_eq!(read_all(&*j, &e, 1, u64::MAX).await.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![11]);
+}
+
+/// Listing the entities of a type, ordered by id, other types excluded.
+pub async fn lists_entities(b: &mut dyn TestBackend) {
+    let j = b.open().await;
+    for id in ["c", "a", "b/ü"] {
+        j.append(&EntityKey::new("listed", id), 0, events(1..=2)).await.unwrap();
+    }
+    j.append(&EntityKey::new("listed-not", "z"), 0, events(1..=1)).await.unwrap();
+    let got: Vec<_> = j.entities("listed").try_collect().await.unwrap();
+    assert_eq!(got.iter().map(|e| e.entity_id.as_str()).collect::<Vec<_>>(), vec!["a", "b/ü", "c"]);
+    assert!(got.iter().all(|e| e.last_seq == 2));
+    let none: Vec<_> = j.entities("nothing").try_collect().await.unwrap();
+    assert!(none.is_empty());
+}
+
+/// Everything acknowledged is there after a restart, and appends continue.
+pub async fn reopen_keeps_everything(b: &mut dyn TestBackend) {
+    let e = key("reopen");
+    let mut ids = HashSet::new();
+    {
+        let j = b.open().await;
+        j.append(&e, 0, events(1..=3)).await.unwrap();
+        let s = Snapshot { seq: 3, version: 1, timestamp_ms: 1, payload: b"s".to_vec() };
+        j.save_snapshot(&e, s).await.unwrap();
+        let feed: Vec<_> = j.events_by_shard(e.shard(j.shards()), 0).try_collect().await.unwrap();
+        ids.extend(feed.iter().map(|f| f.offset));
+    }
+    let j = b.reopen().await;
+    assert_eq!(j.last_seq(&e).await.unwrap(), 3);
+    assert_eq!(read_all(&*j, &e, 1, u64::MAX).await.len(), 3);
+    assert_eq!(j.load_snapshot(&e).await.unwrap().map(|s| s.seq), Some(3));
+    assert!(matches!(j.append(&e, 0, events(1..=1)).await, Err(AppendError::Conflict { actual: 3, .. })));
+    j.append(&e, 3, events(4..=4)).await.unwrap();
+    let feed: Vec<_> = j.events_by_shard(e.shard(j.shards()), 0).try_collect().await.unwrap();
+    let new: Vec<_> = feed.iter().filter(|f| !ids.contains(&f.offset)).collect();
+    assert_eq!(new.len(), 1, "feed offsets are not reused after a restart");
+    assert_eq!(new[0].event.seq, 4);
+}
+
+/// Instantiates the whole conformance suite as tests in module `$name`,
+/// with a fresh backend from `$backend` for each test.
+#[macro_export]
+macro_rules! journal_conformance_tests {
+    ($name:ident, $backend:expr) => {
+        $crate::journal_conformance_tests!(@suite $name, $backend;
+            append_and_read_in_order, conflict_writes_nothing, racing_writers_one_winner,
+            concurrent_entities, ranges_and_paging, snapshots, shard_feed, delete_prefix,
+            lists_entities, reopen_keeps_everything);
+    };
+    (@suite $name:ident, $backend:expr; $($test:ident),*) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let mut backend = $backend;
+                    $crate::conformance::$test(&mut backend).await;
+                }
+            )*
+        }
+    };
+}

@@ -1,0 +1,87 @@
+//! Journal errors, per operation.
+
+/// Why a read, snapshot or delete failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum JournalError {
+    /// The store could not be reached or written (IO error, server down,
+    /// timeout). The operation may be retried; an append that failed this way
+    /// may or may not have been written, so re-read before deciding.
+    #[error("journal unavailable: {0}")]
+    Unavailable(String),
+    /// A stored record failed its checksum or does not parse.
+    #[error("corrupt journal record for {entity} at seq {seq}: {detail}")]
+    Corrupt {
+        /// The entity (`type/id`), or `-` when unknown.
+        entity: String,
+        /// The seq (0 when unknown).
+        seq: u64,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The request itself is invalid (e.g. an empty append, a snapshot past the end).
+    #[error("invalid journal request: {0}")]
+    Invalid(String),
+    /// The journal was closed.
+    #[error("journal closed")]
+    Closed,
+}
+
+/// Why an append failed. Nothing was written unless the error is
+/// [`JournalError::Unavailable`], whose outcome is unknown.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AppendError {
+    /// `expected_seq` was not the entity's last seq: another writer got there
+    /// first. Nothing was written.
+    #[error("append conflict on {entity}: expected last seq {expected}, journal has {actual}")]
+    Conflict {
+        /// The entity, `type/id`.
+        entity: String,
+        /// The seq the caller expected.
+        expected: u64,
+        /// The journal's last seq.
+        actual: u64,
+    },
+    /// Any other failure.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
+/// Why a local journal could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// Another process (or journal instance) has the directory open.
+    #[error("journal directory {path} is in use by another process (lock held on {path}/LOCK)")]
+    Locked {
+        /// The directory.
+        path: String,
+    },
+    /// The directory holds files that are not a Tessera journal.
+    #[error("{path} is not a Tessera journal directory (it is not empty and has no tessera-journal.json); refusing to touch it")]
+    Foreign {
+        /// The directory.
+        path: String,
+    },
+    /// The directory was written by a newer Tessera (or another format).
+    #[error("{path} holds a `{format}` journal of format version {found}; this build reads `tessera-local-journal` up to version {supported}")]
+    Incompatible {
+        /// The directory.
+        path: String,
+        /// The format name found.
+        format: String,
+        /// The version found.
+        found: u32,
+        /// The newest version this build reads.
+        supported: u32,
+    },
+    /// An IO or storage engine error.
+    #[error("cannot open journal at {path}: {message}")]
+    Io {
+        /// The directory.
+        path: String,
+        /// The underlying error.
+        message: String,
+    },
+}

@@ -1,0 +1,76 @@
+//! The `Journal` trait: what every backend offers.
+
+use std::ops::RangeInclusive;
+
+use futures::stream::BoxStream;
+
+use crate::error::{AppendError, JournalError};
+use crate::types::{AppendAck, EntityInfo, EntityKey, NewEvent, PersistedEvent, ShardEvent, Snapshot};
+
+/// A stream of one entity's events, read page by page as it is polled.
+pub type EventStream = BoxStream<'static, Result<PersistedEvent, JournalError>>;
+/// A stream of a shard's feed, read page by page as it is polled.
+pub type ShardStream = BoxStream<'static, Result<ShardEvent, JournalError>>;
+/// A stream of the entities of one type.
+pub type EntityStream = BoxStream<'static, Result<EntityInfo, JournalError>>;
+
+/// An append-only, per-entity event journal.
+///
+/// Guarantees every backend keeps (checked by the conformance suite in
+/// [`crate::conformance`]):
+/// - seqs of an entity start at 1 and have no gaps;
+/// - an append whose `expected_seq` is not the entity's last seq fails with
+///   [`AppendError::Conflict`] and writes nothing; an acknowledged event is
+///   never overwritten;
+/// - the events of one append, and a snapshot given with them, are written
+///   all or nothing;
+/// - reads are streamed in pages, so replaying millions of events holds one
+///   page in memory.
+#[async_trait::async_trait]
+pub trait Journal: Send + Sync + 'static {
+    /// Appends `events` after `expected_seq` (the entity's current last seq, 0
+    /// for a new entity), atomically with `snapshot` when one is given.
+    async fn append_with_snapshot(
+        &self,
+        entity: &EntityKey,
+        expected_seq: u64,
+        events: Vec<NewEvent>,
+        snapshot: Option<Snapshot>,
+    ) -> Result<AppendAck, AppendError>;
+
+    /// Appends `events` after `expected_seq`.
+    async fn append(
+        &self,
+        entity: &EntityKey,
+        expected_seq: u64,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendAck, AppendError> {
+        self.append_with_snapshot(entity, expected_seq, events, None).await
+    }
+
+    /// The events of `entity` with seq in `range`, in order. Deleted events are skipped.
+    fn read(&self, entity: &EntityKey, range: RangeInclusive<u64>) -> EventStream;
+
+    /// The entity's last seq (0 if it has no events).
+    async fn last_seq(&self, entity: &EntityKey) -> Result<u64, JournalError>;
+
+    /// Stores a snapshot, replacing an older one. Its seq must not be past the last seq.
+    async fn save_snapshot(&self, entity: &EntityKey, snapshot: Snapshot) -> Result<(), JournalError>;
+
+    /// The latest snapshot, if any.
+    async fn load_snapshot(&self, entity: &EntityKey) -> Result<Option<Snapshot>, JournalError>;
+
+    /// The shard's feed after `after_offset` (0 for the start), in commit order,
+    /// up to what is committed now. Poll again with the last offset to follow.
+    fn events_by_shard(&self, shard: u32, after_offset: u64) -> ShardStream;
+
+    /// Deletes the entity's events up to `seq` (clamped to its last seq). Seqs
+    /// are never reused: later appends continue after the last seq.
+    async fn delete_to(&self, entity: &EntityKey, seq: u64) -> Result<(), JournalError>;
+
+    /// The entities of a type that have a journal, ordered by id.
+    fn entities(&self, entity_type: &str) -> EntityStream;
+
+    /// The number of shards the feed is partitioned by.
+    fn shards(&self) -> u32;
+}

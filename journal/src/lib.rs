@@ -1,0 +1,37 @@
+//! Tessera's journal: one [`Journal`] trait for per-entity event logs with
+//! optimistic concurrency, snapshots and a per-shard feed; backends
+//! [`MemoryJournal`] (tests) and [`LocalJournal`] (embedded, fjall, group
+//! commit); and a [`conformance`] suite every backend passes.
+//!
+//! The journal stores opaque bytes: it knows nothing of entity types.
+//!
+//! ```
+//! use futures::TryStreamExt;
+//! use tessera_journal::{EntityKey, Journal, MemoryJournal, NewEvent};
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let journal = MemoryJournal::default();
+//! let stock = EntityKey::new("stock", "store-1:sku-1");
+//! let ev = NewEvent { type_name: "Restocked".into(), version: 1, payload: b"..".to_vec(), metadata: vec![] };
+//! journal.append(&stock, 0, vec![ev.clone()]).await?;
+//! assert!(journal.append(&stock, 0, vec![ev]).await.is_err()); // seq 1 is taken
+//! let events: Vec<_> = journal.read(&stock, 1..=u64::MAX).try_collect().await?;
+//! assert_eq!(events[0].seq, 1);
+//! # Ok::<_, Box<dyn std::error::Error>>(()) }).unwrap();
+//! ```
+
+pub mod conformance;
+mod error;
+mod journal;
+pub mod local;
+mod memory;
+mod paging;
+pub mod shard;
+mod types;
+
+pub use error::{AppendError, JournalError, OpenError};
+pub use journal::{EntityStream, EventStream, Journal, ShardStream};
+pub use local::{Durability, LocalJournal};
+pub use memory::MemoryJournal;
+pub use shard::{DEFAULT_SHARDS, shard_of, token};
+pub use types::{AppendAck, EntityInfo, EntityKey, NewEvent, PersistedEvent, ShardEvent, Snapshot};

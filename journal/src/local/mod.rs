@@ -1,0 +1,424 @@
+//! The embedded journal on [fjall](https://docs.rs/fjall): an LSM store with
+//! a write-ahead journal, crash recovery and atomic cross-keyspace batches.
+//! Records are CRC32-checked; writes go through one group-commit thread
+//! ([`writer`]) so many entities' appends share one `fsync`.
+//!
+//! Directory layout: `tessera-journal.json` (format marker), `LOCK` (held
+//! while open, so two processes cannot open one directory) and `data/`
+//! (fjall's files).
+
+mod format;
+mod writer;
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::ops::{Bound, RangeInclusive};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use fjall::{Database, KeyspaceCreateOptions, PersistMode};
+use futures::StreamExt;
+use tokio::sync::oneshot;
+
+pub use writer::CommitObserver;
+use writer::{Keyspaces, Op, Writer, unavailable};
+
+use crate::error::{AppendError, JournalError, OpenError};
+use crate::journal::{EntityStream, EventStream, Journal, ShardStream};
+use crate::paging::paged;
+use crate::shard::DEFAULT_SHARDS;
+use crate::types::{AppendAck, EntityInfo, EntityKey, NewEvent, PersistedEvent, ShardEvent, Snapshot};
+
+/// Name of the format marker file.
+pub const MARKER_FILE: &str = "tessera-journal.json";
+/// The format name in the marker.
+pub const FORMAT_NAME: &str = "tessera-local-journal";
+/// The newest on-disk format version this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+const PAGE: usize = 1024;
+
+/// When an append is acknowledged relative to the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// `fdatasync` the write-ahead journal before acknowledging (default).
+    #[default]
+    SyncData,
+    /// `fsync` (data and metadata) before acknowledging.
+    SyncAll,
+    /// Acknowledge once written to the OS page cache: survives a process
+    /// crash, not a power loss. For benchmarks and throwaway data.
+    Buffered,
+}
+
+/// Options of a [`LocalJournal`]; see [`LocalJournal::builder`].
+pub struct LocalJournalBuilder {
+    path: PathBuf,
+    durability: Durability,
+    max_batch: usize,
+    shards: u32,
+    cache_bytes: u64,
+    observer: Option<CommitObserver>,
+}
+
+impl LocalJournalBuilder {
+    /// When appends are acknowledged (default [`Durability::SyncData`]).
+    pub fn durability(mut self, d: Durability) -> Self {
+        self.durability = d;
+        self
+    }
+    /// Most writes in one group commit (default 4096).
+    pub fn max_batch(mut self, n: usize) -> Self {
+        self.max_batch = n.max(1);
+        self
+    }
+    /// Shards of the feed (default 1024; must match the cluster's).
+    pub fn shards(mut self, n: u32) -> Self {
+        self.shards = n;
+        self
+    }
+    /// Block cache size in bytes (default 64 MiB).
+    pub fn cache_bytes(mut self, n: u64) -> Self {
+        self.cache_bytes = n;
+        self
+    }
+    /// Called after each group commit with its size and duration.
+    pub fn on_commit(mut self, f: impl Fn(usize, std::time::Duration) + Send + Sync + 'static) -> Self {
+        self.observer = Some(Box::new(f));
+        self
+    }
+    /// Opens (or creates) the journal.
+    pub fn open(self) -> Result<LocalJournal, OpenError> {
+        LocalJournal::open_with(self)
+    }
+}
+
+struct Inner {
+    tx: Mutex<Option<Sender<Op>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    events: fjall::Keyspace,
+    index: fjall::Keyspace,
+    snapshots: fjall::Keyspace,
+    feed: fjall::Keyspace,
+    shards: u32,
+    path: PathBuf,
+    _db: Database,
+    _lock: File,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The embedded journal. Cheap to clone; the directory is released when the
+/// last clone (and every stream read from it) is dropped.
+#[derive(Clone)]
+pub struct LocalJournal {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for LocalJournal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalJournal").field("path", &self.inner.path).finish()
+    }
+}
+
+fn io_err(path: &Path, e: impl std::fmt::Display) -> OpenError {
+    OpenError::Io { path: path.display().to_string(), message: e.to_string() }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Marker {
+    format: String,
+    version: u32,
+}
+
+/// Checks the directory's marker, writing one in a new or empty directory.
+fn check_marker(path: &Path) -> Result<(), OpenError> {
+    let marker = path.join(MARKER_FILE);
+    match std::fs::read(&marker) {
+        Ok(bytes) => {
+            let m: Marker = serde_json::from_slice(&bytes).map_err(|_| OpenError::Foreign { path: path.display().to_string() })?;
+            if m.format != FORMAT_NAME || m.version > FORMAT_VERSION {
+                return Err(OpenError::Incompatible {
+                    path: path.display().to_string(),
+                    format: m.format,
+                    found: m.version,
+                    supported: FORMAT_VERSION,
+                });
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut entries = std::fs::read_dir(path).map_err(|e| io_err(path, e))?;
+            if entries.next().is_some() {
+                return Err(OpenError::Foreign { path: path.display().to_string() });
+            }
+            let m = Marker { format: FORMAT_NAME.into(), version: FORMAT_VERSION };
+            let json = serde_json::to_vec_pretty(&m).map_err(|e| io_err(path, e))?;
+            std::fs::write(&marker, json).map_err(|e| io_err(path, e))
+        }
+        Err(e) => Err(io_err(path, e)),
+    }
+}
+
+impl LocalJournal {
+    /// Options for a journal in `path`.
+    pub fn builder(path: impl Into<PathBuf>) -> LocalJournalBuilder {
+        LocalJournalBuilder {
+            path: path.into(),
+            durability: Durability::SyncData,
+            max_batch: 4096,
+            shards: DEFAULT_SHARDS,
+            cache_bytes: 64 << 20,
+            observer: None,
+        }
+    }
+
+    /// Opens (or creates) a journal in `path` with default options.
+    pub fn open(path: impl Into<PathBuf>) -> Result<Self, OpenError> {
+        Self::builder(path).open()
+    }
+
+    /// The journal's directory.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    fn open_with(b: LocalJournalBuilder) -> Result<Self, OpenError> {
+        let path = b.path;
+        std::fs::create_dir_all(&path).map_err(|e| io_err(&path, e))?;
+        check_marker(&path)?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path.join("LOCK"))
+            .map_err(|e| io_err(&path, e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => return Err(OpenError::Locked { path: path.display().to_string() }),
+            Err(TryLockError::Error(e)) => return Err(io_err(&path, e)),
+        }
+        let db = Database::builder(path.join("data"))
+            .cache_size(b.cache_bytes)
+            .open()
+            .map_err(|e| io_err(&path, format!("storage engine: {e}")))?;
+        let open_ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default).map_err(|e| io_err(&path, e));
+        let ks = Keyspaces {
+            events: open_ks("events")?,
+            index: open_ks("entities")?,
+            snapshots: open_ks("snapshots")?,
+            feed: open_ks("feed")?,
+            meta: open_ks("meta")?,
+        };
+        let next_offset = match ks.meta.get(writer::FEED_OFFSET_KEY).map_err(|e| io_err(&path, e))? {
+            Some(v) => u64::from_be_bytes(v.as_ref().try_into().map_err(|_| io_err(&path, "bad feed offset record"))?),
+            None => 0,
+        };
+        let durability = match b.durability {
+            Durability::SyncData => Some(PersistMode::SyncData),
+            Durability::SyncAll => Some(PersistMode::SyncAll),
+            Durability::Buffered => Some(PersistMode::Buffer),
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (events, index, snapshots, feed) =
+            (ks.events.clone(), ks.index.clone(), ks.snapshots.clone(), ks.feed.clone());
+        let writer = Writer::new(db.clone(), ks, durability, b.max_batch, b.shards, next_offset, b.observer);
+        let thread = std::thread::Builder::new()
+            .name("tessera-journal-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| io_err(&path, e))?;
+        tracing::info!(path = %path.display(), "local journal open");
+        Ok(Self {
+            inner: Arc::new(Inner {
+                tx: Mutex::new(Some(tx)),
+                thread: Mutex::new(Some(thread)),
+                events,
+                index,
+                snapshots,
+                feed,
+                shards: b.shards,
+                path,
+                _db: db,
+                _lock: lock,
+            }),
+        })
+    }
+
+    fn submit(&self, op: Op) -> Result<(), JournalError> {
+        let tx = self.inner.tx.lock().unwrap_or_else(|p| p.into_inner());
+        tx.as_ref().ok_or(JournalError::Closed)?.send(op).map_err(|_| JournalError::Closed)
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner) -> Result<T, JournalError> + Send + 'static,
+    ) -> Result<T, JournalError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner)).await.map_err(|e| JournalError::Unavailable(e.to_string()))?
+    }
+}
+
+fn corrupt(entity: &EntityKey, seq: u64, detail: String) -> JournalError {
+    JournalError::Corrupt { entity: entity.to_string(), seq, detail }
+}
+
+fn read_page(inner: &Inner, entity: &EntityKey, from: u64, to: u64) -> Result<Vec<PersistedEvent>, JournalError> {
+    if from > to {
+        return Ok(Vec::new());
+    }
+    let prefix = format::entity_prefix(entity);
+    let mut page = Vec::with_capacity(PAGE.min((to - from + 1) as usize));
+    for item in inner.events.range(format::event_key(&prefix, from)..=format::event_key(&prefix, to)).take(PAGE) {
+        let (k, v) = item.into_inner().map_err(unavailable)?;
+        let seq = u64::from_be_bytes(k[k.len() - 8..].try_into().unwrap_or_default());
+        page.push(format::decode_event(seq, &v).map_err(|d| corrupt(entity, seq, d))?);
+    }
+    Ok(page)
+}
+
+#[async_trait::async_trait]
+impl Journal for LocalJournal {
+    async fn append_with_snapshot(
+        &self,
+        entity: &EntityKey,
+        expected_seq: u64,
+        events: Vec<NewEvent>,
+        snapshot: Option<Snapshot>,
+    ) -> Result<AppendAck, AppendError> {
+        let (ack, rx) = oneshot::channel();
+        self.submit(Op::Append { key: entity.clone(), expected: expected_seq, events, snapshot, ack })?;
+        rx.await.map_err(|_| JournalError::Closed)?
+    }
+
+    fn read(&self, entity: &EntityKey, range: RangeInclusive<u64>) -> EventStream {
+        let me = self.clone();
+        let entity = entity.clone();
+        let to = *range.end();
+        paged(*range.start(), move |from: u64| {
+            let (me, entity) = (me.clone(), entity.clone());
+            async move {
+                let page = me.blocking(move |inner| read_page(inner, &entity, from, to)).await?;
+                let next = (page.len() == PAGE).then(|| page.last().map(|e| e.seq + 1)).flatten();
+                Ok((page, next))
+            }
+        })
+        .boxed()
+    }
+
+    async fn last_seq(&self, entity: &EntityKey) -> Result<u64, JournalError> {
+        let entity = entity.clone();
+        self.blocking(move |inner| match inner.index.get(format::index_key(&entity)).map_err(unavailable)? {
+            None => Ok(0),
+            Some(v) => Ok(format::decode_meta(&v).map_err(|d| corrupt(&entity, 0, d))?.last_seq),
+        })
+        .await
+    }
+
+    async fn save_snapshot(&self, entity: &EntityKey, snapshot: Snapshot) -> Result<(), JournalError> {
+        let (ack, rx) = oneshot::channel();
+        self.submit(Op::Snapshot { key: entity.clone(), snapshot, ack })?;
+        rx.await.map_err(|_| JournalError::Closed)?
+    }
+
+    async fn load_snapshot(&self, entity: &EntityKey) -> Result<Option<Snapshot>, JournalError> {
+        let entity = entity.clone();
+        self.blocking(move |inner| match inner.snapshots.get(format::index_key(&entity)).map_err(unavailable)? {
+            None => Ok(None),
+            Some(v) => format::decode_snapshot(&v).map(Some).map_err(|d| corrupt(&entity, 0, d)),
+        })
+        .await
+    }
+
+    fn events_by_shard(&self, shard: u32, after_offset: u64) -> ShardStream {
+        let me = self.clone();
+        paged(after_offset, move |after: u64| {
+            let me = me.clone();
+            async move {
+                me.blocking(move |inner| {
+                    let mut page = Vec::new();
+                    let mut last = None;
+                    let mut scanned = 0;
+                    let range = format::feed_key(shard, after.saturating_add(1))..=format::feed_key(shard, u64::MAX);
+                    for item in inner.feed.range(range).take(PAGE) {
+                        scanned += 1;
+                        let (k, v) = item.into_inner().map_err(unavailable)?;
+                        let offset = u64::from_be_bytes(k[4..12].try_into().unwrap_or_default());
+                        last = Some(offset);
+                        let (entity, seq) = format::decode_feed_ref(&v).map_err(|d| JournalError::Corrupt {
+                            entity: "-".into(),
+                            seq: 0,
+                            detail: format!("feed offset {offset}: {d}"),
+                        })?;
+                        let prefix = format::entity_prefix(&entity);
+                        // The event may have been deleted since: skip it.
+                        if let Some(v) = inner.events.get(format::event_key(&prefix, seq)).map_err(unavailable)? {
+                            let event = format::decode_event(seq, &v).map_err(|d| corrupt(&entity, seq, d))?;
+                            page.push(ShardEvent { offset, entity, event });
+                        }
+                    }
+                    let next = last.filter(|_| scanned == PAGE);
+                    Ok((page, next))
+                })
+                .await
+            }
+        })
+        .boxed()
+    }
+
+    async fn delete_to(&self, entity: &EntityKey, seq: u64) -> Result<(), JournalError> {
+        let (ack, rx) = oneshot::channel();
+        self.submit(Op::DeleteTo { key: entity.clone(), seq, ack })?;
+        rx.await.map_err(|_| JournalError::Closed)?
+    }
+
+    fn entities(&self, entity_type: &str) -> EntityStream {
+        let me = self.clone();
+        let prefix = format::type_prefix(entity_type);
+        let start: Option<Vec<u8>> = None;
+        paged(start, move |after: Option<Vec<u8>>| {
+            let (me, prefix) = (me.clone(), prefix.clone());
+            async move {
+                me.blocking(move |inner| {
+                    let lower = match &after {
+                        Some(k) => Bound::Excluded(k.clone()),
+                        None => Bound::Included(prefix.clone()),
+                    };
+                    let mut page = Vec::new();
+                    let mut last_key = None;
+                    for item in inner.index.range::<Vec<u8>, _>((lower, Bound::Unbounded)).take(PAGE) {
+                        let (k, v) = item.into_inner().map_err(unavailable)?;
+                        if !k.starts_with(&prefix) {
+                            last_key = None;
+                            break;
+                        }
+                        let entity_id = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+                        let m = format::decode_meta(&v).map_err(|d| JournalError::Corrupt {
+                            entity: entity_id.clone(),
+                            seq: 0,
+                            detail: d,
+                        })?;
+                        last_key = Some(k.to_vec());
+                        if m.last_seq > 0 {
+                            page.push(EntityInfo { entity_id, last_seq: m.last_seq, deleted_to: m.deleted_to });
+                        }
+                    }
+                    Ok((page, last_key.map(Some)))
+                })
+                .await
+            }
+        })
+        .boxed()
+    }
+
+    fn shards(&self) -> u32 {
+        self.inner.shards
+    }
+}

@@ -1,0 +1,106 @@
+//! The records a journal stores: opaque payloads with the little metadata
+//! every layer needs (sequence numbers, times, type names, versions).
+
+use std::fmt;
+
+/// Which entity a journal stream belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EntityKey {
+    /// The entity type, e.g. `stock`.
+    pub entity_type: String,
+    /// The entity id, any UTF-8, e.g. `store-7:sku-42`.
+    pub entity_id: String,
+}
+
+impl EntityKey {
+    /// A key from its parts.
+    pub fn new(entity_type: impl Into<String>, entity_id: impl Into<String>) -> Self {
+        Self { entity_type: entity_type.into(), entity_id: entity_id.into() }
+    }
+    /// The entity's shard among `shards`.
+    pub fn shard(&self, shards: u32) -> u32 {
+        crate::shard::shard_of(&self.entity_type, &self.entity_id, shards)
+    }
+}
+
+impl fmt::Display for EntityKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.entity_type, self.entity_id)
+    }
+}
+
+/// An event to append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    /// The event's type name.
+    pub type_name: String,
+    /// The event's schema version.
+    pub version: u32,
+    /// The event itself (opaque to the journal).
+    pub payload: Vec<u8>,
+    /// Runtime metadata (opaque to the journal): invocation id, reply.
+    pub metadata: Vec<u8>,
+}
+
+/// An event as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PersistedEvent {
+    /// Position in the entity's journal, from 1, without gaps.
+    pub seq: u64,
+    /// When the append that wrote it committed, ms since the Unix epoch.
+    pub timestamp_ms: i64,
+    /// The event's type name.
+    pub type_name: String,
+    /// The event's schema version.
+    pub version: u32,
+    /// The event itself.
+    pub payload: Vec<u8>,
+    /// Runtime metadata.
+    pub metadata: Vec<u8>,
+}
+
+/// An entity's state at some seq, to start replay from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The seq of the last event the state includes.
+    pub seq: u64,
+    /// The encoding's version (the runtime's and the entity's concern).
+    pub version: u32,
+    /// When it was taken, ms since the Unix epoch.
+    pub timestamp_ms: i64,
+    /// The encoded state.
+    pub payload: Vec<u8>,
+}
+
+/// A successful append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendAck {
+    /// The seq of the first event written.
+    pub first_seq: u64,
+    /// The seq of the last event written: the entity's new last seq.
+    pub last_seq: u64,
+    /// The commit time stored with the events.
+    pub timestamp_ms: i64,
+}
+
+/// One entry of a shard's time-ordered feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardEvent {
+    /// Position in the shard's feed; strictly increasing in commit order.
+    pub offset: u64,
+    /// The entity the event belongs to.
+    pub entity: EntityKey,
+    /// The event.
+    pub event: PersistedEvent,
+}
+
+/// What the journal knows of one entity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntityInfo {
+    /// The entity's id.
+    pub entity_id: String,
+    /// Its last seq.
+    pub last_seq: u64,
+    /// Events up to this seq were deleted (0: none).
+    pub deleted_to: u64,
+}
