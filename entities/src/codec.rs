@@ -270,7 +270,9 @@ mod tests {
     #[derive(Debug, PartialEq, Deserialize, Serialize)]
     #[serde(rename_all = "snake_case")]
     enum Cmd {
-        Restock { qty: u32 },
+        Restock {
+            qty: u32,
+        },
         Ping,
         Set(i64),
         Opt {

@@ -50,10 +50,7 @@ pub trait Entity: Send + Sync + 'static {
     /// Turns an event stored with an older [`Entity::EVENT_VERSION`] into the
     /// JSON shape of the current `Event` type. The default refuses.
     fn upcast(&self, event: OldEvent) -> Result<serde_json::Value, UpcastError> {
-        Err(UpcastError::Unsupported {
-            type_name: event.type_name,
-            version: event.version,
-        })
+        Err(UpcastError::Unsupported { type_name: event.type_name, version: event.version })
     }
 }
 

@@ -68,9 +68,6 @@ pub trait Function: Send + Sync + 'static {
     }
 
     /// Serves one call.
-    fn call(
-        &self,
-        input: Self::Input,
-        ctx: &FnCtx,
-    ) -> impl Future<Output = Result<Self::Output, FunctionError>> + Send;
+    fn call(&self, input: Self::Input, ctx: &FnCtx)
+    -> impl Future<Output = Result<Self::Output, FunctionError>> + Send;
 }

@@ -164,7 +164,8 @@ impl<E: Entity> DynEntity for EntityAdapter<E> {
         Ok(Box::new(codec::from_msgpack::<E::State>(bytes)?))
     }
     fn state_json(&self, state: &DynState) -> serde_json::Value {
-        serde_json::to_value(state_ref::<E>(state)).unwrap_or_else(|e| serde_json::json!({ "unencodable": e.to_string() }))
+        serde_json::to_value(state_ref::<E>(state))
+            .unwrap_or_else(|e| serde_json::json!({ "unencodable": e.to_string() }))
     }
 }
 

@@ -75,7 +75,10 @@ pub async fn append_and_read_in_order(b: &mut dyn TestBackend) {
     assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
     for ev in &got {
         let want = event(ev.seq);
-        assert_eq!((&ev.type_name, ev.version, &ev.payload, &ev.metadata), (&want.type_name, 1, &want.payload, &want.metadata));
+        assert_eq!(
+            (&ev.type_name, ev.version, &ev.payload, &ev.metadata),
+            (&want.type_name, 1, &want.payload, &want.metadata)
+        );
         assert!(ev.timestamp_ms > 1_600_000_000_000, "timestamp is wall-clock ms");
     }
     assert_eq!(j.last_seq(&e).await.unwrap(), 4);

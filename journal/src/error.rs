@@ -59,13 +59,17 @@ pub enum OpenError {
         path: String,
     },
     /// The directory holds files that are not a Tessera journal.
-    #[error("{path} is not a Tessera journal directory (it is not empty and has no tessera-journal.json); refusing to touch it")]
+    #[error(
+        "{path} is not a Tessera journal directory (it is not empty and has no tessera-journal.json); refusing to touch it"
+    )]
     Foreign {
         /// The directory.
         path: String,
     },
     /// The directory was written by a newer Tessera (or another format).
-    #[error("{path} holds a `{format}` journal of format version {found}; this build reads `tessera-local-journal` up to version {supported}")]
+    #[error(
+        "{path} holds a `{format}` journal of format version {found}; this build reads `tessera-local-journal` up to version {supported}"
+    )]
     Incompatible {
         /// The directory.
         path: String,

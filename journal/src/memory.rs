@@ -73,7 +73,11 @@ impl Journal for MemoryJournal {
         let store = &mut *store;
         let log = store.logs.entry(entity.clone()).or_default();
         if log.last_seq != expected_seq {
-            return Err(AppendError::Conflict { entity: entity.to_string(), expected: expected_seq, actual: log.last_seq });
+            return Err(AppendError::Conflict {
+                entity: entity.to_string(),
+                expected: expected_seq,
+                actual: log.last_seq,
+            });
         }
         let last_seq = expected_seq + events.len() as u64;
         if let Some(s) = &snapshot {
@@ -135,7 +139,10 @@ impl Journal for MemoryJournal {
         let mut store = self.lock();
         let log = store.logs.entry(entity.clone()).or_default();
         if snapshot.seq > log.last_seq {
-            return Err(JournalError::Invalid(format!("snapshot seq {} is past last seq {}", snapshot.seq, log.last_seq)));
+            return Err(JournalError::Invalid(format!(
+                "snapshot seq {} is past last seq {}",
+                snapshot.seq, log.last_seq
+            )));
         }
         log.snapshot = Some(snapshot);
         Ok(())

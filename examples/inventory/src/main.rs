@@ -1,1 +1,29 @@
-fn main() {}
+//! The `inventory` binary: the shared node CLI with the inventory entities,
+//! plus `demo`.
+
+use clap::{Parser, Subcommand};
+
+/// The Tessera retail inventory case study.
+#[derive(Parser)]
+#[command(name = "inventory", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start an embedded node on a fresh data dir, drive a concurrent workload, check it, print a summary.
+    Demo(inventory::demo::DemoArgs),
+    #[command(flatten)]
+    Node(tessera_runtime::cli::Command),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tessera_runtime::cli::init_tracing();
+    match Cli::parse().command {
+        Cmd::Demo(args) => inventory::demo::run(args).await,
+        Cmd::Node(cmd) => tessera_runtime::cli::run(cmd, inventory::registry()?).await,
+    }
+}

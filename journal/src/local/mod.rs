@@ -144,7 +144,8 @@ fn check_marker(path: &Path) -> Result<(), OpenError> {
     let marker = path.join(MARKER_FILE);
     match std::fs::read(&marker) {
         Ok(bytes) => {
-            let m: Marker = serde_json::from_slice(&bytes).map_err(|_| OpenError::Foreign { path: path.display().to_string() })?;
+            let m: Marker =
+                serde_json::from_slice(&bytes).map_err(|_| OpenError::Foreign { path: path.display().to_string() })?;
             if m.format != FORMAT_NAME || m.version > FORMAT_VERSION {
                 return Err(OpenError::Incompatible {
                     path: path.display().to_string(),

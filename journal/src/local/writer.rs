@@ -156,7 +156,8 @@ impl Writer {
                     let shard = key.shard(self.shards);
                     for (i, e) in events.iter().enumerate() {
                         let seq = expected + 1 + i as u64;
-                        let record = format::encode_event(timestamp_ms, &e.type_name, e.version, &e.payload, &e.metadata);
+                        let record =
+                            format::encode_event(timestamp_ms, &e.type_name, e.version, &e.payload, &e.metadata);
                         batch.insert(&self.ks.events, format::event_key(&prefix, seq), record);
                         self.next_offset += 1;
                         batch.insert(
@@ -246,7 +247,8 @@ impl Writer {
         }
         let prefix = format::entity_prefix(key);
         let mut batch = self.db.batch().durability(self.durability);
-        for item in self.ks.events.range(format::event_key(&prefix, m.deleted_to + 1)..=format::event_key(&prefix, to)) {
+        for item in self.ks.events.range(format::event_key(&prefix, m.deleted_to + 1)..=format::event_key(&prefix, to))
+        {
             let k = item.key().map_err(unavailable)?;
             batch.remove(&self.ks.events, k);
         }

@@ -1,1 +1,23 @@
-fn main() {}
+//! The `tessera` command: the shared node CLI with no application entities
+//! (inspect any journal's raw events, send commands, run benchmarks).
+
+use clap::Parser;
+
+/// Tessera: stateful functions on an event-sourced journal.
+#[derive(Parser)]
+#[command(name = "tessera", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: tessera_runtime::cli::Command,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tessera_runtime::cli::init_tracing();
+    let cli = Cli::parse();
+    let registry = match &cli.command {
+        tessera_runtime::cli::Command::Bench(_) => tessera_runtime::bench::registry(),
+        _ => tessera_entities::Registry::default(),
+    };
+    tessera_runtime::cli::run(cli.command, registry).await
+}

@@ -1,0 +1,137 @@
+//! `tessera bench`: the runtime's throughput, latency, replay speed and
+//! memory per entity, each measured next to a baseline in the same process
+//! (raw fjall writes, raw ractor calls, raw journal reads, raw ractor actors),
+//! so the ratio means something on a noisy machine. Figures are written as
+//! JSON, one file per benchmark; latency summaries come from hdrhistogram.
+
+mod counter;
+mod runs;
+
+use std::path::PathBuf;
+
+use clap::Args;
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+
+pub use counter::{BenchCounter, registry};
+
+/// Flags of `bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Directory for the JSON results.
+    #[arg(long, default_value = "bench-results")]
+    pub out: PathBuf,
+    /// Run only these benchmarks (durable, memory, replay, entities). Default: all.
+    #[arg(long)]
+    pub only: Vec<String>,
+    /// Small sizes: checks that everything runs, figures mean little.
+    #[arg(long)]
+    pub quick: bool,
+    /// Where temporary journals go (default: the system temp dir).
+    #[arg(long)]
+    pub scratch: Option<PathBuf>,
+}
+
+/// Sizes of one bench run.
+#[derive(Debug, Clone, Copy)]
+pub struct Sizes {
+    /// Commands in the throughput runs.
+    pub commands: u64,
+    /// Distinct entities in the throughput runs.
+    pub entities: u64,
+    /// Concurrent in-process callers.
+    pub callers: u64,
+    /// Events replayed.
+    pub replay_events: u64,
+    /// Entity counts measured for memory.
+    pub resident: [u64; 2],
+    /// Raw ractor actors spawned for the memory baseline.
+    pub baseline_actors: u64,
+}
+
+impl Sizes {
+    /// Full sizes (the figures in BENCHMARKS.md).
+    pub fn full() -> Self {
+        Self {
+            commands: 400_000,
+            entities: 10_000,
+            callers: 256,
+            replay_events: 1_000_000,
+            resident: [100_000, 1_000_000],
+            baseline_actors: 100_000,
+        }
+    }
+    /// Smoke-test sizes.
+    pub fn quick() -> Self {
+        Self {
+            commands: 4_000,
+            entities: 500,
+            callers: 32,
+            replay_events: 5_000,
+            resident: [1_000, 5_000],
+            baseline_actors: 1_000,
+        }
+    }
+}
+
+/// Latency summary in microseconds.
+pub fn summary(h: &Histogram<u64>) -> Value {
+    json!({
+        "count": h.len(),
+        "p50_us": h.value_at_quantile(0.50),
+        "p90_us": h.value_at_quantile(0.90),
+        "p99_us": h.value_at_quantile(0.99),
+        "p999_us": h.value_at_quantile(0.999),
+        "max_us": h.max(),
+        "mean_us": (h.mean() * 10.0).round() / 10.0,
+    })
+}
+
+/// A histogram of microseconds up to one minute.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
+}
+
+/// Resident set size of this process in bytes (Linux; 0 elsewhere).
+pub fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Runs the selected benchmarks and writes `OUT/NAME.json` for each.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let sizes = if args.quick { Sizes::quick() } else { Sizes::full() };
+    let scratch = args.scratch.clone().unwrap_or_else(std::env::temp_dir);
+    std::fs::create_dir_all(&args.out)?;
+    let all = ["durable", "memory", "replay", "entities"];
+    let selected: Vec<&str> = if args.only.is_empty() {
+        all.to_vec()
+    } else {
+        all.iter().copied().filter(|n| args.only.iter().any(|o| o == n)).collect()
+    };
+    let machine = json!({
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "os": std::env::consts::OS,
+        "quick": args.quick,
+    });
+    for name in selected {
+        eprintln!("== bench {name} ==");
+        let mut result = match name {
+            "durable" => runs::durable(sizes, &scratch).await?,
+            "memory" => runs::in_memory(sizes).await?,
+            "replay" => runs::replay(sizes, &scratch).await?,
+            _ => runs::entities(sizes).await?,
+        };
+        result["bench"] = json!(name);
+        result["machine"] = machine.clone();
+        let path = args.out.join(format!("{name}.json"));
+        std::fs::write(&path, serde_json::to_vec_pretty(&result)?)?;
+        println!("{}", serde_json::to_string_pretty(&result)?);
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}

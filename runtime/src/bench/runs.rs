@@ -1,0 +1,312 @@
+//! The benchmarks themselves.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::TryStreamExt;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde_json::{Value, json};
+use tessera_entities::Format;
+use tessera_journal::{Durability, EntityKey, Journal, LocalJournal, NewEvent};
+
+use super::{Sizes, histogram, registry, rss_bytes, summary};
+use crate::config::{JournalKind, NodeConfig};
+use crate::node::{Invocation, Node, NodeBuilder};
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 { (a / b * 1000.0).round() / 1000.0 } else { 0.0 }
+}
+
+fn bench_config(journal: JournalKind, data_dir: &Path) -> NodeConfig {
+    NodeConfig {
+        data_dir: data_dir.to_path_buf(),
+        http: None,
+        journal,
+        max_in_flight: 1_000_000,
+        max_active_entities: 10_000_000,
+        idle_timeout_secs: 3600,
+        ..NodeConfig::default()
+    }
+}
+
+fn ids(n: u64) -> Arc<Vec<String>> {
+    Arc::new((0..n).map(|i| format!("e-{i}")).collect())
+}
+
+/// `callers` tasks send `total` commands round-robin over `ids`; returns
+/// (elapsed, latency histogram).
+async fn drive(
+    node: &Node,
+    ids: &Arc<Vec<String>>,
+    total: u64,
+    callers: u64,
+    command: &str,
+) -> anyhow::Result<(Duration, Value)> {
+    let body = if command == "add" { br#"{"by":1}"#.to_vec() } else { Vec::new() };
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..callers {
+        let (node, ids, body, command) = (node.clone(), ids.clone(), body.clone(), command.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let mut h = histogram();
+            let mut i = c;
+            while i < total {
+                let inv = Invocation {
+                    entity_type: "bench-counter".into(),
+                    entity_id: ids[(i % ids.len() as u64) as usize].clone(),
+                    command: command.clone(),
+                    body: body.clone(),
+                    format: Format::Json,
+                    idempotency_key: None,
+                };
+                let t = Instant::now();
+                node.invoke(inv).await?;
+                h.record(t.elapsed().as_micros().max(1) as u64)?;
+                i += callers;
+            }
+            anyhow::Ok(h)
+        }));
+    }
+    let mut h = histogram();
+    for t in tasks {
+        h.add(t.await??)?;
+    }
+    Ok((started.elapsed(), summary(&h)))
+}
+
+/// Durable commands through the runtime on the local journal vs raw fjall
+/// batched durable writes of as many events, in batches of the size the
+/// runtime's group commit reached.
+pub(super) async fn durable(s: Sizes, scratch: &Path) -> anyhow::Result<Value> {
+    let dir = tempfile::Builder::new().prefix("tessera-bench-").tempdir_in(scratch)?;
+    let node =
+        NodeBuilder::new(registry()).config(bench_config(JournalKind::Local, &dir.path().join("node"))).build().await?;
+    let ids = ids(s.entities);
+    let (warm, _) = drive(&node, &ids, s.entities, s.callers, "get").await?;
+    let (elapsed, latency) = drive(&node, &ids, s.commands, s.callers, "add").await?;
+    let commits = node.metrics().commit_batch.get_sample_count();
+    let appends = node.metrics().commit_batch.get_sample_sum();
+    let avg_batch = if commits > 0 { appends / commits as f64 } else { 1.0 };
+    node.shutdown().await;
+    let rate = s.commands as f64 / elapsed.as_secs_f64();
+    eprintln!("runtime: {rate:.0} durable commands/s, avg group commit {avg_batch:.1}");
+
+    let raw_dir = dir.path().join("raw");
+    let n = s.commands;
+    let batch = avg_batch.round().max(1.0) as u64;
+    let raw = tokio::task::spawn_blocking(move || raw_fjall(&raw_dir, n, batch)).await??;
+    let raw_rate = n as f64 / raw.as_secs_f64();
+    eprintln!("raw fjall: {raw_rate:.0} durable events/s in batches of {batch}");
+    Ok(json!({
+        "description": "durable commands/s through the runtime (local journal, fsync per group commit), 1 event per command, vs raw fjall batched SyncData writes of as many events",
+        "commands": s.commands, "entities": s.entities, "callers": s.callers,
+        "activations_per_sec": (s.entities as f64 / warm.as_secs_f64()).round(),
+        "runtime": { "commands_per_sec": rate.round(), "latency": latency, "group_commits": commits, "avg_commit_batch": (avg_batch * 10.0).round() / 10.0 },
+        "baseline_raw_fjall": { "events_per_sec": raw_rate.round(), "batch": batch },
+        "ratio_runtime_to_baseline": ratio(rate, raw_rate),
+    }))
+}
+
+fn raw_fjall(dir: &Path, n: u64, batch: u64) -> anyhow::Result<Duration> {
+    let db = fjall::Database::builder(dir).open()?;
+    let ks = db.keyspace("events", fjall::KeyspaceCreateOptions::default)?;
+    let value = vec![0x5a_u8; 64];
+    let started = Instant::now();
+    let mut written = 0;
+    while written < n {
+        let mut b = db.batch().durability(Some(fjall::PersistMode::SyncData));
+        for _ in 0..batch.min(n - written) {
+            let mut key = format!("bench-counter/e-{}", written % 10_000).into_bytes();
+            key.extend_from_slice(&written.to_be_bytes());
+            b.insert(&ks, key, value.clone());
+            written += 1;
+        }
+        b.commit()?;
+    }
+    Ok(started.elapsed())
+}
+
+enum Echo {
+    Ping(u64, RpcReplyPort<u64>),
+}
+
+struct EchoActor;
+
+impl Actor for EchoActor {
+    type Msg = Echo;
+    type State = ();
+    type Arguments = ();
+    async fn pre_start(&self, _: ActorRef<Echo>, _: ()) -> Result<(), ActorProcessingErr> {
+        Ok(())
+    }
+    async fn handle(&self, _: ActorRef<Echo>, msg: Echo, _: &mut ()) -> Result<(), ActorProcessingErr> {
+        let Echo::Ping(x, port) = msg;
+        let _ = port.send(x);
+        Ok(())
+    }
+}
+
+/// Commands on the memory journal vs raw ractor call round trips.
+pub(super) async fn in_memory(s: Sizes) -> anyhow::Result<Value> {
+    let node =
+        NodeBuilder::new(registry()).config(bench_config(JournalKind::Memory, Path::new("unused"))).build().await?;
+    let ids = ids(s.entities);
+    drive(&node, &ids, s.entities, s.callers, "get").await?;
+    let (elapsed, latency) = drive(&node, &ids, s.commands, s.callers, "add").await?;
+    node.shutdown().await;
+    let rate = s.commands as f64 / elapsed.as_secs_f64();
+    eprintln!("runtime (memory journal): {rate:.0} commands/s");
+
+    let (echo, handle) = Actor::spawn(None, EchoActor, ()).await?;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..s.callers {
+        let echo = echo.clone();
+        let (total, callers) = (s.commands, s.callers);
+        tasks.push(tokio::spawn(async move {
+            let mut h = histogram();
+            let mut i = c;
+            while i < total {
+                let t = Instant::now();
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                echo.send_message(Echo::Ping(i, tx.into())).map_err(|e| anyhow::anyhow!("{e}"))?;
+                rx.await?;
+                h.record(t.elapsed().as_micros().max(1) as u64)?;
+                i += callers;
+            }
+            anyhow::Ok(h)
+        }));
+    }
+    let mut h = histogram();
+    for t in tasks {
+        h.add(t.await??)?;
+    }
+    let raw = started.elapsed();
+    echo.stop(None);
+    let _ = handle.await;
+    let raw_rate = s.commands as f64 / raw.as_secs_f64();
+    eprintln!("raw ractor call: {raw_rate:.0} round trips/s");
+    Ok(json!({
+        "description": "commands/s through the runtime on the memory journal (1 event per command) vs raw ractor call round trips to one echo actor",
+        "commands": s.commands, "entities": s.entities, "callers": s.callers,
+        "runtime": { "commands_per_sec": rate.round(), "latency": latency },
+        "baseline_ractor_call": { "calls_per_sec": raw_rate.round(), "latency": summary(&h) },
+        "ratio_runtime_to_baseline": ratio(rate, raw_rate),
+    }))
+}
+
+/// Replay of one entity with many events: activation through the node vs a
+/// raw read of the same events from the journal (no decoding).
+pub(super) async fn replay(s: Sizes, scratch: &Path) -> anyhow::Result<Value> {
+    let dir = tempfile::Builder::new().prefix("tessera-bench-").tempdir_in(scratch)?;
+    let path = dir.path().join("node");
+    let key = EntityKey::new("bench-counter", "big");
+    {
+        let j = LocalJournal::builder(&path).durability(Durability::Buffered).open()?;
+        let payload = rmp_serde::to_vec_named(&super::counter::CounterEvent::Added { by: 1 })?;
+        let mut seq = 0;
+        while seq < s.replay_events {
+            let n = 1000.min(s.replay_events - seq);
+            let events = (0..n)
+                .map(|_| NewEvent {
+                    type_name: "Added".into(),
+                    version: 1,
+                    payload: payload.clone(),
+                    metadata: Vec::new(),
+                })
+                .collect();
+            j.append(&key, seq, events).await?;
+            seq += n;
+        }
+    }
+    let j: Arc<dyn Journal> = Arc::new(LocalJournal::open(&path)?);
+    let rss0 = rss_bytes();
+    let started = Instant::now();
+    let count = j.read(&key, 1..=u64::MAX).try_fold(0u64, |n, _| async move { Ok(n + 1) }).await?;
+    let raw = started.elapsed();
+    anyhow::ensure!(count == s.replay_events, "read {count} events, wrote {}", s.replay_events);
+    let config = NodeConfig { snapshot_every: 0, ..bench_config(JournalKind::Local, &path) };
+    let node = NodeBuilder::new(registry()).config(config).journal(j).build().await?;
+    let started = Instant::now();
+    let view = node.state("bench-counter", "big").await?;
+    let activation = started.elapsed();
+    let rss1 = rss_bytes();
+    node.shutdown().await;
+    anyhow::ensure!(view.state["value"] == json!(s.replay_events), "replayed state is wrong: {}", view.state);
+    let rate = s.replay_events as f64 / activation.as_secs_f64();
+    let raw_rate = s.replay_events as f64 / raw.as_secs_f64();
+    eprintln!("replay: {rate:.0} events/s through activation, raw read {raw_rate:.0} events/s");
+    Ok(json!({
+        "description": "activation of one entity with N events (decode + upcast check + apply, paged reads) vs a raw paged read of the same events",
+        "events": s.replay_events,
+        "runtime": { "events_per_sec": rate.round(), "seconds": activation.as_secs_f64() },
+        "baseline_raw_read": { "events_per_sec": raw_rate.round(), "seconds": raw.as_secs_f64() },
+        "ratio_runtime_to_baseline": ratio(rate, raw_rate),
+        "rss_growth_bytes_during_replay": rss1.saturating_sub(rss0),
+    }))
+}
+
+#[allow(unsafe_code)]
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the OS; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Memory per active entity and activations/s, vs raw idle ractor actors.
+pub(super) async fn entities(s: Sizes) -> anyhow::Result<Value> {
+    release_freed_memory();
+    let node =
+        NodeBuilder::new(registry()).config(bench_config(JournalKind::Memory, Path::new("unused"))).build().await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let base = rss_bytes();
+    let all = ids(s.resident[1]);
+    let mut points = Vec::new();
+    let mut done = 0u64;
+    for target in s.resident {
+        let slice: Arc<Vec<String>> = Arc::new(all[done as usize..target as usize].to_vec());
+        let (elapsed, _) = drive(&node, &slice, target - done, s.callers, "get").await?;
+        done = target;
+        let active = node.metrics().active_entities.get();
+        let rss = rss_bytes().saturating_sub(base);
+        eprintln!("{active} active entities: {} MiB RSS growth", rss >> 20);
+        points.push(json!({
+            "active_entities": active,
+            "rss_growth_bytes": rss,
+            "bytes_per_entity": rss / target.max(1),
+            "entities_per_gib": ((1u64 << 30) as f64 / (rss as f64 / target as f64)).round(),
+            "activations_per_sec": ((slice.len() as f64) / elapsed.as_secs_f64()).round(),
+        }));
+    }
+    node.shutdown().await;
+    drop(all);
+    release_freed_memory();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let base = rss_bytes();
+    let started = Instant::now();
+    let mut actors = Vec::with_capacity(s.baseline_actors as usize);
+    for _ in 0..s.baseline_actors {
+        actors.push(Actor::spawn(None, EchoActor, ()).await?);
+    }
+    let spawn = started.elapsed();
+    let rss = rss_bytes().saturating_sub(base);
+    for (a, _) in &actors {
+        a.stop(None);
+    }
+    for (_, h) in actors {
+        let _ = h.await;
+    }
+    let per_actor = rss / s.baseline_actors.max(1);
+    eprintln!("raw ractor actors: {per_actor} bytes each");
+    let per_entity = points.last().and_then(|p| p["bytes_per_entity"].as_u64()).unwrap_or(0);
+    Ok(json!({
+        "description": "RSS growth per active entity (default state, hosted in shard actors) and activations/s, vs one idle raw ractor actor per entity",
+        "runtime": points,
+        "baseline_ractor_actor": { "actors": s.baseline_actors, "bytes_per_actor": per_actor, "spawns_per_sec": (s.baseline_actors as f64 / spawn.as_secs_f64()).round() },
+        "ratio_entity_to_actor_memory": ratio(per_entity as f64, per_actor as f64),
+    }))
+}

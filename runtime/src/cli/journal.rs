@@ -1,0 +1,331 @@
+//! `journal ...`: inspect journals without a running node (a data dir,
+//! opened read-write under its lock, so only while the node is stopped) or
+//! through a running node's HTTP API. Output is JSON lines.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use futures::TryStreamExt;
+use serde_json::{Value, json};
+use tessera_entities::Registry;
+use tessera_journal::{EntityKey, Journal, LocalJournal, OpenError, local::MARKER_FILE};
+
+use super::send::{base_url, segment};
+use crate::inspect::event_json;
+use crate::shard::{DedupLimits, rebuild};
+
+/// Where to read a journal from.
+#[derive(Debug, Clone, Args)]
+pub struct SourceArgs {
+    /// A local journal directory (the node must be stopped).
+    #[arg(long, conflicts_with = "http")]
+    pub data_dir: Option<PathBuf>,
+    /// A running node's HTTP address.
+    #[arg(long)]
+    pub http: Option<String>,
+}
+
+/// `journal` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum JournalCmd {
+    /// List the entities of a type.
+    Entities {
+        /// Entity type.
+        entity_type: String,
+        /// Where the journal is.
+        #[command(flatten)]
+        source: SourceArgs,
+    },
+    /// Print an entity's events as JSON lines (seq, time, type, version, event).
+    Events {
+        /// Entity type.
+        entity_type: String,
+        /// Entity id.
+        entity_id: String,
+        /// First seq.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// Last seq.
+        #[arg(long)]
+        to: Option<u64>,
+        /// Where the journal is.
+        #[command(flatten)]
+        source: SourceArgs,
+    },
+    /// Rebuild an entity's state (at a seq: time travel). Without the entity's
+    /// types registered in this binary, prints the raw events instead.
+    State {
+        /// Entity type.
+        entity_type: String,
+        /// Entity id.
+        entity_id: String,
+        /// Rebuild as of this seq.
+        #[arg(long)]
+        at: Option<u64>,
+        /// Where the journal is.
+        #[command(flatten)]
+        source: SourceArgs,
+    },
+    /// Print an entity's events, then follow new ones.
+    Tail {
+        /// Entity type.
+        entity_type: String,
+        /// Entity id.
+        entity_id: String,
+        /// First seq.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// Stop after this many events.
+        #[arg(long)]
+        limit: Option<u64>,
+        /// Poll interval in milliseconds.
+        #[arg(long, default_value_t = 500)]
+        interval_ms: u64,
+        /// Where the journal is.
+        #[command(flatten)]
+        source: SourceArgs,
+    },
+    /// Export every event of a type to a JSONL file, with a progress bar.
+    Export {
+        /// Entity type.
+        entity_type: String,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Where the journal is.
+        #[command(flatten)]
+        source: SourceArgs,
+    },
+}
+
+/// An opened journal source.
+pub enum Source {
+    /// A local data dir.
+    Local(Arc<dyn Journal>),
+    /// A node's HTTP API.
+    Http {
+        /// `http://host:port`.
+        base: String,
+        /// The client.
+        client: reqwest::Client,
+    },
+}
+
+impl Source {
+    /// Opens what the flags name.
+    pub fn open(args: &SourceArgs) -> anyhow::Result<Self> {
+        match (&args.data_dir, &args.http) {
+            (Some(dir), _) => {
+                if !dir.join(MARKER_FILE).exists() {
+                    bail!("no Tessera journal at {} (no {MARKER_FILE})", dir.display());
+                }
+                match LocalJournal::open(dir) {
+                    Ok(j) => Ok(Self::Local(Arc::new(j))),
+                    Err(e @ OpenError::Locked { .. }) => {
+                        Err(anyhow::anyhow!("{e}\nthe node is running: inspect it with --http ADDR instead"))
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+            (None, Some(http)) => Ok(Self::Http { base: base_url(http), client: reqwest::Client::new() }),
+            (None, None) => bail!("give --data-dir DIR (node stopped) or --http ADDR (node running)"),
+        }
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let Self::Http { base, client } = self else { bail!("not an HTTP source") };
+        let url = format!("{base}{path}");
+        let resp = client.get(&url).send().await.with_context(|| format!("cannot reach {url}"))?;
+        let status = resp.status();
+        let body: Value = resp.json().await.with_context(|| format!("{url}: not JSON"))?;
+        if !status.is_success() {
+            bail!("{url}: HTTP {status}: {body}");
+        }
+        Ok(body)
+    }
+
+    /// Entity ids of a type.
+    pub async fn entities(&self, entity_type: &str) -> anyhow::Result<Vec<Value>> {
+        match self {
+            Self::Local(j) => Ok(j
+                .entities(entity_type)
+                .map_ok(|e| json!({"id": e.entity_id, "last_seq": e.last_seq, "deleted_to": e.deleted_to}))
+                .try_collect()
+                .await?),
+            Self::Http { .. } => {
+                let mut out = Vec::new();
+                let mut after: Option<String> = None;
+                loop {
+                    let q = after.as_deref().map(|a| format!("?after={}", segment(a))).unwrap_or_default();
+                    let page = self.get(&format!("/v1/entities/{}{q}", segment(entity_type))).await?;
+                    out.extend(page["entities"].as_array().cloned().unwrap_or_default());
+                    match page["next_after"].as_str() {
+                        Some(a) => after = Some(a.to_owned()),
+                        None => return Ok(out),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Events `from..=to` as JSON, calling `each` per event in order.
+    pub async fn events(
+        &self,
+        entity_type: &str,
+        entity_id: &str,
+        from: u64,
+        to: u64,
+        mut each: impl FnMut(Value) -> anyhow::Result<()>,
+    ) -> anyhow::Result<u64> {
+        let mut last = from.saturating_sub(1);
+        match self {
+            Self::Local(j) => {
+                let mut s = j.read(&EntityKey::new(entity_type, entity_id), from..=to);
+                while let Some(e) = s.try_next().await? {
+                    last = e.seq;
+                    each(event_json(&e))?;
+                }
+            }
+            Self::Http { .. } => {
+                let mut next = Some(from);
+                while let Some(f) = next {
+                    let page = self
+                        .get(&format!(
+                            "/v1/entities/{}/{}/events?from={f}&to={to}&limit=1000",
+                            segment(entity_type),
+                            segment(entity_id)
+                        ))
+                        .await?;
+                    for e in page["events"].as_array().cloned().unwrap_or_default() {
+                        last = e["seq"].as_u64().unwrap_or(last);
+                        each(e)?;
+                    }
+                    next = page["next_from"].as_u64();
+                }
+            }
+        }
+        Ok(last)
+    }
+}
+
+fn print_line(v: &Value) -> anyhow::Result<()> {
+    let mut line = serde_json::to_vec(v)?;
+    line.push(b'\n');
+    match std::io::stdout().lock().write_all(&line) {
+        // The reader went away (`| head`): stop quietly, like other Unix tools.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        r => Ok(r?),
+    }
+}
+
+pub(crate) async fn run(cmd: JournalCmd, registry: Registry) -> anyhow::Result<()> {
+    match cmd {
+        JournalCmd::Entities { entity_type, source } => {
+            for e in Source::open(&source)?.entities(&entity_type).await? {
+                print_line(&e)?;
+            }
+        }
+        JournalCmd::Events { entity_type, entity_id, from, to, source } => {
+            let src = Source::open(&source)?;
+            src.events(&entity_type, &entity_id, from, to.unwrap_or(u64::MAX), |e| print_line(&e)).await?;
+        }
+        JournalCmd::State { entity_type, entity_id, at, source } => {
+            let src = Source::open(&source)?;
+            print_line(&state(&src, &registry, &entity_type, &entity_id, at).await?)?;
+        }
+        JournalCmd::Tail { entity_type, entity_id, from, limit, interval_ms, source } => {
+            let src = Source::open(&source)?;
+            let mut next = from;
+            let mut printed = 0u64;
+            loop {
+                let last = src
+                    .events(&entity_type, &entity_id, next, u64::MAX, |e| {
+                        if limit.is_none_or(|l| printed < l) {
+                            printed += 1;
+                            print_line(&e)?;
+                        }
+                        Ok(())
+                    })
+                    .await?;
+                next = last + 1;
+                if limit.is_some_and(|l| printed >= l) {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(interval_ms)).await;
+            }
+        }
+        JournalCmd::Export { entity_type, out, source } => {
+            let src = Source::open(&source)?;
+            let entities = src.entities(&entity_type).await?;
+            let bar = indicatif::ProgressBar::new(entities.len() as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} entities {msg}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            let file = std::fs::File::create(&out).with_context(|| format!("cannot create {}", out.display()))?;
+            let mut w = std::io::BufWriter::new(file);
+            let mut n = 0u64;
+            for e in &entities {
+                let id = e["id"].as_str().unwrap_or_default().to_owned();
+                src.events(&entity_type, &id, 1, u64::MAX, |mut ev| {
+                    ev["entity_type"] = json!(entity_type);
+                    ev["entity_id"] = json!(id);
+                    serde_json::to_writer(&mut w, &ev)?;
+                    w.write_all(b"\n")?;
+                    n += 1;
+                    Ok(())
+                })
+                .await?;
+                bar.inc(1);
+                bar.set_message(format!("{n} events"));
+            }
+            w.flush()?;
+            bar.finish();
+            eprintln!("exported {n} events of {} entities to {}", entities.len(), out.display());
+        }
+    }
+    Ok(())
+}
+
+async fn state(
+    src: &Source,
+    registry: &Registry,
+    entity_type: &str,
+    entity_id: &str,
+    at: Option<u64>,
+) -> anyhow::Result<Value> {
+    match src {
+        Source::Http { .. } => {
+            let q = at.map(|s| format!("?at={s}")).unwrap_or_default();
+            src.get(&format!("/v1/entities/{}/{}{q}", segment(entity_type), segment(entity_id))).await
+        }
+        Source::Local(j) => match registry.entity(entity_type) {
+            Some(entity) => {
+                let key = EntityKey::new(entity_type, entity_id);
+                let limits = DedupLimits { max_entries: 0, max_age_ms: 0 };
+                let r = rebuild(entity, j, &key, at.unwrap_or(u64::MAX), at.is_none(), limits).await?;
+                Ok(
+                    json!({"entity_type": entity_type, "entity_id": entity_id, "seq": r.seq, "state": entity.state_json(&r.state)}),
+                )
+            }
+            None => {
+                let mut events = Vec::new();
+                src.events(entity_type, entity_id, 1, at.unwrap_or(u64::MAX), |e| {
+                    events.push(e);
+                    Ok(())
+                })
+                .await?;
+                Ok(json!({
+                    "entity_type": entity_type,
+                    "entity_id": entity_id,
+                    "note": format!("entity type `{entity_type}` is not registered in this binary: showing the raw events; run the application's own binary to rebuild its state"),
+                    "events": events,
+                }))
+            }
+        },
+    }
+}

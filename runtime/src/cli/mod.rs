@@ -1,0 +1,50 @@
+//! The command line every node binary shares: `serve`, `send`, `call`,
+//! `journal ...` and `bench`. The `tessera` binary runs it with an empty
+//! registry; an application binary (e.g. `inventory`) runs it with its own,
+//! so `journal state` can replay through the real entity types.
+
+mod journal;
+mod send;
+mod serve;
+
+use clap::Subcommand;
+use tessera_entities::Registry;
+
+pub use journal::{JournalCmd, Source};
+pub use send::{CallArgs, SendArgs};
+pub use serve::ServeArgs;
+
+/// The shared subcommands. Flatten them into an application's own CLI.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a node (embedded journal by default) serving HTTP.
+    Serve(ServeArgs),
+    /// Send a command to an entity over HTTP.
+    Send(SendArgs),
+    /// Call a stateless function over HTTP.
+    Call(CallArgs),
+    /// Inspect journals: on a data dir (node stopped) or through a node's HTTP address.
+    #[command(subcommand)]
+    Journal(JournalCmd),
+    /// Run the benchmarks and write their figures as JSON.
+    Bench(crate::bench::BenchArgs),
+}
+
+/// Runs a shared subcommand.
+pub async fn run(cmd: Command, registry: Registry) -> anyhow::Result<()> {
+    match cmd {
+        Command::Serve(a) => serve::run(a, registry).await,
+        Command::Send(a) => send::send(a).await,
+        Command::Call(a) => send::call(a).await,
+        Command::Journal(c) => journal::run(c, registry).await,
+        Command::Bench(a) => crate::bench::run(a).await,
+    }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default: `info` for Tessera,
+/// `warn` for the storage engine).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fjall=warn,lsm_tree=warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}

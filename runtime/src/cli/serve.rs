@@ -1,0 +1,126 @@
+//! `serve`: run a node until Ctrl-C or SIGTERM.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use tessera_entities::Registry;
+use tessera_journal::Durability;
+
+use crate::config::{JournalKind, NodeConfig};
+use crate::node::NodeBuilder;
+
+/// Flags of `serve`; each overrides the config file and has a `TESSERA_*` variable.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// TOML config file (keys as in `NodeConfig`); flags and environment override it.
+    #[arg(long, env = "TESSERA_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Directory of the embedded journal.
+    #[arg(long, env = "TESSERA_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// HTTP listen address.
+    #[arg(long, env = "TESSERA_HTTP")]
+    pub http: Option<String>,
+    /// Journal: `local` (embedded, default) or `memory`.
+    #[arg(long, env = "TESSERA_JOURNAL")]
+    pub journal: Option<JournalKind>,
+    /// When the local journal acknowledges: sync-data (default), sync-all, buffered.
+    #[arg(long, env = "TESSERA_DURABILITY", value_parser = parse_durability)]
+    pub durability: Option<Durability>,
+    /// Snapshot every N events of an entity (0: never).
+    #[arg(long, env = "TESSERA_SNAPSHOT_EVERY")]
+    pub snapshot_every: Option<u32>,
+    /// Passivate entities idle this many seconds.
+    #[arg(long, env = "TESSERA_IDLE_TIMEOUT_SECS")]
+    pub idle_timeout_secs: Option<u64>,
+    /// Most entities in memory.
+    #[arg(long, env = "TESSERA_MAX_ACTIVE_ENTITIES")]
+    pub max_active_entities: Option<usize>,
+    /// Largest request body in bytes.
+    #[arg(long, env = "TESSERA_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Most invocations in flight before 503.
+    #[arg(long, env = "TESSERA_MAX_IN_FLIGHT")]
+    pub max_in_flight: Option<usize>,
+    /// Most commands queued per entity before 429.
+    #[arg(long, env = "TESSERA_ENTITY_QUEUE_LIMIT")]
+    pub entity_queue_limit: Option<usize>,
+}
+
+fn parse_durability(s: &str) -> Result<Durability, String> {
+    match s {
+        "sync-data" | "sync_data" => Ok(Durability::SyncData),
+        "sync-all" | "sync_all" => Ok(Durability::SyncAll),
+        "buffered" => Ok(Durability::Buffered),
+        _ => Err(format!("unknown durability `{s}`: sync-data, sync-all or buffered")),
+    }
+}
+
+impl ServeArgs {
+    /// The config: defaults, then the file, then these flags/variables.
+    pub fn to_config(&self) -> anyhow::Result<NodeConfig> {
+        let mut c = match &self.config {
+            Some(p) => NodeConfig::from_file(p)?,
+            None => NodeConfig::default(),
+        };
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = &self.$f { c.$f = v.clone(); } )* };
+        }
+        set!(
+            data_dir,
+            journal,
+            durability,
+            snapshot_every,
+            idle_timeout_secs,
+            max_active_entities,
+            max_body_bytes,
+            max_in_flight,
+            entity_queue_limit
+        );
+        if let Some(h) = &self.http {
+            c.http = Some(h.clone());
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+pub(crate) async fn run(args: ServeArgs, registry: Registry) -> anyhow::Result<()> {
+    let config = args.to_config()?;
+    let data_dir = config.data_dir.clone();
+    let node = NodeBuilder::new(registry.clone()).config(config).build().await.context("starting the node")?;
+    let addr = node.http_addr().map(|a| a.to_string()).unwrap_or_else(|| "-".into());
+    let types: Vec<_> = registry.entities().map(|e| e.type_name()).collect();
+    let functions: Vec<_> = registry.functions().map(|f| f.name()).collect();
+    eprintln!(
+        "tessera node serving http://{addr}  journal: {}  entities: {types:?}  functions: {functions:?}",
+        data_dir.display()
+    );
+    shutdown_signal().await;
+    eprintln!("shutting down");
+    node.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

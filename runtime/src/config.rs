@@ -1,0 +1,175 @@
+//! Node configuration: defaults that work out of the box, overridden by a TOML
+//! file, then by `TESSERA_*` environment variables and command-line flags
+//! (see `cli::ServeArgs`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tessera_journal::Durability;
+
+/// Where the node's journal lives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JournalKind {
+    /// The embedded journal in `data_dir` (default).
+    Local,
+    /// In memory: lost on exit. For tests and benchmarks.
+    Memory,
+}
+
+impl std::str::FromStr for JournalKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "local" => Ok(Self::Local),
+            "memory" => Ok(Self::Memory),
+            other => Err(format!("unsupported journal `{other}`: use `local` or `memory`")),
+        }
+    }
+}
+
+/// Everything a node can be configured with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Directory of the local journal.
+    pub data_dir: PathBuf,
+    /// HTTP listen address; `None` serves no HTTP.
+    pub http: Option<String>,
+    /// Which journal.
+    pub journal: JournalKind,
+    /// When the local journal acknowledges.
+    pub durability: Durability,
+    /// Most appends in one group commit.
+    pub max_commit_batch: usize,
+    /// Shards (a power of two, fixed for the life of a cluster).
+    pub shards: u32,
+    /// Take a snapshot every this many events of an entity (0: never).
+    pub snapshot_every: u32,
+    /// Passivate an entity idle this long (seconds).
+    pub idle_timeout_secs: u64,
+    /// Most entities kept in memory; beyond it the least recently used are passivated.
+    pub max_active_entities: usize,
+    /// Idempotency window per entity: most remembered invocations.
+    pub dedup_max_entries: usize,
+    /// Idempotency window per entity: forget invocations older than this (seconds).
+    pub dedup_max_age_secs: u64,
+    /// Largest accepted request body (bytes).
+    pub max_body_bytes: usize,
+    /// Most invocations in flight on the node; beyond it callers get 503.
+    pub max_in_flight: usize,
+    /// Most commands queued per entity; beyond it callers get 429.
+    pub entity_queue_limit: usize,
+    /// Most stateless function calls running at once.
+    pub function_concurrency: usize,
+    /// Deadline of one invocation (milliseconds).
+    pub invocation_timeout_ms: u64,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("tessera-data"),
+            http: Some("127.0.0.1:8080".into()),
+            journal: JournalKind::Local,
+            durability: Durability::SyncData,
+            max_commit_batch: 4096,
+            shards: tessera_journal::DEFAULT_SHARDS,
+            snapshot_every: 100,
+            idle_timeout_secs: 300,
+            max_active_entities: 1_000_000,
+            dedup_max_entries: 64,
+            dedup_max_age_secs: 24 * 3600,
+            max_body_bytes: 1 << 20,
+            max_in_flight: 10_000,
+            entity_queue_limit: 1_000,
+            function_concurrency: 64,
+            invocation_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// Why a configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {message}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The IO error.
+        message: String,
+    },
+    /// The file is not valid TOML for a node config.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The parser's message (names the key).
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl NodeConfig {
+    /// Reads a TOML file; keys it omits keep their defaults.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::Read { path: path.display().to_string(), message: e.to_string() })?;
+        toml::from_str(&text)
+            .map_err(|e| ConfigError::Parse { path: path.display().to_string(), message: e.to_string() })
+    }
+
+    /// Checks ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.shards.is_power_of_two() || self.shards > 1 << 16 {
+            return Err(ConfigError::Invalid(format!("shards must be a power of two ≤ 65536, got {}", self.shards)));
+        }
+        for (name, v) in [
+            ("max_in_flight", self.max_in_flight),
+            ("entity_queue_limit", self.entity_queue_limit),
+            ("function_concurrency", self.function_concurrency),
+            ("max_body_bytes", self.max_body_bytes),
+            ("max_active_entities", self.max_active_entities),
+            ("max_commit_batch", self.max_commit_batch),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Invalid(format!("{name} must be positive")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The idle timeout.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+    /// The invocation deadline.
+    pub fn invocation_timeout(&self) -> Duration {
+        Duration::from_millis(self.invocation_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_overrides_defaults_and_rejects_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("node.toml");
+        std::fs::write(&p, "snapshot_every = 7\nhttp = \"127.0.0.1:9000\"\n").unwrap();
+        let c = NodeConfig::from_file(&p).unwrap();
+        assert_eq!((c.snapshot_every, c.http.as_deref()), (7, Some("127.0.0.1:9000")));
+        assert_eq!(c.max_body_bytes, 1 << 20);
+        std::fs::write(&p, "snapshot_evry = 7\n").unwrap();
+        let e = NodeConfig::from_file(&p).unwrap_err().to_string();
+        assert!(e.contains("snapshot_evry"), "{e}");
+        let c = NodeConfig { shards: 1000, ..NodeConfig::default() };
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,119 @@
+//! What the runtime stores around the user's bytes: per-event metadata (the
+//! invocation id and, for retryable invocations, the reply) and the snapshot
+//! envelope (state + idempotency window).
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the snapshot envelope, stored as the journal snapshot's version.
+pub const SNAPSHOT_FORMAT: u32 = 1;
+
+/// Metadata stored with each event.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EventMeta {
+    /// The invocation that wrote the event.
+    #[serde(default)]
+    pub invocation: String,
+    /// The reply (MessagePack), on the last event of a retryable invocation,
+    /// so a retry after a restart gets the original reply.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_bytes")]
+    pub reply: Option<Vec<u8>>,
+}
+
+impl EventMeta {
+    /// Encodes to MessagePack.
+    pub fn encode(&self) -> Vec<u8> {
+        rmp_serde::to_vec_named(self).unwrap_or_default()
+    }
+    /// Decodes; garbage yields empty metadata (it is informational).
+    pub fn decode(bytes: &[u8]) -> Self {
+        if bytes.is_empty() {
+            return Self::default();
+        }
+        rmp_serde::from_slice(bytes).unwrap_or_default()
+    }
+}
+
+/// One remembered invocation of an entity.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DedupEntry {
+    /// The idempotency key.
+    pub id: String,
+    /// The seq of the invocation's last event.
+    pub seq: u64,
+    /// When it committed, ms since the epoch.
+    pub at_ms: i64,
+    /// The reply (MessagePack).
+    #[serde(with = "serde_bytes_vec")]
+    pub reply: Vec<u8>,
+}
+
+/// The snapshot the runtime stores: the entity's state and its idempotency window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotEnvelope {
+    /// The entity's `STATE_VERSION` when taken.
+    pub state_version: u32,
+    /// The state, MessagePack.
+    #[serde(with = "serde_bytes_vec")]
+    pub state: Vec<u8>,
+    /// The idempotency window at that seq.
+    #[serde(default)]
+    pub dedup: Vec<DedupEntry>,
+}
+
+mod serde_bytes_vec {
+    use serde::{Deserializer, Serializer};
+    pub(crate) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}
+
+mod opt_bytes {
+    use serde::{Deserializer, Serializer};
+    pub(crate) fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(b) => s.serialize_bytes(b),
+            None => s.serialize_none(),
+        }
+    }
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        super::serde_bytes_vec::deserialize(d).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meta_roundtrip_and_tolerance() {
+        let m = EventMeta { invocation: "k1".into(), reply: Some(vec![0x91, 0x01]) };
+        assert_eq!(EventMeta::decode(&m.encode()), m);
+        let m = EventMeta { invocation: "k2".into(), reply: None };
+        assert_eq!(EventMeta::decode(&m.encode()), m);
+        assert_eq!(EventMeta::decode(b"\xc1garbage"), EventMeta::default());
+    }
+
+    #[test]
+    fn snapshot_roundtrip() {
+        let s = SnapshotEnvelope {
+            state_version: 1,
+            state: vec![1, 2, 3],
+            dedup: vec![DedupEntry { id: "a".into(), seq: 2, at_ms: 9, reply: vec![0xc0] }],
+        };
+        let bytes = rmp_serde::to_vec_named(&s).unwrap();
+        assert_eq!(rmp_serde::from_slice::<SnapshotEnvelope>(&bytes).unwrap(), s);
+    }
+}

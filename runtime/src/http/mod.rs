@@ -1,0 +1,79 @@
+//! The HTTP ingress (axum): JSON (or MessagePack) in and out, typed errors.
+//!
+//! | route | what |
+//! |---|---|
+//! | `POST /v1/entities/{type}/{id}/{command}` | run a command (`Idempotency-Key` header optional) |
+//! | `GET /v1/entities/{type}/{id}` | state and last seq (`?at=SEQ`: as of that seq) |
+//! | `GET /v1/entities/{type}/{id}/events?from=&to=&limit=` | the journal as JSON |
+//! | `GET /v1/entities/{type}?after=&limit=` | entity ids of a type |
+//! | `POST /v1/functions/{name}` | call a stateless function |
+//! | `GET /v1/registry` | entity types, their commands, functions |
+//! | `GET /healthz`, `GET /metrics` | liveness, Prometheus |
+
+mod handlers;
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::node::Node;
+
+/// A running HTTP server.
+pub(crate) struct HttpServer {
+    addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+/// The routes of a node.
+pub fn router(node: Node) -> Router {
+    let limit = node.config().max_body_bytes;
+    Router::new()
+        .route("/v1/entities/{entity_type}/{entity_id}/{command}", post(handlers::command))
+        .route("/v1/entities/{entity_type}/{entity_id}", get(handlers::state))
+        .route("/v1/entities/{entity_type}/{entity_id}/events", get(handlers::events))
+        .route("/v1/entities/{entity_type}", get(handlers::entities))
+        .route("/v1/functions/{name}", post(handlers::function))
+        .route("/v1/registry", get(handlers::registry))
+        .route("/healthz", get(handlers::healthz))
+        .route("/metrics", get(handlers::metrics))
+        .fallback(handlers::not_found)
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(node)
+}
+
+impl HttpServer {
+    pub(crate) async fn start(node: Node, addr: &str) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let app = router(node);
+        let task = tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async {
+                let _ = stopped.await;
+            });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        });
+        Ok(Self { addr, stop, task })
+    }
+
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to 10 s).
+    pub(crate) async fn stop(self) {
+        let _ = self.stop.send(());
+        let mut task = self.task;
+        if tokio::time::timeout(std::time::Duration::from_secs(10), &mut task).await.is_err() {
+            task.abort();
+        }
+    }
+}

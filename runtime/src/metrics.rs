@@ -1,0 +1,123 @@
+//! Prometheus metrics of one node (its own registry, rendered at `/metrics`).
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+/// The node's metrics. Handles are cheap to clone and update.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Invocations finished, by kind (`command`, `function`, `state`) and status code.
+    pub requests: IntCounterVec,
+    /// Invocation latency, by kind.
+    pub latency: HistogramVec,
+    /// Invocations in flight (request concurrency).
+    pub in_flight: IntGauge,
+    /// Function calls running (user-function concurrency).
+    pub functions_running: IntGauge,
+    /// Journal operations in flight (database concurrency).
+    pub journal_in_flight: IntGauge,
+    /// Entities in memory.
+    pub active_entities: IntGauge,
+    /// Entity activations (replays).
+    pub activations: IntCounter,
+    /// Entity passivations, by reason (`idle`, `lru`, `reset`).
+    pub passivations: IntCounterVec,
+    /// Appends per group commit.
+    pub commit_batch: Histogram,
+    /// Duration of a group commit, including the fsync.
+    pub commit_latency: Histogram,
+    /// Snapshots written.
+    pub snapshots: IntCounter,
+    /// Handler panics caught.
+    pub handler_panics: IntCounter,
+}
+
+fn latency_buckets() -> Vec<f64> {
+    vec![0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0]
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("tessera_requests_total", "Invocations finished, by kind and status"),
+            &["kind", "status"],
+        )
+        .expect("metric");
+        let latency = HistogramVec::new(
+            HistogramOpts::new("tessera_request_duration_seconds", "Invocation latency").buckets(latency_buckets()),
+            &["kind"],
+        )
+        .expect("metric");
+        let gauge = |n: &str, h: &str| IntGauge::new(n, h).expect("metric");
+        let in_flight = gauge("tessera_requests_in_flight", "Invocations in flight (request concurrency)");
+        let functions_running =
+            gauge("tessera_functions_running", "Function calls running (user-function concurrency)");
+        let journal_in_flight =
+            gauge("tessera_journal_in_flight", "Journal operations in flight (database concurrency)");
+        let active_entities = gauge("tessera_active_entities", "Entities in memory");
+        let activations = IntCounter::new("tessera_activations_total", "Entity activations").expect("metric");
+        let passivations =
+            IntCounterVec::new(Opts::new("tessera_passivations_total", "Entity passivations by reason"), &["reason"])
+                .expect("metric");
+        let commit_batch = Histogram::with_opts(
+            HistogramOpts::new("tessera_journal_commit_batch_size", "Appends per group commit")
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0]),
+        )
+        .expect("metric");
+        let commit_latency = Histogram::with_opts(
+            HistogramOpts::new("tessera_journal_commit_duration_seconds", "Group commit duration incl. fsync")
+                .buckets(latency_buckets()),
+        )
+        .expect("metric");
+        let snapshots = IntCounter::new("tessera_snapshots_total", "Snapshots written").expect("metric");
+        let handler_panics = IntCounter::new("tessera_handler_panics_total", "Handler panics caught").expect("metric");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(latency.clone()),
+            Box::new(in_flight.clone()),
+            Box::new(functions_running.clone()),
+            Box::new(journal_in_flight.clone()),
+            Box::new(active_entities.clone()),
+            Box::new(activations.clone()),
+            Box::new(passivations.clone()),
+            Box::new(commit_batch.clone()),
+            Box::new(commit_latency.clone()),
+            Box::new(snapshots.clone()),
+            Box::new(handler_panics.clone()),
+        ] {
+            registry.register(c).expect("unique metric");
+        }
+        Self {
+            registry,
+            requests,
+            latency,
+            in_flight,
+            functions_running,
+            journal_in_flight,
+            active_entities,
+            activations,
+            passivations,
+            commit_batch,
+            commit_latency,
+            snapshots,
+            handler_panics,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,548 @@
+//! Shard actors: each hosts the active entities of one shard as virtual
+//! actors — a small record, the state and a queue per entity — inside one
+//! ractor actor. The actor never waits on IO: it runs the pure handler,
+//! hands the events to the journal from a spawned task, goes on with other
+//! entities, and finishes the command (apply, reply, next queued command)
+//! when the append's acknowledgement comes back as a message.
+
+mod activation;
+mod dedup;
+mod supervisor;
+
+use std::any::Any;
+use std::collections::{HashMap, VecDeque};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tessera_entities::{Ctx, DynCommand, DynEntity, DynState, HandleError};
+use tessera_journal::{AppendAck, AppendError, EntityKey, Journal, NewEvent, Snapshot};
+use tracing::Instrument;
+
+pub(crate) use activation::rebuild;
+pub(crate) use dedup::DedupLimits;
+use dedup::DedupWindow;
+pub(crate) use supervisor::{ShardRefs, ShardSupervisor};
+
+use crate::envelope::{DedupEntry, EventMeta, SNAPSHOT_FORMAT};
+use crate::error::InvokeError;
+use crate::metrics::Metrics;
+
+/// A command's successful outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandReply {
+    /// The reply, MessagePack.
+    pub reply: Vec<u8>,
+    /// The entity's last seq after the command.
+    pub seq: u64,
+    /// The invocation id.
+    pub invocation_id: String,
+    /// True when this is a retry answered from the idempotency window.
+    pub deduplicated: bool,
+}
+
+/// An entity's current state, for inspection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateView {
+    /// The state as JSON.
+    pub state: serde_json::Value,
+    /// The seq of the last event applied.
+    pub seq: u64,
+}
+
+/// What every shard actor shares.
+pub(crate) struct ShardContext {
+    pub(crate) journal: Arc<dyn Journal>,
+    pub(crate) metrics: Metrics,
+    pub(crate) dedup: DedupLimits,
+    pub(crate) entity_queue_limit: usize,
+    pub(crate) snapshot_every: u64,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) shard_budget: usize,
+}
+
+pub(crate) struct CommandRequest {
+    pub(crate) key: EntityKey,
+    pub(crate) entity: Arc<dyn DynEntity>,
+    pub(crate) command: DynCommand,
+    pub(crate) invocation_id: String,
+    /// The caller gave the id and may retry with it: remember the reply.
+    pub(crate) retryable: bool,
+    pub(crate) span: tracing::Span,
+    pub(crate) reply: RpcReplyPort<Result<CommandReply, InvokeError>>,
+}
+
+pub(crate) struct StateRequest {
+    pub(crate) key: EntityKey,
+    pub(crate) entity: Arc<dyn DynEntity>,
+    pub(crate) reply: RpcReplyPort<Result<StateView, InvokeError>>,
+}
+
+/// Messages of a shard actor.
+pub(crate) enum ShardMsg {
+    Command(CommandRequest),
+    State(StateRequest),
+    Activated { key: EntityKey, incarnation: u64, result: Result<activation::Rebuilt, InvokeError> },
+    Appended { key: EntityKey, incarnation: u64, result: Result<AppendAck, AppendError> },
+    Tick,
+}
+
+enum Pending {
+    Command(CommandRequest),
+    State(StateRequest),
+}
+
+impl Pending {
+    fn fail(self, e: InvokeError) {
+        match self {
+            Self::Command(c) => {
+                let _ = c.reply.send(Err(e));
+            }
+            Self::State(s) => {
+                let _ = s.reply.send(Err(e));
+            }
+        }
+    }
+}
+
+/// A command whose events are being appended.
+struct InFlight {
+    typed: Box<dyn Any + Send>,
+    reply: Vec<u8>,
+    port: RpcReplyPort<Result<CommandReply, InvokeError>>,
+    invocation_id: String,
+    retryable: bool,
+    events: u64,
+    span: tracing::Span,
+}
+
+/// One active entity.
+struct Slot {
+    entity: Arc<dyn DynEntity>,
+    /// `None` while the entity is being rebuilt.
+    state: Option<DynState>,
+    seq: u64,
+    incarnation: u64,
+    busy: Option<Box<InFlight>>,
+    queue: VecDeque<Pending>,
+    dedup: Option<Box<DedupWindow>>,
+    events_since_snapshot: u64,
+    last_used: u32,
+}
+
+/// The shard actor's behaviour.
+pub(crate) struct ShardActor;
+
+/// The shard actor's state.
+pub(crate) struct ShardState {
+    shard: u32,
+    ctx: Arc<ShardContext>,
+    slots: HashMap<EntityKey, Slot>,
+    clock: u32,
+    idle_ticks: u32,
+    next_incarnation: u64,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+fn panic_message(p: &(dyn Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".into())
+}
+
+/// How often a shard checks for idle entities.
+pub(crate) fn tick_period(idle: Duration) -> Duration {
+    (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(5))
+}
+
+impl Actor for ShardActor {
+    type Msg = ShardMsg;
+    type State = ShardState;
+    type Arguments = (u32, Arc<ShardContext>);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<ShardMsg>,
+        (shard, ctx): (u32, Arc<ShardContext>),
+    ) -> Result<ShardState, ActorProcessingErr> {
+        let period = tick_period(ctx.idle_timeout);
+        let idle_ticks = (ctx.idle_timeout.as_millis() / period.as_millis().max(1)).max(1) as u32;
+        myself.send_interval(period, || ShardMsg::Tick);
+        Ok(ShardState { shard, ctx, slots: HashMap::new(), clock: 0, idle_ticks, next_incarnation: 1 })
+    }
+
+    async fn post_stop(&self, _: ActorRef<ShardMsg>, state: &mut ShardState) -> Result<(), ActorProcessingErr> {
+        let n = state.slots.len() as i64;
+        state.ctx.metrics.active_entities.sub(n);
+        for (_, slot) in state.slots.drain() {
+            if let Some(f) = slot.busy {
+                let _ = f.port.send(Err(InvokeError::Unavailable("node shutting down".into())));
+            }
+            for p in slot.queue {
+                p.fail(InvokeError::Unavailable("node shutting down".into()));
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<ShardMsg>,
+        msg: ShardMsg,
+        st: &mut ShardState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ShardMsg::Command(c) => {
+                let (key, entity) = (c.key.clone(), c.entity.clone());
+                st.enqueue(&myself, key, entity, Pending::Command(c));
+            }
+            ShardMsg::State(s) => {
+                let (key, entity) = (s.key.clone(), s.entity.clone());
+                st.enqueue(&myself, key, entity, Pending::State(s));
+            }
+            ShardMsg::Activated { key, incarnation, result } => st.activated(&myself, key, incarnation, result),
+            ShardMsg::Appended { key, incarnation, result } => st.appended(&myself, key, incarnation, result),
+            ShardMsg::Tick => st.tick(),
+        }
+        Ok(())
+    }
+}
+
+impl ShardState {
+    fn enqueue(&mut self, myself: &ActorRef<ShardMsg>, key: EntityKey, entity: Arc<dyn DynEntity>, p: Pending) {
+        let clock = self.clock;
+        if let Some(slot) = self.slots.get_mut(&key) {
+            slot.last_used = clock;
+            if slot.state.is_some() && slot.busy.is_none() && slot.queue.is_empty() {
+                slot.queue.push_back(p);
+                self.drain(myself, &key);
+            } else if slot.queue.len() >= self.ctx.entity_queue_limit {
+                p.fail(InvokeError::EntityBusy(key.to_string()));
+            } else {
+                slot.queue.push_back(p);
+            }
+            return;
+        }
+        if self.slots.len() >= self.ctx.shard_budget {
+            self.evict_lru();
+        }
+        let mut queue = VecDeque::new();
+        queue.push_back(p);
+        self.activate(myself, key, entity, queue);
+    }
+
+    /// Creates a slot in the activating state and rebuilds it off the actor.
+    fn activate(
+        &mut self,
+        myself: &ActorRef<ShardMsg>,
+        key: EntityKey,
+        entity: Arc<dyn DynEntity>,
+        queue: VecDeque<Pending>,
+    ) {
+        let incarnation = self.next_incarnation;
+        self.next_incarnation += 1;
+        self.ctx.metrics.active_entities.inc();
+        self.ctx.metrics.activations.inc();
+        let slot = Slot {
+            entity: entity.clone(),
+            state: None,
+            seq: 0,
+            incarnation,
+            busy: None,
+            queue,
+            dedup: None,
+            events_since_snapshot: 0,
+            last_used: self.clock,
+        };
+        self.slots.insert(key.clone(), slot);
+        let (ctx, me) = (self.ctx.clone(), myself.clone());
+        let span = tracing::debug_span!("activate", entity = %key, shard = self.shard);
+        tokio::spawn(
+            async move {
+                ctx.metrics.journal_in_flight.inc();
+                let result = rebuild(&entity, &ctx.journal, &key, u64::MAX, true, ctx.dedup).await;
+                ctx.metrics.journal_in_flight.dec();
+                if let Err(e) = &result {
+                    tracing::warn!(entity = %key, error = %e, "activation failed");
+                }
+                let _ = me.send_message(ShardMsg::Activated { key, incarnation, result });
+            }
+            .instrument(span),
+        );
+    }
+
+    fn activated(
+        &mut self,
+        myself: &ActorRef<ShardMsg>,
+        key: EntityKey,
+        incarnation: u64,
+        result: Result<activation::Rebuilt, InvokeError>,
+    ) {
+        let Some(slot) = self.slots.get_mut(&key).filter(|s| s.incarnation == incarnation) else { return };
+        match result {
+            Ok(r) => {
+                slot.state = Some(r.state);
+                slot.seq = r.seq;
+                slot.dedup = (!r.dedup.is_empty()).then(|| Box::new(r.dedup));
+                slot.events_since_snapshot = r.events_since_snapshot;
+                self.maybe_snapshot(&key);
+                self.drain(myself, &key);
+            }
+            Err(e) => {
+                if let Some(slot) = self.remove(&key, "reset") {
+                    for p in slot.queue {
+                        p.fail(e.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs queued work of an entity until it waits on an append or its queue is empty.
+    fn drain(&mut self, myself: &ActorRef<ShardMsg>, key: &EntityKey) {
+        loop {
+            let Some(slot) = self.slots.get_mut(key) else { return };
+            let Some(state) = slot.state.as_ref() else { return };
+            if slot.busy.is_some() {
+                return;
+            }
+            let Some(next) = slot.queue.pop_front() else { return };
+            let c = match next {
+                Pending::State(s) => {
+                    let view = StateView { state: slot.entity.state_json(state), seq: slot.seq };
+                    let _ = s.reply.send(Ok(view));
+                    continue;
+                }
+                Pending::Command(c) => c,
+            };
+            let _guard = c.span.clone().entered();
+            let now = now_ms();
+            if c.retryable {
+                if let Some(hit) = slot.dedup.as_ref().and_then(|d| d.get(&c.invocation_id, now, self.ctx.dedup)) {
+                    tracing::debug!(invocation = %c.invocation_id, seq = hit.seq, "answered from the idempotency window");
+                    let reply = CommandReply {
+                        reply: hit.reply.clone(),
+                        seq: hit.seq,
+                        invocation_id: c.invocation_id,
+                        deduplicated: true,
+                    };
+                    let _ = c.reply.send(Ok(reply));
+                    continue;
+                }
+            }
+            let mut ctx = Ctx::new(key.entity_id.clone(), c.invocation_id.clone(), slot.seq, now);
+            let entity = slot.entity.clone();
+            let decided = catch_unwind(AssertUnwindSafe(|| entity.handle(state, c.command, &mut ctx)));
+            let effect = match decided {
+                Err(panic) => {
+                    let msg = panic_message(&*panic);
+                    tracing::error!(entity = %key, panic = %msg, "handler panicked; resetting the entity");
+                    self.ctx.metrics.handler_panics.inc();
+                    let _ = c.reply.send(Err(InvokeError::HandlerPanicked(msg)));
+                    self.reset(myself, key);
+                    return;
+                }
+                Ok(Err(HandleError::Rejected(r))) => {
+                    let _ = c.reply.send(Err(InvokeError::Rejected(r)));
+                    continue;
+                }
+                Ok(Err(e)) => {
+                    let _ = c.reply.send(Err(InvokeError::Internal(e.to_string())));
+                    continue;
+                }
+                Ok(Ok(effect)) => effect,
+            };
+            if effect.events.is_empty() {
+                let reply = CommandReply {
+                    reply: effect.reply,
+                    seq: slot.seq,
+                    invocation_id: c.invocation_id,
+                    deduplicated: false,
+                };
+                let _ = c.reply.send(Ok(reply));
+                continue;
+            }
+            let n = effect.events.len();
+            let last_meta =
+                EventMeta { invocation: c.invocation_id.clone(), reply: c.retryable.then(|| effect.reply.clone()) }
+                    .encode();
+            let meta = if n > 1 {
+                EventMeta { invocation: c.invocation_id.clone(), reply: None }.encode()
+            } else {
+                Vec::new()
+            };
+            let events: Vec<NewEvent> = effect
+                .events
+                .into_iter()
+                .enumerate()
+                .map(|(i, e)| NewEvent {
+                    type_name: e.type_name,
+                    version: e.version,
+                    payload: e.payload,
+                    metadata: if i + 1 == n { last_meta.clone() } else { meta.clone() },
+                })
+                .collect();
+            let expected = slot.seq;
+            let incarnation = slot.incarnation;
+            slot.busy = Some(Box::new(InFlight {
+                typed: effect.typed,
+                reply: effect.reply,
+                port: c.reply,
+                invocation_id: c.invocation_id,
+                retryable: c.retryable,
+                events: n as u64,
+                span: c.span.clone(),
+            }));
+            let (ctx, me, key) = (self.ctx.clone(), myself.clone(), key.clone());
+            tokio::spawn(
+                async move {
+                    ctx.metrics.journal_in_flight.inc();
+                    let result = ctx.journal.append(&key, expected, events).await;
+                    ctx.metrics.journal_in_flight.dec();
+                    let _ = me.send_message(ShardMsg::Appended { key, incarnation, result });
+                }
+                .instrument(c.span),
+            );
+            return;
+        }
+    }
+
+    fn appended(
+        &mut self,
+        myself: &ActorRef<ShardMsg>,
+        key: EntityKey,
+        incarnation: u64,
+        result: Result<AppendAck, AppendError>,
+    ) {
+        let Some(slot) = self.slots.get_mut(&key).filter(|s| s.incarnation == incarnation) else { return };
+        let Some(f) = slot.busy.take() else { return };
+        let InFlight { typed, reply, port, invocation_id, retryable, events, span } = *f;
+        let _guard = span.enter();
+        let ack = match result {
+            Ok(ack) => ack,
+            Err(e) => {
+                tracing::warn!(entity = %key, error = %e, "append failed; reloading the entity from its journal");
+                let _ = port.send(Err(e.into()));
+                drop(_guard);
+                self.reset(myself, &key);
+                return;
+            }
+        };
+        let Some(state) = slot.state.as_mut() else { return };
+        let entity = slot.entity.clone();
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| entity.apply_effect(state, typed))) {
+            let msg = panic_message(&*panic);
+            tracing::error!(entity = %key, panic = %msg, "apply panicked after the events were persisted");
+            self.ctx.metrics.handler_panics.inc();
+            let _ = port.send(Err(InvokeError::HandlerPanicked(format!(
+                "apply panicked after the events were persisted (seq {}): {msg}",
+                ack.last_seq
+            ))));
+            drop(_guard);
+            self.reset(myself, &key);
+            return;
+        }
+        slot.seq = ack.last_seq;
+        slot.events_since_snapshot += events;
+        if retryable {
+            let entry = DedupEntry {
+                id: invocation_id.clone(),
+                seq: ack.last_seq,
+                at_ms: ack.timestamp_ms,
+                reply: reply.clone(),
+            };
+            slot.dedup.get_or_insert_with(Box::default).insert(entry, self.ctx.dedup);
+        }
+        let reply = CommandReply { reply, seq: ack.last_seq, invocation_id, deduplicated: false };
+        let _ = port.send(Ok(reply));
+        drop(_guard);
+        self.maybe_snapshot(&key);
+        self.drain(myself, &key);
+    }
+
+    /// Saves a snapshot in the background when enough events accumulated.
+    fn maybe_snapshot(&mut self, key: &EntityKey) {
+        let every = self.ctx.snapshot_every;
+        let Some(slot) = self.slots.get_mut(key) else { return };
+        let Some(state) = slot.state.as_ref() else { return };
+        if every == 0 || slot.events_since_snapshot < every {
+            return;
+        }
+        slot.events_since_snapshot = 0;
+        let empty = DedupWindow::default();
+        let dedup = slot.dedup.as_deref().unwrap_or(&empty);
+        let payload = match activation::snapshot_payload(&slot.entity, state, dedup) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(entity = %key, error = %e, "snapshot skipped");
+                return;
+            }
+        };
+        let snap = Snapshot { seq: slot.seq, version: SNAPSHOT_FORMAT, timestamp_ms: now_ms(), payload };
+        let (ctx, key) = (self.ctx.clone(), key.clone());
+        tokio::spawn(async move {
+            match ctx.journal.save_snapshot(&key, snap).await {
+                Ok(()) => ctx.metrics.snapshots.inc(),
+                Err(e) => tracing::warn!(entity = %key, error = %e, "snapshot not saved"),
+            }
+        });
+    }
+
+    /// Drops the entity's in-memory state; queued work re-activates it from the journal.
+    fn reset(&mut self, myself: &ActorRef<ShardMsg>, key: &EntityKey) {
+        if let Some(slot) = self.remove(key, "reset") {
+            if !slot.queue.is_empty() {
+                self.activate(myself, key.clone(), slot.entity, slot.queue);
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &EntityKey, reason: &str) -> Option<Slot> {
+        let slot = self.slots.remove(key)?;
+        self.ctx.metrics.active_entities.dec();
+        self.ctx.metrics.passivations.with_label_values(&[reason]).inc();
+        Some(slot)
+    }
+
+    fn passivatable(s: &Slot) -> bool {
+        s.state.is_some() && s.busy.is_none() && s.queue.is_empty()
+    }
+
+    fn tick(&mut self) {
+        self.clock = self.clock.wrapping_add(1);
+        let (clock, idle) = (self.clock, self.idle_ticks);
+        let before = self.slots.len();
+        self.slots.retain(|_, s| !(Self::passivatable(s) && clock.wrapping_sub(s.last_used) >= idle));
+        let n = before - self.slots.len();
+        if n > 0 {
+            self.ctx.metrics.active_entities.sub(n as i64);
+            self.ctx.metrics.passivations.with_label_values(&["idle"]).inc_by(n as u64);
+            tracing::debug!(shard = self.shard, passivated = n, "idle entities passivated");
+        }
+    }
+
+    /// Passivates the least recently used idle tenth of the shard.
+    fn evict_lru(&mut self) {
+        let mut idle: Vec<(u32, EntityKey)> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| Self::passivatable(s))
+            .map(|(k, s)| (self.clock.wrapping_sub(s.last_used), k.clone()))
+            .collect();
+        let n = (self.ctx.shard_budget / 10).max(1).min(idle.len());
+        if n == 0 {
+            return;
+        }
+        idle.select_nth_unstable_by(n - 1, |a, b| b.0.cmp(&a.0));
+        for (_, k) in idle.into_iter().take(n) {
+            self.slots.remove(&k);
+        }
+        self.ctx.metrics.active_entities.sub(n as i64);
+        self.ctx.metrics.passivations.with_label_values(&["lru"]).inc_by(n as u64);
+    }
+}
