@@ -1,0 +1,345 @@
+//! The HTTP API of one in-process node: commands, functions, inspection,
+//! bad input, faults, idempotency, backpressure, passivation, snapshots.
+
+mod common;
+
+use common::{get, node, post};
+use futures::future::join_all;
+use serde_json::{Value, json};
+use tessera_journal::{EntityKey, Journal, LocalJournal, NewEvent};
+
+fn cmd(base: &str, entity: &str, id: &str, command: &str) -> String {
+    format!("{base}/v1/entities/{entity}/{id}/{command}")
+}
+
+#[tokio::test]
+async fn commands_state_events_and_listing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, base) = node(dir.path(), |_| {}).await;
+    let (s, h, body) = post(&cmd(&base, "stock", "s1:a", "restock"), r#"{"qty":5}"#, None).await;
+    assert_eq!((s, body), (200, json!({"on_hand": 5})));
+    assert_eq!(h["tessera-seq"], "1");
+    assert!(!h["tessera-invocation-id"].is_empty());
+    let (s, _, body) = post(&cmd(&base, "stock", "s1:a", "purchase"), r#"{"qty":2}"#, None).await;
+    assert_eq!((s, body), (200, json!({"on_hand": 3})));
+    let (s, _, body) = post(&cmd(&base, "stock", "s1:a", "get"), "", None).await;
+    assert_eq!((s, body), (200, json!({"on_hand": 3})));
+
+    let (s, state) = get(&format!("{base}/v1/entities/stock/s1:a")).await;
+    assert_eq!(s, 200);
+    assert_eq!(state["seq"], 2);
+    assert_eq!(state["state"], json!({"on_hand": 3, "sold": 2, "received": 5}));
+    let (_, at1) = get(&format!("{base}/v1/entities/stock/s1:a?at=1")).await;
+    assert_eq!((at1["seq"].clone(), at1["state"]["on_hand"].clone()), (json!(1), json!(5)), "time travel");
+
+    let (s, ev) = get(&format!("{base}/v1/entities/stock/s1:a/events?from=2")).await;
+    assert_eq!(s, 200);
+    let events = ev["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["type"], "Purchased");
+    assert_eq!(events[0]["version"], 1);
+    assert_eq!(events[0]["event"], json!({"Purchased": {"qty": 2}}));
+    assert!(events[0]["time"].as_str().unwrap().ends_with('Z'));
+
+    post(&cmd(&base, "stock", "s1:b%2Fslash", "restock"), r#"{"qty":1}"#, None).await;
+    let (_, list) = get(&format!("{base}/v1/entities/stock")).await;
+    let ids: Vec<_> =
+        list["entities"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(ids, vec!["s1:a", "s1:b/slash"]);
+    let (_, reg) = get(&format!("{base}/v1/registry")).await;
+    assert!(reg["entities"].as_array().unwrap().iter().any(|e| e["type"] == "stock"));
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_clear_errors_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, base) = node(dir.path(), |c| c.max_body_bytes = 1024).await;
+    post(&cmd(&base, "stock", "s:a", "restock"), r#"{"qty":5}"#, None).await;
+
+    let (s, _, e) = post(&cmd(&base, "stock", "s:a", "restock"), r#"{"qty": 5"#, None).await;
+    assert_eq!((s, e["error"]["kind"].as_str()), (400, Some("malformed")));
+    assert!(e["error"]["message"].as_str().unwrap().contains("line 1"), "{e}");
+    let (s, _, e) = post(&cmd(&base, "stock", "s:a", "restock"), r#"{"qty": "five"}"#, None).await;
+    assert_eq!(s, 400, "{e}");
+    assert!(e["error"]["message"].as_str().unwrap().contains("invalid type"), "{e}");
+    let (s, _, e) = post(&cmd(&base, "stock", "s:a", "restock"), r#"{"qty": 1, "extra": true}"#, None).await;
+    assert_eq!(s, 400, "unknown fields are refused: {e}");
+
+    let (s, _, e) = post(&cmd(&base, "nosuch", "x", "restock"), "{}", None).await;
+    assert_eq!((s, e["error"]["kind"].as_str()), (404, Some("unknown_entity_type")));
+    let (s, _, e) = post(&cmd(&base, "stock", "s:a", "steal"), "{}", None).await;
+    assert_eq!((s, e["error"]["kind"].as_str()), (404, Some("unknown_command")));
+    assert!(e["error"]["message"].as_str().unwrap().contains("purchase"), "lists the known commands: {e}");
+
+    let big = format!(r#"{{"delta": 1, "reason": "{}"}}"#, "x".repeat(4096));
+    let (s, _, e) = post(&cmd(&base, "stock", "s:a", "adjust"), &big, None).await;
+    assert_eq!((s, e["error"]["kind"].as_str()), (413, Some("too_large")));
+
+    let resp = common::client()
+        .post(cmd(&base, "stock", "s:a", "restock"))
+        .header("content-type", "text/plain")
+        .body("qty=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 415);
+
+    let (s, _, e) = post(&cmd(&base, "stock", "s:a", "purchase"), r#"{"qty": 99}"#, None).await;
+    assert_eq!(s, 409);
+    assert_eq!(e["error"]["code"], "insufficient_stock");
+    assert_eq!(e["error"]["details"], json!({"requested": 99, "on_hand": 5}));
+
+    let (s, _) = get(&format!("{base}/v1/entities/stock/s:a/events?from=abc")).await;
+    assert_eq!(s, 400);
+    let (s, _) = get(&format!("{base}/v1/nothing/here")).await;
+    assert_eq!(s, 404);
+
+    let (_, state) = get(&format!("{base}/v1/entities/stock/s:a")).await;
+    assert_eq!((state["seq"].clone(), state["state"]["on_hand"].clone()), (json!(1), json!(5)), "nothing was written");
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn msgpack_in_msgpack_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, base) = node(dir.path(), |_| {}).await;
+    let body = rmp_serde::to_vec_named(&json!({"qty": 4})).unwrap();
+    let resp = common::client()
+        .post(cmd(&base, "stock", "m:1", "restock"))
+        .header("content-type", "application/msgpack")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/msgpack");
+    let reply: Value = rmp_serde::from_slice(&resp.bytes().await.unwrap()).unwrap();
+    assert_eq!(reply, json!({"on_hand": 4}));
+
+    let resp = common::client()
+        .post(cmd(&base, "stock", "m:1", "restock"))
+        .header("content-type", "application/msgpack")
+        .body(vec![0xc1, 0xff, 0x00])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    let err: Value = rmp_serde::from_slice(&resp.bytes().await.unwrap()).unwrap();
+    assert_eq!(err["error"]["kind"], "malformed", "errors come back in the request's format");
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn functions_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, base) = node(dir.path(), |_| {}).await;
+    let url = format!("{base}/v1/functions/product.upsert");
+    let (s, _, out) = post(&url, r#"{"sku":" sku-1 ","name":"Tea","price":2.499}"#, None).await;
+    assert_eq!(s, 200);
+    assert_eq!(out["product"], json!({"sku": "sku-1", "name": "Tea", "price": 2.5}));
+    let (s, _, e) = post(&url, r#"{"sku":"sku-1","name":"Tea","price":-1}"#, None).await;
+    assert_eq!((s, e["error"]["code"].as_str()), (409, Some("invalid_price")));
+    let (s, _, _) = post(&url, r#"{"sku":"sku-1"}"#, None).await;
+    assert_eq!(s, 400);
+    let (s, _, _) = post(&format!("{base}/v1/functions/nope"), "{}", None).await;
+    assert_eq!(s, 404);
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_panicking_handler_fails_one_invocation_and_resets_one_entity() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, base) = node(dir.path(), |_| {}).await;
+    let (s, _, _) = post(&cmd(&base, "flaky", "f1", "batch"), r#"{"n":3}"#, None).await;
+    assert_eq!(s, 200);
+    let (s, _, e) = post(&cmd(&base, "flaky", "f1", "boom"), "", None).await;
+    assert_eq!((s, e["error"]["kind"].as_str()), (500, Some("handler_panicked")));
+    assert!(e["error"]["message"].as_str().unwrap().contains("boom"));
+    let (s, _, n) = post(&cmd(&base, "flaky", "f1", "get"), "", None).await;
+    assert_eq!((s, n), (200, json!(3)), "the entity was rebuilt from its journal");
+    let (s, _, _) = post(&cmd(&base, "stock", "s:a", "restock"), r#"{"qty":1}"#, None).await;
+    assert_eq!(s, 200, "other entities are unharmed");
+    let (_, metrics) = (0, common::client().get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap());
+    assert!(metrics.contains("tessera_handler_panics_total 1"), "{metrics}");
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn fifty_concurrent_purchases_of_twenty_sell_exactly_twenty() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, base) = node(dir.path(), |_| {}).await;
+    post(&cmd(&base, "stock", "s:hot", "restock"), r#"{"qty":20}"#, None).await;
+    let url = cmd(&base, "stock", "s:hot", "purchase");
+    let results = join_all((0..50).map(|_| post(&url, r#"{"qty":1}"#, None))).await;
+    let ok = results.iter().filter(|r| r.0 == 200).count();
+    let rejected = results.iter().filter(|r| r.0 == 409).count();
+    assert_eq!((ok, rejected), (20, 30));
+    let (_, state) = get(&format!("{base}/v1/entities/stock/s:hot")).await;
+    assert_eq!(state["state"]["on_hand"], 0);
+    assert_eq!(state["seq"], 21);
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_retried_idempotency_key_returns_the_original_reply_even_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, base) = node(dir.path(), |_| {}).await;
+    let url = cmd(&base, "stock", "s:idem", "restock");
+    let (s, h1, r1) = post(&url, r#"{"qty":5}"#, Some("order-1")).await;
+    assert_eq!((s, r1.clone()), (200, json!({"on_hand": 5})));
+    assert!(h1.get("tessera-deduplicated").is_none());
+    post(&cmd(&base, "stock", "s:idem", "purchase"), r#"{"qty":1}"#, None).await;
+    let (s, h2, r2) = post(&url, r#"{"qty":5}"#, Some("order-1")).await;
+    assert_eq!((s, r2), (200, r1.clone()), "the original reply, not the current state");
+    assert_eq!(h2["tessera-deduplicated"], "true");
+    assert_eq!(h2["tessera-seq"], "1");
+    let (_, state) = get(&format!("{base}/v1/entities/stock/s:idem")).await;
+    assert_eq!(state["seq"], 2, "the retry appended nothing");
+    node.shutdown().await;
+
+    let (node, base) = common::node(dir.path(), |_| {}).await;
+    let (s, h3, r3) = post(&cmd(&base, "stock", "s:idem", "restock"), r#"{"qty":5}"#, Some("order-1")).await;
+    assert_eq!((s, r3), (200, r1), "the window is rebuilt from the journal");
+    assert_eq!(h3["tessera-deduplicated"], "true");
+    let (_, state) = get(&format!("{base}/v1/entities/stock/s:idem")).await;
+    assert_eq!(state["seq"], 2);
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn full_queues_answer_429_and_a_full_node_503_with_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, base) = node(dir.path(), |c| c.entity_queue_limit = 1).await;
+    post(&cmd(&base, "stock", "s:q", "restock"), r#"{"qty":1000}"#, None).await;
+    let url = cmd(&base, "stock", "s:q", "purchase");
+    let results = join_all((0..200).map(|_| post(&url, r#"{"qty":1}"#, None))).await;
+    let ok = results.iter().filter(|r| r.0 == 200).count();
+    let busy: Vec<_> = results.iter().filter(|r| r.0 == 429).collect();
+    assert_eq!(ok + busy.len(), 200, "every request is either served or told to retry");
+    assert!(!busy.is_empty(), "200 concurrent commands on one entity overflow a queue of 1");
+    assert_eq!(busy[0].1["retry-after"], "1");
+    let (_, state) = get(&format!("{base}/v1/entities/stock/s:q")).await;
+    assert_eq!(state["state"]["on_hand"], 1000 - ok as i64, "only served commands changed the stock");
+    node.shutdown().await;
+
+    let (node, base) = common::node(dir.path(), |c| c.max_in_flight = 1).await;
+    let urls: Vec<String> = (0..100).map(|i| cmd(&base, "stock", &format!("s:{i}"), "restock")).collect();
+    let results = join_all(urls.iter().map(|u| post(u, r#"{"qty":1}"#, None))).await;
+    let unavailable: Vec<_> = results.iter().filter(|r| r.0 == 503).collect();
+    assert!(!unavailable.is_empty());
+    assert_eq!(unavailable[0].1["retry-after"], "1");
+    assert!(results.iter().all(|r| r.0 == 200 || r.0 == 503));
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn idle_entities_are_passivated_and_come_back_from_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, base) = node(dir.path(), |c| {
+        c.idle_timeout_secs = 1;
+        c.shards = 1;
+        c.max_active_entities = 10;
+    })
+    .await;
+    for i in 0..30 {
+        post(&cmd(&base, "stock", &format!("s:{i}"), "restock"), r#"{"qty":2}"#, None).await;
+    }
+    let active = node.metrics().active_entities.get();
+    assert!(active <= 10, "LRU keeps the node within its budget, got {active}");
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(node.metrics().active_entities.get(), 0, "idle entities passivated");
+    let (s, _, r) = post(&cmd(&base, "stock", "s:3", "purchase"), r#"{"qty":1}"#, None).await;
+    assert_eq!((s, r), (200, json!({"on_hand": 1})));
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn snapshots_are_taken_and_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, base) = node(dir.path(), |c| c.snapshot_every = 5).await;
+    for _ in 0..12 {
+        post(&cmd(&base, "stock", "s:snap", "restock"), r#"{"qty":1}"#, None).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let snap = node.journal().load_snapshot(&EntityKey::new("stock", "s:snap")).await.unwrap().expect("snapshot");
+    assert_eq!(snap.seq, 10);
+    node.shutdown().await;
+    let (node, base) = common::node(dir.path(), |c| c.snapshot_every = 5).await;
+    let (_, state) = get(&format!("{base}/v1/entities/stock/s:snap")).await;
+    assert_eq!((state["seq"].clone(), state["state"]["on_hand"].clone()), (json!(12), json!(12)));
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_journal_with_events_of_a_newer_version_fails_replay_clearly_and_is_not_touched() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let j = LocalJournal::open(dir.path()).unwrap();
+        let payload = rmp_serde::to_vec_named(&json!({"Restocked": {"qty": 3}})).unwrap();
+        let ev =
+            |version| NewEvent { type_name: "Restocked".into(), version, payload: payload.clone(), metadata: vec![] };
+        j.append(&EntityKey::new("stock", "s:new"), 0, vec![ev(1), ev(99)]).await.unwrap();
+    }
+    let (node, base) = node(dir.path(), |_| {}).await;
+    let (s, _, e) = post(&cmd(&base, "stock", "s:new", "restock"), r#"{"qty":1}"#, None).await;
+    assert_eq!((s, e["error"]["kind"].as_str()), (500, Some("replay_failed")), "{e}");
+    let msg = e["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("version 99") && msg.contains("newer"), "{msg}");
+    let (s, _) = get(&format!("{base}/v1/entities/stock/s:new")).await;
+    assert_eq!(s, 500);
+    assert_eq!(node.journal().last_seq(&EntityKey::new("stock", "s:new")).await.unwrap(), 2, "nothing appended");
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn data_dirs_of_other_programs_or_newer_formats_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("important.db"), b"someone else's data").unwrap();
+    let config = tessera_runtime::NodeConfig { data_dir: dir.path().into(), http: None, ..Default::default() };
+    let err = tessera_runtime::NodeBuilder::new(tessera_tests::registry())
+        .config(config.clone())
+        .build()
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("not a Tessera journal directory"), "{err}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "nothing was written there");
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tessera-journal.json"), br#"{"format":"tessera-local-journal","version":99}"#)
+        .unwrap();
+    let config = tessera_runtime::NodeConfig { data_dir: dir.path().into(), ..config };
+    let err = tessera_runtime::NodeBuilder::new(tessera_tests::registry()).config(config).build().await.err().unwrap();
+    assert!(err.to_string().contains("version 99"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let (node, _) = node(dir.path(), |_| {}).await;
+    let config = tessera_runtime::NodeConfig { data_dir: dir.path().into(), http: None, ..Default::default() };
+    let err = tessera_runtime::NodeBuilder::new(tessera_tests::registry()).config(config).build().await.err().unwrap();
+    assert!(err.to_string().contains("in use"), "a second node on one data dir is refused: {err}");
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn metrics_and_health() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, base) = node(dir.path(), |_| {}).await;
+    post(&cmd(&base, "stock", "s:m", "restock"), r#"{"qty":1}"#, None).await;
+    post(&cmd(&base, "stock", "s:m", "purchase"), r#"{"qty":9}"#, None).await;
+    let health = common::client().get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+    let m = common::client().get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    for needle in [
+        "tessera_requests_total{kind=\"command\",status=\"200\"} 1",
+        "tessera_requests_total{kind=\"command\",status=\"409\"} 1",
+        "tessera_request_duration_seconds_bucket",
+        "tessera_active_entities 1",
+        "tessera_journal_commit_batch_size_count",
+        "tessera_journal_commit_duration_seconds_sum",
+        "tessera_requests_in_flight 0",
+    ] {
+        assert!(m.contains(needle), "missing {needle} in\n{m}");
+    }
+    node.shutdown().await;
+}
