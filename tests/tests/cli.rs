@@ -1,0 +1,93 @@
+//! The CLI as a user runs it: `send`, `call`, and `journal ...` on a data dir
+//! (node stopped) and through a running node's HTTP address.
+
+mod common;
+
+use std::process::Output;
+
+use serde_json::{Value, json};
+
+fn run(args: &[&str]) -> Output {
+    std::process::Command::new(common::test_node_bin()).args(args).env("RUST_LOG", "warn").output().expect("runs")
+}
+
+fn lines(o: &Output) -> Vec<Value> {
+    assert!(o.status.success(), "failed: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_call_and_inspect_over_http_and_on_the_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap().to_owned();
+    let (node, base) = common::node(dir.path(), |_| {}).await;
+    let addr = base.trim_start_matches("http://").to_owned();
+
+    let out = tokio::task::spawn_blocking({
+        let addr = addr.clone();
+        move || {
+            let a = run(&["send", "--http", &addr, "stock", "s:1", "restock", r#"{"qty":7}"#]);
+            let b =
+                run(&["send", "--http", &addr, "stock", "s:1", "purchase", r#"{"qty":2}"#, "--idempotency-key", "k1"]);
+            let c = run(&["send", "--http", &addr, "stock", "s:1", "purchase", r#"{"qty":99}"#]);
+            let d = run(&["call", "--http", &addr, "product.upsert", r#"{"sku":"a","name":"A","price":1}"#]);
+            (a, b, c, d)
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(lines(&out.0), vec![json!({"on_hand": 7})]);
+    assert_eq!(lines(&out.1), vec![json!({"on_hand": 5})]);
+    assert!(!out.2.status.success(), "a rejection exits non-zero");
+    assert!(String::from_utf8_lossy(&out.2.stderr).contains("insufficient_stock"));
+    assert_eq!(lines(&out.3)[0]["product"]["sku"], "a");
+
+    let via_http = tokio::task::spawn_blocking({
+        let addr = addr.clone();
+        let d = d.clone();
+        move || {
+            (
+                run(&["journal", "events", "stock", "s:1", "--http", &addr]),
+                run(&["journal", "state", "stock", "s:1", "--at", "1", "--http", &addr]),
+                run(&["journal", "entities", "stock", "--http", &addr]),
+                run(&["journal", "tail", "stock", "s:1", "--limit", "2", "--http", &addr]),
+                run(&["journal", "events", "stock", "s:1", "--data-dir", &d]),
+            )
+        }
+    })
+    .await
+    .unwrap();
+    let events = lines(&via_http.0);
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[1]["type"], "Purchased");
+    assert_eq!(events[1]["invocation_id"], "k1");
+    assert_eq!(lines(&via_http.1)[0]["state"]["on_hand"], 7);
+    assert_eq!(lines(&via_http.2)[0]["id"], "s:1");
+    assert_eq!(lines(&via_http.3).len(), 2);
+    assert!(!via_http.4.status.success(), "the data dir is locked while the node runs");
+    assert!(String::from_utf8_lossy(&via_http.4.stderr).contains("--http"), "and the error says what to do instead");
+    node.shutdown().await;
+
+    let export = dir.path().join("out.jsonl");
+    let e = export.to_str().unwrap().to_owned();
+    let offline = tokio::task::spawn_blocking(move || {
+        (
+            run(&["journal", "events", "stock", "s:1", "--from", "2", "--data-dir", &d]),
+            run(&["journal", "state", "stock", "s:1", "--data-dir", &d]),
+            run(&["journal", "state", "stock", "s:1", "--at", "1", "--data-dir", &d]),
+            run(&["journal", "export", "stock", "--out", &e, "--data-dir", &d]),
+            run(&["journal", "events", "stock", "s:1", "--data-dir", "/nonexistent/tessera"]),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(lines(&offline.0).len(), 1);
+    assert_eq!(lines(&offline.1)[0]["state"], json!({"on_hand": 5, "sold": 2, "received": 7}));
+    assert_eq!(lines(&offline.2)[0]["state"]["on_hand"], 7, "time travel on the data dir");
+    assert!(offline.3.status.success());
+    let exported = std::fs::read_to_string(&export).unwrap();
+    assert_eq!(exported.lines().count(), 2);
+    assert!(exported.contains(r#""entity_id":"s:1""#));
+    assert!(!offline.4.status.success());
+    assert!(String::from_utf8_lossy(&offline.4.stderr).contains("no Tessera journal"));
+}
