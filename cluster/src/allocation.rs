@@ -42,7 +42,9 @@ pub fn plan(owners: &[Option<String>], live: &[String], max_moves: usize) -> Vec
     let mut moves = Vec::new();
     for shard in orphans {
         let to = least(&load);
-        load.get_mut(to.as_str()).map(|s| s.push(shard));
+        if let Some(s) = load.get_mut(to.as_str()) {
+            s.push(shard);
+        }
         moves.push(Move { shard, from: None, to });
     }
     for _ in 0..max_moves {
@@ -56,7 +58,9 @@ pub fn plan(owners: &[Option<String>], live: &[String], max_moves: usize) -> Vec
             break;
         }
         let shard = load.get_mut(most.as_str()).and_then(Vec::pop).unwrap_or_default();
-        load.get_mut(to.as_str()).map(|s| s.push(shard));
+        if let Some(s) = load.get_mut(to.as_str()) {
+            s.push(shard);
+        }
         moves.push(Move { shard, from: Some(most), to });
     }
     moves

@@ -80,10 +80,8 @@ impl Journal for MemoryJournal {
             });
         }
         let last_seq = expected_seq + events.len() as u64;
-        if let Some(s) = &snapshot {
-            if s.seq > last_seq {
-                return Err(JournalError::Invalid(format!("snapshot seq {} is past {last_seq}", s.seq)).into());
-            }
+        if let Some(s) = snapshot.as_ref().filter(|s| s.seq > last_seq) {
+            return Err(JournalError::Invalid(format!("snapshot seq {} is past {last_seq}", s.seq)).into());
         }
         let timestamp_ms = now_ms();
         let shard = entity.shard(self.shards);

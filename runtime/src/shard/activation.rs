@@ -33,22 +33,22 @@ pub(crate) async fn rebuild(
     let mut state = None;
     let mut seq = 0;
     let mut dedup = DedupWindow::default();
-    if use_snapshot {
-        if let Some(snap) = journal.load_snapshot(key).await? {
-            if snap.seq <= to_seq && snap.version == SNAPSHOT_FORMAT {
-                match rmp_serde::from_slice::<SnapshotEnvelope>(&snap.payload) {
-                    Ok(env) if env.state_version == entity.state_version() => match entity.decode_state(&env.state) {
-                        Ok(s) => {
-                            state = Some(s);
-                            seq = snap.seq;
-                            dedup = DedupWindow::from_entries(env.dedup);
-                        }
-                        Err(e) => tracing::warn!(%key, error = %e, "snapshot does not decode; replaying from events"),
-                    },
-                    Ok(_) => tracing::info!(%key, "snapshot of another state version; replaying from events"),
-                    Err(e) => tracing::warn!(%key, error = %e, "snapshot envelope does not decode; replaying"),
+    let snap = if use_snapshot { journal.load_snapshot(key).await? } else { None };
+    if let Some(snap) = snap
+        && snap.seq <= to_seq
+        && snap.version == SNAPSHOT_FORMAT
+    {
+        match rmp_serde::from_slice::<SnapshotEnvelope>(&snap.payload) {
+            Ok(env) if env.state_version == entity.state_version() => match entity.decode_state(&env.state) {
+                Ok(s) => {
+                    state = Some(s);
+                    seq = snap.seq;
+                    dedup = DedupWindow::from_entries(env.dedup);
                 }
-            }
+                Err(e) => tracing::warn!(%key, error = %e, "snapshot does not decode; replaying from events"),
+            },
+            Ok(_) => tracing::info!(%key, "snapshot of another state version; replaying from events"),
+            Err(e) => tracing::warn!(%key, error = %e, "snapshot envelope does not decode; replaying"),
         }
     }
     let mut state = state.unwrap_or_else(|| entity.initial_state());

@@ -322,18 +322,18 @@ impl ShardState {
             };
             let _guard = c.span.clone().entered();
             let now = now_ms();
-            if c.retryable {
-                if let Some(hit) = slot.dedup.as_ref().and_then(|d| d.get(&c.invocation_id, now, self.ctx.dedup)) {
-                    tracing::debug!(invocation = %c.invocation_id, seq = hit.seq, "answered from the idempotency window");
-                    let reply = CommandReply {
-                        reply: hit.reply.clone(),
-                        seq: hit.seq,
-                        invocation_id: c.invocation_id,
-                        deduplicated: true,
-                    };
-                    let _ = c.reply.send(Ok(reply));
-                    continue;
-                }
+            if c.retryable
+                && let Some(hit) = slot.dedup.as_ref().and_then(|d| d.get(&c.invocation_id, now, self.ctx.dedup))
+            {
+                tracing::debug!(invocation = %c.invocation_id, seq = hit.seq, "answered from the idempotency window");
+                let reply = CommandReply {
+                    reply: hit.reply.clone(),
+                    seq: hit.seq,
+                    invocation_id: c.invocation_id,
+                    deduplicated: true,
+                };
+                let _ = c.reply.send(Ok(reply));
+                continue;
             }
             let mut ctx = Ctx::new(key.entity_id.clone(), c.invocation_id.clone(), slot.seq, now);
             let entity = slot.entity.clone();
@@ -495,10 +495,10 @@ impl ShardState {
 
     /// Drops the entity's in-memory state; queued work re-activates it from the journal.
     fn reset(&mut self, myself: &ActorRef<ShardMsg>, key: &EntityKey) {
-        if let Some(slot) = self.remove(key, "reset") {
-            if !slot.queue.is_empty() {
-                self.activate(myself, key.clone(), slot.entity, slot.queue);
-            }
+        if let Some(slot) = self.remove(key, "reset")
+            && !slot.queue.is_empty()
+        {
+            self.activate(myself, key.clone(), slot.entity, slot.queue);
         }
     }
 
