@@ -3,6 +3,9 @@
 
 use clap::{Parser, Subcommand};
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The Tessera retail inventory case study.
 #[derive(Parser)]
 #[command(name = "inventory", version, about)]

@@ -30,6 +30,15 @@ pub struct BenchArgs {
     /// Where temporary journals go (default: the system temp dir).
     #[arg(long)]
     pub scratch: Option<PathBuf>,
+    /// Internal: run one memory probe (`entities` or `actors`) and print its JSON.
+    #[arg(long, hide = true)]
+    pub probe: Option<String>,
+    /// Internal: size of the probe.
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub probe_count: u64,
+    /// Internal: concurrent callers of the probe.
+    #[arg(long, hide = true, default_value_t = 256)]
+    pub probe_callers: u64,
 }
 
 /// Sizes of one bench run.
@@ -104,6 +113,10 @@ pub fn rss_bytes() -> u64 {
 
 /// Runs the selected benchmarks and writes `OUT/NAME.json` for each.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(kind) = &args.probe {
+        println!("{}", runs::run_probe(kind, args.probe_count, args.probe_callers).await?);
+        return Ok(());
+    }
     let sizes = if args.quick { Sizes::quick() } else { Sizes::full() };
     let scratch = args.scratch.clone().unwrap_or_else(std::env::temp_dir);
     std::fs::create_dir_all(&args.out)?;

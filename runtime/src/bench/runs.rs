@@ -221,6 +221,8 @@ pub(super) async fn replay(s: Sizes, scratch: &Path) -> anyhow::Result<Value> {
         }
     }
     let j: Arc<dyn Journal> = Arc::new(LocalJournal::open(&path)?);
+    // Warm the block cache once so both timed reads below see the same cache.
+    j.read(&key, 1..=u64::MAX).try_fold((), |(), _| async { Ok(()) }).await?;
     let rss0 = rss_bytes();
     let started = Instant::now();
     let count = j.read(&key, 1..=u64::MAX).try_fold(0u64, |n, _| async move { Ok(n + 1) }).await?;
@@ -247,66 +249,73 @@ pub(super) async fn replay(s: Sizes, scratch: &Path) -> anyhow::Result<Value> {
     }))
 }
 
-#[allow(unsafe_code)]
-fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free heap pages to the OS; it has no preconditions.
-    unsafe {
-        libc::malloc_trim(0);
+/// Memory per active entity and activations/s, vs raw idle ractor actors.
+/// Each figure is taken in a fresh child process (`bench --probe ...`) so
+/// that memory freed by one measurement and kept by the allocator cannot
+/// hide the growth of the next.
+pub(super) async fn entities(s: Sizes) -> anyhow::Result<Value> {
+    let mut points = Vec::new();
+    for n in s.resident {
+        let p = probe("entities", n, s.callers).await?;
+        eprintln!("{n} active entities: {} bytes each", p["bytes_per_entity"]);
+        points.push(p);
     }
+    let actors = probe("actors", s.baseline_actors, s.callers).await?;
+    eprintln!("raw ractor actors: {} bytes each", actors["bytes_per_actor"]);
+    let per_entity = points.last().and_then(|p| p["bytes_per_entity"].as_f64()).unwrap_or(0.0);
+    let per_actor = actors["bytes_per_actor"].as_f64().unwrap_or(0.0);
+    Ok(json!({
+        "description": "RSS growth per active entity (default state, hosted in shard actors; memory journal) and activations/s, vs one idle raw ractor actor per entity; each measured in a fresh process",
+        "runtime": points,
+        "baseline_ractor_actor": actors,
+        "ratio_entity_to_actor_memory": ratio(per_entity, per_actor),
+    }))
 }
 
-/// Memory per active entity and activations/s, vs raw idle ractor actors.
-pub(super) async fn entities(s: Sizes) -> anyhow::Result<Value> {
-    release_freed_memory();
-    let node =
-        NodeBuilder::new(registry()).config(bench_config(JournalKind::Memory, Path::new("unused"))).build().await?;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let base = rss_bytes();
-    let all = ids(s.resident[1]);
-    let mut points = Vec::new();
-    let mut done = 0u64;
-    for target in s.resident {
-        let slice: Arc<Vec<String>> = Arc::new(all[done as usize..target as usize].to_vec());
-        let (elapsed, _) = drive(&node, &slice, target - done, s.callers, "get").await?;
-        done = target;
-        let active = node.metrics().active_entities.get();
+async fn probe(kind: &str, n: u64, callers: u64) -> anyhow::Result<Value> {
+    let exe = std::env::current_exe()?;
+    let out = tokio::process::Command::new(&exe)
+        .args(["bench", "--probe", kind, "--probe-count", &n.to_string(), "--probe-callers", &callers.to_string()])
+        .env("RUST_LOG", "warn")
+        .output()
+        .await?;
+    anyhow::ensure!(out.status.success(), "probe {kind} failed: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// The measurement of one probe process: `entities` activates `n` entities,
+/// `actors` spawns `n` idle ractor actors; prints one JSON object.
+pub(super) async fn run_probe(kind: &str, n: u64, callers: u64) -> anyhow::Result<Value> {
+    if kind == "actors" {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let base = rss_bytes();
+        let started = Instant::now();
+        let mut actors = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            actors.push(Actor::spawn(None, EchoActor, ()).await?);
+        }
+        let spawn = started.elapsed();
         let rss = rss_bytes().saturating_sub(base);
-        eprintln!("{active} active entities: {} MiB RSS growth", rss >> 20);
-        points.push(json!({
-            "active_entities": active,
+        return Ok(json!({
+            "actors": n,
             "rss_growth_bytes": rss,
-            "bytes_per_entity": rss / target.max(1),
-            "entities_per_gib": ((1u64 << 30) as f64 / (rss as f64 / target as f64)).round(),
-            "activations_per_sec": ((slice.len() as f64) / elapsed.as_secs_f64()).round(),
+            "bytes_per_actor": rss / n.max(1),
+            "spawns_per_sec": (n as f64 / spawn.as_secs_f64()).round(),
         }));
     }
-    node.shutdown().await;
-    drop(all);
-    release_freed_memory();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-
+    let node =
+        NodeBuilder::new(registry()).config(bench_config(JournalKind::Memory, Path::new("unused"))).build().await?;
+    let ids = ids(n);
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let base = rss_bytes();
-    let started = Instant::now();
-    let mut actors = Vec::with_capacity(s.baseline_actors as usize);
-    for _ in 0..s.baseline_actors {
-        actors.push(Actor::spawn(None, EchoActor, ()).await?);
-    }
-    let spawn = started.elapsed();
+    let (elapsed, _) = drive(&node, &ids, n, callers, "get").await?;
+    let active = node.metrics().active_entities.get();
     let rss = rss_bytes().saturating_sub(base);
-    for (a, _) in &actors {
-        a.stop(None);
-    }
-    for (_, h) in actors {
-        let _ = h.await;
-    }
-    let per_actor = rss / s.baseline_actors.max(1);
-    eprintln!("raw ractor actors: {per_actor} bytes each");
-    let per_entity = points.last().and_then(|p| p["bytes_per_entity"].as_u64()).unwrap_or(0);
     Ok(json!({
-        "description": "RSS growth per active entity (default state, hosted in shard actors) and activations/s, vs one idle raw ractor actor per entity",
-        "runtime": points,
-        "baseline_ractor_actor": { "actors": s.baseline_actors, "bytes_per_actor": per_actor, "spawns_per_sec": (s.baseline_actors as f64 / spawn.as_secs_f64()).round() },
-        "ratio_entity_to_actor_memory": ratio(per_entity as f64, per_actor as f64),
+        "active_entities": active,
+        "rss_growth_bytes": rss,
+        "bytes_per_entity": rss / n.max(1),
+        "entities_per_gib": ((1u64 << 30) as f64 / (rss as f64 / n as f64)).round(),
+        "activations_per_sec": (n as f64 / elapsed.as_secs_f64()).round(),
     }))
 }

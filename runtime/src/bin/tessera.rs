@@ -3,6 +3,9 @@
 
 use clap::Parser;
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Tessera: stateful functions on an event-sourced journal.
 #[derive(Parser)]
 #[command(name = "tessera", version, about)]

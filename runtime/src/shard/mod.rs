@@ -219,8 +219,7 @@ impl ShardState {
         if let Some(slot) = self.slots.get_mut(&key) {
             slot.last_used = clock;
             if slot.state.is_some() && slot.busy.is_none() && slot.queue.is_empty() {
-                slot.queue.push_back(p);
-                self.drain(myself, &key);
+                self.drain(myself, &key, Some(p));
             } else if slot.queue.len() >= self.ctx.entity_queue_limit {
                 p.fail(InvokeError::EntityBusy(key.to_string()));
             } else {
@@ -291,7 +290,7 @@ impl ShardState {
                 slot.dedup = (!r.dedup.is_empty()).then(|| Box::new(r.dedup));
                 slot.events_since_snapshot = r.events_since_snapshot;
                 self.maybe_snapshot(&key);
-                self.drain(myself, &key);
+                self.drain(myself, &key, None);
             }
             Err(e) => {
                 if let Some(slot) = self.remove(&key, "reset") {
@@ -303,15 +302,23 @@ impl ShardState {
         }
     }
 
-    /// Runs queued work of an entity until it waits on an append or its queue is empty.
-    fn drain(&mut self, myself: &ActorRef<ShardMsg>, key: &EntityKey) {
+    /// Runs `first` (an idle entity's new work, which skips the queue) and
+    /// then queued work until the entity waits on an append or has nothing
+    /// left; an emptied queue gives its buffer back (most entities are idle,
+    /// and an idle entity should cost no queue memory).
+    fn drain(&mut self, myself: &ActorRef<ShardMsg>, key: &EntityKey, mut first: Option<Pending>) {
         loop {
             let Some(slot) = self.slots.get_mut(key) else { return };
             let Some(state) = slot.state.as_ref() else { return };
             if slot.busy.is_some() {
                 return;
             }
-            let Some(next) = slot.queue.pop_front() else { return };
+            let Some(next) = first.take().or_else(|| slot.queue.pop_front()) else {
+                if slot.queue.capacity() > 0 {
+                    slot.queue = VecDeque::new();
+                }
+                return;
+            };
             let c = match next {
                 Pending::State(s) => {
                     let view = StateView { state: slot.entity.state_json(state), seq: slot.seq };
@@ -462,7 +469,7 @@ impl ShardState {
         let _ = port.send(Ok(reply));
         drop(_guard);
         self.maybe_snapshot(&key);
-        self.drain(myself, &key);
+        self.drain(myself, &key, None);
     }
 
     /// Saves a snapshot in the background when enough events accumulated.

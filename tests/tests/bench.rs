@@ -1,0 +1,23 @@
+//! `bench --quick` runs every benchmark end to end and writes its JSON (the
+//! figures are not checked: timings are measured, never asserted).
+
+mod common;
+
+#[test]
+fn quick_bench_writes_json_for_every_benchmark() {
+    let out = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new(common::test_node_bin())
+        .args(["bench", "--quick", "--out"])
+        .arg(out.path())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for name in ["durable", "memory", "replay", "entities"] {
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.path().join(format!("{name}.json"))).unwrap()).unwrap();
+        assert_eq!(v["bench"], name);
+        assert!(v["ratio_runtime_to_baseline"].is_number() || v["ratio_entity_to_actor_memory"].is_number(), "{v}");
+    }
+}
