@@ -65,6 +65,20 @@ pub struct NodeConfig {
     pub function_concurrency: usize,
     /// Deadline of one invocation (milliseconds).
     pub invocation_timeout_ms: u64,
+    /// This node's id (default: generated at start).
+    pub node_id: Option<String>,
+    /// NATS server URL; `None` serves no NATS (async calls then run in-process).
+    pub nats: Option<String>,
+    /// Prefix of every NATS subject and stream (default `tessera`).
+    pub nats_prefix: String,
+    /// Deliveries of an async invocation before it is dead-lettered.
+    pub async_max_deliver: i64,
+    /// How long an async invocation may run before JetStream redelivers it (milliseconds).
+    pub async_ack_wait_ms: u64,
+    /// How long results are kept (seconds).
+    pub result_ttl_secs: u64,
+    /// Largest reply kept inline in a result row (bytes); larger ones keep only their size.
+    pub result_inline_bytes: usize,
 }
 
 impl Default for NodeConfig {
@@ -86,6 +100,13 @@ impl Default for NodeConfig {
             entity_queue_limit: 1_000,
             function_concurrency: 64,
             invocation_timeout_ms: 30_000,
+            node_id: None,
+            nats: None,
+            nats_prefix: "tessera".into(),
+            async_max_deliver: 5,
+            async_ack_wait_ms: 30_000,
+            result_ttl_secs: 24 * 3600,
+            result_inline_bytes: 64 << 10,
         }
     }
 }
@@ -140,6 +161,14 @@ impl NodeConfig {
             if v == 0 {
                 return Err(ConfigError::Invalid(format!("{name} must be positive")));
             }
+        }
+        if self.nats_prefix.is_empty()
+            || !self.nats_prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(ConfigError::Invalid(format!(
+                "nats_prefix `{}` must be letters, digits, `-` or `_`",
+                self.nats_prefix
+            )));
         }
         Ok(())
     }

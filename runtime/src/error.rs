@@ -24,6 +24,9 @@ pub enum InvokeError {
     /// The content type is neither JSON nor MessagePack (415).
     #[error("unsupported content type `{0}`: use application/json or application/msgpack")]
     UnsupportedMediaType(String),
+    /// The request reached a subject or node that does not serve this entity (421).
+    #[error("misdirected: {0}")]
+    Misdirected(String),
     /// The body is larger than the configured limit (413).
     #[error("body larger than the {limit}-byte limit")]
     TooLarge {
@@ -63,6 +66,7 @@ impl InvokeError {
             Self::Malformed(_) => 400,
             Self::UnsupportedMediaType(_) => 415,
             Self::TooLarge { .. } => 413,
+            Self::Misdirected(_) => 421,
             Self::Rejected(_) => 409,
             Self::EntityBusy(_) => 429,
             Self::Unavailable(_) => 503,
@@ -80,6 +84,7 @@ impl InvokeError {
             Self::Malformed(_) => "malformed",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::TooLarge { .. } => "too_large",
+            Self::Misdirected(_) => "misdirected",
             Self::Rejected(_) => "rejected",
             Self::EntityBusy(_) => "entity_busy",
             Self::Unavailable(_) => "unavailable",

@@ -17,16 +17,19 @@
 
 pub mod bench;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod envelope;
 mod error;
 pub mod http;
 pub mod inspect;
 pub mod metrics;
+pub mod nats;
 mod node;
+pub mod results;
 mod shard;
 
 pub use config::{JournalKind, NodeConfig};
 pub use error::InvokeError;
-pub use node::{Invocation, Node, NodeBuilder, NodeError};
+pub use node::{AsyncDecision, Invocation, Node, NodeBuilder, NodeError};
 pub use shard::{CommandReply, StateView};

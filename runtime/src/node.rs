@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
 use ractor::{Actor, ActorRef};
@@ -17,6 +17,10 @@ use crate::config::{ConfigError, JournalKind, NodeConfig};
 use crate::error::InvokeError;
 use crate::http::HttpServer;
 use crate::metrics::Metrics;
+use crate::nats::{NatsError, NatsIngress, NatsLink};
+use crate::results::{
+    InvocationResult, LocalResultStore, MemoryResultStore, PutOutcome, ResultStatus, ResultStore, ResultStoreError,
+};
 use crate::shard::{
     CommandReply, CommandRequest, DedupLimits, ShardContext, ShardMsg, ShardRefs, ShardSupervisor, StateRequest,
     StateView, rebuild,
@@ -79,6 +83,21 @@ pub enum NodeError {
     /// The actors could not start.
     #[error("cannot start actors: {0}")]
     Spawn(String),
+    /// NATS could not be reached or set up.
+    #[error(transparent)]
+    Nats(#[from] NatsError),
+    /// The result store could not be opened.
+    #[error(transparent)]
+    Results(#[from] ResultStoreError),
+}
+
+/// What to do with an async invocation's message after a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AsyncDecision {
+    /// Done (a final result is stored): acknowledge.
+    Ack,
+    /// A retryable failure: deliver again after this delay.
+    Retry(std::time::Duration),
 }
 
 /// Builds a [`Node`].
@@ -96,12 +115,13 @@ pub struct NodeBuilder {
     registry: Registry,
     config: NodeConfig,
     journal: Option<Arc<dyn Journal>>,
+    results: Option<Arc<dyn ResultStore>>,
 }
 
 impl NodeBuilder {
     /// A node serving `registry`'s entities and functions, with default config.
     pub fn new(registry: Registry) -> Self {
-        Self { registry, config: NodeConfig::default(), journal: None }
+        Self { registry, config: NodeConfig::default(), journal: None, results: None }
     }
     /// Replaces the configuration.
     pub fn config(mut self, config: NodeConfig) -> Self {
@@ -113,11 +133,17 @@ impl NodeBuilder {
         self.journal = Some(journal);
         self
     }
+    /// Uses this result store instead of the one next to the journal.
+    pub fn results(mut self, results: Arc<dyn ResultStore>) -> Self {
+        self.results = Some(results);
+        self
+    }
     /// Opens the journal, starts the shard actors and the HTTP server.
     pub async fn build(self) -> Result<Node, NodeError> {
         let config = self.config;
         config.validate()?;
         let metrics = Metrics::new();
+        let journal_given = self.journal.is_some();
         let journal: Arc<dyn Journal> =
             match self.journal {
                 Some(j) => j,
@@ -141,6 +167,39 @@ impl NodeBuilder {
                     }
                 },
             };
+        let results: Arc<dyn ResultStore> = match (self.results, journal_given, &config.journal) {
+            (Some(r), _, _) => r,
+            (None, false, JournalKind::Local) => {
+                let dir = config.data_dir.join("results");
+                Arc::new(
+                    tokio::task::spawn_blocking(move || LocalResultStore::open(&dir))
+                        .await
+                        .map_err(|e| ResultStoreError::Unavailable(e.to_string()))??,
+                )
+            }
+            _ => Arc::new(MemoryResultStore::default()),
+        };
+        let nats = match &config.nats {
+            Some(url) => {
+                Some(NatsLink::connect(url, &config.nats_prefix, Duration::from_secs(config.result_ttl_secs)).await?)
+            }
+            None => None,
+        };
+        let node_id = config.node_id.clone().unwrap_or_else(|| format!("node-{}", &new_invocation_id()[24..]));
+        let sweeper = {
+            let results = results.clone();
+            let every = Duration::from_secs(config.result_ttl_secs.clamp(1, 60));
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    match results.purge_expired(now_ms()).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::debug!(purged = n, "expired results purged"),
+                        Err(e) => tracing::warn!(error = %e, "cannot purge expired results"),
+                    }
+                }
+            })
+        };
         let ctx = Arc::new(ShardContext {
             journal: journal.clone(),
             metrics: metrics.clone(),
@@ -166,9 +225,22 @@ impl NodeBuilder {
             supervisor,
             in_flight: AtomicUsize::new(0),
             http: std::sync::Mutex::new(None),
+            results,
+            node_id,
+            nats,
+            ingress: std::sync::Mutex::new(None),
+            sweeper,
             config,
         });
         let node = Node { inner };
+        if let Some(link) = node.inner.nats.clone() {
+            let c = &node.inner.config;
+            let ingress =
+                NatsIngress::start(node.clone(), link, c.async_max_deliver, Duration::from_millis(c.async_ack_wait_ms))
+                    .await?;
+            *node.inner.ingress.lock().unwrap_or_else(|p| p.into_inner()) = Some(ingress);
+            tracing::info!(url = c.nats.as_deref().unwrap_or_default(), prefix = %c.nats_prefix, "NATS ingress serving");
+        }
         if let Some(addr) = node.inner.config.http.clone() {
             let server = HttpServer::start(node.clone(), &addr)
                 .await
@@ -190,6 +262,11 @@ struct NodeInner {
     in_flight: AtomicUsize,
     functions: Semaphore,
     http: std::sync::Mutex<Option<HttpServer>>,
+    results: Arc<dyn ResultStore>,
+    node_id: String,
+    nats: Option<NatsLink>,
+    ingress: std::sync::Mutex<Option<NatsIngress>>,
+    sweeper: tokio::task::JoinHandle<()>,
 }
 
 /// A running node. Cheap to clone.
@@ -393,8 +470,18 @@ impl Node {
 
     /// Calls a stateless function; the output is MessagePack.
     pub async fn call_function(&self, name: &str, body: &[u8], format: Format) -> Result<Vec<u8>, InvokeError> {
+        self.call_function_as(name, body, format, new_invocation_id()).await
+    }
+
+    /// Calls a stateless function as invocation `invocation_id`.
+    pub async fn call_function_as(
+        &self,
+        name: &str,
+        body: &[u8],
+        format: Format,
+        invocation_id: String,
+    ) -> Result<Vec<u8>, InvokeError> {
         let started = Instant::now();
-        let invocation_id = new_invocation_id();
         let span = tracing::info_span!("function", function = %name, invocation_id = %invocation_id);
         let result = self.call_inner(name, body, format, invocation_id).instrument(span).await;
         self.record("function", started, result.as_ref().map(|_| ()).map_err(InvokeError::status));
@@ -436,9 +523,197 @@ impl Node {
         })?
     }
 
-    /// Stops serving: HTTP first, then the shard actors (in-flight appends
-    /// complete in the journal), then releases the journal.
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.inner.node_id
+    }
+
+    /// The result store.
+    pub fn results(&self) -> &Arc<dyn ResultStore> {
+        &self.inner.results
+    }
+
+    /// Accepts an async function call: stores a pending result row and hands
+    /// the call to JetStream (with NATS) or to a background task (without).
+    /// With a key already used, returns that invocation's row instead.
+    pub async fn call_async(
+        &self,
+        name: &str,
+        body: &[u8],
+        format: Format,
+        key: Option<String>,
+    ) -> Result<InvocationResult, InvokeError> {
+        let n = &self.inner;
+        let f = n.registry.function(name).ok_or_else(|| InvokeError::UnknownFunction(name.into()))?;
+        f.decode_input(body, format).map_err(|e| InvokeError::Malformed(format!("malformed `{name}` input: {e}")))?;
+        let id = match key {
+            Some(k) if crate::nats::protocol::subject_safe(&k) => k,
+            Some(k) => {
+                return Err(InvokeError::Malformed(format!(
+                    "idempotency key `{k}` of an async call must be 1-200 letters, digits, `-`, `_` or `:`"
+                )));
+            }
+            None => new_invocation_id(),
+        };
+        let now = now_ms();
+        if let Some(existing) = n.results.get(&id, now).await.map_err(|e| InvokeError::Unavailable(e.to_string()))? {
+            return Ok(existing);
+        }
+        let ttl = (n.config.result_ttl_secs as i64).saturating_mul(1000);
+        let row = InvocationResult::pending(&id, format!("function:{name}"), format.content_type(), now, ttl);
+        n.results.put(row.clone()).await.map_err(|e| InvokeError::Unavailable(e.to_string()))?;
+        match &n.nats {
+            Some(link) => {
+                let mut h = async_nats::HeaderMap::new();
+                h.insert(crate::nats::protocol::INVOCATION_ID, id.as_str());
+                h.insert(crate::nats::protocol::NATS_MSG_ID, id.as_str());
+                h.insert(crate::nats::protocol::CONTENT_TYPE, format.content_type());
+                let ack = link
+                    .js
+                    .publish_with_headers(link.subjects.invoke(name), h, body.to_vec().into())
+                    .await
+                    .map_err(|e| InvokeError::Unavailable(format!("cannot queue the call: {e}")))?;
+                ack.await.map_err(|e| InvokeError::Unavailable(format!("JetStream did not store the call: {e}")))?;
+            }
+            None => {
+                let (me, name, body, id) = (self.clone(), name.to_owned(), body.to_vec(), id.clone());
+                let max = n.config.async_max_deliver.max(1) as u32;
+                tokio::spawn(async move {
+                    for attempt in 1..=max {
+                        match me.run_async(&id, &name, &body, format, attempt, attempt == max).await {
+                            AsyncDecision::Ack => return,
+                            AsyncDecision::Retry(d) => tokio::time::sleep(d).await,
+                        }
+                    }
+                });
+            }
+        }
+        Ok(row)
+    }
+
+    /// The result row of an invocation (`None`: unknown or expired).
+    pub async fn invocation(&self, id: &str) -> Result<Option<InvocationResult>, InvokeError> {
+        self.inner.results.get(id, now_ms()).await.map_err(|e| InvokeError::Unavailable(e.to_string()))
+    }
+
+    /// Runs one delivery of an async invocation and stores its result. A
+    /// final result already stored (a redelivery after a crash) is not run
+    /// again. Retryable failures ask for redelivery until `last_attempt`,
+    /// which dead-letters the call.
+    pub async fn run_async(
+        &self,
+        id: &str,
+        name: &str,
+        body: &[u8],
+        format: Format,
+        attempt: u32,
+        last_attempt: bool,
+    ) -> AsyncDecision {
+        let n = &self.inner;
+        let retry = AsyncDecision::Retry(Duration::from_millis(200 * u64::from(attempt.min(25))));
+        let now = now_ms();
+        let ttl = (n.config.result_ttl_secs as i64).saturating_mul(1000);
+        let mut row = match n.results.get(id, now).await {
+            Ok(Some(r)) if r.status.is_final() => {
+                tracing::info!(invocation = %id, "redelivered invocation already has a result; not run again");
+                return AsyncDecision::Ack;
+            }
+            Ok(Some(r)) => r,
+            Ok(None) => InvocationResult::pending(id, format!("function:{name}"), format.content_type(), now, ttl),
+            Err(e) => {
+                tracing::warn!(invocation = %id, error = %e, "result store unavailable; retrying later");
+                return retry;
+            }
+        };
+        row.status = ResultStatus::Running;
+        row.attempts = attempt;
+        row.started_ms = Some(now);
+        row.node_id = n.node_id.clone();
+        row.executor_id = "cpu-0".into();
+        if n.results.put(row.clone()).await.is_err() {
+            return retry;
+        }
+        let outcome = self.call_function_as(name, body, format, id.to_owned()).await;
+        row.completed_ms = Some(now_ms());
+        match outcome {
+            Ok(out) => {
+                row.status = ResultStatus::Ok;
+                row.status_code = 200;
+                row.set_body(out, n.config.result_inline_bytes);
+            }
+            Err(e) if e.retry_after().is_some() && !last_attempt => {
+                tracing::info!(invocation = %id, attempt, error = %e, "retryable failure; will be redelivered");
+                row.error = Some(e.to_string());
+                let _ = n.results.put(row).await;
+                return retry;
+            }
+            Err(e) => {
+                row.status =
+                    if matches!(e, InvokeError::Timeout(_)) { ResultStatus::TimedOut } else { ResultStatus::Error };
+                row.status_code = e.status();
+                row.error = Some(if e.retry_after().is_some() {
+                    format!("dead-lettered after {attempt} deliveries: {e}")
+                } else {
+                    e.to_string()
+                });
+                row.set_body(rmp_serde::to_vec_named(&e.to_json()).unwrap_or_default(), n.config.result_inline_bytes);
+                if e.retry_after().is_some() {
+                    self.dead_letter(id, name, body, format, &e).await;
+                }
+            }
+        }
+        match n.results.put(row.clone()).await {
+            Ok(PutOutcome::Stored | PutOutcome::AlreadyFinal(_)) => {}
+            Err(e) => {
+                tracing::warn!(invocation = %id, error = %e, "cannot store the result; will be redelivered");
+                return retry;
+            }
+        }
+        self.publish_result(&row).await;
+        if std::env::var_os("TESSERA_FAULT_ABORT_BEFORE_ACK").is_some() {
+            tracing::error!("fault injection: aborting after storing the result, before the acknowledgement");
+            std::process::abort();
+        }
+        AsyncDecision::Ack
+    }
+
+    async fn publish_result(&self, row: &InvocationResult) {
+        if let Some(link) = &self.inner.nats {
+            let body = rmp_serde::to_vec_named(row).unwrap_or_default();
+            match link.js.publish(link.subjects.result(&row.invocation_id), body.into()).await {
+                Ok(ack) => {
+                    if let Err(e) = ack.await {
+                        tracing::warn!(invocation = %row.invocation_id, error = %e, "result not stored in JetStream");
+                    }
+                }
+                Err(e) => tracing::warn!(invocation = %row.invocation_id, error = %e, "cannot publish the result"),
+            }
+        }
+    }
+
+    async fn dead_letter(&self, id: &str, name: &str, body: &[u8], format: Format, e: &InvokeError) {
+        if let Some(link) = &self.inner.nats {
+            let mut h = async_nats::HeaderMap::new();
+            h.insert(crate::nats::protocol::INVOCATION_ID, id);
+            h.insert(crate::nats::protocol::CONTENT_TYPE, format.content_type());
+            h.insert(crate::nats::protocol::ERROR, e.to_string().replace(['\r', '\n'], " ").as_str());
+            if let Err(err) =
+                link.js.publish_with_headers(link.subjects.dead_letter(name), h, body.to_vec().into()).await
+            {
+                tracing::warn!(invocation = %id, error = %err, "cannot dead-letter");
+            }
+        }
+        tracing::warn!(invocation = %id, function = %name, error = %e, "invocation dead-lettered");
+    }
+
+    /// Stops serving: NATS and HTTP first, then the shard actors (in-flight
+    /// appends complete in the journal), then releases the journal.
     pub async fn shutdown(self) {
+        let ingress = self.inner.ingress.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(i) = ingress {
+            i.stop();
+        }
+        self.inner.sweeper.abort();
         let server = self.inner.http.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(s) = server {
             s.stop().await;

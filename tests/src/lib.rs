@@ -2,8 +2,10 @@
 //! application plus a `flaky` entity that misbehaves on purpose, served by
 //! the `tessera-test-node` binary the process tests start.
 
+use std::io::Write;
+
 use serde::{Deserialize, Serialize};
-use tessera_entities::{Ctx, Effect, Entity, Registry, Rejection};
+use tessera_entities::{Ctx, Effect, Entity, FnCtx, Function, FunctionError, Registry, Rejection};
 
 /// An entity for fault tests (`flaky`).
 pub struct Flaky;
@@ -65,12 +67,74 @@ impl Entity for Flaky {
     }
 }
 
-/// The inventory application plus [`Flaky`].
+/// `test.sleep {ms}`: sleeps, returns `ms`.
+pub struct Sleep;
+
+/// Input of [`Sleep`].
+#[derive(Debug, Deserialize)]
+pub struct SleepInput {
+    /// Milliseconds.
+    pub ms: u64,
+}
+
+impl Function for Sleep {
+    const NAME: &'static str = "test.sleep";
+    type Input = SleepInput;
+    type Output = u64;
+    async fn call(&self, input: SleepInput, _: &FnCtx) -> Result<u64, FunctionError> {
+        tokio::time::sleep(std::time::Duration::from_millis(input.ms)).await;
+        Ok(input.ms)
+    }
+}
+
+/// `test.unavailable`: always fails with a retryable error.
+pub struct Unavailable;
+
+impl Function for Unavailable {
+    const NAME: &'static str = "test.unavailable";
+    type Input = serde_json::Value;
+    type Output = ();
+    async fn call(&self, _: serde_json::Value, _: &FnCtx) -> Result<(), FunctionError> {
+        Err(FunctionError::Unavailable("the downstream service is down".into()))
+    }
+}
+
+/// `test.touch {path}`: appends a line to a file (a visible side effect, to
+/// count executions), returns the number of lines.
+pub struct Touch;
+
+/// Input of [`Touch`].
+#[derive(Debug, Deserialize)]
+pub struct TouchInput {
+    /// The file.
+    pub path: String,
+}
+
+impl Function for Touch {
+    const NAME: &'static str = "test.touch";
+    type Input = TouchInput;
+    type Output = usize;
+    async fn call(&self, input: TouchInput, ctx: &FnCtx) -> Result<usize, FunctionError> {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&input.path)
+            .map_err(|e| FunctionError::Failed(e.to_string()))?;
+        writeln!(f, "{}", ctx.invocation_id).map_err(|e| FunctionError::Failed(e.to_string()))?;
+        let text = std::fs::read_to_string(&input.path).map_err(|e| FunctionError::Failed(e.to_string()))?;
+        Ok(text.lines().count())
+    }
+}
+
+/// The inventory application plus the test entity and functions.
 pub fn registry() -> Registry {
     Registry::builder()
         .entity(inventory::Stock)
         .function(inventory::ProductUpsert)
         .entity(Flaky)
+        .function(Sleep)
+        .function(Unavailable)
+        .function(Touch)
         .build()
         .expect("valid registry")
 }

@@ -19,7 +19,7 @@ enum Cmd {
     /// Start an embedded node on a fresh data dir, drive a concurrent workload, check it, print a summary.
     Demo(inventory::demo::DemoArgs),
     #[command(flatten)]
-    Node(tessera_runtime::cli::Command),
+    Node(Box<tessera_runtime::cli::Command>),
 }
 
 #[tokio::main]
@@ -27,6 +27,6 @@ async fn main() -> anyhow::Result<()> {
     tessera_runtime::cli::init_tracing();
     match Cli::parse().command {
         Cmd::Demo(args) => inventory::demo::run(args).await,
-        Cmd::Node(cmd) => tessera_runtime::cli::run(cmd, inventory::registry()?).await,
+        Cmd::Node(cmd) => tessera_runtime::cli::run(*cmd, inventory::registry()?).await,
     }
 }

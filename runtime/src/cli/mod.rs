@@ -4,6 +4,7 @@
 //! so `journal state` can replay through the real entity types.
 
 mod journal;
+mod result_store;
 mod send;
 mod serve;
 
@@ -11,6 +12,7 @@ use clap::Subcommand;
 use tessera_entities::Registry;
 
 pub use journal::{JournalCmd, Source};
+pub use result_store::ResultStoreArgs;
 pub use send::{CallArgs, SendArgs};
 pub use serve::ServeArgs;
 
@@ -28,6 +30,8 @@ pub enum Command {
     Journal(JournalCmd),
     /// Run the benchmarks and write their figures as JSON.
     Bench(crate::bench::BenchArgs),
+    /// Persist the results nodes publish on NATS and serve them over HTTP.
+    ResultStore(ResultStoreArgs),
 }
 
 /// Runs a shared subcommand.
@@ -38,6 +42,7 @@ pub async fn run(cmd: Command, registry: Registry) -> anyhow::Result<()> {
         Command::Call(a) => send::call(a).await,
         Command::Journal(c) => journal::run(c, registry).await,
         Command::Bench(a) => crate::bench::run(a).await,
+        Command::ResultStore(a) => result_store::run(a).await,
     }
 }
 

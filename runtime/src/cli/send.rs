@@ -2,6 +2,9 @@
 
 use anyhow::{Context, bail};
 use clap::Args;
+use tessera_entities::Format;
+
+use crate::client::NatsClient;
 
 /// `send`: one entity command.
 #[derive(Debug, Clone, Args)]
@@ -9,6 +12,12 @@ pub struct SendArgs {
     /// The node's HTTP address, e.g. 127.0.0.1:8080.
     #[arg(long, env = "TESSERA_HTTP", default_value = "127.0.0.1:8080")]
     pub http: String,
+    /// Send over NATS instead (to the entity's shard subject), e.g. nats://127.0.0.1:4222.
+    #[arg(long)]
+    pub nats: Option<String>,
+    /// NATS subject prefix.
+    #[arg(long, default_value = "tessera")]
+    pub nats_prefix: String,
     /// Entity type.
     pub entity_type: String,
     /// Entity id.
@@ -28,6 +37,18 @@ pub struct CallArgs {
     /// The node's HTTP address.
     #[arg(long, env = "TESSERA_HTTP", default_value = "127.0.0.1:8080")]
     pub http: String,
+    /// Call over NATS instead.
+    #[arg(long)]
+    pub nats: Option<String>,
+    /// NATS subject prefix.
+    #[arg(long, default_value = "tessera")]
+    pub nats_prefix: String,
+    /// Queue the call and print its invocation id instead of waiting for the output.
+    #[arg(long = "async")]
+    pub asynchronous: bool,
+    /// Idempotency key (async calls): the invocation id.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
     /// Function name.
     pub function: String,
     /// The input as JSON (default `{}`).
@@ -78,7 +99,28 @@ async fn post(url: String, body: Option<String>, key: Option<String>) -> anyhow:
     }
 }
 
+fn json_body(body: Option<String>) -> anyhow::Result<Vec<u8>> {
+    let body = body.unwrap_or_else(|| "{}".into());
+    serde_json::from_str::<serde_json::Value>(&body).context("the body must be JSON")?;
+    Ok(body.into_bytes())
+}
+
+fn print_reply(r: &crate::client::Reply) -> anyhow::Result<()> {
+    println!("{}", r.json()?);
+    if let Some(seq) = r.seq {
+        eprintln!("seq {seq}{}", if r.deduplicated { " (deduplicated)" } else { "" });
+    }
+    Ok(())
+}
+
 pub(crate) async fn send(a: SendArgs) -> anyhow::Result<()> {
+    if let Some(url) = &a.nats {
+        let c = NatsClient::connect(url).await?.with_prefix(&a.nats_prefix);
+        let body = json_body(a.body)?;
+        let r =
+            c.send(&a.entity_type, &a.entity_id, &a.command, body, Format::Json, a.idempotency_key.as_deref()).await?;
+        return print_reply(&r);
+    }
     let url = format!(
         "{}/v1/entities/{}/{}/{}",
         base_url(&a.http),
@@ -90,6 +132,17 @@ pub(crate) async fn send(a: SendArgs) -> anyhow::Result<()> {
 }
 
 pub(crate) async fn call(a: CallArgs) -> anyhow::Result<()> {
-    let url = format!("{}/v1/functions/{}", base_url(&a.http), segment(&a.function));
-    post(url, a.body, None).await
+    if let Some(url) = &a.nats {
+        let c = NatsClient::connect(url).await?.with_prefix(&a.nats_prefix);
+        let body = json_body(a.body)?;
+        if a.asynchronous {
+            let id = c.call_async(&a.function, body, Format::Json, a.idempotency_key.as_deref()).await?;
+            println!("{}", serde_json::json!({"invocation_id": id, "status": "pending"}));
+            return Ok(());
+        }
+        return print_reply(&c.call(&a.function, body, Format::Json).await?);
+    }
+    let mode = if a.asynchronous { "?mode=async" } else { "" };
+    let url = format!("{}/v1/functions/{}{mode}", base_url(&a.http), segment(&a.function));
+    post(url, a.body, a.idempotency_key).await
 }

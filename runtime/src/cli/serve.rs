@@ -46,6 +46,24 @@ pub struct ServeArgs {
     /// Most commands queued per entity before 429.
     #[arg(long, env = "TESSERA_ENTITY_QUEUE_LIMIT")]
     pub entity_queue_limit: Option<usize>,
+    /// NATS server URL: also serve commands and functions over NATS.
+    #[arg(long, env = "TESSERA_NATS")]
+    pub nats: Option<String>,
+    /// Prefix of NATS subjects and streams.
+    #[arg(long, env = "TESSERA_NATS_PREFIX")]
+    pub nats_prefix: Option<String>,
+    /// This node's id.
+    #[arg(long, env = "TESSERA_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Keep results this many seconds.
+    #[arg(long, env = "TESSERA_RESULT_TTL_SECS")]
+    pub result_ttl_secs: Option<u64>,
+    /// Deliveries of an async call before it is dead-lettered.
+    #[arg(long, env = "TESSERA_ASYNC_MAX_DELIVER")]
+    pub async_max_deliver: Option<i64>,
+    /// Milliseconds an async call may run before it is redelivered.
+    #[arg(long, env = "TESSERA_ASYNC_ACK_WAIT_MS")]
+    pub async_ack_wait_ms: Option<u64>,
 }
 
 fn parse_durability(s: &str) -> Result<Durability, String> {
@@ -78,8 +96,11 @@ impl ServeArgs {
             max_in_flight,
             entity_queue_limit
         );
-        if let Some(h) = &self.http {
-            c.http = Some(h.clone());
+        set!(nats_prefix, result_ttl_secs, async_max_deliver, async_ack_wait_ms);
+        for (dst, src) in [(&mut c.http, &self.http), (&mut c.nats, &self.nats), (&mut c.node_id, &self.node_id)] {
+            if let Some(v) = src {
+                *dst = Some(v.clone());
+            }
         }
         c.validate()?;
         Ok(c)
@@ -93,8 +114,10 @@ pub(crate) async fn run(args: ServeArgs, registry: Registry) -> anyhow::Result<(
     let addr = node.http_addr().map(|a| a.to_string()).unwrap_or_else(|| "-".into());
     let types: Vec<_> = registry.entities().map(|e| e.type_name()).collect();
     let functions: Vec<_> = registry.functions().map(|f| f.name()).collect();
+    let nats = node.config().nats.clone().map(|u| format!("  nats: {u}")).unwrap_or_default();
     eprintln!(
-        "tessera node serving http://{addr}  journal: {}  entities: {types:?}  functions: {functions:?}",
+        "tessera node {} serving http://{addr}{nats}  journal: {}  entities: {types:?}  functions: {functions:?}",
+        node.node_id(),
         data_dir.display()
     );
     shutdown_signal().await;

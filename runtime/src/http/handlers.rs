@@ -178,16 +178,58 @@ pub(crate) async fn entities(
     Ok(axum::Json(body).into_response())
 }
 
+#[derive(Deserialize)]
+pub(crate) struct FunctionQuery {
+    mode: Option<String>,
+}
+
 pub(crate) async fn function(
     State(node): State<Node>,
     Path(name): Path<String>,
+    q: Result<Query<FunctionQuery>, QueryRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let format = format_of(&headers)?;
     let body = body_of(body, node.config().max_body_bytes, format)?;
-    let out = node.call_function(&name, &body, format).await.map_err(|e| ApiError(e, format))?;
-    reply_response(&out, format)
+    match query(q)?.mode.as_deref() {
+        None | Some("sync") => {
+            let out = node.call_function(&name, &body, format).await.map_err(|e| ApiError(e, format))?;
+            reply_response(&out, format)
+        }
+        Some("async") => {
+            let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
+            let row = node.call_async(&name, &body, format, key).await.map_err(|e| ApiError(e, format))?;
+            let url = format!("/v1/invocations/{}", row.invocation_id);
+            let status = if row.status.is_final() { StatusCode::OK } else { StatusCode::ACCEPTED };
+            let body = json!({
+                "invocation_id": row.invocation_id,
+                "status": row.status,
+                "result_url": url,
+            });
+            let mut resp = (status, axum::Json(body)).into_response();
+            if let Ok(v) = HeaderValue::from_str(&url) {
+                resp.headers_mut().insert(header::LOCATION, v);
+            }
+            Ok(resp)
+        }
+        Some(other) => {
+            Err(ApiError(InvokeError::Malformed(format!("mode must be sync or async, not `{other}`")), format))
+        }
+    }
+}
+
+pub(crate) async fn invocation(State(node): State<Node>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    match node.invocation(&id).await? {
+        None => {
+            let body = json!({"error": {"kind": "not_found", "status": 404, "message": format!("no result for invocation `{id}` (unknown or expired)")}});
+            Ok((StatusCode::NOT_FOUND, axum::Json(body)).into_response())
+        }
+        Some(row) => {
+            let status = if row.status.is_final() { StatusCode::OK } else { StatusCode::ACCEPTED };
+            Ok((status, axum::Json(row.to_json())).into_response())
+        }
+    }
 }
 
 pub(crate) async fn registry(State(node): State<Node>) -> Response {

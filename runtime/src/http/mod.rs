@@ -6,7 +6,8 @@
 //! | `GET /v1/entities/{type}/{id}` | state and last seq (`?at=SEQ`: as of that seq) |
 //! | `GET /v1/entities/{type}/{id}/events?from=&to=&limit=` | the journal as JSON |
 //! | `GET /v1/entities/{type}?after=&limit=` | entity ids of a type |
-//! | `POST /v1/functions/{name}` | call a stateless function |
+//! | `POST /v1/functions/{name}` | call a stateless function (`?mode=async`: 202 + invocation id) |
+//! | `GET /v1/invocations/{id}` | an async call's result (202 while pending, 404 unknown/expired) |
 //! | `GET /v1/registry` | entity types, their commands, functions |
 //! | `GET /healthz`, `GET /metrics` | liveness, Prometheus |
 
@@ -39,6 +40,7 @@ pub fn router(node: Node) -> Router {
         .route("/v1/entities/{entity_type}/{entity_id}/events", get(handlers::events))
         .route("/v1/entities/{entity_type}", get(handlers::entities))
         .route("/v1/functions/{name}", post(handlers::function))
+        .route("/v1/invocations/{id}", get(handlers::invocation))
         .route("/v1/registry", get(handlers::registry))
         .route("/healthz", get(handlers::healthz))
         .route("/metrics", get(handlers::metrics))

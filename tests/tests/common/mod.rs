@@ -59,11 +59,22 @@ impl NodeProcess {
     /// Starts `tessera-test-node serve --data-dir DIR --http 127.0.0.1:0 EXTRA...`
     /// and waits until it serves.
     pub async fn start(dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with_env(dir, extra, &[]).await
+    }
+
+    /// Like [`NodeProcess::start`], with extra environment variables.
+    pub async fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let dir = dir.to_str().unwrap_or_default();
+        let mut args = vec!["serve", "--data-dir", dir, "--http", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        Self::start_command(&args, env).await
+    }
+
+    /// Runs `tessera-test-node ARGS...` and waits for its `serving http://ADDR` line.
+    pub async fn start_command(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let mut child = tokio::process::Command::new(test_node_bin())
-            .args(["serve", "--data-dir"])
-            .arg(dir)
-            .args(["--http", "127.0.0.1:0"])
-            .args(extra)
+            .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "warn")
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
@@ -89,5 +100,52 @@ impl NodeProcess {
     /// SIGKILL, then wait for the process to be gone.
     pub async fn kill(mut self) {
         let _ = self.child.kill().await;
+    }
+
+    /// Waits for the process to exit by itself.
+    pub async fn wait(mut self) -> std::process::ExitStatus {
+        self.child.wait().await.expect("wait")
+    }
+}
+
+/// The NATS server for tests: `TESSERA_NATS_URL`, or one started (once,
+/// idempotently) by the project's own `deploy/local/nats.sh`.
+pub fn nats_url() -> String {
+    if let Ok(url) = std::env::var("TESSERA_NATS_URL") {
+        return url;
+    }
+    static STARTED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    STARTED
+        .get_or_init(|| {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/nats.sh");
+            let status = std::process::Command::new("bash").arg(&script).arg("start").status().expect("run nats.sh");
+            assert!(status.success(), "deploy/local/nats.sh start failed");
+            "nats://127.0.0.1:4222".to_owned()
+        })
+        .clone()
+}
+
+/// A subject prefix no other test uses.
+pub fn unique_prefix() -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    format!(
+        "t{}x{}x{}",
+        t % 1_000_000_000_000,
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
+/// Polls `GET /v1/invocations/{id}` until the row is final.
+pub async fn wait_result(base: &str, id: &str, within: Duration) -> Value {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let (s, v) = get(&format!("{base}/v1/invocations/{id}")).await;
+        if s == 200 {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no final result for {id} in {within:?}: {s} {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

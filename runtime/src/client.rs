@@ -1,0 +1,233 @@
+//! A NATS client for Tessera: computes an entity's shard from its key and
+//! sends commands to `{prefix}.cmd.{type}.{shard}`, calls functions sync or
+//! async, and turns the reply headers into a result.
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), tessera_runtime::client::ClientError> {
+//! use tessera_runtime::client::NatsClient;
+//! let client = NatsClient::connect("nats://127.0.0.1:4222").await?;
+//! let reply = client.send_json("stock", "store-1:sku-1", "restock", &serde_json::json!({"qty": 5}), None).await?;
+//! println!("{} at seq {:?}", reply.json()?, reply.seq);
+//! # Ok(()) }
+//! ```
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::client::RequestErrorKind;
+use tessera_entities::{Format, codec};
+
+use crate::nats::protocol::{self, Subjects};
+
+/// Why a call through NATS failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The server could not be reached.
+    #[error("cannot connect to NATS at {url}: {message}")]
+    Connect {
+        /// The URL.
+        url: String,
+        /// Why.
+        message: String,
+    },
+    /// Nobody serves the subject: no node is running with NATS, or the shard
+    /// is moving between nodes.
+    #[error(
+        "no responders on {subject}: no Tessera node serves it (is a node running with --nats, with the same prefix?)"
+    )]
+    NoResponders {
+        /// The subject.
+        subject: String,
+    },
+    /// No reply in time; the outcome is unknown (retry with the same idempotency key).
+    #[error("no reply on {subject} within {timeout:?}; the outcome is unknown")]
+    Timeout {
+        /// The subject.
+        subject: String,
+        /// The timeout.
+        timeout: Duration,
+    },
+    /// The node answered with an error status.
+    #[error("status {status}: {body}")]
+    Status {
+        /// The HTTP-equivalent status.
+        status: u16,
+        /// The error body as JSON.
+        body: serde_json::Value,
+    },
+    /// Anything else.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A successful reply.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// The body, in the request's format.
+    pub body: Vec<u8>,
+    /// The format.
+    pub format: Format,
+    /// The entity's seq after a command.
+    pub seq: Option<u64>,
+    /// The invocation id.
+    pub invocation_id: Option<String>,
+    /// True when answered from the idempotency window.
+    pub deduplicated: bool,
+}
+
+impl Reply {
+    /// The body as JSON.
+    pub fn json(&self) -> Result<serde_json::Value, ClientError> {
+        match self.format {
+            Format::Json => serde_json::from_slice(&self.body).map_err(|e| ClientError::Other(e.to_string())),
+            Format::MsgPack => codec::msgpack_to_json(&self.body).map_err(|e| ClientError::Other(e.to_string())),
+        }
+    }
+}
+
+/// The client.
+#[derive(Clone)]
+pub struct NatsClient {
+    client: async_nats::Client,
+    subjects: Subjects,
+    shards: u32,
+    timeout: Duration,
+}
+
+impl NatsClient {
+    /// Connects with the default prefix (`tessera`), 1024 shards and a 30 s timeout.
+    pub async fn connect(url: &str) -> Result<Self, ClientError> {
+        let client = async_nats::ConnectOptions::new()
+            .name("tessera-client")
+            .connection_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await
+            .map_err(|e| ClientError::Connect { url: url.to_owned(), message: e.to_string() })?;
+        Ok(Self {
+            client,
+            subjects: Subjects::new("tessera"),
+            shards: tessera_journal::DEFAULT_SHARDS,
+            timeout: Duration::from_secs(30),
+        })
+    }
+    /// Uses another subject prefix.
+    pub fn with_prefix(mut self, prefix: &str) -> Self {
+        self.subjects = Subjects::new(prefix);
+        self
+    }
+    /// Uses another shard count (must match the nodes').
+    pub fn with_shards(mut self, shards: u32) -> Self {
+        self.shards = shards;
+        self
+    }
+    /// Uses another request timeout.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+    /// The underlying NATS client.
+    pub fn nats(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    async fn request(
+        &self,
+        subject: String,
+        headers: HeaderMap,
+        body: Vec<u8>,
+        format: Format,
+    ) -> Result<Reply, ClientError> {
+        let req = async_nats::Request::new().headers(headers).payload(body.into()).timeout(Some(self.timeout));
+        let msg = self.client.send_request(subject.clone(), req).await.map_err(|e| match e.kind() {
+            RequestErrorKind::NoResponders => ClientError::NoResponders { subject: subject.clone() },
+            RequestErrorKind::TimedOut => ClientError::Timeout { subject: subject.clone(), timeout: self.timeout },
+            _ => ClientError::Other(e.to_string()),
+        })?;
+        let h = msg.headers.as_ref();
+        let get = |n: &str| h.and_then(|h| h.get(n)).map(|v| v.as_str().to_owned());
+        let status: u16 = get(protocol::STATUS).and_then(|s| s.parse().ok()).unwrap_or(500);
+        let format = protocol::format_of(get(protocol::CONTENT_TYPE).as_deref()).unwrap_or(format);
+        let reply = Reply {
+            body: msg.payload.to_vec(),
+            format,
+            seq: get(protocol::SEQ).and_then(|s| s.parse().ok()),
+            invocation_id: get(protocol::INVOCATION_ID),
+            deduplicated: get(protocol::DEDUPLICATED).as_deref() == Some("true"),
+        };
+        if status == 200 {
+            Ok(reply)
+        } else {
+            Err(ClientError::Status { status, body: reply.json().unwrap_or(serde_json::Value::Null) })
+        }
+    }
+
+    /// Sends a command (body in `format`) to the entity's shard subject.
+    pub async fn send(
+        &self,
+        entity_type: &str,
+        entity_id: &str,
+        command: &str,
+        body: Vec<u8>,
+        format: Format,
+        idempotency_key: Option<&str>,
+    ) -> Result<Reply, ClientError> {
+        let shard = tessera_journal::shard_of(entity_type, entity_id, self.shards);
+        let mut h = HeaderMap::new();
+        h.insert(protocol::ENTITY, entity_id);
+        h.insert(protocol::COMMAND, command);
+        h.insert(protocol::CONTENT_TYPE, format.content_type());
+        if let Some(k) = idempotency_key {
+            h.insert(protocol::IDEMPOTENCY_KEY, k);
+        }
+        self.request(self.subjects.command(entity_type, shard), h, body, format).await
+    }
+
+    /// Sends a JSON command.
+    pub async fn send_json(
+        &self,
+        entity_type: &str,
+        entity_id: &str,
+        command: &str,
+        body: &serde_json::Value,
+        idempotency_key: Option<&str>,
+    ) -> Result<Reply, ClientError> {
+        let body = serde_json::to_vec(body).map_err(|e| ClientError::Other(e.to_string()))?;
+        self.send(entity_type, entity_id, command, body, Format::Json, idempotency_key).await
+    }
+
+    /// Calls a function and waits for its output.
+    pub async fn call(&self, function: &str, body: Vec<u8>, format: Format) -> Result<Reply, ClientError> {
+        let mut h = HeaderMap::new();
+        h.insert(protocol::CONTENT_TYPE, format.content_type());
+        self.request(self.subjects.call(function), h, body, format).await
+    }
+
+    /// Queues an async call in JetStream; returns its invocation id. The
+    /// result appears at `GET /v1/invocations/{id}` and on `{prefix}.result.{id}`.
+    pub async fn call_async(
+        &self,
+        function: &str,
+        body: Vec<u8>,
+        format: Format,
+        invocation_id: Option<&str>,
+    ) -> Result<String, ClientError> {
+        let id = invocation_id.map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned);
+        if !protocol::subject_safe(&id) {
+            return Err(ClientError::Other(format!("invocation id `{id}` must be letters, digits, `-`, `_` or `:`")));
+        }
+        let mut h = HeaderMap::new();
+        h.insert(protocol::INVOCATION_ID, id.as_str());
+        h.insert(protocol::NATS_MSG_ID, id.as_str());
+        h.insert(protocol::CONTENT_TYPE, format.content_type());
+        let js = async_nats::jetstream::new(self.client.clone());
+        let ack = js
+            .publish_with_headers(self.subjects.invoke(function), h, body.into())
+            .await
+            .map_err(|e| ClientError::Other(e.to_string()))?;
+        ack.await.map_err(|e| {
+            ClientError::Other(format!("JetStream did not store the call (is a node running with --nats?): {e}"))
+        })?;
+        Ok(id)
+    }
+}

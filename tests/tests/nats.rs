@@ -1,0 +1,261 @@
+//! Commands and functions over a real nats-server (JetStream on): request
+//! reply, bad input, no responders, async calls and their result rows,
+//! dead-lettering, expiry, crashes before the acknowledgement, and the
+//! standalone result store.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{NodeProcess, get, nats_url, post, unique_prefix, wait_result};
+use futures::StreamExt;
+use serde_json::json;
+use tessera_entities::Format;
+use tessera_runtime::client::{ClientError, NatsClient};
+
+async fn nats_node(
+    dir: &std::path::Path,
+    prefix: &str,
+    tweak: impl FnOnce(&mut tessera_runtime::NodeConfig),
+) -> (tessera_runtime::Node, String) {
+    let url = nats_url();
+    let prefix = prefix.to_owned();
+    common::node(dir, move |c| {
+        c.nats = Some(url);
+        c.nats_prefix = prefix;
+        tweak(c);
+    })
+    .await
+}
+
+async fn client(prefix: &str) -> NatsClient {
+    NatsClient::connect(&nats_url()).await.unwrap().with_prefix(prefix).with_timeout(Duration::from_secs(10))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_and_functions_over_request_reply() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = unique_prefix();
+    let (node, _) = nats_node(dir.path(), &prefix, |_| {}).await;
+    let c = client(&prefix).await;
+
+    let r = c.send_json("stock", "s:1", "restock", &json!({"qty": 5}), None).await.unwrap();
+    assert_eq!((r.json().unwrap(), r.seq), (json!({"on_hand": 5}), Some(1)));
+    let r1 = c.send_json("stock", "s:1", "purchase", &json!({"qty": 2}), Some("k1")).await.unwrap();
+    let r2 = c.send_json("stock", "s:1", "purchase", &json!({"qty": 2}), Some("k1")).await.unwrap();
+    assert_eq!(r1.json().unwrap(), json!({"on_hand": 3}));
+    assert_eq!((r2.json().unwrap(), r2.deduplicated, r2.seq), (json!({"on_hand": 3}), true, Some(2)));
+
+    let body = rmp_serde::to_vec_named(&json!({"qty": 1})).unwrap();
+    let r = c.send("stock", "s:1", "purchase", body, Format::MsgPack, None).await.unwrap();
+    assert_eq!(r.format, Format::MsgPack);
+    assert_eq!(r.json().unwrap(), json!({"on_hand": 2}));
+
+    let out = c.call("product.upsert", br#"{"sku":"a","name":"A","price":1}"#.to_vec(), Format::Json).await.unwrap();
+    assert_eq!(out.json().unwrap()["product"]["sku"], "a");
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_over_nats_gets_typed_errors_and_the_node_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = unique_prefix();
+    let (node, _) = nats_node(dir.path(), &prefix, |c| c.max_body_bytes = 256).await;
+    let c = client(&prefix).await;
+    let status = |r: Result<_, ClientError>| match r {
+        Err(ClientError::Status { status, body }) => {
+            (status, body["error"]["kind"].as_str().unwrap_or_default().to_owned())
+        }
+        Ok(_) => (200, String::new()),
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(
+        status(c.send("stock", "s:1", "restock", b"{oops".to_vec(), Format::Json, None).await),
+        (400, "malformed".into())
+    );
+    assert_eq!(
+        status(c.send("stock", "s:1", "restock", vec![0xc1], Format::MsgPack, None).await),
+        (400, "malformed".into())
+    );
+    assert_eq!(status(c.send_json("stock", "s:1", "steal", &json!({}), None).await), (404, "unknown_command".into()));
+    assert_eq!(status(c.send_json("nope", "x", "get", &json!({}), None).await), (404, "unknown_entity_type".into()));
+    let big = json!({"delta": 1, "reason": "x".repeat(1000)});
+    assert_eq!(status(c.send_json("stock", "s:1", "adjust", &big, None).await), (413, "too_large".into()));
+    assert_eq!(status(c.call("nope.fn", b"{}".to_vec(), Format::Json).await), (404, "unknown_function".into()));
+
+    // Raw requests: a wrong shard, missing headers, an unknown content type.
+    let nc = c.nats();
+    let right = tessera_journal::shard_of("stock", "s:1", 1024);
+    let mut h = async_nats::HeaderMap::new();
+    h.insert("Tessera-Entity", "s:1");
+    h.insert("Tessera-Command", "restock");
+    let wrong = format!("{prefix}.cmd.stock.{}", (right + 1) % 1024);
+    let m = nc.request_with_headers(wrong, h.clone(), br#"{"qty":1}"#.to_vec().into()).await.unwrap();
+    assert_eq!(m.headers.as_ref().unwrap().get("Tessera-Status").unwrap().as_str(), "421");
+    let m = nc.request(format!("{prefix}.cmd.stock.{right}"), br#"{"qty":1}"#.to_vec().into()).await.unwrap();
+    assert_eq!(m.headers.as_ref().unwrap().get("Tessera-Status").unwrap().as_str(), "400");
+    h.insert("Content-Type", "text/plain");
+    let m = nc.request_with_headers(format!("{prefix}.cmd.stock.{right}"), h, b"qty=1".to_vec().into()).await.unwrap();
+    assert_eq!(m.headers.as_ref().unwrap().get("Tessera-Status").unwrap().as_str(), "415");
+
+    let r = c.send_json("stock", "s:1", "restock", &json!({"qty": 1}), None).await.unwrap();
+    assert_eq!((r.json().unwrap(), r.seq), (json!({"on_hand": 1}), Some(1)), "only the valid command was applied");
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_node_means_a_clear_no_responders_error() {
+    let c = client(&unique_prefix()).await;
+    let e = c.send_json("stock", "s:1", "get", &json!({}), None).await.unwrap_err();
+    assert!(matches!(e, ClientError::NoResponders { .. }), "{e}");
+    assert!(e.to_string().contains("no Tessera node serves it"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_calls_over_http_and_nats_leave_one_result_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = unique_prefix();
+    let (node, base) = nats_node(dir.path(), &prefix, |_| {}).await;
+    let url = format!("{base}/v1/functions/product.upsert?mode=async");
+    let (s, h, accepted) = post(&url, r#"{"sku":"a","name":"A","price":1}"#, Some("order-77")).await;
+    assert_eq!(s, 202);
+    assert_eq!(accepted["invocation_id"], "order-77");
+    assert_eq!(h["location"], "/v1/invocations/order-77");
+    let row = wait_result(&base, "order-77", Duration::from_secs(10)).await;
+    assert_eq!((row["status"].as_str(), row["status_code"].as_u64()), (Some("ok"), Some(200)));
+    assert_eq!(row["body"]["product"]["sku"], "a");
+    assert_eq!(row["target"], "function:product.upsert");
+    assert_eq!(row["node_id"], node.node_id());
+    assert!(row["completed_ms"].as_i64() >= row["started_ms"].as_i64());
+
+    let (s, _, again) = post(&url, r#"{"sku":"a","name":"A","price":1}"#, Some("order-77")).await;
+    assert_eq!((s, again["status"].as_str()), (200, Some("ok")), "the same key returns the stored result");
+
+    let c = client(&prefix).await;
+    let id = c
+        .call_async("product.upsert", br#"{"sku":"b","name":"","price":1}"#.to_vec(), Format::Json, None)
+        .await
+        .unwrap();
+    let row = wait_result(&base, &id, Duration::from_secs(10)).await;
+    assert_eq!((row["status"].as_str(), row["status_code"].as_u64()), (Some("error"), Some(409)));
+    assert_eq!(row["body"]["error"]["code"], "invalid_name");
+
+    let (s, _) = get(&format!("{base}/v1/invocations/never-heard-of-it")).await;
+    assert_eq!(s, 404);
+    let (s, _, e) = post(&url, "{bad", None).await;
+    assert_eq!((s, e["error"]["kind"].as_str()), (400, Some("malformed")), "bad input is refused before queueing");
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retryable_failures_are_redelivered_then_dead_lettered() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = unique_prefix();
+    let (node, base) = nats_node(dir.path(), &prefix, |c| c.async_max_deliver = 3).await;
+    let (s, _, accepted) = post(&format!("{base}/v1/functions/test.unavailable?mode=async"), "{}", None).await;
+    assert_eq!(s, 202);
+    let id = accepted["invocation_id"].as_str().unwrap().to_owned();
+    let row = wait_result(&base, &id, Duration::from_secs(20)).await;
+    assert_eq!((row["status"].as_str(), row["attempts"].as_u64()), (Some("error"), Some(3)));
+    assert!(row["error"].as_str().unwrap().contains("dead-lettered after 3 deliveries"), "{row}");
+
+    let js = async_nats::jetstream::new(client(&prefix).await.nats().clone());
+    let stream = js.get_stream(format!("{}_RESULTS", prefix.to_uppercase())).await.unwrap();
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            filter_subject: format!("{prefix}.dlq.>"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut msgs = consumer.fetch().max_messages(1).expires(Duration::from_secs(5)).messages().await.unwrap();
+    let dlq = msgs.next().await.expect("a dead letter").unwrap();
+    assert_eq!(dlq.subject.as_str(), format!("{prefix}.dlq.test.unavailable"));
+    let h = dlq.headers.as_ref().unwrap();
+    assert_eq!(h.get("Tessera-Invocation-Id").unwrap().as_str(), id);
+    assert!(h.get("Tessera-Error").unwrap().as_str().contains("downstream service is down"));
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_expire_after_their_ttl() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = unique_prefix();
+    let (node, base) = nats_node(dir.path(), &prefix, |c| c.result_ttl_secs = 1).await;
+    let (_, _, a) = post(&format!("{base}/v1/functions/test.sleep?mode=async"), r#"{"ms":1}"#, None).await;
+    let id = a["invocation_id"].as_str().unwrap().to_owned();
+    wait_result(&base, &id, Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let (s, _) = get(&format!("{base}/v1/invocations/{id}")).await;
+    assert_eq!(s, 404, "expired");
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_before_the_ack_redelivers_and_the_call_runs_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = unique_prefix();
+    let url = nats_url();
+    let data = dir.path().join("data");
+    let args = ["--nats", &url, "--nats-prefix", &prefix, "--async-ack-wait-ms", "1000"];
+    // First node: stores the result, then aborts before acknowledging.
+    let first = NodeProcess::start_with_env(&data, &args, &[("TESSERA_FAULT_ABORT_BEFORE_ACK", "1")]).await.unwrap();
+    let side_effects = dir.path().join("executions.txt");
+    let c = client(&prefix).await;
+    let input = serde_json::to_vec(&json!({"path": side_effects})).unwrap();
+    let id = c.call_async("test.touch", input, Format::Json, Some("touch-1")).await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), first.wait()).await.expect("the node aborts");
+    assert!(!status.success());
+    assert_eq!(std::fs::read_to_string(&side_effects).unwrap().lines().count(), 1);
+
+    // Second node on the same data dir: the redelivery finds the stored result.
+    let second = NodeProcess::start(&data, &args).await.unwrap();
+    let row = wait_result(&second.base, &id, Duration::from_secs(10)).await;
+    assert_eq!((row["status"].as_str(), row["body"].as_u64()), (Some("ok"), Some(1)));
+    tokio::time::sleep(Duration::from_millis(2500)).await; // past another ack wait
+    assert_eq!(std::fs::read_to_string(&side_effects).unwrap().lines().count(), 1, "executed once");
+    let js = async_nats::jetstream::new(c.nats().clone());
+    let mut stream = js.get_stream(format!("{}_INVOKE", prefix.to_uppercase())).await.unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, 0, "acknowledged and removed from the work queue");
+    second.kill().await;
+
+    // A node killed in the middle of a call: the call is redelivered and completes.
+    let third = NodeProcess::start(&data, &args).await.unwrap();
+    let id = c.call_async("test.sleep", br#"{"ms": 2000}"#.to_vec(), Format::Json, None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    third.kill().await;
+    let fourth = NodeProcess::start(&data, &args).await.unwrap();
+    let row = wait_result(&fourth.base, &id, Duration::from_secs(20)).await;
+    assert_eq!(row["status"], "ok");
+    assert!(row["attempts"].as_u64().unwrap() >= 2, "{row}");
+    fourth.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standalone_result_store_persists_published_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = unique_prefix();
+    let (node, base) = nats_node(&dir.path().join("node"), &prefix, |_| {}).await;
+    let store = NodeProcess::start_command(
+        &[
+            "result-store",
+            "--nats",
+            &nats_url(),
+            "--nats-prefix",
+            &prefix,
+            "--data-dir",
+            dir.path().join("results").to_str().unwrap(),
+            "--http",
+            "127.0.0.1:0",
+        ],
+        &[],
+    )
+    .await
+    .unwrap();
+    let (_, _, a) = post(&format!("{base}/v1/functions/test.sleep?mode=async"), r#"{"ms":5}"#, None).await;
+    let id = a["invocation_id"].as_str().unwrap().to_owned();
+    let row = wait_result(&store.base, &id, Duration::from_secs(10)).await;
+    assert_eq!((row["status"].as_str(), row["body"].as_u64()), (Some("ok"), Some(5)));
+    store.kill().await;
+    node.shutdown().await;
+}
