@@ -57,7 +57,23 @@ impl Entity for BenchCounter {
     }
 }
 
-/// A registry with the bench counter.
+/// A function that returns its input (`bench.echo`).
+pub struct BenchEcho;
+
+impl tessera_entities::Function for BenchEcho {
+    const NAME: &'static str = "bench.echo";
+    type Input = serde_json::Value;
+    type Output = serde_json::Value;
+    async fn call(
+        &self,
+        input: serde_json::Value,
+        _: &tessera_entities::FnCtx,
+    ) -> Result<serde_json::Value, tessera_entities::FunctionError> {
+        Ok(input)
+    }
+}
+
+/// A registry with the bench counter and echo function.
 pub fn registry() -> Registry {
-    Registry::builder().entity(BenchCounter).build().expect("valid registry")
+    Registry::builder().entity(BenchCounter).function(BenchEcho).build().expect("valid registry")
 }

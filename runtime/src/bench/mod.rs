@@ -5,6 +5,7 @@
 //! JSON, one file per benchmark; latency summaries come from hdrhistogram.
 
 mod counter;
+mod nats;
 mod runs;
 
 use std::path::PathBuf;
@@ -30,6 +31,9 @@ pub struct BenchArgs {
     /// Where temporary journals go (default: the system temp dir).
     #[arg(long)]
     pub scratch: Option<PathBuf>,
+    /// NATS server for the `nats` benchmark (default: `TESSERA_NATS_URL`; without one it is skipped).
+    #[arg(long, env = "TESSERA_NATS_URL")]
+    pub nats: Option<String>,
     /// Internal: run one memory probe (`entities` or `actors`) and print its JSON.
     #[arg(long, hide = true)]
     pub probe: Option<String>,
@@ -120,7 +124,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let sizes = if args.quick { Sizes::quick() } else { Sizes::full() };
     let scratch = args.scratch.clone().unwrap_or_else(std::env::temp_dir);
     std::fs::create_dir_all(&args.out)?;
-    let all = ["durable", "memory", "replay", "entities"];
+    let all = ["durable", "memory", "replay", "entities", "nats"];
     let selected: Vec<&str> = if args.only.is_empty() {
         all.to_vec()
     } else {
@@ -132,11 +136,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "quick": args.quick,
     });
     for name in selected {
+        if name == "nats" && args.nats.is_none() {
+            anyhow::ensure!(args.only.is_empty(), "the nats benchmark needs --nats URL (or TESSERA_NATS_URL)");
+            eprintln!("== bench nats skipped: no --nats URL ==");
+            continue;
+        }
         eprintln!("== bench {name} ==");
         let mut result = match name {
             "durable" => runs::durable(sizes, &scratch).await?,
             "memory" => runs::in_memory(sizes).await?,
             "replay" => runs::replay(sizes, &scratch).await?,
+            "nats" => nats::run(sizes, args.nats.as_deref().unwrap_or_default()).await?,
             _ => runs::entities(sizes).await?,
         };
         result["bench"] = json!(name);

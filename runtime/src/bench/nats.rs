@@ -1,0 +1,181 @@
+//! NATS benchmarks: commands over request/reply vs a raw request/reply echo,
+//! async invocations vs raw JetStream publish + consume, same server, same run.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer, stream};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tessera_entities::Format;
+
+use super::{Sizes, histogram, registry, summary};
+use crate::client::NatsClient;
+use crate::config::{JournalKind, NodeConfig};
+use crate::node::NodeBuilder;
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 { (a / b * 1000.0).round() / 1000.0 } else { 0.0 }
+}
+
+/// Runs `total` requests from `callers` tasks; `f(i)` sends request `i`.
+async fn concurrently<F, Fut>(total: u64, callers: u64, f: F) -> anyhow::Result<(Duration, Value)>
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let f = Arc::new(f);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..callers {
+        let f = f.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut h = histogram();
+            let mut i = c;
+            while i < total {
+                let t = Instant::now();
+                f(i).await?;
+                h.record(t.elapsed().as_micros().max(1) as u64)?;
+                i += callers;
+            }
+            anyhow::Ok(h)
+        }));
+    }
+    let mut h = histogram();
+    for t in tasks {
+        h.add(t.await??)?;
+    }
+    Ok((started.elapsed(), summary(&h)))
+}
+
+pub(super) async fn run(s: Sizes, url: &str) -> anyhow::Result<Value> {
+    let prefix = format!("bench{}", std::process::id());
+    let config = NodeConfig {
+        http: None,
+        journal: JournalKind::Memory,
+        nats: Some(url.to_owned()),
+        nats_prefix: prefix.clone(),
+        max_in_flight: 1_000_000,
+        function_concurrency: 512,
+        ..NodeConfig::default()
+    };
+    let node = NodeBuilder::new(registry()).config(config).build().await?;
+    let client = NatsClient::connect(url).await?.with_prefix(&prefix);
+    let ids: Arc<Vec<String>> = Arc::new((0..s.entities).map(|i| format!("e-{i}")).collect());
+    let n = s.commands / 4;
+
+    let c = client.clone();
+    let ids2 = ids.clone();
+    let (elapsed, latency) = concurrently(n, s.callers, move |i| {
+        let (c, ids) = (c.clone(), ids2.clone());
+        async move {
+            let id = &ids[(i % ids.len() as u64) as usize];
+            c.send("bench-counter", id, "add", br#"{"by":1}"#.to_vec(), Format::Json, None).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    let rate = n as f64 / elapsed.as_secs_f64();
+    eprintln!("commands over NATS: {rate:.0}/s");
+
+    let raw = client.nats().clone();
+    let mut sub = raw.subscribe(format!("{prefix}.echo")).await?;
+    let responder = raw.clone();
+    let echo = tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            if let Some(reply) = m.reply {
+                let _ = responder.publish(reply, m.payload).await;
+            }
+        }
+    });
+    let subject = format!("{prefix}.echo");
+    let (raw_elapsed, raw_latency) = concurrently(n, s.callers, move |_| {
+        let (raw, subject) = (raw.clone(), subject.clone());
+        async move {
+            raw.request(subject, br#"{"by":1}"#.to_vec().into()).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    echo.abort();
+    let raw_rate = n as f64 / raw_elapsed.as_secs_f64();
+    eprintln!("raw NATS request/reply echo: {raw_rate:.0}/s");
+
+    // Async invocations: queue them all, wait until every one has a result.
+    let m = (s.commands / 20).max(100);
+    let done_before = node.metrics().requests.with_label_values(&["function", "200"]).get();
+    let c = client.clone();
+    let started = Instant::now();
+    concurrently(m, s.callers, move |_| {
+        let c = c.clone();
+        async move {
+            c.call_async("bench.echo", b"{}".to_vec(), Format::Json, None).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while node.metrics().requests.with_label_values(&["function", "200"]).get() - done_before < m {
+        anyhow::ensure!(Instant::now() < deadline, "async invocations did not finish");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let async_rate = m as f64 / started.elapsed().as_secs_f64();
+    eprintln!("async invocations: {async_rate:.0}/s");
+    node.shutdown().await;
+
+    let js = jetstream::new(client.nats().clone());
+    let name = format!("{}_RAW", prefix.to_uppercase());
+    let raw_stream = js
+        .get_or_create_stream(stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("{prefix}.raw.>")],
+            retention: stream::RetentionPolicy::WorkQueue,
+            ..Default::default()
+        })
+        .await?;
+    let consumer: consumer::PullConsumer = raw_stream
+        .get_or_create_consumer(
+            "raw",
+            consumer::pull::Config { durable_name: Some("raw".into()), ack_policy: consumer::AckPolicy::Explicit, ..Default::default() },
+        )
+        .await?;
+    let started = Instant::now();
+    let consume = tokio::spawn(async move {
+        // Acknowledge concurrently, as the node does (it runs each invocation in a task).
+        let mut messages = consumer.messages().await?;
+        let mut acks = Vec::with_capacity(m as usize);
+        while (acks.len() as u64) < m {
+            let Some(msg) = messages.next().await else { break };
+            let msg = msg.map_err(|e| anyhow::anyhow!("{e}"))?;
+            acks.push(tokio::spawn(async move { msg.double_ack().await.map_err(|e| anyhow::anyhow!("{e}")) }));
+        }
+        for a in acks {
+            a.await??;
+        }
+        anyhow::Ok(())
+    });
+    let js2 = js.clone();
+    let subject = format!("{prefix}.raw.echo");
+    concurrently(m, s.callers, move |_| {
+        let (js, subject) = (js2.clone(), subject.clone());
+        async move {
+            js.publish(subject, b"{}".to_vec().into()).await?.await?;
+            Ok(())
+        }
+    })
+    .await?;
+    consume.await??;
+    let raw_async = m as f64 / started.elapsed().as_secs_f64();
+    eprintln!("raw JetStream publish + consume: {raw_async:.0}/s");
+    for stream in [name, format!("{}_INVOKE", prefix.to_uppercase()), format!("{}_RESULTS", prefix.to_uppercase())] {
+        let _ = js.delete_stream(stream).await;
+    }
+    Ok(json!({
+        "description": "entity commands over NATS request/reply (memory journal, 1 event each) vs a raw async-nats request/reply echo; async function invocations (JetStream work queue, result stored and published) vs raw JetStream publish + consume with acks",
+        "commands": n, "callers": s.callers, "async_invocations": m,
+        "runtime": { "commands_per_sec": rate.round(), "latency": latency, "async_invocations_per_sec": async_rate.round() },
+        "baseline_raw_nats": { "requests_per_sec": raw_rate.round(), "latency": raw_latency, "jetstream_publish_consume_per_sec": raw_async.round() },
+        "ratio_runtime_to_baseline": ratio(rate, raw_rate),
+        "ratio_async_to_raw_jetstream": ratio(async_rate, raw_async),
+    }))
+}
