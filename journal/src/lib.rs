@@ -26,6 +26,7 @@ mod journal;
 pub mod local;
 mod memory;
 mod paging;
+pub mod scylla;
 pub mod shard;
 mod types;
 
@@ -33,5 +34,6 @@ pub use error::{AppendError, JournalError, OpenError};
 pub use journal::{EntityStream, EventStream, Journal, ShardStream};
 pub use local::{Durability, LocalJournal};
 pub use memory::MemoryJournal;
+pub use scylla::ScyllaJournal;
 pub use shard::{DEFAULT_SHARDS, shard_of, token};
 pub use types::{AppendAck, EntityInfo, EntityKey, NewEvent, PersistedEvent, ShardEvent, Snapshot};

@@ -136,7 +136,11 @@ pub(super) async fn run(s: Sizes, url: &str) -> anyhow::Result<Value> {
     let consumer: consumer::PullConsumer = raw_stream
         .get_or_create_consumer(
             "raw",
-            consumer::pull::Config { durable_name: Some("raw".into()), ack_policy: consumer::AckPolicy::Explicit, ..Default::default() },
+            consumer::pull::Config {
+                durable_name: Some("raw".into()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ..Default::default()
+            },
         )
         .await?;
     let started = Instant::now();

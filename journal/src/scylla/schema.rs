@@ -1,0 +1,141 @@
+//! The schema, created and upgraded by a versioned migration
+//! (`tessera journal migrate --scylla URL`), never on node start: a node
+//! checks the version and refuses a keyspace it does not know.
+
+use scylla::client::session::Session;
+
+use crate::error::JournalError;
+
+/// The schema version this build creates and reads.
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// Events per partition of the events table, unless the migration chose
+/// another: 100k events of ~200 B is ~20 MB per partition, well under the
+/// sizes where ScyllaDB and Cassandra warn (Akka uses 500k and users still
+/// hit large partitions).
+pub const DEFAULT_BUCKET_SIZE: i64 = 100_000;
+
+/// How long the per-shard feed keeps entries (seconds): 7 days.
+pub const FEED_TTL_SECS: i64 = 7 * 24 * 3600;
+
+/// Settings of a migration.
+#[derive(Debug, Clone)]
+pub struct MigrateOptions {
+    /// The replication clause, e.g. `{'class': 'NetworkTopologyStrategy', 'datacenter1': 3}`.
+    pub replication: String,
+    /// Events per partition (fixed for the life of the keyspace).
+    pub bucket_size: i64,
+}
+
+impl Default for MigrateOptions {
+    fn default() -> Self {
+        Self {
+            replication: "{'class': 'SimpleStrategy', 'replication_factor': 1}".into(),
+            bucket_size: DEFAULT_BUCKET_SIZE,
+        }
+    }
+}
+
+fn migrations(ks: &str) -> Vec<(i32, Vec<String>)> {
+    vec![(
+        1,
+        vec![
+            format!(
+                "CREATE TABLE IF NOT EXISTS {ks}.events (
+                    entity_type text, entity_id text, bucket bigint, seq bigint,
+                    ts bigint, type_name text, version int, payload blob, metadata blob,
+                    last_seq bigint STATIC, sealed bigint STATIC,
+                    snap_seq bigint STATIC, snap_version int STATIC, snap_ts bigint STATIC, snap_payload blob STATIC,
+                    PRIMARY KEY ((entity_type, entity_id, bucket), seq)
+                ) WITH CLUSTERING ORDER BY (seq ASC)"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {ks}.snapshots (
+                    entity_type text, entity_id text, seq bigint, version int, ts bigint, payload blob,
+                    PRIMARY KEY ((entity_type, entity_id))
+                )"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {ks}.events_by_shard (
+                    shard int, hour bigint, offset bigint, entity_type text, entity_id text, bucket bigint, seq bigint,
+                    PRIMARY KEY ((shard, hour), offset)
+                ) WITH CLUSTERING ORDER BY (offset ASC)
+                  AND compaction = {{'class': 'TimeWindowCompactionStrategy', 'compaction_window_unit': 'HOURS', 'compaction_window_size': 1}}
+                  AND default_time_to_live = {FEED_TTL_SECS}"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {ks}.entity_ids (
+                    entity_type text, shard int, entity_id text,
+                    PRIMARY KEY ((entity_type, shard), entity_id)
+                )"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {ks}.invocation_results (
+                    invocation_id text PRIMARY KEY, final boolean, row blob
+                )"
+            ),
+        ],
+    )]
+}
+
+async fn meta(session: &Session, ks: &str, key: &str) -> Result<Option<String>, JournalError> {
+    let r = session
+        .query_unpaged(format!("SELECT value FROM {ks}.tessera_meta WHERE key = ?"), (key,))
+        .await
+        .map_err(|e| JournalError::Unavailable(e.to_string()))?;
+    let rows = r.into_rows_result().map_err(|e| JournalError::Unavailable(e.to_string()))?;
+    rows.maybe_first_row::<(String,)>().map(|r| r.map(|(v,)| v)).map_err(|e| JournalError::Unavailable(e.to_string()))
+}
+
+/// The schema version and bucket size of a keyspace (`None`: not migrated).
+pub async fn installed(session: &Session, ks: &str) -> Result<Option<(i32, i64)>, JournalError> {
+    let exists = session
+        .query_unpaged(
+            "SELECT table_name FROM system_schema.tables WHERE keyspace_name = ? AND table_name = 'tessera_meta'",
+            (ks,),
+        )
+        .await
+        .map_err(|e| JournalError::Unavailable(e.to_string()))?
+        .into_rows_result()
+        .map_err(|e| JournalError::Unavailable(e.to_string()))?
+        .rows_num()
+        > 0;
+    if !exists {
+        return Ok(None);
+    }
+    let version = meta(session, ks, "schema_version").await?.and_then(|v| v.parse().ok());
+    let bucket = meta(session, ks, "bucket_size").await?.and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_BUCKET_SIZE);
+    Ok(version.map(|v| (v, bucket)))
+}
+
+/// Creates the keyspace and tables, or upgrades them; idempotent. Returns
+/// the versions applied.
+pub async fn migrate(session: &Session, ks: &str, opts: &MigrateOptions) -> Result<Vec<i32>, JournalError> {
+    let run = |cql: String| async move {
+        session.query_unpaged(cql.clone(), ()).await.map_err(|e| JournalError::Unavailable(format!("{e} (in: {cql})")))
+    };
+    run(format!("CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {}", opts.replication)).await?;
+    run(format!("CREATE TABLE IF NOT EXISTS {ks}.tessera_meta (key text PRIMARY KEY, value text)")).await?;
+    let current = installed(session, ks).await?.map(|(v, _)| v).unwrap_or(0);
+    if current > SCHEMA_VERSION {
+        return Err(JournalError::Invalid(format!(
+            "keyspace {ks} has schema version {current}, newer than the {SCHEMA_VERSION} this build knows: upgrade Tessera"
+        )));
+    }
+    if current == 0 {
+        let set = format!("INSERT INTO {ks}.tessera_meta (key, value) VALUES ('bucket_size', '{}')", opts.bucket_size);
+        run(set).await?;
+    }
+    let mut applied = Vec::new();
+    for (version, statements) in migrations(ks) {
+        if version <= current {
+            continue;
+        }
+        for cql in statements {
+            run(cql).await?;
+        }
+        run(format!("INSERT INTO {ks}.tessera_meta (key, value) VALUES ('schema_version', '{version}')")).await?;
+        applied.push(version);
+    }
+    Ok(applied)
+}

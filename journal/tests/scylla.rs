@@ -1,0 +1,196 @@
+//! The Scylla backend against a real Cassandra 5 server (started by
+//! `deploy/local/cassandra.sh` unless `TESSERA_SCYLLA_URL` names one): the
+//! whole conformance suite, plus bucket crossing, the token function and a
+//! streamed replay of a million events.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures::TryStreamExt;
+use tessera_journal::conformance::TestBackend;
+use tessera_journal::scylla::MigrateOptions;
+use tessera_journal::{AppendError, EntityKey, Journal, NewEvent, ScyllaJournal};
+
+/// `scylla://host:port` of the test server.
+fn server() -> String {
+    if let Ok(url) = std::env::var("TESSERA_SCYLLA_URL") {
+        return url.trim_end_matches('/').to_owned();
+    }
+    static STARTED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    STARTED
+        .get_or_init(|| {
+            let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/cassandra.sh");
+            let status =
+                std::process::Command::new("bash").arg(&script).arg("start").status().expect("run cassandra.sh");
+            assert!(status.success(), "deploy/local/cassandra.sh start failed");
+            "scylla://cassandra:cassandra@127.0.0.1:9042".to_owned()
+        })
+        .clone()
+}
+
+fn unique_keyspace() -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_micros();
+    format!("t{}_{}_{}", t % 10_000_000_000, std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A fresh keyspace migrated with `bucket_size`.
+async fn fresh(bucket_size: i64, options: &str) -> (ScyllaJournal, String) {
+    let ks = unique_keyspace();
+    let url = format!("{}/{ks}{options}", server());
+    ScyllaJournal::migrate(&url, &MigrateOptions { bucket_size, ..MigrateOptions::default() }).await.expect("migrate");
+    (ScyllaJournal::connect(&url, 1024).await.expect("connect"), url)
+}
+
+struct ScyllaBackend {
+    url: Option<String>,
+}
+
+#[async_trait::async_trait]
+impl TestBackend for ScyllaBackend {
+    async fn open(&mut self) -> Arc<dyn Journal> {
+        match &self.url {
+            Some(url) => Arc::new(ScyllaJournal::connect(url, 1024).await.expect("reconnect")),
+            None => {
+                let (j, url) = fresh(1000, "").await;
+                self.url = Some(url);
+                Arc::new(j)
+            }
+        }
+    }
+}
+
+tessera_journal::journal_conformance_tests!(scylla, ScyllaBackend { url: None });
+
+fn ev(n: u64) -> NewEvent {
+    NewEvent { type_name: "Ev".into(), version: 1, payload: format!("p{n}").into_bytes(), metadata: vec![] }
+}
+
+async fn seqs(j: &ScyllaJournal, e: &EntityKey) -> Vec<u64> {
+    j.read(e, 1..=u64::MAX).map_ok(|e| e.seq).try_collect().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_crossing_a_bucket_boundary_are_all_or_nothing() {
+    let (j, url) = fresh(10, "").await;
+    let e = EntityKey::new("cross", "a");
+    j.append(&e, 0, (1..=8).map(ev).collect()).await.unwrap();
+    // 9..=13 crosses the boundary at 10: one partition, one batch.
+    j.append(&e, 8, (9..=13).map(ev).collect()).await.unwrap();
+    assert_eq!(seqs(&j, &e).await, (1..=13).collect::<Vec<_>>());
+    // A stale writer's crossing append is refused whole.
+    assert!(matches!(j.append(&e, 8, (9..=12).map(ev).collect()).await, Err(AppendError::Conflict { actual: 13, .. })));
+    // The next append opens bucket 1 (sealing bucket 0); a writer racing on bucket 0 now fails.
+    j.append(&e, 13, vec![ev(14)]).await.unwrap();
+    assert!(matches!(j.append(&e, 13, vec![ev(99)]).await, Err(AppendError::Conflict { actual: 14, .. })));
+    for next in 15..=35 {
+        j.append(&e, next - 1, vec![ev(next)]).await.unwrap();
+    }
+    assert_eq!(seqs(&j, &e).await, (1..=35).collect::<Vec<_>>());
+    assert_eq!(j.read(&e, 9..=21).try_collect::<Vec<_>>().await.unwrap().len(), 13);
+    // Too big for one partition: refused, nothing written.
+    assert!(j.append(&e, 35, (36..=50).map(ev).collect()).await.is_err());
+    assert_eq!(j.last_seq(&e).await.unwrap(), 35);
+    // A fresh connection finds the head by walking the partitions.
+    let j2 = ScyllaJournal::connect(&url, 1024).await.unwrap();
+    assert_eq!(j2.last_seq(&e).await.unwrap(), 35);
+    j2.append(&e, 35, vec![ev(36)]).await.unwrap();
+    assert_eq!(seqs(&j2, &e).await, (1..=36).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_writers_across_a_bucket_boundary_commit_each_seq_once() {
+    let (j, _) = fresh(4, "").await;
+    let e = EntityKey::new("race", "x");
+    for round in 0..12u64 {
+        let tasks: Vec<_> = (0..6)
+            .map(|w| {
+                let (j, e) = (j.clone(), e.clone());
+                tokio::spawn(async move { j.append(&e, round, vec![ev(round * 10 + w)]).await })
+            })
+            .collect();
+        let mut wins = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(_) => wins += 1,
+                Err(AppendError::Conflict { .. }) => {}
+                Err(other) => panic!("{other}"),
+            }
+        }
+        assert_eq!(wins, 1, "round {round}");
+    }
+    assert_eq!(seqs(&j, &e).await, (1..=12).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_match_the_servers_token() {
+    let (j, _) = fresh(1000, "").await;
+    let ks = j.config().keyspace.clone();
+    for (t, id) in [("stock", "store-1:sku-1"), ("stock", "ü-ñ-é:ß"), ("a", ""), ("x", "\u{1F600}")] {
+        let e = EntityKey::new(t, id);
+        j.append(&e, 0, vec![ev(1)]).await.unwrap();
+        j.save_snapshot(&e, tessera_journal::Snapshot { seq: 1, version: 1, timestamp_ms: 0, payload: vec![] })
+            .await
+            .unwrap();
+        let r = j
+            .session()
+            .query_unpaged(
+                format!(
+                    "SELECT token(entity_type, entity_id) FROM {ks}.snapshots WHERE entity_type = ? AND entity_id = ?"
+                ),
+                (t, id),
+            )
+            .await
+            .unwrap();
+        let (server_token,): (i64,) = r.into_rows_result().unwrap().single_row().unwrap();
+        assert_eq!(server_token, tessera_journal::token(t, id), "token of ({t}, {id})");
+        assert_eq!(e.shard(1024), tessera_journal::shard::shard_of_token(server_token, 1024));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_million_events_replay_as_a_stream() {
+    let (j, _) = fresh(100_000, "?conditional=false").await;
+    let e = EntityKey::new("big", "one");
+    let total = 1_000_000u64;
+    let payload = vec![b'x'; 200];
+    let mut seq = 0;
+    let mut pending = futures::stream::FuturesUnordered::new();
+    while seq < total {
+        let events: Vec<NewEvent> = (0..1000)
+            .map(|_| NewEvent { type_name: "Ev".into(), version: 1, payload: payload.clone(), metadata: vec![] })
+            .collect();
+        let (j, e, s) = (j.clone(), e.clone(), seq);
+        pending.push(async move { j.append(&e, s, events).await });
+        seq += 1000;
+        if pending.len() >= 16 {
+            pending.try_next().await.unwrap();
+        }
+    }
+    while pending.try_next().await.unwrap().is_some() {}
+    let rss = || {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+            * 1024
+    };
+    let before = rss();
+    let mut stream = j.read(&e, 1..=u64::MAX);
+    let (mut n, mut last, mut peak) = (0u64, 0u64, 0u64);
+    while let Some(ev) = stream.try_next().await.unwrap() {
+        assert_eq!(ev.seq, last + 1);
+        last = ev.seq;
+        n += 1;
+        if n % 100_000 == 0 {
+            peak = peak.max(rss());
+        }
+    }
+    assert_eq!(n, total);
+    let growth = peak.saturating_sub(before);
+    assert!(growth < 100 << 20, "replay holds pages, not the journal (200 MB of payloads): grew {} MiB", growth >> 20);
+}
