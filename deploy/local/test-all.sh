@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace, starting the servers the tests need with
-# the project's own scripts (a nats-server with JetStream on a fresh store)
-# and stopping what it started.
+# the project's own scripts (a nats-server with JetStream on a fresh store, a
+# Cassandra 5 on a fresh data directory) and stopping what it started.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tessera-target}"
@@ -19,6 +19,16 @@ if [ -z "${TESSERA_NATS_URL:-}" ]; then
   export TESSERA_NATS_URL="$(deploy/local/nats.sh url)"
 fi
 echo "test-all: NATS at $TESSERA_NATS_URL"
+
+if [ -z "${TESSERA_SCYLLA_URL:-}" ]; then
+  if ! deploy/local/cassandra.sh status >/dev/null 2>&1; then
+    cassandra_data="$(mktemp -d)"
+    TESSERA_CASSANDRA_DATA="$cassandra_data" deploy/local/cassandra.sh start
+    cleanup+=("deploy/local/cassandra.sh stop; rm -rf '$cassandra_data'")
+  fi
+  export TESSERA_SCYLLA_URL="scylla://cassandra:cassandra@127.0.0.1:${TESSERA_CASSANDRA_PORT:-9042}"
+fi
+echo "test-all: Cassandra at $TESSERA_SCYLLA_URL"
 
 cargo test --workspace --all-targets
 cargo test --workspace --doc

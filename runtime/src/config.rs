@@ -8,14 +8,17 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tessera_journal::Durability;
 
-/// Where the node's journal lives.
+/// Where the node's journal lives: `local`, `memory` or a
+/// `scylla://[user:password@]host:port[,…]/keyspace[?options]` URL.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(try_from = "String", into = "String")]
 pub enum JournalKind {
     /// The embedded journal in `data_dir` (default).
     Local,
     /// In memory: lost on exit. For tests and benchmarks.
     Memory,
+    /// ScyllaDB (or Cassandra) at this URL; results go to its `invocation_results` table.
+    Scylla(String),
 }
 
 impl std::str::FromStr for JournalKind {
@@ -24,7 +27,30 @@ impl std::str::FromStr for JournalKind {
         match s {
             "local" => Ok(Self::Local),
             "memory" => Ok(Self::Memory),
-            other => Err(format!("unsupported journal `{other}`: use `local` or `memory`")),
+            url if url.starts_with("scylla://") || url.starts_with("cassandra://") => {
+                tessera_journal::scylla::ScyllaConfig::from_url(url).map_err(|e| e.to_string())?;
+                Ok(Self::Scylla(url.to_owned()))
+            }
+            other => {
+                Err(format!("unsupported journal `{other}`: use `local`, `memory` or scylla://host:port/keyspace"))
+            }
+        }
+    }
+}
+
+impl TryFrom<String> for JournalKind {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<JournalKind> for String {
+    fn from(k: JournalKind) -> String {
+        match k {
+            JournalKind::Local => "local".into(),
+            JournalKind::Memory => "memory".into(),
+            JournalKind::Scylla(url) => url,
         }
     }
 }

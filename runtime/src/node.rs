@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, TryStreamExt};
 use ractor::{Actor, ActorRef};
 use tessera_entities::{FnCtx, Format, Registry};
-use tessera_journal::{EntityInfo, EntityKey, Journal, LocalJournal, MemoryJournal, OpenError};
+use tessera_journal::{EntityInfo, EntityKey, Journal, LocalJournal, MemoryJournal, OpenError, ScyllaJournal};
 use tokio::sync::{Semaphore, oneshot};
 use tracing::Instrument;
 
@@ -20,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::nats::{NatsError, NatsIngress, NatsLink};
 use crate::results::{
     InvocationResult, LocalResultStore, MemoryResultStore, PutOutcome, ResultStatus, ResultStore, ResultStoreError,
+    ScyllaResultStore,
 };
 use crate::shard::{
     CommandReply, CommandRequest, DedupLimits, ShardContext, ShardMsg, ShardRefs, ShardSupervisor, StateRequest,
@@ -144,11 +145,17 @@ impl NodeBuilder {
         config.validate()?;
         let metrics = Metrics::new();
         let journal_given = self.journal.is_some();
+        let mut scylla: Option<ScyllaJournal> = None;
         let journal: Arc<dyn Journal> =
             match self.journal {
                 Some(j) => j,
-                None => match config.journal {
+                None => match &config.journal {
                     JournalKind::Memory => Arc::new(MemoryJournal::new(config.shards)),
+                    JournalKind::Scylla(url) => {
+                        let j = ScyllaJournal::connect(url, config.shards).await?;
+                        scylla = Some(j.clone());
+                        Arc::new(j)
+                    }
                     JournalKind::Local => {
                         let (batch, latency) = (metrics.commit_batch.clone(), metrics.commit_latency.clone());
                         let j = LocalJournal::builder(&config.data_dir)
@@ -169,6 +176,10 @@ impl NodeBuilder {
             };
         let results: Arc<dyn ResultStore> = match (self.results, journal_given, &config.journal) {
             (Some(r), _, _) => r,
+            (None, false, JournalKind::Scylla(_)) => match &scylla {
+                Some(j) => Arc::new(ScyllaResultStore::new(j)),
+                None => Arc::new(MemoryResultStore::default()),
+            },
             (None, false, JournalKind::Local) => {
                 let dir = config.data_dir.join("results");
                 Arc::new(

@@ -140,6 +140,15 @@ enum Cond {
     Plain,
 }
 
+/// What one append writes.
+#[derive(Clone, Copy)]
+struct Append<'a> {
+    expected: u64,
+    events: &'a [NewEvent],
+    snapshot: Option<&'a Snapshot>,
+    ts: i64,
+}
+
 impl ScyllaJournal {
     /// Connects to the keyspace a URL names (it must have been migrated).
     pub async fn connect(url: &str, shards: u32) -> Result<Self, OpenError> {
@@ -232,18 +241,13 @@ impl ScyllaJournal {
     async fn head(&self, key: &EntityKey) -> Result<(u64, u64), JournalError> {
         let start = self.inner.heads.lock().unwrap_or_else(|p| p.into_inner()).get(key).copied().unwrap_or(0);
         let (mut b, mut found, mut last) = (start, start, 0u64);
-        loop {
-            match self.head_of(key, b).await? {
-                Some((Some(ls), sealed)) => {
-                    last = ls as u64;
-                    found = b;
-                    if sealed.is_none() {
-                        break;
-                    }
-                    b += 1;
-                }
-                _ => break,
+        while let Some((Some(ls), sealed)) = self.head_of(key, b).await? {
+            last = ls as u64;
+            found = b;
+            if sealed.is_none() {
+                break;
             }
+            b += 1;
         }
         if found != start {
             self.inner.heads.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone(), found);
@@ -265,11 +269,9 @@ impl ScyllaJournal {
         key: &EntityKey,
         bucket: u64,
         cond: &Cond,
-        expected: u64,
-        events: &[NewEvent],
-        snapshot: Option<&Snapshot>,
-        ts: i64,
+        append: &Append<'_>,
     ) -> Result<(bool, HashMap<String, CqlValue>), JournalError> {
+        let Append { expected, events, snapshot, ts } = *append;
         let st = &self.inner.st;
         let last = (expected + events.len() as u64) as i64;
         let head_stmt: &PreparedStatement = match (cond, snapshot.is_some()) {
@@ -354,16 +356,17 @@ impl ScyllaJournal {
             return Err(JournalError::Invalid(format!("snapshot seq {} is past {last}", s.seq)).into());
         }
         let target = self.bucket_of(expected + 1);
-        let ts = now_ms();
+        let a = Append { expected, events, snapshot, ts: now_ms() };
+        let ts = a.ts;
         if !self.inner.config.conditional {
-            self.write(key, target, &Cond::Plain, expected, events, snapshot, ts).await?;
+            self.write(key, target, &Cond::Plain, &a).await?;
             return Ok((target, ts));
         }
         if expected == 0 {
-            let (applied, _) = self.write(key, target, &Cond::New, expected, events, snapshot, ts).await?;
+            let (applied, _) = self.write(key, target, &Cond::New, &a).await?;
             return if applied { Ok((target, ts)) } else { Err(self.conflict(key, expected).await) };
         }
-        let (applied, cols) = self.write(key, target, &Cond::Eq(expected), expected, events, snapshot, ts).await?;
+        let (applied, cols) = self.write(key, target, &Cond::Eq(expected), &a).await?;
         if applied {
             return Ok((target, ts));
         }
@@ -382,7 +385,7 @@ impl ScyllaJournal {
         if !lwt_outcome(r)?.0 {
             return Err(self.conflict(key, expected).await);
         }
-        let (applied, _) = self.write(key, target, &Cond::New, expected, events, snapshot, ts).await?;
+        let (applied, _) = self.write(key, target, &Cond::New, &a).await?;
         if applied { Ok((target, ts)) } else { Err(self.conflict(key, expected).await) }
     }
 
@@ -542,10 +545,9 @@ impl Journal for ScyllaJournal {
             if let Some((Some(seq), Some(version), Some(ts), Some(payload))) = rows
                 .maybe_first_row::<(Option<i64>, Option<i32>, Option<i64>, Option<Vec<u8>>)>()
                 .map_err(unavailable)?
+                && best.as_ref().is_none_or(|s| s.seq < seq as u64)
             {
-                if best.as_ref().is_none_or(|s| s.seq < seq as u64) {
-                    best = Some(Snapshot { seq: seq as u64, version: version as u32, timestamp_ms: ts, payload });
-                }
+                best = Some(Snapshot { seq: seq as u64, version: version as u32, timestamp_ms: ts, payload });
             }
         }
         Ok(best)

@@ -25,8 +25,11 @@ pub struct SourceArgs {
     #[arg(long, conflicts_with = "http")]
     pub data_dir: Option<PathBuf>,
     /// A running node's HTTP address.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "scylla")]
     pub http: Option<String>,
+    /// A Scylla/Cassandra journal: scylla://[user:password@]host:port/keyspace.
+    #[arg(long, conflicts_with = "data_dir")]
+    pub scylla: Option<String>,
 }
 
 /// `journal` subcommands.
@@ -89,6 +92,19 @@ pub enum JournalCmd {
         #[command(flatten)]
         source: SourceArgs,
     },
+    /// Create or upgrade the schema of a Scylla/Cassandra keyspace (run once
+    /// before nodes use it; nodes never change the schema).
+    Migrate {
+        /// scylla://[user:password@]host:port/keyspace
+        #[arg(long)]
+        scylla: String,
+        /// The keyspace's replication, e.g. "{'class': 'NetworkTopologyStrategy', 'dc1': 3}".
+        #[arg(long, default_value = "{'class': 'SimpleStrategy', 'replication_factor': 1}")]
+        replication: String,
+        /// Events per partition, fixed for the life of the keyspace.
+        #[arg(long, default_value_t = tessera_journal::scylla::schema::DEFAULT_BUCKET_SIZE)]
+        bucket_size: i64,
+    },
     /// Export every event of a type to a JSONL file, with a progress bar.
     Export {
         /// Entity type.
@@ -117,7 +133,11 @@ pub enum Source {
 
 impl Source {
     /// Opens what the flags name.
-    pub fn open(args: &SourceArgs) -> anyhow::Result<Self> {
+    pub async fn open(args: &SourceArgs) -> anyhow::Result<Self> {
+        if let Some(url) = &args.scylla {
+            let j = tessera_journal::ScyllaJournal::connect(url, tessera_journal::DEFAULT_SHARDS).await?;
+            return Ok(Self::Local(Arc::new(j)));
+        }
         match (&args.data_dir, &args.http) {
             (Some(dir), _) => {
                 if !dir.join(MARKER_FILE).exists() {
@@ -132,7 +152,7 @@ impl Source {
                 }
             }
             (None, Some(http)) => Ok(Self::Http { base: base_url(http), client: reqwest::Client::new() }),
-            (None, None) => bail!("give --data-dir DIR (node stopped) or --http ADDR (node running)"),
+            (None, None) => bail!("give --data-dir DIR (node stopped), --http ADDR (node running) or --scylla URL"),
         }
     }
 
@@ -225,20 +245,20 @@ fn print_line(v: &Value) -> anyhow::Result<()> {
 pub(crate) async fn run(cmd: JournalCmd, registry: Registry) -> anyhow::Result<()> {
     match cmd {
         JournalCmd::Entities { entity_type, source } => {
-            for e in Source::open(&source)?.entities(&entity_type).await? {
+            for e in Source::open(&source).await?.entities(&entity_type).await? {
                 print_line(&e)?;
             }
         }
         JournalCmd::Events { entity_type, entity_id, from, to, source } => {
-            let src = Source::open(&source)?;
+            let src = Source::open(&source).await?;
             src.events(&entity_type, &entity_id, from, to.unwrap_or(u64::MAX), |e| print_line(&e)).await?;
         }
         JournalCmd::State { entity_type, entity_id, at, source } => {
-            let src = Source::open(&source)?;
+            let src = Source::open(&source).await?;
             print_line(&state(&src, &registry, &entity_type, &entity_id, at).await?)?;
         }
         JournalCmd::Tail { entity_type, entity_id, from, limit, interval_ms, source } => {
-            let src = Source::open(&source)?;
+            let src = Source::open(&source).await?;
             let mut next = from;
             let mut printed = 0u64;
             loop {
@@ -258,8 +278,17 @@ pub(crate) async fn run(cmd: JournalCmd, registry: Registry) -> anyhow::Result<(
                 tokio::time::sleep(Duration::from_millis(interval_ms)).await;
             }
         }
+        JournalCmd::Migrate { scylla, replication, bucket_size } => {
+            let opts = tessera_journal::scylla::MigrateOptions { replication, bucket_size };
+            let applied = tessera_journal::ScyllaJournal::migrate(&scylla, &opts).await?;
+            if applied.is_empty() {
+                eprintln!("schema already at version {}", tessera_journal::scylla::SCHEMA_VERSION);
+            } else {
+                eprintln!("applied schema versions {applied:?}");
+            }
+        }
         JournalCmd::Export { entity_type, out, source } => {
-            let src = Source::open(&source)?;
+            let src = Source::open(&source).await?;
             let entities = src.entities(&entity_type).await?;
             let bar = indicatif::ProgressBar::new(entities.len() as u64);
             bar.set_style(

@@ -4,16 +4,19 @@
 //! a result is stored once.
 //!
 //! One [`ResultStore`] trait, backends [`MemoryResultStore`] and
-//! [`LocalResultStore`] (fjall), and a [`conformance`] suite both pass.
+//! [`LocalResultStore`] (fjall), [`ScyllaResultStore`] (the journal's
+//! keyspace), and a [`conformance`] suite all pass.
 
 pub mod conformance;
 mod local;
 mod memory;
+mod scylla;
 
 use serde::{Deserialize, Serialize};
 
 pub use local::LocalResultStore;
 pub use memory::MemoryResultStore;
+pub use scylla::ScyllaResultStore;
 
 /// Where an invocation is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

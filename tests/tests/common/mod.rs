@@ -149,3 +149,26 @@ pub async fn wait_result(base: &str, id: &str, within: Duration) -> Value {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// `scylla://user:password@host:port` of the test Cassandra: `TESSERA_SCYLLA_URL`,
+/// or one started (once, idempotently) by the project's own `deploy/local/cassandra.sh`.
+pub fn scylla_server() -> String {
+    if let Ok(url) = std::env::var("TESSERA_SCYLLA_URL") {
+        return url.trim_end_matches('/').to_owned();
+    }
+    static STARTED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    STARTED
+        .get_or_init(|| {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/cassandra.sh");
+            let status =
+                std::process::Command::new("bash").arg(&script).arg("start").status().expect("run cassandra.sh");
+            assert!(status.success(), "deploy/local/cassandra.sh start failed");
+            "scylla://cassandra:cassandra@127.0.0.1:9042".to_owned()
+        })
+        .clone()
+}
+
+/// A keyspace name no other test uses.
+pub fn unique_keyspace() -> String {
+    unique_prefix().replace('x', "_")
+}

@@ -1,0 +1,283 @@
+//! A node on the Scylla journal (real Cassandra 5): the migrate command, the
+//! inventory case, idempotency across restarts, the result store, garbage in
+//! a payload column, and the server stopped in the middle of a load.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::{get, post, scylla_server, unique_keyspace};
+use futures::future::join_all;
+use serde_json::json;
+use tessera_journal::{EntityKey, Journal, ScyllaJournal};
+use tessera_runtime::{JournalKind, NodeConfig};
+
+fn migrate(url: &str) {
+    let out = std::process::Command::new(common::test_node_bin())
+        .args(["journal", "migrate", "--scylla", url, "--bucket-size", "50"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "migrate: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+async fn drop_keyspace(url: &str) {
+    let j = ScyllaJournal::connect(url, 1024).await.unwrap();
+    let ks = j.config().keyspace.clone();
+    let _ = j.session().query_unpaged(format!("DROP KEYSPACE IF EXISTS {ks}"), ()).await;
+}
+
+async fn node(url: &str, tweak: impl FnOnce(&mut NodeConfig)) -> (tessera_runtime::Node, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = url.to_owned();
+    common::node(dir.path(), move |c| {
+        c.journal = JournalKind::Scylla(url);
+        tweak(c);
+    })
+    .await
+}
+
+fn cmd(base: &str, id: &str, command: &str) -> String {
+    format!("{base}/v1/entities/stock/{id}/{command}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inventory_case_runs_on_scylla() {
+    let url = format!("{}/{}", scylla_server(), unique_keyspace());
+    let dir = tempfile::tempdir().unwrap();
+    let config = NodeConfig {
+        journal: JournalKind::Scylla(url.clone()),
+        data_dir: dir.path().into(),
+        http: None,
+        ..Default::default()
+    };
+    let err = tessera_runtime::NodeBuilder::new(tessera_tests::registry()).config(config).build().await.err().unwrap();
+    assert!(err.to_string().contains("journal migrate"), "an unmigrated keyspace is refused with what to do: {err}");
+    tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || {
+            migrate(&url);
+            migrate(&url); // idempotent
+        }
+    })
+    .await
+    .unwrap();
+
+    let (n, base) = node(&url, |_| {}).await;
+    post(&cmd(&base, "s:hot", "restock"), r#"{"qty":20}"#, None).await;
+    let url_p = cmd(&base, "s:hot", "purchase");
+    let results = join_all((0..50).map(|_| post(&url_p, r#"{"qty":1}"#, None))).await;
+    assert_eq!(results.iter().filter(|r| r.0 == 200).count(), 20, "never oversells");
+    let (s, _, r) = post(&cmd(&base, "s:hot", "restock"), r#"{"qty":5}"#, Some("po-1")).await;
+    assert_eq!((s, r), (200, json!({"on_hand": 5})));
+    n.shutdown().await;
+
+    let (n, base) = node(&url, |_| {}).await;
+    let (s, h, r) = post(&cmd(&base, "s:hot", "restock"), r#"{"qty":5}"#, Some("po-1")).await;
+    assert_eq!((s, r, h["tessera-deduplicated"].to_str().unwrap()), (200, json!({"on_hand": 5}), "true"));
+    let (_, state) = get(&format!("{base}/v1/entities/stock/s:hot")).await;
+    assert_eq!((state["seq"].clone(), state["state"]["on_hand"].clone()), (json!(22), json!(5)));
+    n.shutdown().await;
+
+    let out = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || {
+            std::process::Command::new(common::test_node_bin())
+                .args(["journal", "events", "stock", "s:hot", "--from", "21", "--scylla", &url])
+                .env("RUST_LOG", "warn")
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(lines[1]["invocation_id"], "po-1");
+    drop_keyspace(&url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_result_store_conformance_on_scylla() {
+    let url = format!("{}/{}", scylla_server(), unique_keyspace());
+    tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || migrate(&url)
+    })
+    .await
+    .unwrap();
+    let j = ScyllaJournal::connect(&url, 1024).await.unwrap();
+    let s = tessera_runtime::results::ScyllaResultStore::new(&j);
+    tessera_runtime::results::conformance::final_rows_are_kept(&s).await;
+    tessera_runtime::results::conformance::rows_expire(&s).await;
+    tessera_runtime::results::conformance::large_bodies_are_truncated(&s).await;
+    drop_keyspace(&url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_in_a_payload_column_is_a_clear_error_naming_entity_and_seq() {
+    let url = format!("{}/{}", scylla_server(), unique_keyspace());
+    tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || migrate(&url)
+    })
+    .await
+    .unwrap();
+    let (n, base) = node(&url, |_| {}).await;
+    for _ in 0..3 {
+        post(&cmd(&base, "s:g", "restock"), r#"{"qty":1}"#, None).await;
+    }
+    n.shutdown().await;
+    let j = ScyllaJournal::connect(&url, 1024).await.unwrap();
+    let ks = j.config().keyspace.clone();
+    j.session()
+        .query_unpaged(
+            format!("UPDATE {ks}.events SET payload = 0xdeadbeefc1 WHERE entity_type = 'stock' AND entity_id = 's:g' AND bucket = 0 AND seq = 2"),
+            (),
+        )
+        .await
+        .unwrap();
+    let (n, base) = node(&url, |_| {}).await;
+    let (s, _, e) = post(&cmd(&base, "s:g", "restock"), r#"{"qty":1}"#, None).await;
+    assert_eq!((s, e["error"]["kind"].as_str()), (500, Some("replay_failed")), "{e}");
+    let msg = e["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("stock/s:g") && msg.contains("seq 2"), "{msg}");
+    assert_eq!(j.last_seq(&EntityKey::new("stock", "s:g")).await.unwrap(), 3, "nothing appended");
+    n.shutdown().await;
+    drop_keyspace(&url).await;
+}
+
+/// The server stopped mid-load: commands fail with a clear error, none
+/// acknowledged is lost, and the node serves again once the server is back,
+/// without a restart. Runs its own Cassandra on port 9043.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_stopped_mid_load_loses_nothing_acknowledged_and_the_node_recovers() {
+    let data = tempfile::tempdir().unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/cassandra.sh");
+    let cassandra = |action: &'static str| {
+        let (script, data) = (script.clone(), data.path().to_path_buf());
+        async move {
+            tokio::task::spawn_blocking(move || {
+                std::process::Command::new("bash")
+                    .arg(&script)
+                    .arg(action)
+                    .env("TESSERA_CASSANDRA_PORT", "9043")
+                    .env("TESSERA_CASSANDRA_DATA", &data)
+                    .status()
+                    .unwrap()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    /// Stops this test's server however the test ends.
+    struct StopOnDrop(std::path::PathBuf);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("bash")
+                .arg(&self.0)
+                .arg("stop")
+                .env("TESSERA_CASSANDRA_PORT", "9043")
+                .status();
+        }
+    }
+    let _guard = StopOnDrop(script.clone());
+    assert!(cassandra("stop").await.success(), "no leftover server on 9043");
+    assert!(cassandra("start").await.success());
+    let url = format!("scylla://cassandra:cassandra@127.0.0.1:9043/{}?timeout_ms=2000", unique_keyspace());
+    tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || migrate(&url)
+    })
+    .await
+    .unwrap();
+    let (n, base) = node(&url, |c| {
+        c.invocation_timeout_ms = 5000;
+        c.dedup_max_entries = 1_000_000; // every key of the run stays retryable
+    })
+    .await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for c in 0..8 {
+        let (base, stop) = (base.clone(), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let (mut acked, mut attempted, mut errors) = (Vec::new(), Vec::new(), Vec::new());
+            let mut k = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("c{c}-{k}");
+                k += 1;
+                attempted.push(key.clone());
+                let (s, _, body) =
+                    post(&cmd(&base, &format!("s:{}", c % 4), "restock"), r#"{"qty":1}"#, Some(&key)).await;
+                match s {
+                    200 => acked.push(key),
+                    _ => {
+                        errors.push((s, body["error"]["message"].as_str().unwrap_or_default().to_owned()));
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+            (acked, attempted, errors)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(cassandra("stop").await.success());
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert!(cassandra("start").await.success());
+    // The node recovers by itself: wait for a command to succeed again.
+    let mut last = (0, serde_json::Value::Null);
+    for _ in 0..120 {
+        let (s, _, body) = post(&cmd(&base, "s:probe", "restock"), r#"{"qty":1}"#, None).await;
+        last = (s, body);
+        if s == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(last.0, 200, "the node serves again after the server came back: {}", last.1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut acked, mut attempted, mut errors) = (HashSet::new(), Vec::new(), Vec::new());
+    for c in clients {
+        let (a, t, e) = c.await.unwrap();
+        acked.extend(a);
+        attempted.extend(t);
+        errors.extend(e);
+    }
+    assert!(!errors.is_empty(), "the outage was seen");
+    for (s, msg) in &errors {
+        assert!(matches!(s, 503 | 504), "errors during the outage are retryable: {s} {msg}");
+        assert!(!msg.is_empty(), "and say why");
+    }
+    // Every acknowledged command is in the journal exactly once; retrying
+    // every attempted one applies each exactly once.
+    for (i, key) in attempted.iter().enumerate() {
+        let c: usize = key[1..key.find('-').unwrap()].parse().unwrap();
+        let (s, h, _) = post(&cmd(&base, &format!("s:{}", c % 4), "restock"), r#"{"qty":1}"#, Some(key)).await;
+        assert_eq!(s, 200, "retry {i} of {key}");
+        if acked.contains(key) {
+            assert_eq!(h["tessera-deduplicated"], "true", "acknowledged {key} was already there");
+        }
+    }
+    let j = ScyllaJournal::connect(&url, 1024).await.unwrap();
+    let mut seen = HashSet::new();
+    for e in 0..4 {
+        let events: Vec<_> = futures::TryStreamExt::try_collect::<Vec<_>>(
+            j.read(&EntityKey::new("stock", format!("s:{e}")), 1..=u64::MAX),
+        )
+        .await
+        .unwrap();
+        for ev in events {
+            let meta = tessera_runtime::envelope::EventMeta::decode(&ev.metadata);
+            assert!(seen.insert(meta.invocation.clone()), "applied twice: {}", meta.invocation);
+        }
+    }
+    assert_eq!(seen.len(), attempted.len(), "every attempted command applied exactly once");
+    n.shutdown().await;
+    assert!(cassandra("stop").await.success());
+}
