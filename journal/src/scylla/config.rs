@@ -3,8 +3,8 @@
 //!
 //! Options: `consistency` (`local_quorum` default, `quorum`, `one`, `all`,
 //! `local_one`, `each_quorum`), `serial` (`local_serial` default, `serial`),
-//! `timeout_ms` (request timeout, default 5000), `retries` (default 3),
-//! `conditional` (`true` default; `false` is the documented unsafe fast
+//! `timeout_ms` (request timeout, default 5000; the driver's default retry
+//! policy retries idempotent reads), `conditional` (`true` default; `false` is the documented unsafe fast
 //! mode, see [`ScyllaConfig::conditional`]), `tls` (`true`: TLS with the
 //! system's roots — not built in this version, refused with a clear error).
 
@@ -27,8 +27,6 @@ pub struct ScyllaConfig {
     pub serial_consistency: SerialConsistency,
     /// Client-side timeout of one request.
     pub timeout: Duration,
-    /// Retries of idempotent reads on a timeout or unavailable node.
-    pub retries: u32,
     /// Conditional appends (lightweight transactions) so two writers can
     /// never both commit a seq. `false` writes events with plain batches:
     /// faster, but only safe when a single writer per entity is guaranteed
@@ -93,7 +91,6 @@ impl ScyllaConfig {
             consistency: Consistency::LocalQuorum,
             serial_consistency: SerialConsistency::LocalSerial,
             timeout: Duration::from_millis(5000),
-            retries: 3,
             conditional: true,
         };
         for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -120,7 +117,6 @@ impl ScyllaConfig {
                 "timeout_ms" => {
                     c.timeout = Duration::from_millis(v.parse().map_err(|_| err("timeout_ms must be a number"))?)
                 }
-                "retries" => c.retries = v.parse().map_err(|_| err("retries must be a number"))?,
                 "conditional" => c.conditional = v.parse().map_err(|_| err("conditional must be true or false"))?,
                 "tls" if v == "false" => {}
                 "tls" => return Err(err("TLS is not built into this version of Tessera")),

@@ -7,6 +7,7 @@
 mod counter;
 mod nats;
 mod runs;
+mod scylla;
 
 use std::path::PathBuf;
 
@@ -34,6 +35,10 @@ pub struct BenchArgs {
     /// NATS server for the `nats` benchmark (default: `TESSERA_NATS_URL`; without one it is skipped).
     #[arg(long, env = "TESSERA_NATS_URL")]
     pub nats: Option<String>,
+    /// Cassandra/Scylla server for the `scylla` benchmark, `scylla://[user:password@]host:port`
+    /// (default: `TESSERA_SCYLLA_URL`; without one it is skipped).
+    #[arg(long, env = "TESSERA_SCYLLA_URL")]
+    pub scylla: Option<String>,
     /// Internal: run one memory probe (`entities` or `actors`) and print its JSON.
     #[arg(long, hide = true)]
     pub probe: Option<String>,
@@ -124,7 +129,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let sizes = if args.quick { Sizes::quick() } else { Sizes::full() };
     let scratch = args.scratch.clone().unwrap_or_else(std::env::temp_dir);
     std::fs::create_dir_all(&args.out)?;
-    let all = ["durable", "memory", "replay", "entities", "nats"];
+    let all = ["durable", "memory", "replay", "entities", "nats", "scylla"];
     let selected: Vec<&str> = if args.only.is_empty() {
         all.to_vec()
     } else {
@@ -136,9 +141,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "quick": args.quick,
     });
     for name in selected {
-        if name == "nats" && args.nats.is_none() {
-            anyhow::ensure!(args.only.is_empty(), "the nats benchmark needs --nats URL (or TESSERA_NATS_URL)");
-            eprintln!("== bench nats skipped: no --nats URL ==");
+        if (name == "nats" && args.nats.is_none()) || (name == "scylla" && args.scylla.is_none()) {
+            anyhow::ensure!(args.only.is_empty(), "the {name} benchmark needs --{name} URL");
+            eprintln!("== bench {name} skipped: no --{name} URL ==");
             continue;
         }
         eprintln!("== bench {name} ==");
@@ -147,6 +152,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "memory" => runs::in_memory(sizes).await?,
             "replay" => runs::replay(sizes, &scratch).await?,
             "nats" => nats::run(sizes, args.nats.as_deref().unwrap_or_default()).await?,
+            "scylla" => scylla::run(sizes, args.scylla.as_deref().unwrap_or_default()).await?,
             _ => runs::entities(sizes).await?,
         };
         result["bench"] = json!(name);

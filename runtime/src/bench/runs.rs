@@ -36,7 +36,7 @@ fn ids(n: u64) -> Arc<Vec<String>> {
 
 /// `callers` tasks send `total` commands round-robin over `ids`; returns
 /// (elapsed, latency histogram).
-async fn drive(
+pub(super) async fn drive(
     node: &Node,
     ids: &Arc<Vec<String>>,
     total: u64,

@@ -1,0 +1,125 @@
+//! Scylla benchmarks (against whatever CQL server `--scylla` names; the
+//! project tests with Cassandra 5): durable commands through the runtime,
+//! conditional and unconditional, vs raw prepared INSERTs of the same rows
+//! with the driver; replay vs a raw paged read.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::TryStreamExt;
+use serde_json::{Value, json};
+use tessera_journal::scylla::MigrateOptions;
+use tessera_journal::{EntityKey, Journal, NewEvent, ScyllaJournal};
+
+use super::{Sizes, registry};
+use crate::config::{JournalKind, NodeConfig};
+use crate::node::NodeBuilder;
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 { (a / b * 1000.0).round() / 1000.0 } else { 0.0 }
+}
+
+async fn commands(url: &str, s: Sizes, n: u64) -> anyhow::Result<(f64, Value)> {
+    let config = NodeConfig {
+        http: None,
+        journal: JournalKind::Scylla(url.to_owned()),
+        max_in_flight: 1_000_000,
+        snapshot_every: 0,
+        ..NodeConfig::default()
+    };
+    let node = NodeBuilder::new(registry()).config(config).build().await?;
+    let ids: Arc<Vec<String>> = Arc::new((0..s.entities).map(|i| format!("e-{i}")).collect());
+    super::runs::drive(&node, &ids, s.entities.min(n), s.callers, "get").await?;
+    let (elapsed, latency) = super::runs::drive(&node, &ids, n, s.callers, "add").await?;
+    node.shutdown().await;
+    Ok((n as f64 / elapsed.as_secs_f64(), latency))
+}
+
+pub(super) async fn run(s: Sizes, server: &str) -> anyhow::Result<Value> {
+    let server = server.trim_end_matches('/');
+    let ks = format!("bench_{}", std::process::id());
+    let url = format!("{server}/{ks}");
+    ScyllaJournal::migrate(&url, &MigrateOptions::default()).await?;
+    let n = (s.commands / 40).max(200);
+
+    let (conditional, latency) = commands(&url, s, n).await?;
+    eprintln!("runtime on scylla (conditional appends): {conditional:.0} commands/s");
+    let (unconditional, latency_plain) = commands(&format!("{url}?conditional=false"), s, n).await?;
+    eprintln!("runtime on scylla (unconditional, opt-in): {unconditional:.0} commands/s");
+
+    // Raw: prepared INSERTs of as many event rows, same concurrency.
+    let j = ScyllaJournal::connect(&url, 1024).await?;
+    let mut insert = j
+        .session()
+        .prepare(format!(
+            "INSERT INTO {ks}.events (entity_type, entity_id, bucket, seq, ts, type_name, version, payload, metadata) VALUES (?, ?, 0, ?, ?, 'Added', 1, ?, ?)"
+        ))
+        .await?;
+    insert.set_consistency(j.config().consistency);
+    let insert = Arc::new(insert);
+    let payload = rmp_serde::to_vec_named(&super::counter::CounterEvent::Added { by: 1 })?;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..s.callers {
+        let (j, insert, payload) = (j.clone(), insert.clone(), payload.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = c;
+            while i < n {
+                let v =
+                    ("raw", format!("e-{}", i % 10_000), (i + 1_000_000) as i64, 0i64, payload.clone(), vec![0u8; 40]);
+                j.session().execute_unpaged(&insert, v).await?;
+                i += s.callers;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let raw = n as f64 / started.elapsed().as_secs_f64();
+    eprintln!("raw prepared INSERTs: {raw:.0} rows/s");
+
+    // Replay: one entity, unconditional appends of 1000 events.
+    let plain = ScyllaJournal::connect(&format!("{url}?conditional=false"), 1024).await?;
+    let key = EntityKey::new("bench-counter", "big");
+    let events = s.replay_events / 10;
+    let mut seq = 0;
+    while seq < events {
+        let k = 1000.min(events - seq);
+        let batch = (0..k)
+            .map(|_| NewEvent { type_name: "Added".into(), version: 1, payload: payload.clone(), metadata: vec![] })
+            .collect();
+        plain.append(&key, seq, batch).await?;
+        seq += k;
+    }
+    let started = Instant::now();
+    let count = plain.read(&key, 1..=u64::MAX).try_fold(0u64, |n, _| async move { Ok(n + 1) }).await?;
+    let raw_read = count as f64 / started.elapsed().as_secs_f64();
+    let config = NodeConfig {
+        http: None,
+        journal: JournalKind::Scylla(url.clone()),
+        snapshot_every: 0,
+        ..NodeConfig::default()
+    };
+    let node = NodeBuilder::new(registry()).config(config).build().await?;
+    let started = Instant::now();
+    let view = node.state("bench-counter", "big").await?;
+    let replay = events as f64 / started.elapsed().as_secs_f64();
+    node.shutdown().await;
+    anyhow::ensure!(view.state["value"] == json!(events), "replayed state is wrong");
+    eprintln!("replay: {replay:.0} events/s (raw read {raw_read:.0})");
+    let _ = j.session().query_unpaged(format!("DROP KEYSPACE IF EXISTS {ks}"), ()).await;
+    Ok(json!({
+        "description": "durable commands/s through the runtime on the Scylla journal (1 event each; conditional = one single-partition LWT batch per command; unconditional = the opt-in plain batch) vs raw prepared INSERTs of as many rows; replay of one entity vs a raw paged read",
+        "commands": n, "callers": s.callers, "entities": s.entities, "replay_events": events,
+        "runtime": {
+            "conditional_commands_per_sec": conditional.round(), "conditional_latency": latency,
+            "unconditional_commands_per_sec": unconditional.round(), "unconditional_latency": latency_plain,
+            "replay_events_per_sec": replay.round(),
+        },
+        "baseline_raw_driver": { "inserts_per_sec": raw.round(), "paged_read_events_per_sec": raw_read.round() },
+        "ratio_runtime_to_baseline": ratio(conditional, raw),
+        "ratio_unconditional_to_baseline": ratio(unconditional, raw),
+        "ratio_replay_to_raw_read": ratio(replay, raw_read),
+    }))
+}
