@@ -22,13 +22,26 @@ pub enum Resources {
     },
 }
 
+/// The device an executor runs a call on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "index")]
+pub enum Device {
+    /// The CPU.
+    #[default]
+    Cpu,
+    /// The GPU with this index (as NVML and CUDA number them).
+    Gpu(u32),
+}
+
 /// What a function knows about the invocation it is serving.
 #[derive(Debug, Clone)]
 pub struct FnCtx {
-    /// The invocation's id.
+    /// The invocation's id (for a batch: the first call's).
     pub invocation_id: String,
     /// Wall-clock time of the invocation, milliseconds since the Unix epoch.
     pub now_ms: i64,
+    /// The device of the executor running it.
+    pub device: Device,
 }
 
 /// Why a function call failed.
@@ -70,4 +83,26 @@ pub trait Function: Send + Sync + 'static {
     /// Serves one call.
     fn call(&self, input: Self::Input, ctx: &FnCtx)
     -> impl Future<Output = Result<Self::Output, FunctionError>> + Send;
+
+    /// Most calls [`Function::call_batch`] takes at once; above 1 the
+    /// runtime runs the function on executors that batch calls dynamically.
+    fn max_batch(&self) -> usize {
+        1
+    }
+
+    /// Serves several calls at once, one result per input, in order (e.g. one
+    /// forward pass of a model). The default serves them one by one.
+    fn call_batch(
+        &self,
+        inputs: Vec<Self::Input>,
+        ctx: &FnCtx,
+    ) -> impl Future<Output = Vec<Result<Self::Output, FunctionError>>> + Send {
+        async move {
+            let mut out = Vec::with_capacity(inputs.len());
+            for input in inputs {
+                out.push(self.call(input, ctx).await);
+            }
+            out
+        }
+    }
 }

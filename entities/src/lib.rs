@@ -58,7 +58,7 @@ mod testkit;
 pub use codec::{CodecError, Format};
 pub use entity::{Ctx, Effect, Entity, Rejection};
 pub use event::{EncodedEvent, OldEvent, ReplayError, StoredEvent, UpcastError};
-pub use function::{FnCtx, Function, FunctionError, Resources};
+pub use function::{Device, FnCtx, Function, FunctionError, Resources};
 pub use registry::{
     BoxFuture, CommandError, DynCommand, DynEffect, DynEntity, DynFunction, DynInput, DynState, HandleError, Registry,
     RegistryBuilder, RegistryError,

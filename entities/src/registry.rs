@@ -182,6 +182,10 @@ pub trait DynFunction: Send + Sync + 'static {
     fn decode_input(&self, body: &[u8], format: Format) -> Result<DynInput, CodecError>;
     /// Calls the function; the output is MessagePack.
     fn call(&self, input: DynInput, ctx: FnCtx) -> BoxFuture<Result<Vec<u8>, FunctionError>>;
+    /// Most inputs one batch takes.
+    fn max_batch(&self) -> usize;
+    /// Calls the function on a batch of inputs; one MessagePack output each.
+    fn call_batch(&self, inputs: Vec<DynInput>, ctx: FnCtx) -> BoxFuture<Vec<Result<Vec<u8>, FunctionError>>>;
 }
 
 struct FunctionAdapter<F: Function>(Arc<F>);
@@ -202,6 +206,26 @@ impl<F: Function> DynFunction for FunctionAdapter<F> {
         Box::pin(async move {
             let out = f.call(input, &ctx).await?;
             codec::to_msgpack(&out).map_err(|e| FunctionError::Failed(format!("output did not encode: {e}")))
+        })
+    }
+    fn max_batch(&self) -> usize {
+        self.0.max_batch().max(1)
+    }
+    fn call_batch(&self, inputs: Vec<DynInput>, ctx: FnCtx) -> BoxFuture<Vec<Result<Vec<u8>, FunctionError>>> {
+        let f = self.0.clone();
+        let inputs: Vec<F::Input> =
+            inputs.into_iter().map(|i| *i.downcast::<F::Input>().expect("input of another function")).collect();
+        Box::pin(async move {
+            f.call_batch(inputs, &ctx)
+                .await
+                .into_iter()
+                .map(|r| {
+                    r.and_then(|out| {
+                        codec::to_msgpack(&out)
+                            .map_err(|e| FunctionError::Failed(format!("output did not encode: {e}")))
+                    })
+                })
+                .collect()
         })
     }
 }

@@ -105,6 +105,16 @@ pub struct NodeConfig {
     pub result_ttl_secs: u64,
     /// Largest reply kept inline in a result row (bytes); larger ones keep only their size.
     pub result_inline_bytes: usize,
+    /// CPU executors (for batching functions, and GPU functions on GPU-less machines).
+    pub cpu_executors: usize,
+    /// Most calls per executor batch (1: no batching).
+    pub executor_max_batch: usize,
+    /// Longest wait for an executor batch to fill (microseconds).
+    pub executor_max_wait_us: u64,
+    /// Most calls queued per executor before 429.
+    pub executor_queue_limit: usize,
+    /// A batch running longer than this fails its calls (milliseconds).
+    pub executor_watchdog_ms: u64,
 }
 
 impl Default for NodeConfig {
@@ -133,6 +143,11 @@ impl Default for NodeConfig {
             async_ack_wait_ms: 30_000,
             result_ttl_secs: 24 * 3600,
             result_inline_bytes: 64 << 10,
+            cpu_executors: 1,
+            executor_max_batch: 32,
+            executor_max_wait_us: 2_000,
+            executor_queue_limit: 1_024,
+            executor_watchdog_ms: 60_000,
         }
     }
 }

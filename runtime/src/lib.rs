@@ -21,6 +21,7 @@ pub mod client;
 pub mod config;
 pub mod envelope;
 mod error;
+pub mod executor;
 pub mod http;
 pub mod inspect;
 pub mod metrics;

@@ -1,7 +1,8 @@
 //! Prometheus metrics of one node (its own registry, rendered at `/metrics`).
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// The node's metrics. Handles are cheap to clone and update.
@@ -32,6 +33,18 @@ pub struct Metrics {
     pub snapshots: IntCounter,
     /// Handler panics caught.
     pub handler_panics: IntCounter,
+    /// Calls queued per executor.
+    pub executor_queue_depth: IntGaugeVec,
+    /// Calls per batch, per executor.
+    pub executor_batch_size: HistogramVec,
+    /// Seconds spent running batches, per executor (its utilisation is the rate).
+    pub executor_busy_seconds: CounterVec,
+    /// Batches failed by the watchdog, per executor.
+    pub executor_stuck_batches: IntCounterVec,
+    /// GPU utilisation, percent (NVML).
+    pub gpu_utilization: IntGaugeVec,
+    /// GPU memory in use, bytes (NVML).
+    pub gpu_memory_used: IntGaugeVec,
 }
 
 fn latency_buckets() -> Vec<f64> {
@@ -75,6 +88,29 @@ impl Metrics {
         .expect("metric");
         let snapshots = IntCounter::new("tessera_snapshots_total", "Snapshots written").expect("metric");
         let handler_panics = IntCounter::new("tessera_handler_panics_total", "Handler panics caught").expect("metric");
+        let executor_queue_depth =
+            IntGaugeVec::new(Opts::new("tessera_executor_queue_depth", "Calls queued per executor"), &["executor"])
+                .expect("metric");
+        let executor_batch_size = HistogramVec::new(
+            HistogramOpts::new("tessera_executor_batch_size", "Calls per batch")
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]),
+            &["executor"],
+        )
+        .expect("metric");
+        let executor_busy_seconds =
+            CounterVec::new(Opts::new("tessera_executor_busy_seconds_total", "Seconds running batches"), &["executor"])
+                .expect("metric");
+        let executor_stuck_batches = IntCounterVec::new(
+            Opts::new("tessera_executor_stuck_batches_total", "Batches failed by the watchdog"),
+            &["executor"],
+        )
+        .expect("metric");
+        let gpu_utilization =
+            IntGaugeVec::new(Opts::new("tessera_gpu_utilization_percent", "GPU utilisation"), &["gpu"])
+                .expect("metric");
+        let gpu_memory_used =
+            IntGaugeVec::new(Opts::new("tessera_gpu_memory_used_bytes", "GPU memory in use"), &["gpu"])
+                .expect("metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
@@ -88,6 +124,12 @@ impl Metrics {
             Box::new(commit_latency.clone()),
             Box::new(snapshots.clone()),
             Box::new(handler_panics.clone()),
+            Box::new(executor_queue_depth.clone()),
+            Box::new(executor_batch_size.clone()),
+            Box::new(executor_busy_seconds.clone()),
+            Box::new(executor_stuck_batches.clone()),
+            Box::new(gpu_utilization.clone()),
+            Box::new(gpu_memory_used.clone()),
         ] {
             registry.register(c).expect("unique metric");
         }
@@ -105,6 +147,12 @@ impl Metrics {
             commit_latency,
             snapshots,
             handler_panics,
+            executor_queue_depth,
+            executor_batch_size,
+            executor_busy_seconds,
+            executor_stuck_batches,
+            gpu_utilization,
+            gpu_memory_used,
         }
     }
 

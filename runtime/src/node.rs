@@ -15,6 +15,7 @@ use tracing::Instrument;
 
 use crate::config::{ConfigError, JournalKind, NodeConfig};
 use crate::error::InvokeError;
+use crate::executor::{ExecutorSettings, Executors};
 use crate::http::HttpServer;
 use crate::metrics::Metrics;
 use crate::nats::{NatsError, NatsIngress, NatsLink};
@@ -211,6 +212,35 @@ impl NodeBuilder {
                 }
             })
         };
+        let executors = Executors::start(
+            config.cpu_executors,
+            ExecutorSettings {
+                max_batch: config.executor_max_batch.max(1),
+                max_wait: Duration::from_micros(config.executor_max_wait_us),
+                queue_limit: config.executor_queue_limit.max(1),
+                watchdog: Duration::from_millis(config.executor_watchdog_ms.max(1)),
+            },
+            metrics.clone(),
+        )
+        .await
+        .map_err(NodeError::Spawn)?;
+        let gpu_sampler = if executors.list().iter().any(|e| matches!(e.device, tessera_entities::Device::Gpu(_))) {
+            let m = metrics.clone();
+            Some(tokio::spawn(async move {
+                loop {
+                    for g in crate::executor::devices::gpus() {
+                        let i = g.index.to_string();
+                        m.gpu_utilization.with_label_values(&[&i]).set(i64::from(g.utilization));
+                        m.gpu_memory_used
+                            .with_label_values(&[&i])
+                            .set(g.memory_total.saturating_sub(g.memory_free) as i64);
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }))
+        } else {
+            None
+        };
         let ctx = Arc::new(ShardContext {
             journal: journal.clone(),
             metrics: metrics.clone(),
@@ -241,6 +271,8 @@ impl NodeBuilder {
             nats,
             ingress: std::sync::Mutex::new(None),
             sweeper,
+            executors,
+            gpu_sampler,
             config,
         });
         let node = Node { inner };
@@ -278,6 +310,8 @@ struct NodeInner {
     nats: Option<NatsLink>,
     ingress: std::sync::Mutex<Option<NatsIngress>>,
     sweeper: tokio::task::JoinHandle<()>,
+    executors: Executors,
+    gpu_sampler: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// A running node. Cheap to clone.
@@ -517,7 +551,13 @@ impl Node {
             let _permit =
                 n.functions.acquire().await.map_err(|_| InvokeError::Unavailable("node shutting down".into()))?;
             n.metrics.functions_running.inc();
-            let ctx = FnCtx { invocation_id, now_ms: now_ms() };
+            if f.max_batch() > 1 || !matches!(f.resources(), tessera_entities::Resources::Cpu) {
+                // Batching or device-bound functions run on executors.
+                let r = n.executors.call(f.clone(), input, invocation_id).in_current_span().await;
+                n.metrics.functions_running.dec();
+                return r;
+            }
+            let ctx = FnCtx { invocation_id, now_ms: now_ms(), device: tessera_entities::Device::Cpu };
             let joined = tokio::spawn(f.call(input, ctx).in_current_span()).await;
             n.metrics.functions_running.dec();
             match joined {
@@ -537,6 +577,11 @@ impl Node {
     /// This node's id.
     pub fn node_id(&self) -> &str {
         &self.inner.node_id
+    }
+
+    /// The executors (one per GPU, and the CPU ones).
+    pub fn executors(&self) -> &Executors {
+        &self.inner.executors
     }
 
     /// The result store.
@@ -725,6 +770,10 @@ impl Node {
             i.stop();
         }
         self.inner.sweeper.abort();
+        if let Some(s) = &self.inner.gpu_sampler {
+            s.abort();
+        }
+        self.inner.executors.stop();
         let server = self.inner.http.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(s) = server {
             s.stop().await;
