@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use tessera_entities::Format;
 use tessera_runtime::client::NatsClient;
@@ -36,37 +35,13 @@ fn text(i: u64) -> String {
     format!("Product {i}: a short description of an item sold in store {}, aisle {}.", i % 97, i % 13)
 }
 
-fn summary(h: &Histogram<u64>) -> Value {
-    json!({"p50_ms": h.value_at_quantile(0.5) as f64 / 1000.0, "p99_ms": h.value_at_quantile(0.99) as f64 / 1000.0, "max_ms": h.max() as f64 / 1000.0})
-}
-
 async fn through<F, Fut>(calls: u64, callers: u64, f: F) -> anyhow::Result<(f64, Value)>
 where
     F: Fn(u64) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
 {
-    let f = Arc::new(f);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..callers {
-        let f = f.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
-            let mut i = c;
-            while i < calls {
-                let t = Instant::now();
-                f(i).await?;
-                h.record(t.elapsed().as_micros().max(1) as u64)?;
-                i += callers;
-            }
-            anyhow::Ok(h)
-        }));
-    }
-    let mut h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
-    for t in tasks {
-        h.add(t.await??)?;
-    }
-    Ok((calls as f64 / started.elapsed().as_secs_f64(), summary(&h)))
+    let (elapsed, latency) = tessera_runtime::bench::concurrently(calls, callers, f).await?;
+    Ok((calls as f64 / elapsed.as_secs_f64(), latency))
 }
 
 /// Runs the benchmark and writes its JSON.

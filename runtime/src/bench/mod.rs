@@ -105,9 +105,41 @@ pub fn summary(h: &Histogram<u64>) -> Value {
     })
 }
 
-/// A histogram of microseconds up to one minute.
+/// A histogram of microseconds up to ten minutes.
 pub fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds")
+}
+
+/// Runs `total` operations from `callers` concurrent tasks (task `c` runs
+/// `f(c)`, `f(c + callers)`, …); returns the elapsed time and the latency
+/// summary.
+pub async fn concurrently<F, Fut>(total: u64, callers: u64, f: F) -> anyhow::Result<(std::time::Duration, Value)>
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let f = std::sync::Arc::new(f);
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..callers {
+        let f = f.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut h = histogram();
+            let mut i = c;
+            while i < total {
+                let t = std::time::Instant::now();
+                f(i).await?;
+                h.record(t.elapsed().as_micros().max(1) as u64)?;
+                i += callers;
+            }
+            anyhow::Ok(h)
+        }));
+    }
+    let mut h = histogram();
+    for t in tasks {
+        h.add(t.await??)?;
+    }
+    Ok((started.elapsed(), summary(&h)))
 }
 
 /// Resident set size of this process in bytes (Linux; 0 elsewhere).

@@ -9,43 +9,13 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use tessera_entities::Format;
 
-use super::{Sizes, histogram, registry, summary};
+use super::{Sizes, concurrently, registry};
 use crate::client::NatsClient;
 use crate::config::{JournalKind, NodeConfig};
 use crate::node::NodeBuilder;
 
 fn ratio(a: f64, b: f64) -> f64 {
     if b > 0.0 { (a / b * 1000.0).round() / 1000.0 } else { 0.0 }
-}
-
-/// Runs `total` requests from `callers` tasks; `f(i)` sends request `i`.
-async fn concurrently<F, Fut>(total: u64, callers: u64, f: F) -> anyhow::Result<(Duration, Value)>
-where
-    F: Fn(u64) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
-{
-    let f = Arc::new(f);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..callers {
-        let f = f.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut h = histogram();
-            let mut i = c;
-            while i < total {
-                let t = Instant::now();
-                f(i).await?;
-                h.record(t.elapsed().as_micros().max(1) as u64)?;
-                i += callers;
-            }
-            anyhow::Ok(h)
-        }));
-    }
-    let mut h = histogram();
-    for t in tasks {
-        h.add(t.await??)?;
-    }
-    Ok((started.elapsed(), summary(&h)))
 }
 
 pub(super) async fn run(s: Sizes, url: &str) -> anyhow::Result<Value> {

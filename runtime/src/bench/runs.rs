@@ -35,7 +35,7 @@ fn ids(n: u64) -> Arc<Vec<String>> {
 }
 
 /// `callers` tasks send `total` commands round-robin over `ids`; returns
-/// (elapsed, latency histogram).
+/// (elapsed, latency summary).
 pub(super) async fn drive(
     node: &Node,
     ids: &Arc<Vec<String>>,
@@ -44,35 +44,23 @@ pub(super) async fn drive(
     command: &str,
 ) -> anyhow::Result<(Duration, Value)> {
     let body = if command == "add" { br#"{"by":1}"#.to_vec() } else { Vec::new() };
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..callers {
-        let (node, ids, body, command) = (node.clone(), ids.clone(), body.clone(), command.to_owned());
-        tasks.push(tokio::spawn(async move {
-            let mut h = histogram();
-            let mut i = c;
-            while i < total {
-                let inv = Invocation {
-                    entity_type: "bench-counter".into(),
-                    entity_id: ids[(i % ids.len() as u64) as usize].clone(),
-                    command: command.clone(),
-                    body: body.clone(),
-                    format: Format::Json,
-                    idempotency_key: None,
-                };
-                let t = Instant::now();
-                node.invoke(inv).await?;
-                h.record(t.elapsed().as_micros().max(1) as u64)?;
-                i += callers;
-            }
-            anyhow::Ok(h)
-        }));
-    }
-    let mut h = histogram();
-    for t in tasks {
-        h.add(t.await??)?;
-    }
-    Ok((started.elapsed(), summary(&h)))
+    let (node, ids, command) = (node.clone(), ids.clone(), command.to_owned());
+    super::concurrently(total, callers, move |i| {
+        let inv = Invocation {
+            entity_type: "bench-counter".into(),
+            entity_id: ids[(i % ids.len() as u64) as usize].clone(),
+            command: command.clone(),
+            body: body.clone(),
+            format: Format::Json,
+            idempotency_key: None,
+        };
+        let node = node.clone();
+        async move {
+            node.invoke(inv).await?;
+            Ok(())
+        }
+    })
+    .await
 }
 
 /// Durable commands through the runtime on the local journal vs raw fjall
