@@ -9,7 +9,9 @@
 #
 # Settings: TESSERA_CASSANDRA_DIR (default ~/.cache/tessera/cassandra),
 # TESSERA_CASSANDRA_PORT (CQL, default 9042), TESSERA_CASSANDRA_DATA (data
-# directory, default DIR/data-PORT), TESSERA_CASSANDRA_HEAP (default 1G).
+# directory, default DIR/data-PORT), TESSERA_CASSANDRA_HEAP (default 1G),
+# TESSERA_CASSANDRA_TLS=1 (clients must use TLS; a self-signed certificate for
+# 127.0.0.1 is made with keytool, its PEM at DIR/tls-PORT/ca.pem).
 set -euo pipefail
 
 VERSION=5.0.8
@@ -34,6 +36,25 @@ install() {
   echo "cassandra.sh: fetching Cassandra $VERSION jars from Maven Central into $LIB" >&2
   mvn -q -B -f "$HERE/cassandra/pom.xml" dependency:copy-dependencies -Dlib.dir="$LIB" -Dcassandra.version="$VERSION" >&2 \
     || die "maven could not fetch org.apache.cassandra:cassandra-all:$VERSION"
+}
+
+write_tls() {
+  local tls="$DIR/tls-$PORT"
+  mkdir -p "$tls"
+  if [ ! -f "$tls/keystore.jks" ]; then
+    keytool -genkeypair -noprompt -alias node -keyalg RSA -keysize 2048 -validity 3650 \
+      -dname "CN=127.0.0.1" -ext "SAN=ip:127.0.0.1,dns:localhost" \
+      -keystore "$tls/keystore.jks" -storepass tessera-test -keypass tessera-test >&2
+    keytool -exportcert -rfc -alias node -keystore "$tls/keystore.jks" -storepass tessera-test -file "$tls/ca.pem" >&2
+  fi
+  cat <<YAML
+client_encryption_options:
+  enabled: true
+  optional: false
+  keystore: $tls/keystore.jks
+  keystore_password: tessera-test
+  require_client_auth: false
+YAML
 }
 
 write_config() {
@@ -78,6 +99,7 @@ unlogged_batch_across_partitions_warn_threshold: 100
 write_request_timeout: 5000ms
 cas_contention_timeout: 5000ms
 YAML
+  if [ "${TESSERA_CASSANDRA_TLS:-0}" = 1 ]; then write_tls >>"$conf/cassandra.yaml"; fi
   cat >"$conf/logback.xml" <<XML
 <configuration>
   <appender name="FILE" class="ch.qos.logback.core.FileAppender">

@@ -194,3 +194,54 @@ async fn a_million_events_replay_as_a_stream() {
     let growth = peak.saturating_sub(before);
     assert!(growth < 100 << 20, "replay holds pages, not the journal (200 MB of payloads): grew {} MiB", growth >> 20);
 }
+
+/// TLS: a server that requires it (its own Cassandra on port 9044, with a
+/// self-signed certificate made by the script) accepts a `tls=true` URL
+/// trusting that certificate; a URL without TLS, or trusting nothing, fails
+/// clearly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_connections() {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/cassandra.sh");
+    let data = tempfile::tempdir().unwrap();
+    let run = |action: &str| {
+        std::process::Command::new("bash")
+            .arg(&script)
+            .arg(action)
+            .env("TESSERA_CASSANDRA_PORT", "9044")
+            .env("TESSERA_CASSANDRA_TLS", "1")
+            .env("TESSERA_CASSANDRA_DATA", data.path())
+            .status()
+            .unwrap()
+    };
+    struct Stop<F: Fn()>(F);
+    impl<F: Fn()> Drop for Stop<F> {
+        fn drop(&mut self) {
+            (self.0)();
+        }
+    }
+    assert!(run("stop").success());
+    assert!(run("start").success());
+    let _stop = Stop(|| {
+        run("stop");
+    });
+    let dir = std::env::var("TESSERA_CASSANDRA_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/tessera/cassandra"));
+    let ca = dir.join("tls-9044/ca.pem");
+    let ks = unique_keyspace();
+    let url = format!("scylla://cassandra:cassandra@127.0.0.1:9044/{ks}?tls=true&tls_ca={}", ca.display());
+    ScyllaJournal::migrate(&url, &MigrateOptions::default()).await.expect("migrate over TLS");
+    let j = ScyllaJournal::connect(&url, 1024).await.expect("connect over TLS");
+    let e = EntityKey::new("tls", "a");
+    j.append(&e, 0, vec![ev(1), ev(2)]).await.unwrap();
+    assert_eq!(seqs(&j, &e).await, vec![1, 2]);
+
+    let plain = format!("scylla://cassandra:cassandra@127.0.0.1:9044/{ks}?timeout_ms=2000");
+    assert!(ScyllaJournal::connect(&plain, 1024).await.is_err(), "a plain connection is refused");
+    let other_ca = data.path().join("empty.pem");
+    std::fs::write(&other_ca, b"").unwrap();
+    let untrusted = format!("scylla://cassandra:cassandra@127.0.0.1:9044/{ks}?tls=true&tls_ca={}", other_ca.display());
+    assert!(ScyllaJournal::connect(&untrusted, 1024).await.is_err(), "an untrusted certificate is refused");
+    let e = tessera_journal::scylla::ScyllaConfig::from_url("scylla://h/ks?tls=true").unwrap_err();
+    assert!(e.to_string().contains("tls_ca"), "{e}");
+}

@@ -5,8 +5,9 @@
 //! `local_one`, `each_quorum`), `serial` (`local_serial` default, `serial`),
 //! `timeout_ms` (request timeout, default 5000; the driver's default retry
 //! policy retries idempotent reads), `conditional` (`true` default; `false` is the documented unsafe fast
-//! mode, see [`ScyllaConfig::conditional`]), `tls` (`true`: TLS with the
-//! system's roots — not built in this version, refused with a clear error).
+//! mode, see [`ScyllaConfig::conditional`]), `tls` (`true`: connect with
+//! TLS), `tls_ca` (PEM file of the certificate authorities to trust; required
+//! with `tls=true`).
 
 use std::time::Duration;
 
@@ -32,6 +33,8 @@ pub struct ScyllaConfig {
     /// faster, but only safe when a single writer per entity is guaranteed
     /// by other means (the runtime's shard leases). Opt-in, documented.
     pub conditional: bool,
+    /// TLS: the PEM file of trusted certificate authorities (`None`: plain TCP).
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 /// A malformed journal URL.
@@ -92,7 +95,9 @@ impl ScyllaConfig {
             serial_consistency: SerialConsistency::LocalSerial,
             timeout: Duration::from_millis(5000),
             conditional: true,
+            tls_ca: None,
         };
+        let mut tls = false;
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').ok_or_else(|| err(&format!("option `{pair}` is not key=value")))?;
             match k {
@@ -118,10 +123,16 @@ impl ScyllaConfig {
                     c.timeout = Duration::from_millis(v.parse().map_err(|_| err("timeout_ms must be a number"))?)
                 }
                 "conditional" => c.conditional = v.parse().map_err(|_| err("conditional must be true or false"))?,
-                "tls" if v == "false" => {}
-                "tls" => return Err(err("TLS is not built into this version of Tessera")),
+                "tls" => tls = v.parse().map_err(|_| err("tls must be true or false"))?,
+                "tls_ca" => c.tls_ca = Some(std::path::PathBuf::from(v)),
                 other => return Err(err(&format!("unknown option `{other}`"))),
             }
+        }
+        if tls && c.tls_ca.is_none() {
+            return Err(err("tls=true needs tls_ca=PATH (a PEM file of the certificate authorities to trust)"));
+        }
+        if !tls {
+            c.tls_ca = None;
         }
         Ok(c)
     }
