@@ -32,5 +32,5 @@ mod shard;
 
 pub use config::{JournalKind, NodeConfig};
 pub use error::InvokeError;
-pub use node::{AsyncDecision, Invocation, Node, NodeBuilder, NodeError};
+pub use node::{AsyncCall, AsyncDecision, Invocation, Node, NodeBuilder, NodeError};
 pub use shard::{CommandReply, StateView};

@@ -93,6 +93,21 @@ pub enum NodeError {
     Results(#[from] ResultStoreError),
 }
 
+/// One delivery of an async invocation, as `Node::run_async` takes it.
+#[derive(Debug, Clone, Copy)]
+pub struct AsyncCall<'a> {
+    /// The invocation id.
+    pub id: &'a str,
+    /// The function.
+    pub function: &'a str,
+    /// The input.
+    pub body: &'a [u8],
+    /// The input's format.
+    pub format: Format,
+    /// The caller's request id, if any.
+    pub request_id: Option<&'a str>,
+}
+
 /// What to do with an async invocation's message after a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AsyncDecision {
@@ -526,11 +541,25 @@ impl Node {
         format: Format,
         invocation_id: String,
     ) -> Result<Vec<u8>, InvokeError> {
+        self.call_function_placed(name, body, format, invocation_id).await.0
+    }
+
+    /// Calls a function; also says which executor ran it (`tasks` for
+    /// functions that run directly as tasks).
+    async fn call_function_placed(
+        &self,
+        name: &str,
+        body: &[u8],
+        format: Format,
+        invocation_id: String,
+    ) -> (Result<Vec<u8>, InvokeError>, String) {
+        let placed = std::sync::Mutex::new(String::from("tasks"));
         let started = Instant::now();
         let span = tracing::info_span!("function", function = %name, invocation_id = %invocation_id);
-        let result = self.call_inner(name, body, format, invocation_id).instrument(span).await;
+        let result = self.call_inner(name, body, format, invocation_id, &placed).instrument(span).await;
         self.record("function", started, result.as_ref().map(|_| ()).map_err(InvokeError::status));
-        result
+        let executor = placed.into_inner().unwrap_or_else(|p| p.into_inner());
+        (result, executor)
     }
 
     async fn call_inner(
@@ -539,6 +568,7 @@ impl Node {
         body: &[u8],
         format: Format,
         invocation_id: String,
+        placed: &std::sync::Mutex<String>,
     ) -> Result<Vec<u8>, InvokeError> {
         let n = &self.inner;
         let f = n.registry.function(name).ok_or_else(|| InvokeError::UnknownFunction(name.into()))?;
@@ -555,7 +585,10 @@ impl Node {
                 // Batching or device-bound functions run on executors.
                 let r = n.executors.call(f.clone(), input, invocation_id).in_current_span().await;
                 n.metrics.functions_running.dec();
-                return r;
+                return r.map(|(out, executor)| {
+                    *placed.lock().unwrap_or_else(|p| p.into_inner()) = executor;
+                    out
+                });
             }
             let ctx = FnCtx { invocation_id, now_ms: now_ms(), device: tessera_entities::Device::Cpu };
             let joined = tokio::spawn(f.call(input, ctx).in_current_span()).await;
@@ -598,6 +631,7 @@ impl Node {
         body: &[u8],
         format: Format,
         key: Option<String>,
+        request_id: Option<String>,
     ) -> Result<InvocationResult, InvokeError> {
         let n = &self.inner;
         let f = n.registry.function(name).ok_or_else(|| InvokeError::UnknownFunction(name.into()))?;
@@ -616,7 +650,8 @@ impl Node {
             return Ok(existing);
         }
         let ttl = (n.config.result_ttl_secs as i64).saturating_mul(1000);
-        let row = InvocationResult::pending(&id, format!("function:{name}"), format.content_type(), now, ttl);
+        let mut row = InvocationResult::pending(&id, format!("function:{name}"), format.content_type(), now, ttl);
+        row.request_id = request_id.clone();
         n.results.put(row.clone()).await.map_err(|e| InvokeError::Unavailable(e.to_string()))?;
         match &n.nats {
             Some(link) => {
@@ -624,6 +659,9 @@ impl Node {
                 h.insert(crate::nats::protocol::INVOCATION_ID, id.as_str());
                 h.insert(crate::nats::protocol::NATS_MSG_ID, id.as_str());
                 h.insert(crate::nats::protocol::CONTENT_TYPE, format.content_type());
+                if let Some(r) = &request_id {
+                    h.insert(crate::nats::protocol::REQUEST_ID, r.as_str());
+                }
                 let ack = link
                     .js
                     .publish_with_headers(link.subjects.invoke(name), h, body.to_vec().into())
@@ -636,7 +674,8 @@ impl Node {
                 let max = n.config.async_max_deliver.max(1) as u32;
                 tokio::spawn(async move {
                     for attempt in 1..=max {
-                        match me.run_async(&id, &name, &body, format, attempt, attempt == max).await {
+                        let call = AsyncCall { id: &id, function: &name, body: &body, format, request_id: None };
+                        match me.run_async(call, attempt, attempt == max).await {
                             AsyncDecision::Ack => return,
                             AsyncDecision::Retry(d) => tokio::time::sleep(d).await,
                         }
@@ -656,15 +695,8 @@ impl Node {
     /// final result already stored (a redelivery after a crash) is not run
     /// again. Retryable failures ask for redelivery until `last_attempt`,
     /// which dead-letters the call.
-    pub async fn run_async(
-        &self,
-        id: &str,
-        name: &str,
-        body: &[u8],
-        format: Format,
-        attempt: u32,
-        last_attempt: bool,
-    ) -> AsyncDecision {
+    pub async fn run_async(&self, call: AsyncCall<'_>, attempt: u32, last_attempt: bool) -> AsyncDecision {
+        let AsyncCall { id, function: name, body, format, request_id } = call;
         let n = &self.inner;
         let retry = AsyncDecision::Retry(Duration::from_millis(200 * u64::from(attempt.min(25))));
         let now = now_ms();
@@ -685,11 +717,14 @@ impl Node {
         row.attempts = attempt;
         row.started_ms = Some(now);
         row.node_id = n.node_id.clone();
-        row.executor_id = "cpu-0".into();
+        if row.request_id.is_none() {
+            row.request_id = request_id.map(str::to_owned);
+        }
         if n.results.put(row.clone()).await.is_err() {
             return retry;
         }
-        let outcome = self.call_function_as(name, body, format, id.to_owned()).await;
+        let (outcome, executor) = self.call_function_placed(name, body, format, id.to_owned()).await;
+        row.executor_id = executor;
         row.completed_ms = Some(now_ms());
         match outcome {
             Ok(out) => {

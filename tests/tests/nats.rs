@@ -126,6 +126,7 @@ async fn async_calls_over_http_and_nats_leave_one_result_row() {
     assert_eq!(row["body"]["product"]["sku"], "a");
     assert_eq!(row["target"], "function:product.upsert");
     assert_eq!(row["node_id"], node.node_id());
+    assert_eq!(row["executor_id"], "tasks", "product.upsert runs as a task, not on an executor");
     assert!(row["completed_ms"].as_i64() >= row["started_ms"].as_i64());
 
     let (s, _, again) = post(&url, r#"{"sku":"a","name":"A","price":1}"#, Some("order-77")).await;
@@ -139,6 +140,17 @@ async fn async_calls_over_http_and_nats_leave_one_result_row() {
     let row = wait_result(&base, &id, Duration::from_secs(10)).await;
     assert_eq!((row["status"].as_str(), row["status_code"].as_u64()), (Some("error"), Some(409)));
     assert_eq!(row["body"]["error"]["code"], "invalid_name");
+
+    let resp = common::client()
+        .post(format!("{base}/v1/functions/test.sleep?mode=async"))
+        .header("x-request-id", "req-9")
+        .body(r#"{"ms":1}"#)
+        .send()
+        .await
+        .unwrap();
+    let id = resp.json::<serde_json::Value>().await.unwrap()["invocation_id"].as_str().unwrap().to_owned();
+    let row = wait_result(&base, &id, Duration::from_secs(10)).await;
+    assert_eq!(row["request_id"], "req-9", "the caller's request id is kept");
 
     let (s, _) = get(&format!("{base}/v1/invocations/never-heard-of-it")).await;
     assert_eq!(s, 404);

@@ -97,13 +97,13 @@ impl Executors {
         &self.executors
     }
 
-    /// Places a call and waits for its output.
+    /// Places a call and waits for its output; also returns the executor's id.
     pub(crate) async fn call(
         &self,
         function: Arc<dyn DynFunction>,
         input: DynInput,
         invocation_id: String,
-    ) -> Result<Vec<u8>, InvokeError> {
+    ) -> Result<(Vec<u8>, String), InvokeError> {
         let gpus = devices::gpus();
         let eligible = |e: &&ExecutorHandle| match (function.resources(), e.device) {
             (Resources::Gpu { memory_bytes }, Device::Gpu(i)) => {
@@ -131,7 +131,8 @@ impl Executors {
             exec.queued.fetch_sub(1, Ordering::Relaxed);
             return Err(InvokeError::Unavailable(format!("executor {} stopped", exec.id)));
         }
-        rx.await.map_err(|_| InvokeError::Unavailable("the executor stopped before replying".into()))?
+        let out = rx.await.map_err(|_| InvokeError::Unavailable("the executor stopped before replying".into()))??;
+        Ok((out, exec.id.clone()))
     }
 
     pub(crate) fn stop(&self) {

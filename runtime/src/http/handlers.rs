@@ -199,7 +199,8 @@ pub(crate) async fn function(
         }
         Some("async") => {
             let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
-            let row = node.call_async(&name, &body, format, key).await.map_err(|e| ApiError(e, format))?;
+            let request_id = headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+            let row = node.call_async(&name, &body, format, key, request_id).await.map_err(|e| ApiError(e, format))?;
             let url = format!("/v1/invocations/{}", row.invocation_id);
             let status = if row.status.is_final() { StatusCode::OK } else { StatusCode::ACCEPTED };
             let body = json!({

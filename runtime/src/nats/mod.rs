@@ -15,7 +15,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::error::InvokeError;
-use crate::node::{AsyncDecision, Invocation, Node};
+use crate::node::{AsyncCall, AsyncDecision, Invocation, Node};
 use protocol::Subjects;
 
 /// A connected NATS endpoint of a node.
@@ -294,7 +294,9 @@ async fn invoke_async(node: &Node, link: &NatsLink, msg: jetstream::Message, max
         .unwrap_or_else(|| format!("js-{stream_seq}"));
     let format = protocol::format_of(header(h, protocol::CONTENT_TYPE)).unwrap_or(Format::Json);
     let last = max_deliver > 0 && delivered >= max_deliver;
-    let decision = node.run_async(&id, &name, &msg.payload, format, delivered.max(1) as u32, last).await;
+    let request_id = header(h, protocol::REQUEST_ID);
+    let call = AsyncCall { id: &id, function: &name, body: &msg.payload, format, request_id };
+    let decision = node.run_async(call, delivered.max(1) as u32, last).await;
     let ack = match decision {
         AsyncDecision::Ack => msg.double_ack().await,
         AsyncDecision::Retry(delay) => msg.ack_with(AckKind::Nak(Some(delay))).await,

@@ -20,6 +20,8 @@ pub const INVOCATION_ID: &str = "Tessera-Invocation-Id";
 pub const DEDUPLICATED: &str = "Tessera-Deduplicated";
 /// The error of a dead-lettered invocation.
 pub const ERROR: &str = "Tessera-Error";
+/// The caller's request id, kept in the result row of an async call.
+pub const REQUEST_ID: &str = "Tessera-Request-Id";
 /// JetStream's de-duplication header.
 pub const NATS_MSG_ID: &str = "Nats-Msg-Id";
 
