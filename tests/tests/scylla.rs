@@ -24,6 +24,12 @@ fn migrate(url: &str) {
     assert!(out.status.success(), "migrate: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// Runs the migrate command off the async runtime.
+async fn migrated(url: &str) {
+    let url = url.to_owned();
+    tokio::task::spawn_blocking(move || migrate(&url)).await.unwrap();
+}
+
 async fn drop_keyspace(url: &str) {
     let j = ScyllaJournal::connect(url, 1024).await.unwrap();
     let ks = j.config().keyspace.clone();
@@ -104,12 +110,7 @@ async fn the_inventory_case_runs_on_scylla() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_result_store_conformance_on_scylla() {
     let url = format!("{}/{}", scylla_server(), unique_keyspace());
-    tokio::task::spawn_blocking({
-        let url = url.clone();
-        move || migrate(&url)
-    })
-    .await
-    .unwrap();
+    migrated(&url).await;
     let j = ScyllaJournal::connect(&url, 1024).await.unwrap();
     let s = tessera_runtime::results::ScyllaResultStore::new(&j);
     tessera_runtime::results::conformance::final_rows_are_kept(&s).await;
@@ -121,12 +122,7 @@ async fn the_result_store_conformance_on_scylla() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_in_a_payload_column_is_a_clear_error_naming_entity_and_seq() {
     let url = format!("{}/{}", scylla_server(), unique_keyspace());
-    tokio::task::spawn_blocking({
-        let url = url.clone();
-        move || migrate(&url)
-    })
-    .await
-    .unwrap();
+    migrated(&url).await;
     let (n, base) = node(&url, |_| {}).await;
     for _ in 0..3 {
         post(&cmd(&base, "s:g", "restock"), r#"{"qty":1}"#, None).await;
@@ -189,12 +185,7 @@ async fn the_server_stopped_mid_load_loses_nothing_acknowledged_and_the_node_rec
     assert!(cassandra("stop").await.success(), "no leftover server on 9043");
     assert!(cassandra("start").await.success());
     let url = format!("scylla://cassandra:cassandra@127.0.0.1:9043/{}?timeout_ms=2000", unique_keyspace());
-    tokio::task::spawn_blocking({
-        let url = url.clone();
-        move || migrate(&url)
-    })
-    .await
-    .unwrap();
+    migrated(&url).await;
     let (n, base) = node(&url, |c| {
         c.invocation_timeout_ms = 5000;
         c.dedup_max_entries = 1_000_000; // every key of the run stays retryable

@@ -155,6 +155,20 @@ fn as_i64(v: Option<&CqlValue>) -> Option<i64> {
     }
 }
 
+/// The columns of an event row: seq, ts, type_name, version, payload, metadata.
+type EventRow = (i64, Option<i64>, Option<String>, Option<i32>, Option<Vec<u8>>, Option<Vec<u8>>);
+
+fn to_event((seq, ts, type_name, version, payload, metadata): EventRow) -> PersistedEvent {
+    PersistedEvent {
+        seq: seq as u64,
+        timestamp_ms: ts.unwrap_or(0),
+        type_name: type_name.unwrap_or_default(),
+        version: version.unwrap_or(0) as u32,
+        payload: payload.unwrap_or_default(),
+        metadata: metadata.unwrap_or_default(),
+    }
+}
+
 enum Cond {
     Eq(u64),
     New,
@@ -592,8 +606,11 @@ impl Journal for ScyllaJournal {
                     .await
                     .map_err(unavailable)?;
                 let rows = r.into_rows_result().map_err(unavailable)?;
-                let refs: Vec<(i64, String, String, i64, i64)> =
-                    rows.rows::<(i64, String, String, i64, i64)>().map_err(unavailable)?.collect::<Result<_, _>>().map_err(unavailable)?;
+                let refs: Vec<(i64, String, String, i64, i64)> = rows
+                    .rows::<(i64, String, String, i64, i64)>()
+                    .map_err(unavailable)?
+                    .collect::<Result<_, _>>()
+                    .map_err(unavailable)?;
                 let full = refs.len() == PAGE;
                 let mut page = Vec::with_capacity(refs.len());
                 let mut last = after;
@@ -603,24 +620,16 @@ impl Journal for ScyllaJournal {
                     let r = me
                         .inner
                         .session
-                        .execute_unpaged(&me.inner.st.read_one, (key.entity_type.clone(), key.entity_id.clone(), bucket, seq))
+                        .execute_unpaged(
+                            &me.inner.st.read_one,
+                            (key.entity_type.clone(), key.entity_id.clone(), bucket, seq),
+                        )
                         .await
                         .map_err(unavailable)?;
                     let rows = r.into_rows_result().map_err(unavailable)?;
                     // Deleted since: skip.
-                    if let Some((seq, ts, type_name, version, payload, metadata)) = rows
-                        .maybe_first_row::<(i64, Option<i64>, Option<String>, Option<i32>, Option<Vec<u8>>, Option<Vec<u8>>)>()
-                        .map_err(unavailable)?
-                    {
-                        let event = PersistedEvent {
-                            seq: seq as u64,
-                            timestamp_ms: ts.unwrap_or(0),
-                            type_name: type_name.unwrap_or_default(),
-                            version: version.unwrap_or(0) as u32,
-                            payload: payload.unwrap_or_default(),
-                            metadata: metadata.unwrap_or_default(),
-                        };
-                        page.push(ShardEvent { offset: offset as u64, entity: key, event });
+                    if let Some(row) = rows.maybe_first_row::<EventRow>().map_err(unavailable)? {
+                        page.push(ShardEvent { offset: offset as u64, entity: key, event: to_event(row) });
                     }
                 }
                 let next = if full { (hour, last) } else { (hour + 1, last) };
