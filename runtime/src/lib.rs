@@ -31,6 +31,11 @@ pub mod results;
 mod shard;
 
 pub use config::{JournalKind, NodeConfig};
+
+/// Wall-clock milliseconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
 pub use error::InvokeError;
 pub use node::{AsyncCall, AsyncDecision, Invocation, Node, NodeBuilder, NodeError};
 pub use shard::{CommandReply, StateView};

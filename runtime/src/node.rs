@@ -364,9 +364,7 @@ fn new_invocation_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
+use crate::now_ms;
 
 impl Node {
     /// The registry this node serves.

@@ -34,6 +34,7 @@ use std::time::Duration;
 use futures::{StreamExt, TryStreamExt};
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
+use scylla::deserialize::row::DeserializeRow;
 use scylla::response::query_result::QueryResult;
 use scylla::serialize::SerializationError;
 use scylla::serialize::row::{RowSerializationContext, SerializeRow};
@@ -260,16 +261,28 @@ impl ScyllaJournal {
         (key.entity_type.clone(), key.entity_id.clone(), bucket as i64)
     }
 
+    /// Runs a prepared read and returns its rows.
+    async fn rows<T>(&self, stmt: &PreparedStatement, values: impl SerializeRow) -> Result<Vec<T>, JournalError>
+    where
+        T: for<'f, 'm> DeserializeRow<'f, 'm>,
+    {
+        let r = self.inner.session.execute_unpaged(stmt, values).await.map_err(unavailable)?;
+        let rows = r.into_rows_result().map_err(unavailable)?;
+        rows.rows::<T>().map_err(unavailable)?.collect::<Result<_, _>>().map_err(unavailable)
+    }
+
+    /// Runs a prepared read and returns its first row, if any.
+    async fn first_row<T>(&self, stmt: &PreparedStatement, values: impl SerializeRow) -> Result<Option<T>, JournalError>
+    where
+        T: for<'f, 'm> DeserializeRow<'f, 'm>,
+    {
+        let r = self.inner.session.execute_unpaged(stmt, values).await.map_err(unavailable)?;
+        r.into_rows_result().map_err(unavailable)?.maybe_first_row::<T>().map_err(unavailable)
+    }
+
     /// Reads one partition's head statics: `None` when it does not exist.
     async fn head_of(&self, key: &EntityKey, bucket: u64) -> Result<Option<(Option<i64>, Option<i64>)>, JournalError> {
-        let r = self
-            .inner
-            .session
-            .execute_unpaged(&self.inner.st.head_of, Self::pk(key, bucket))
-            .await
-            .map_err(unavailable)?;
-        let rows = r.into_rows_result().map_err(unavailable)?;
-        rows.maybe_first_row::<(Option<i64>, Option<i64>)>().map_err(unavailable)
+        self.first_row(&self.inner.st.head_of, Self::pk(key, bucket)).await
     }
 
     /// The head partition and last seq of an entity.
@@ -553,14 +566,8 @@ impl Journal for ScyllaJournal {
     }
 
     async fn load_snapshot(&self, entity: &EntityKey) -> Result<Option<Snapshot>, JournalError> {
-        let r = self
-            .inner
-            .session
-            .execute_unpaged(&self.inner.st.load_snapshot, (entity.entity_type.clone(), entity.entity_id.clone()))
-            .await
-            .map_err(unavailable)?;
-        let rows = r.into_rows_result().map_err(unavailable)?;
-        let mut best = rows.maybe_first_row::<(i64, i32, i64, Vec<u8>)>().map_err(unavailable)?.map(
+        let key = (entity.entity_type.clone(), entity.entity_id.clone());
+        let mut best = self.first_row::<(i64, i32, i64, Vec<u8>)>(&self.inner.st.load_snapshot, key).await?.map(
             |(seq, version, ts, payload)| Snapshot {
                 seq: seq as u64,
                 version: version as u32,
@@ -570,16 +577,12 @@ impl Journal for ScyllaJournal {
         );
         let (head, _) = self.head(entity).await?;
         for b in 0..=head {
-            let r = self
-                .inner
-                .session
-                .execute_unpaged(&self.inner.st.snap_of, Self::pk(entity, b))
-                .await
-                .map_err(unavailable)?;
-            let rows = r.into_rows_result().map_err(unavailable)?;
-            if let Some((Some(seq), Some(version), Some(ts), Some(payload))) = rows
-                .maybe_first_row::<(Option<i64>, Option<i32>, Option<i64>, Option<Vec<u8>>)>()
-                .map_err(unavailable)?
+            if let Some((Some(seq), Some(version), Some(ts), Some(payload))) = self
+                .first_row::<(Option<i64>, Option<i32>, Option<i64>, Option<Vec<u8>>)>(
+                    &self.inner.st.snap_of,
+                    Self::pk(entity, b),
+                )
+                .await?
                 && best.as_ref().is_none_or(|s| s.seq < seq as u64)
             {
                 best = Some(Snapshot { seq: seq as u64, version: version as u32, timestamp_ms: ts, payload });
@@ -599,36 +602,17 @@ impl Journal for ScyllaJournal {
                 if hour > now_hour {
                     return Ok((Vec::new(), None));
                 }
-                let r = me
-                    .inner
-                    .session
-                    .execute_unpaged(&me.inner.st.feed_read, (shard as i32, hour as i64, after as i64))
-                    .await
-                    .map_err(unavailable)?;
-                let rows = r.into_rows_result().map_err(unavailable)?;
-                let refs: Vec<(i64, String, String, i64, i64)> = rows
-                    .rows::<(i64, String, String, i64, i64)>()
-                    .map_err(unavailable)?
-                    .collect::<Result<_, _>>()
-                    .map_err(unavailable)?;
+                let refs: Vec<(i64, String, String, i64, i64)> =
+                    me.rows(&me.inner.st.feed_read, (shard as i32, hour as i64, after as i64)).await?;
                 let full = refs.len() == PAGE;
                 let mut page = Vec::with_capacity(refs.len());
                 let mut last = after;
                 for (offset, t, i, bucket, seq) in refs {
                     last = offset as u64;
                     let key = EntityKey::new(t, i);
-                    let r = me
-                        .inner
-                        .session
-                        .execute_unpaged(
-                            &me.inner.st.read_one,
-                            (key.entity_type.clone(), key.entity_id.clone(), bucket, seq),
-                        )
-                        .await
-                        .map_err(unavailable)?;
-                    let rows = r.into_rows_result().map_err(unavailable)?;
+                    let pk = (key.entity_type.clone(), key.entity_id.clone(), bucket, seq);
                     // Deleted since: skip.
-                    if let Some(row) = rows.maybe_first_row::<EventRow>().map_err(unavailable)? {
+                    if let Some(row) = me.first_row::<EventRow>(&me.inner.st.read_one, pk).await? {
                         page.push(ShardEvent { offset: offset as u64, entity: key, event: to_event(row) });
                     }
                 }
@@ -664,17 +648,8 @@ impl Journal for ScyllaJournal {
                 .map(|shard| {
                     let (me, t) = (me.clone(), entity_type.clone());
                     async move {
-                        let r = me
-                            .inner
-                            .session
-                            .execute_unpaged(&me.inner.st.index_read, (t, shard as i32))
-                            .await
-                            .map_err(unavailable)?;
-                        let rows = r.into_rows_result().map_err(unavailable)?;
-                        rows.rows::<(String,)>()
-                            .map_err(unavailable)?
-                            .map(|r| r.map(|(id,)| id).map_err(unavailable))
-                            .collect()
+                        let rows: Vec<(String,)> = me.rows(&me.inner.st.index_read, (t, shard as i32)).await?;
+                        Ok::<_, JournalError>(rows.into_iter().map(|(id,)| id).collect::<Vec<_>>())
                     }
                 })
                 .buffer_unordered(16)

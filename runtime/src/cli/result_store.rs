@@ -35,9 +35,7 @@ pub struct ResultStoreArgs {
     pub http: String,
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
+use crate::now_ms;
 
 pub(crate) async fn run(a: ResultStoreArgs) -> anyhow::Result<()> {
     let store: Arc<dyn ResultStore> = Arc::new(LocalResultStore::open(&a.data_dir)?);

@@ -8,7 +8,7 @@
 use super::{InvocationResult, PutOutcome, ResultStatus, ResultStore};
 
 fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    crate::now_ms()
 }
 
 /// A row expiring `in_ms` after `t`.

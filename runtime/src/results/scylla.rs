@@ -28,9 +28,7 @@ fn unavailable(e: impl std::fmt::Display) -> ResultStoreError {
     ResultStoreError::Unavailable(format!("scylla: {e}"))
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
+use crate::now_ms;
 
 impl ScyllaResultStore {
     /// A store in `journal`'s keyspace.

@@ -144,9 +144,7 @@ pub(crate) struct ShardState {
     next_incarnation: u64,
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
+use crate::now_ms;
 
 fn panic_message(p: &(dyn Any + Send)) -> String {
     p.downcast_ref::<&str>()
