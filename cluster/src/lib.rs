@@ -1,7 +1,15 @@
-//! Tessera's cluster logic, independent of entities and the runtime. Today it
-//! holds the shard [`allocation`] strategy (least-shard, capped moves per
-//! round), a pure function every node can evaluate; membership, leases and
-//! the singleton (NATS JetStream KV) come with the cluster issue.
+//! Tessera's cluster layer, built on what users already run — NATS JetStream
+//! KV for membership and leases — with no consensus of its own, and
+//! independent of entities and the runtime:
+//!
+//! - [`store`]: the `{PREFIX}_CLUSTER` KV bucket (heartbeats, shard leases,
+//!   singleton leases; entries expire a TTL after their last write),
+//! - [`ownership`]: the node-local lease table the runtime reads as its fence,
+//! - [`coordinator`]: the per-node task that heartbeats, renews, takes
+//!   orphaned shards, rebalances in capped rounds and hands off on leave,
+//! - [`allocation`]: the least-shard plan every node computes alike,
+//! - [`singleton`]: a job run by exactly one node (the autoscaler),
+//! - [`status`]: a one-shot read of the cluster for the CLI.
 //!
 //! ```
 //! use tessera_cluster::allocation::plan;
@@ -11,3 +19,19 @@
 //! ```
 
 pub mod allocation;
+mod config;
+pub mod coordinator;
+mod error;
+pub mod ownership;
+pub mod singleton;
+pub mod status;
+pub mod store;
+mod view;
+
+pub use config::ClusterConfig;
+pub use coordinator::{Cluster, ShardHost};
+pub use error::ClusterError;
+pub use ownership::{Ownership, Unit};
+pub use singleton::Singleton;
+pub use status::ClusterStatus;
+pub use store::{ClusterStore, LeaseState, MemberInfo};
