@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 
 use crate::allocation::plan;
 use crate::ownership::{Ownership, Unit, deadline};
-use crate::store::{ClusterStore, LeaseState, LeaseValue, MemberInfo, now_ms, valid_name};
+use crate::store::{ClusterStore, LeaseState, LeaseValue, MemberInfo, member_key, now_ms, valid_name};
 use crate::view::View;
 use crate::{ClusterConfig, ClusterError};
 
@@ -192,7 +192,7 @@ impl Inner {
         let (drained_tx, mut drained_rx) = mpsc::unbounded_channel::<Unit>();
         let mut tick = tokio::time::interval(self.config.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let (mut last_renew, mut last_rebalance) = (Instant::now(), Instant::now());
+        let (mut last_renew, mut last_rebalance, joined) = (Instant::now(), Instant::now(), Instant::now());
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -219,6 +219,13 @@ impl Inner {
                 if held.is_empty() {
                     self.left.notify_waiters();
                 }
+                continue;
+            }
+            // Take shards only once this node's own heartbeat came back
+            // through the watch (so members that joined before are visible)
+            // and a couple of ticks passed (nodes started together see each
+            // other instead of all grabbing everything).
+            if joined.elapsed() < self.config.tick * 2 || self.view.get(&member_key(self.me())).is_none() {
                 continue;
             }
             let rebalance = last_rebalance.elapsed() >= self.config.rebalance_every;
@@ -291,17 +298,24 @@ impl Inner {
         }
         live.sort();
         let units = self.ownership.units();
+        let mut in_progress = 0;
         let owners: Vec<Option<String>> = units
             .iter()
             .map(|u| {
                 if held.contains_key(u) {
-                    Some(me.clone())
-                } else {
-                    self.view.holder(&u.key()).map(|(o, _, _)| o)
+                    return Some(me.clone());
                 }
+                let holder = self.view.holder(&u.key());
+                if holder.as_ref().is_none_or(|(_, _, s)| *s == LeaseState::Releasing) {
+                    in_progress += 1;
+                }
+                holder.map(|(o, _, _)| o)
             })
             .collect();
-        let cap = if rebalance { self.config.max_moves_per_round } else { 0 };
+        // The cap is cluster-wide: moves still in progress (shards handing
+        // off or not yet taken) count against it, so nodes that plan in
+        // the same round cannot together exceed it.
+        let cap = if rebalance { self.config.max_moves_per_round.saturating_sub(in_progress) } else { 0 };
         let moves = plan(&owners, &live, cap);
         let mut take = Vec::new();
         for m in moves {

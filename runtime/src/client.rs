@@ -93,6 +93,7 @@ pub struct NatsClient {
     subjects: Subjects,
     shards: u32,
     timeout: Duration,
+    accept: Option<Format>,
 }
 
 impl NatsClient {
@@ -104,12 +105,22 @@ impl NatsClient {
             .connect(url)
             .await
             .map_err(|e| ClientError::Connect { url: url.to_owned(), message: e.to_string() })?;
-        Ok(Self {
+        Ok(Self::from_client(client))
+    }
+    /// Wraps a connected NATS client (defaults as in [`Self::connect`]).
+    pub fn from_client(client: async_nats::Client) -> Self {
+        Self {
             client,
             subjects: Subjects::new("tessera"),
             shards: tessera_journal::DEFAULT_SHARDS,
             timeout: Duration::from_secs(30),
-        })
+            accept: None,
+        }
+    }
+    /// Asks for replies in `format` whatever the request's format.
+    pub fn with_accept(mut self, format: Format) -> Self {
+        self.accept = Some(format);
+        self
     }
     /// Uses another subject prefix.
     pub fn with_prefix(mut self, prefix: &str) -> Self {
@@ -163,6 +174,9 @@ impl NatsClient {
     }
 
     /// Sends a command (body in `format`) to the entity's shard subject.
+    /// While the shard moves between nodes (nobody subscribed, or the node
+    /// answers `shard_moved`), retries with backoff within the timeout:
+    /// neither case ran the command, so retrying is safe without a key.
     pub async fn send(
         &self,
         entity_type: &str,
@@ -180,7 +194,25 @@ impl NatsClient {
         if let Some(k) = idempotency_key {
             h.insert(protocol::IDEMPOTENCY_KEY, k);
         }
-        self.request(self.subjects.command(entity_type, shard), h, body, format).await
+        if let Some(a) = self.accept {
+            h.insert(protocol::ACCEPT, a.content_type());
+        }
+        let subject = self.subjects.command(entity_type, shard);
+        let started = std::time::Instant::now();
+        let mut pause = Duration::from_millis(10);
+        loop {
+            let r = self.request(subject.clone(), h.clone(), body.clone(), format).await;
+            let moving = match &r {
+                Err(ClientError::NoResponders { .. }) => true,
+                Err(ClientError::Status { status: 503, body }) => body["error"]["kind"] == "shard_moved",
+                _ => false,
+            };
+            if !moving || started.elapsed() + pause >= self.timeout {
+                return r;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(250));
+        }
     }
 
     /// Sends a JSON command.

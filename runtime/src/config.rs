@@ -55,6 +55,31 @@ impl From<JournalKind> for String {
     }
 }
 
+/// Whether a node joins a cluster (shard leases in NATS KV).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterMode {
+    /// On when the node has NATS and a shared (Scylla) journal (default).
+    #[default]
+    Auto,
+    /// Always (needs NATS).
+    On,
+    /// Never: this node serves every shard itself.
+    Off,
+}
+
+impl std::str::FromStr for ClusterMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "on" | "true" => Ok(Self::On),
+            "off" | "false" => Ok(Self::Off),
+            other => Err(format!("unknown cluster mode `{other}`: auto, on or off")),
+        }
+    }
+}
+
 /// Everything a node can be configured with.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -115,6 +140,14 @@ pub struct NodeConfig {
     pub executor_queue_limit: usize,
     /// A batch running longer than this fails its calls (milliseconds).
     pub executor_watchdog_ms: u64,
+    /// Join a cluster: `auto` (with NATS and a Scylla journal), `on`, `off`.
+    pub cluster: ClusterMode,
+    /// Lease and heartbeat TTL in ms; the same on every node of a cluster.
+    pub lease_ttl_ms: u64,
+    /// Most shards moved between live nodes per rebalancing round.
+    pub rebalance_max_moves: usize,
+    /// Milliseconds between rebalancing rounds.
+    pub rebalance_every_ms: u64,
 }
 
 impl Default for NodeConfig {
@@ -148,6 +181,10 @@ impl Default for NodeConfig {
             executor_max_wait_us: 2_000,
             executor_queue_limit: 1_024,
             executor_watchdog_ms: 60_000,
+            cluster: ClusterMode::Auto,
+            lease_ttl_ms: 3_000,
+            rebalance_max_moves: 16,
+            rebalance_every_ms: 1_000,
         }
     }
 }
@@ -211,7 +248,22 @@ impl NodeConfig {
                 self.nats_prefix
             )));
         }
+        if self.cluster == ClusterMode::On && self.nats.is_none() {
+            return Err(ConfigError::Invalid("cluster = on needs a NATS server (--nats)".into()));
+        }
+        if self.lease_ttl_ms < 300 {
+            return Err(ConfigError::Invalid(format!("lease_ttl_ms must be at least 300, got {}", self.lease_ttl_ms)));
+        }
         Ok(())
+    }
+
+    /// True when this node joins a cluster.
+    pub fn clustered(&self) -> bool {
+        match self.cluster {
+            ClusterMode::Off => false,
+            ClusterMode::On => self.nats.is_some(),
+            ClusterMode::Auto => self.nats.is_some() && matches!(self.journal, JournalKind::Scylla(_)),
+        }
     }
 
     /// The idle timeout.

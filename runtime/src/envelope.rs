@@ -17,6 +17,13 @@ pub struct EventMeta {
     /// so a retry after a restart gets the original reply.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_bytes")]
     pub reply: Option<Vec<u8>>,
+    /// In a cluster: the node that committed the event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// In a cluster: the shard-lease epoch it committed under (an audit
+    /// trail of ownership: per entity, epochs never decrease along seq).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
 }
 
 impl EventMeta {
@@ -99,9 +106,9 @@ mod tests {
 
     #[test]
     fn meta_roundtrip_and_tolerance() {
-        let m = EventMeta { invocation: "k1".into(), reply: Some(vec![0x91, 0x01]) };
+        let m = EventMeta { invocation: "k1".into(), reply: Some(vec![0x91, 0x01]), ..Default::default() };
         assert_eq!(EventMeta::decode(&m.encode()), m);
-        let m = EventMeta { invocation: "k2".into(), reply: None };
+        let m = EventMeta { invocation: "k2".into(), node: Some("n1".into()), epoch: Some(7), ..Default::default() };
         assert_eq!(EventMeta::decode(&m.encode()), m);
         assert_eq!(EventMeta::decode(b"\xc1garbage"), EventMeta::default());
     }

@@ -42,6 +42,11 @@ pub enum InvokeError {
     /// The node or a dependency cannot take the invocation now (503); retry.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The entity's shard is moving between nodes, or this node no longer
+    /// holds its lease (503). Nothing was persisted: retry (clients and
+    /// forwarding nodes do, with backoff, within their deadline).
+    #[error("shard moved: {0}")]
+    ShardMoved(String),
     /// The invocation did not finish in time (504). Its outcome is unknown:
     /// retry with the same idempotency key.
     #[error("timed out: {0}")]
@@ -69,7 +74,7 @@ impl InvokeError {
             Self::Misdirected(_) => 421,
             Self::Rejected(_) => 409,
             Self::EntityBusy(_) => 429,
-            Self::Unavailable(_) => 503,
+            Self::Unavailable(_) | Self::ShardMoved(_) => 503,
             Self::Timeout(_) => 504,
             Self::HandlerPanicked(_) | Self::Replay(_) | Self::Internal(_) => 500,
         }
@@ -88,6 +93,7 @@ impl InvokeError {
             Self::Rejected(_) => "rejected",
             Self::EntityBusy(_) => "entity_busy",
             Self::Unavailable(_) => "unavailable",
+            Self::ShardMoved(_) => "shard_moved",
             Self::Timeout(_) => "timeout",
             Self::HandlerPanicked(_) => "handler_panicked",
             Self::Replay(_) => "replay_failed",
@@ -97,7 +103,40 @@ impl InvokeError {
 
     /// Seconds a caller should wait before retrying, for retryable errors.
     pub fn retry_after(&self) -> Option<u32> {
-        matches!(self, Self::EntityBusy(_) | Self::Unavailable(_)).then_some(1)
+        matches!(self, Self::EntityBusy(_) | Self::Unavailable(_) | Self::ShardMoved(_)).then_some(1)
+    }
+
+    /// Rebuilds an error from its status and JSON body (as [`Self::to_json`]
+    /// wrote it), e.g. a reply forwarded from another node.
+    pub fn from_reply(status: u16, body: &serde_json::Value) -> Self {
+        let e = &body["error"];
+        let message = e["message"].as_str().unwrap_or_default();
+        // The message repeats the variant's prefix; keep only the payload.
+        let payload = message.split_once(": ").map_or(message, |(_, rest)| rest).to_owned();
+        match (status, e["kind"].as_str().unwrap_or_default()) {
+            (_, "unknown_entity_type") => Self::UnknownEntityType(
+                payload.trim_start_matches("unknown entity type `").trim_end_matches('`').to_owned(),
+            ),
+            (_, "unknown_command") => Self::UnknownCommand(message.to_owned()),
+            (_, "malformed") => Self::Malformed(message.to_owned()),
+            (_, "misdirected") => Self::Misdirected(payload),
+            (_, "too_large") => Self::TooLarge { limit: 0 },
+            (_, "rejected") => {
+                let mut r = Rejection::new(e["code"].as_str().unwrap_or_default(), payload);
+                if let Some(d) = e.get("details").filter(|d| !d.is_null()) {
+                    r.details = Some(d.clone());
+                }
+                Self::Rejected(r)
+            }
+            (_, "entity_busy") => Self::EntityBusy(payload),
+            (_, "shard_moved") => Self::ShardMoved(payload),
+            (_, "timeout") => Self::Timeout(payload),
+            (_, "handler_panicked") => Self::HandlerPanicked(payload),
+            (_, "replay_failed") => Self::Replay(payload),
+            (503, _) => Self::Unavailable(payload),
+            (504, _) => Self::Timeout(payload),
+            _ => Self::Internal(format!("status {status}: {message}")),
+        }
     }
 
     /// The JSON error body: `{"error": {"kind", "message", ...}}`; a rejection

@@ -14,12 +14,13 @@ pub fn rfc3339_ms(ms: i64) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-/// One event as JSON: `{seq, time, timestamp_ms, type, version, invocation_id, event}`.
+/// One event as JSON: `{seq, time, timestamp_ms, type, version, invocation_id, event}`,
+/// plus `node` and `epoch` for events committed in a cluster.
 /// A payload that does not decode shows as `{"undecodable": "<error>"}`.
 pub fn event_json(e: &PersistedEvent) -> Value {
     let payload = codec::msgpack_to_json(&e.payload).unwrap_or_else(|err| json!({ "undecodable": err.to_string() }));
     let meta = EventMeta::decode(&e.metadata);
-    json!({
+    let mut v = json!({
         "seq": e.seq,
         "time": rfc3339_ms(e.timestamp_ms),
         "timestamp_ms": e.timestamp_ms,
@@ -27,5 +28,10 @@ pub fn event_json(e: &PersistedEvent) -> Value {
         "version": e.version,
         "invocation_id": meta.invocation,
         "event": payload,
-    })
+    });
+    if let Some(epoch) = meta.epoch {
+        v["node"] = json!(meta.node);
+        v["epoch"] = json!(epoch);
+    }
+    v
 }

@@ -18,6 +18,7 @@
 pub mod bench;
 pub mod cli;
 pub mod client;
+mod cluster_host;
 pub mod config;
 pub mod envelope;
 mod error;
@@ -30,7 +31,7 @@ mod node;
 pub mod results;
 mod shard;
 
-pub use config::{JournalKind, NodeConfig};
+pub use config::{ClusterMode, JournalKind, NodeConfig};
 
 /// Wall-clock milliseconds since the Unix epoch (0 if the clock is before it).
 pub(crate) fn now_ms() -> i64 {

@@ -45,6 +45,12 @@ pub struct Metrics {
     pub gpu_utilization: IntGaugeVec,
     /// GPU memory in use, bytes (NVML).
     pub gpu_memory_used: IntGaugeVec,
+    /// Shard leases this node holds (cluster).
+    pub cluster_leases: IntGauge,
+    /// Commands forwarded to the owning node (cluster).
+    pub cluster_forwards: IntCounter,
+    /// Shard leases lost without a hand-off (cluster).
+    pub cluster_leases_lost: IntCounter,
 }
 
 fn latency_buckets() -> Vec<f64> {
@@ -111,8 +117,17 @@ impl Metrics {
         let gpu_memory_used =
             IntGaugeVec::new(Opts::new("tessera_gpu_memory_used_bytes", "GPU memory in use"), &["gpu"])
                 .expect("metric");
+        let cluster_leases = gauge("tessera_cluster_leases", "Shard leases this node holds");
+        let cluster_forwards =
+            IntCounter::new("tessera_cluster_forwards_total", "Commands forwarded to the owning node").expect("metric");
+        let cluster_leases_lost =
+            IntCounter::new("tessera_cluster_leases_lost_total", "Shard leases lost without a hand-off")
+                .expect("metric");
         for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(cluster_leases.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(cluster_forwards.clone()),
+            Box::new(cluster_leases_lost.clone()),
+            Box::new(requests.clone()),
             Box::new(latency.clone()),
             Box::new(in_flight.clone()),
             Box::new(functions_running.clone()),
@@ -153,6 +168,9 @@ impl Metrics {
             executor_stuck_batches,
             gpu_utilization,
             gpu_memory_used,
+            cluster_leases,
+            cluster_forwards,
+            cluster_leases_lost,
         }
     }
 

@@ -91,6 +91,9 @@ pub enum NodeError {
     /// The result store could not be opened.
     #[error(transparent)]
     Results(#[from] ResultStoreError),
+    /// The node could not join its cluster.
+    #[error(transparent)]
+    Cluster(#[from] tessera_cluster::ClusterError),
 }
 
 /// One delivery of an async invocation, as `Node::run_async` takes it.
@@ -256,7 +259,14 @@ impl NodeBuilder {
         } else {
             None
         };
+        let clustered = config.clustered();
+        let ownership = clustered.then(|| {
+            let types = self.registry.entities().map(|e| e.type_name().to_owned()).collect();
+            Arc::new(tessera_cluster::Ownership::new(types, config.shards))
+        });
         let ctx = Arc::new(ShardContext {
+            fence: ownership.clone(),
+            node_id: clustered.then(|| node_id.clone()),
             journal: journal.clone(),
             metrics: metrics.clone(),
             dedup: DedupLimits {
@@ -272,7 +282,20 @@ impl NodeBuilder {
         let (supervisor, _) = Actor::spawn(None, ShardSupervisor, (ctx, refs.clone(), config.shards))
             .await
             .map_err(|e| NodeError::Spawn(e.to_string()))?;
+        let forwarder = match (&nats, clustered) {
+            (Some(link), true) => Some(
+                crate::client::NatsClient::from_client(link.client.clone())
+                    .with_prefix(&config.nats_prefix)
+                    .with_shards(config.shards)
+                    .with_timeout(config.invocation_timeout())
+                    .with_accept(Format::MsgPack),
+            ),
+            _ => None,
+        };
         let inner = Arc::new(NodeInner {
+            ownership,
+            forwarder,
+            cluster: std::sync::OnceLock::new(),
             functions: Semaphore::new(config.function_concurrency),
             registry: self.registry,
             journal,
@@ -306,11 +329,25 @@ impl NodeBuilder {
             tracing::info!(addr = %server.addr(), "HTTP listening");
             *node.inner.http.lock().unwrap_or_else(|p| p.into_inner()) = Some(server);
         }
+        if let (Some(ownership), Some(link)) = (node.inner.ownership.clone(), node.inner.nats.clone()) {
+            node.join_cluster(ownership, link).await?;
+        }
         Ok(node)
     }
 }
 
-struct NodeInner {
+/// A node's cluster membership and its singleton helper.
+pub(crate) struct ClusterRuntime {
+    pub(crate) cluster: tessera_cluster::Cluster,
+    pub(crate) leader: tessera_cluster::Singleton,
+}
+
+pub(crate) struct NodeInner {
+    /// In a cluster: the lease table (the fence); `None` outside a cluster.
+    ownership: Option<Arc<tessera_cluster::Ownership>>,
+    /// In a cluster: sends commands to the shard's owner.
+    forwarder: Option<crate::client::NatsClient>,
+    cluster: std::sync::OnceLock<ClusterRuntime>,
     registry: Registry,
     journal: Arc<dyn Journal>,
     config: NodeConfig,
@@ -367,6 +404,50 @@ fn new_invocation_id() -> String {
 use crate::now_ms;
 
 impl Node {
+    pub(crate) fn from_inner(inner: Arc<NodeInner>) -> Self {
+        Self { inner }
+    }
+
+    async fn join_cluster(
+        &self,
+        ownership: Arc<tessera_cluster::Ownership>,
+        link: NatsLink,
+    ) -> Result<(), NodeError> {
+        let c = &self.inner.config;
+        let host = Arc::new(crate::cluster_host::Host::new(link.clone(), self.inner.refs.clone(), self.inner.metrics.clone()));
+        host.set_node(Arc::downgrade(&self.inner));
+        let mut cc = tessera_cluster::ClusterConfig::new(self.inner.node_id.clone(), c.nats_prefix.clone());
+        cc.lease_ttl = Duration::from_millis(c.lease_ttl_ms);
+        cc.max_moves_per_round = c.rebalance_max_moves;
+        cc.rebalance_every = Duration::from_millis(c.rebalance_every_ms.max(1));
+        cc.http = self.http_addr().map(|a| a.to_string());
+        let cluster = tessera_cluster::Cluster::join(&link.js, cc, ownership, host).await?;
+        let leader = tessera_cluster::Singleton::spawn(
+            cluster.store().clone(),
+            "leader",
+            &self.inner.node_id,
+            |_epoch| std::future::pending::<()>(),
+        )?;
+        let _ = self.inner.cluster.set(ClusterRuntime { cluster, leader });
+        tracing::info!(node = %self.inner.node_id, "cluster joined");
+        Ok(())
+    }
+
+    /// True when this node is part of a cluster (shards held by lease).
+    pub fn clustered(&self) -> bool {
+        self.inner.ownership.is_some()
+    }
+
+    /// The cluster membership, once joined.
+    pub fn cluster(&self) -> Option<&tessera_cluster::Cluster> {
+        self.inner.cluster.get().map(|c| &c.cluster)
+    }
+
+    /// True while this node holds the `leader` singleton (it runs the autoscaler).
+    pub fn is_leader(&self) -> bool {
+        self.inner.cluster.get().is_some_and(|c| c.leader.is_leader())
+    }
+
     /// The registry this node serves.
     pub fn registry(&self) -> &Registry {
         &self.inner.registry
@@ -410,9 +491,76 @@ impl Node {
             command = %inv.command,
             invocation_id = %invocation_id,
         );
-        let result = self.invoke_inner(inv, invocation_id, span.clone()).instrument(span).await;
+        let result = self.invoke_routed(inv, invocation_id, span.clone(), true).instrument(span).await;
         self.record("command", started, result.as_ref().map(|_| ()).map_err(InvokeError::status));
         result
+    }
+
+    /// Runs a command on this node only: in a cluster, refuses it as
+    /// `shard_moved` unless this node serves the shard (the NATS handler of
+    /// a shard subject uses this: forwarding there could loop).
+    pub(crate) async fn invoke_here(&self, inv: Invocation) -> Result<CommandReply, InvokeError> {
+        if !self.clustered() {
+            return self.invoke(inv).await;
+        }
+        let started = Instant::now();
+        let invocation_id = inv.idempotency_key.clone().unwrap_or_else(new_invocation_id);
+        let span = tracing::info_span!(
+            "invoke",
+            entity_type = %inv.entity_type,
+            entity_id = %inv.entity_id,
+            command = %inv.command,
+            invocation_id = %invocation_id,
+        );
+        let result = self.invoke_routed(inv, invocation_id, span.clone(), false).instrument(span).await;
+        self.record("command", started, result.as_ref().map(|_| ()).map_err(InvokeError::status));
+        result
+    }
+
+    /// In a cluster, runs the command here when this node serves the shard
+    /// and forwards it to the owner otherwise (also when the shard moved
+    /// away while the command waited here).
+    async fn invoke_routed(
+        &self,
+        inv: Invocation,
+        invocation_id: String,
+        span: tracing::Span,
+        may_forward: bool,
+    ) -> Result<CommandReply, InvokeError> {
+        let n = &self.inner;
+        let Some(ownership) = &n.ownership else { return self.invoke_inner(inv, invocation_id, span).await };
+        let shard = tessera_journal::shard_of(&inv.entity_type, &inv.entity_id, n.config.shards);
+        if ownership.accepting(&inv.entity_type, shard) {
+            let retained = may_forward.then(|| inv.clone());
+            return match (self.invoke_inner(inv, invocation_id, span).await, retained) {
+                (Err(InvokeError::ShardMoved(_)), Some(inv)) => self.forward(inv).await,
+                (other, _) => other,
+            };
+        }
+        if !may_forward {
+            n.registry.entity(&inv.entity_type).ok_or_else(|| InvokeError::UnknownEntityType(inv.entity_type.clone()))?;
+            return Err(InvokeError::ShardMoved(format!(
+                "node {} does not serve {}/{shard} (now)",
+                n.node_id, inv.entity_type
+            )));
+        }
+        let entity = n
+            .registry
+            .entity(&inv.entity_type)
+            .ok_or_else(|| InvokeError::UnknownEntityType(inv.entity_type.clone()))?;
+        entity.decode_command(&inv.command, &inv.body, inv.format)?;
+        self.forward(inv).await
+    }
+
+    async fn forward(&self, inv: Invocation) -> Result<CommandReply, InvokeError> {
+        let n = &self.inner;
+        let Some(client) = &n.forwarder else {
+            return Err(InvokeError::Unavailable("this node cannot forward (no NATS)".into()));
+        };
+        let _in_flight = InFlight::enter(n)?;
+        n.metrics.cluster_forwards.inc();
+        tracing::debug!("forwarding to the shard's owner");
+        crate::cluster_host::forward(client, inv).await
     }
 
     async fn invoke_inner(
@@ -471,6 +619,14 @@ impl Node {
                 n.registry.entity(entity_type).ok_or_else(|| InvokeError::UnknownEntityType(entity_type.into()))?;
             let _in_flight = InFlight::enter(n)?;
             let key = EntityKey::new(entity_type, entity_id);
+            if let Some(o) = &n.ownership
+                && !o.accepting(entity_type, key.shard(n.config.shards))
+            {
+                // Another node serves it: read the committed state from the journal.
+                let limits = DedupLimits { max_entries: 0, max_age_ms: 0 };
+                let r = rebuild(entity, &n.journal, &key, u64::MAX, true, limits).await?;
+                return Ok(StateView { state: entity.state_json(&r.state), seq: r.seq });
+            }
             let actor = self.shard_actor(&key)?;
             let (tx, rx) = oneshot::channel();
             actor
@@ -798,6 +954,12 @@ impl Node {
     /// Stops serving: NATS and HTTP first, then the shard actors (in-flight
     /// appends complete in the journal), then releases the journal.
     pub async fn shutdown(self) {
+        if let Some(c) = self.inner.cluster.get() {
+            // Hand every shard off while HTTP and NATS still serve (their
+            // commands are forwarded to the new owners meanwhile).
+            c.leader.stop().await;
+            c.cluster.leave().await;
+        }
         let ingress = self.inner.ingress.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(i) = ingress {
             i.stop();

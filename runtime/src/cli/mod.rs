@@ -1,8 +1,9 @@
 //! The command line every node binary shares: `serve`, `send`, `call`,
-//! `journal ...` and `bench`. The `tessera` binary runs it with an empty
+//! `journal ...`, `cluster ...` and `bench`. The `tessera` binary runs it with an empty
 //! registry; an application binary (e.g. `inventory`) runs it with its own,
 //! so `journal state` can replay through the real entity types.
 
+mod cluster;
 mod journal;
 mod result_store;
 mod send;
@@ -11,6 +12,7 @@ mod serve;
 use clap::Subcommand;
 use tessera_entities::Registry;
 
+pub use cluster::{ClusterCmd, ClusterConn};
 pub use journal::{JournalCmd, Source};
 pub use result_store::ResultStoreArgs;
 pub use send::{CallArgs, SendArgs};
@@ -32,6 +34,9 @@ pub enum Command {
     Bench(crate::bench::BenchArgs),
     /// Persist the results nodes publish on NATS and serve them over HTTP.
     ResultStore(ResultStoreArgs),
+    /// Inspect a cluster (NATS KV): `status`, `locate TYPE ID`.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
 }
 
 /// Runs a shared subcommand.
@@ -43,6 +48,7 @@ pub async fn run(cmd: Command, registry: Registry) -> anyhow::Result<()> {
         Command::Journal(c) => journal::run(c, registry).await,
         Command::Bench(a) => crate::bench::run(a).await,
         Command::ResultStore(a) => result_store::run(a).await,
+        Command::Cluster(c) => cluster::run(c).await,
     }
 }
 

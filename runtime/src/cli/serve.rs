@@ -64,6 +64,24 @@ pub struct ServeArgs {
     /// Milliseconds an async call may run before it is redelivered.
     #[arg(long, env = "TESSERA_ASYNC_ACK_WAIT_MS")]
     pub async_ack_wait_ms: Option<u64>,
+    /// Milliseconds an invocation may take before 504.
+    #[arg(long, env = "TESSERA_INVOCATION_TIMEOUT_MS")]
+    pub invocation_timeout_ms: Option<u64>,
+    /// Shards (a power of two; fixed for the life of a journal and a cluster).
+    #[arg(long, env = "TESSERA_SHARDS")]
+    pub shards: Option<u32>,
+    /// Join a cluster: auto (with --nats and a scylla:// journal), on, off.
+    #[arg(long, env = "TESSERA_CLUSTER")]
+    pub cluster: Option<crate::config::ClusterMode>,
+    /// Lease and heartbeat TTL in ms (the same on every node of a cluster).
+    #[arg(long, env = "TESSERA_LEASE_TTL_MS")]
+    pub lease_ttl_ms: Option<u64>,
+    /// Most shards moved between live nodes per rebalancing round.
+    #[arg(long, env = "TESSERA_REBALANCE_MAX_MOVES")]
+    pub rebalance_max_moves: Option<usize>,
+    /// Milliseconds between rebalancing rounds.
+    #[arg(long, env = "TESSERA_REBALANCE_EVERY_MS")]
+    pub rebalance_every_ms: Option<u64>,
 }
 
 fn parse_durability(s: &str) -> Result<Durability, String> {
@@ -97,6 +115,7 @@ impl ServeArgs {
             entity_queue_limit
         );
         set!(nats_prefix, result_ttl_secs, async_max_deliver, async_ack_wait_ms);
+        set!(invocation_timeout_ms, shards, cluster, lease_ttl_ms, rebalance_max_moves, rebalance_every_ms);
         for (dst, src) in [(&mut c.http, &self.http), (&mut c.nats, &self.nats), (&mut c.node_id, &self.node_id)] {
             if let Some(v) = src {
                 *dst = Some(v.clone());
@@ -115,10 +134,19 @@ pub(crate) async fn run(args: ServeArgs, registry: Registry) -> anyhow::Result<(
     let types: Vec<_> = registry.entities().map(|e| e.type_name()).collect();
     let functions: Vec<_> = registry.functions().map(|f| f.name()).collect();
     let nats = node.config().nats.clone().map(|u| format!("  nats: {u}")).unwrap_or_default();
+    let journal = match &node.config().journal {
+        JournalKind::Local => data_dir.display().to_string(),
+        JournalKind::Memory => "memory".into(),
+        // Without the credentials.
+        JournalKind::Scylla(url) => match (url.split_once("://"), url.rsplit_once('@')) {
+            (Some((scheme, _)), Some((_, host))) => format!("{scheme}://{host}"),
+            _ => url.clone(),
+        },
+    };
+    let cluster = if node.clustered() { "  cluster: joined" } else { "" };
     eprintln!(
-        "tessera node {} serving http://{addr}{nats}  journal: {}  entities: {types:?}  functions: {functions:?}",
+        "tessera node {} serving http://{addr}{nats}  journal: {journal}{cluster}  entities: {types:?}  functions: {functions:?}",
         node.node_id(),
-        data_dir.display()
     );
     shutdown_signal().await;
     eprintln!("shutting down");

@@ -84,11 +84,18 @@ impl NatsIngress {
         let err = |m: String| NatsError { url: "-".into(), message: m };
         let s = &link.subjects;
         let group = format!("{}-nodes", s.prefix());
-        let mut cmds = link
-            .client
-            .queue_subscribe(format!("{}.cmd.>", s.prefix()), group.clone())
-            .await
-            .map_err(|e| err(e.to_string()))?;
+        // In a cluster each node subscribes to the subjects of the shards it
+        // owns instead (see `cluster_host`).
+        let mut cmds = if node.clustered() {
+            None
+        } else {
+            Some(
+                link.client
+                    .queue_subscribe(format!("{}.cmd.>", s.prefix()), group.clone())
+                    .await
+                    .map_err(|e| err(e.to_string()))?,
+            )
+        };
         let mut calls = link.client.queue_subscribe(s.call(">"), group).await.map_err(|e| err(e.to_string()))?;
         let stream = link.js.get_stream(s.invoke_stream()).await.map_err(|e| err(e.to_string()))?;
         let consumer: consumer::PullConsumer = stream
@@ -107,6 +114,7 @@ impl NatsIngress {
         let mut tasks = Vec::new();
         let (n, l) = (node.clone(), link.clone());
         tasks.push(tokio::spawn(async move {
+            let Some(cmds) = cmds.as_mut() else { return };
             while let Some(msg) = cmds.next().await {
                 let (n, l) = (n.clone(), l.clone());
                 tokio::spawn(async move { command(&n, &l, msg).await });
@@ -183,7 +191,9 @@ async fn respond_error(link: &NatsLink, reply: Option<&async_nats::Subject>, e: 
     respond(link, reply, e.status(), h, body).await;
 }
 
-async fn command(node: &Node, link: &NatsLink, msg: Message) {
+/// Handles one command request (from the node-wide queue subscription, or
+/// in a cluster from the subscription of a shard this node owns).
+pub(crate) async fn command(node: &Node, link: &NatsLink, msg: Message) {
     let reply = msg.reply.as_ref();
     let h = msg.headers.as_ref();
     let Some(format) = protocol::format_of(header(h, protocol::CONTENT_TYPE)) else {
@@ -226,9 +236,10 @@ async fn command(node: &Node, link: &NatsLink, msg: Message) {
             format,
             idempotency_key: header(h, protocol::IDEMPOTENCY_KEY).map(str::to_owned),
         };
-        node.invoke(inv).await
+        node.invoke_here(inv).await
     }
     .await;
+    let format = protocol::format_of(header(h, protocol::ACCEPT)).unwrap_or(format);
     match result {
         Ok(r) => match codec::transcode_msgpack(&r.reply, format) {
             Ok(body) => {

@@ -10,6 +10,8 @@ pub const COMMAND: &str = "Tessera-Command";
 pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 /// Body format: `application/json` (default) or `application/msgpack`.
 pub const CONTENT_TYPE: &str = "Content-Type";
+/// The reply's format when it differs from the request's (optional).
+pub const ACCEPT: &str = "Accept";
 /// The HTTP-equivalent status of a reply.
 pub const STATUS: &str = "Tessera-Status";
 /// The entity's last seq after a command.

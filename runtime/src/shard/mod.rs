@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tessera_entities::{Ctx, DynCommand, DynEntity, DynState, HandleError};
-use tessera_journal::{AppendAck, AppendError, EntityKey, Journal, NewEvent, Snapshot};
+use tessera_journal::{AppendAck, EntityKey, Journal, NewEvent, Snapshot};
 use tracing::Instrument;
 
 pub(crate) use activation::rebuild;
@@ -60,6 +60,11 @@ pub(crate) struct ShardContext {
     pub(crate) snapshot_every: u64,
     pub(crate) idle_timeout: Duration,
     pub(crate) shard_budget: usize,
+    /// In a cluster: the lease table. Commands commit only while this node
+    /// provably holds the shard's lease (checked before each append).
+    pub(crate) fence: Option<Arc<tessera_cluster::Ownership>>,
+    /// In a cluster: this node's id, recorded in each event's metadata.
+    pub(crate) node_id: Option<String>,
 }
 
 pub(crate) struct CommandRequest {
@@ -84,7 +89,14 @@ pub(crate) enum ShardMsg {
     Command(CommandRequest),
     State(StateRequest),
     Activated { key: EntityKey, incarnation: u64, result: Result<activation::Rebuilt, InvokeError> },
-    Appended { key: EntityKey, incarnation: u64, result: Result<AppendAck, AppendError> },
+    Appended { key: EntityKey, incarnation: u64, result: Result<AppendAck, InvokeError> },
+    /// This node is handing off (or lost) an entity type's slice of the
+    /// shard: refuse its new commands, passivate its idle entities (all of
+    /// them when `force`), reply how many are still busy.
+    Release { entity_type: String, force: bool, reply: RpcReplyPort<usize> },
+    /// This node just acquired the slice: forget anything cached for it and
+    /// accept its commands again.
+    Acquire { entity_type: String },
     Tick,
 }
 
@@ -142,6 +154,8 @@ pub(crate) struct ShardState {
     clock: u32,
     idle_ticks: u32,
     next_incarnation: u64,
+    /// Entity types whose slice of this shard is being handed off.
+    releasing: std::collections::HashSet<String>,
 }
 
 use crate::now_ms;
@@ -171,7 +185,15 @@ impl Actor for ShardActor {
         let period = tick_period(ctx.idle_timeout);
         let idle_ticks = (ctx.idle_timeout.as_millis() / period.as_millis().max(1)).max(1) as u32;
         myself.send_interval(period, || ShardMsg::Tick);
-        Ok(ShardState { shard, ctx, slots: HashMap::new(), clock: 0, idle_ticks, next_incarnation: 1 })
+        Ok(ShardState {
+            shard,
+            ctx,
+            slots: HashMap::new(),
+            clock: 0,
+            idle_ticks,
+            next_incarnation: 1,
+            releasing: Default::default(),
+        })
     }
 
     async fn post_stop(&self, _: ActorRef<ShardMsg>, state: &mut ShardState) -> Result<(), ActorProcessingErr> {
@@ -205,6 +227,15 @@ impl Actor for ShardActor {
             }
             ShardMsg::Activated { key, incarnation, result } => st.activated(&myself, key, incarnation, result),
             ShardMsg::Appended { key, incarnation, result } => st.appended(&myself, key, incarnation, result),
+            ShardMsg::Release { entity_type, force, reply } => {
+                let busy = st.release(&entity_type, force);
+                st.releasing.insert(entity_type);
+                let _ = reply.send(busy);
+            }
+            ShardMsg::Acquire { entity_type } => {
+                st.release(&entity_type, true);
+                st.releasing.remove(&entity_type);
+            }
             ShardMsg::Tick => st.tick(),
         }
         Ok(())
@@ -213,6 +244,9 @@ impl Actor for ShardActor {
 
 impl ShardState {
     fn enqueue(&mut self, myself: &ActorRef<ShardMsg>, key: EntityKey, entity: Arc<dyn DynEntity>, p: Pending) {
+        if self.releasing.contains(&key.entity_type) {
+            return p.fail(InvokeError::ShardMoved(format!("{key} is being handed to another node")));
+        }
         let clock = self.clock;
         if let Some(slot) = self.slots.get_mut(&key) {
             slot.last_used = clock;
@@ -372,15 +406,28 @@ impl ShardState {
                 let _ = c.reply.send(Ok(reply));
                 continue;
             }
-            let n = effect.events.len();
-            let last_meta =
-                EventMeta { invocation: c.invocation_id.clone(), reply: c.retryable.then(|| effect.reply.clone()) }
-                    .encode();
-            let meta = if n > 1 {
-                EventMeta { invocation: c.invocation_id.clone(), reply: None }.encode()
-            } else {
-                Vec::new()
+            let epoch = match &self.ctx.fence {
+                None => None,
+                Some(f) => match f.fence(&key.entity_type, self.shard) {
+                    Some(e) => Some(e),
+                    None => {
+                        let _ = c.reply.send(Err(InvokeError::ShardMoved(format!(
+                            "this node no longer holds the lease of {}/{}",
+                            key.entity_type, self.shard
+                        ))));
+                        continue;
+                    }
+                },
             };
+            let n = effect.events.len();
+            let base = EventMeta {
+                invocation: c.invocation_id.clone(),
+                reply: None,
+                node: epoch.and(self.ctx.node_id.clone()),
+                epoch,
+            };
+            let last_meta = EventMeta { reply: c.retryable.then(|| effect.reply.clone()), ..base.clone() }.encode();
+            let meta = if n > 1 { base.encode() } else { Vec::new() };
             let events: Vec<NewEvent> = effect
                 .events
                 .into_iter()
@@ -403,11 +450,23 @@ impl ShardState {
                 events: n as u64,
                 span: c.span.clone(),
             }));
-            let (ctx, me, key) = (self.ctx.clone(), myself.clone(), key.clone());
+            let (ctx, me, key, shard) = (self.ctx.clone(), myself.clone(), key.clone(), self.shard);
             tokio::spawn(
                 async move {
+                    // The fence, again right before the commit: the lease may
+                    // have lapsed while the command waited.
+                    if let Some(f) = &ctx.fence
+                        && f.fence(&key.entity_type, shard) != epoch
+                    {
+                        let e = InvokeError::ShardMoved(format!(
+                            "the lease of {}/{shard} lapsed before the commit; nothing was written",
+                            key.entity_type
+                        ));
+                        let _ = me.send_message(ShardMsg::Appended { key, incarnation, result: Err(e) });
+                        return;
+                    }
                     ctx.metrics.journal_in_flight.inc();
-                    let result = ctx.journal.append(&key, expected, events).await;
+                    let result = ctx.journal.append(&key, expected, events).await.map_err(InvokeError::from);
                     ctx.metrics.journal_in_flight.dec();
                     let _ = me.send_message(ShardMsg::Appended { key, incarnation, result });
                 }
@@ -422,7 +481,7 @@ impl ShardState {
         myself: &ActorRef<ShardMsg>,
         key: EntityKey,
         incarnation: u64,
-        result: Result<AppendAck, AppendError>,
+        result: Result<AppendAck, InvokeError>,
     ) {
         let Some(slot) = self.slots.get_mut(&key).filter(|s| s.incarnation == incarnation) else { return };
         let Some(f) = slot.busy.take() else { return };
@@ -432,7 +491,7 @@ impl ShardState {
             Ok(ack) => ack,
             Err(e) => {
                 tracing::warn!(entity = %key, error = %e, "append failed; reloading the entity from its journal");
-                let _ = port.send(Err(e.into()));
+                let _ = port.send(Err(e));
                 drop(_guard);
                 self.reset(myself, &key);
                 return;
@@ -529,6 +588,33 @@ impl ShardState {
             self.ctx.metrics.passivations.with_label_values(&["idle"]).inc_by(n as u64);
             tracing::debug!(shard = self.shard, passivated = n, "idle entities passivated");
         }
+    }
+
+    /// Passivates the entities of one type (only idle ones unless `force`;
+    /// forced ones fail their waiting callers); returns how many remain.
+    fn release(&mut self, entity_type: &str, force: bool) -> usize {
+        let keys: Vec<EntityKey> = self.slots.keys().filter(|k| k.entity_type == entity_type).cloned().collect();
+        let mut busy = 0;
+        for k in keys {
+            let idle = self.slots.get(&k).is_some_and(Self::passivatable);
+            if !(idle || force) {
+                busy += 1;
+                continue;
+            }
+            if let Some(slot) = self.remove(&k, "handoff") {
+                let moved = || InvokeError::ShardMoved(format!("{k} moved to another node"));
+                if let Some(f) = slot.busy {
+                    let _ = f.port.send(Err(InvokeError::Timeout(format!(
+                        "{k} moved to another node while its events were being written; the outcome is unknown, \
+                         retry with the same idempotency key"
+                    ))));
+                }
+                for p in slot.queue {
+                    p.fail(moved());
+                }
+            }
+        }
+        busy
     }
 
     /// Passivates the least recently used idle tenth of the shard.
