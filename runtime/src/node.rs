@@ -557,6 +557,11 @@ impl Node {
         let Some(client) = &n.forwarder else {
             return Err(InvokeError::Unavailable("this node cannot forward (no NATS)".into()));
         };
+        if client.nats().connection_state() != async_nats::connection::State::Connected {
+            return Err(InvokeError::Unavailable(
+                "this node cannot reach NATS to forward the command to the shard's owner; retry on another node".into(),
+            ));
+        }
         let _in_flight = InFlight::enter(n)?;
         n.metrics.cluster_forwards.inc();
         tracing::debug!("forwarding to the shard's owner");

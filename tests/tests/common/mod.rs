@@ -93,7 +93,14 @@ impl NodeProcess {
             anyhow::bail!("node exited before serving")
         })
         .await??;
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let echo = std::env::var_os("TESSERA_TEST_NODE_LOGS").is_some();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if echo {
+                    eprintln!("node: {line}");
+                }
+            }
+        });
         Ok(Self { child, base })
     }
 

@@ -1,0 +1,456 @@
+//! The cluster with real processes: node processes on loopback sharing a real
+//! nats-server (leases, routing) and a real Cassandra 5 (the journal).
+//! Failover after kill -9, a joining node taking shards in capped rounds, a
+//! graceful leave, and a node cut off from NATS that stops serving before
+//! its lease can be taken. Every acknowledged command's events are checked in
+//! the journal: exactly once, and per entity never committed under an older
+//! lease epoch after a newer one.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+use tessera_cluster::{ClusterStatus, ClusterStore};
+
+const SHARDS: u32 = 16;
+const TTL_MS: u64 = 3000;
+const CAP: usize = 2;
+
+/// Cluster tests start several processes each; one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn migrate(url: &str) {
+    let out = std::process::Command::new(test_node_bin())
+        .args(["journal", "migrate", "--scylla", url])
+        .output()
+        .expect("run migrate");
+    assert!(out.status.success(), "migrate: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+struct Cluster {
+    prefix: String,
+    journal: String,
+    dir: tempfile::TempDir,
+    store: ClusterStore,
+}
+
+impl Cluster {
+    async fn new() -> Self {
+        let prefix = unique_prefix();
+        let journal = format!("{}/{}", scylla_server(), unique_keyspace());
+        let j = journal.clone();
+        tokio::task::spawn_blocking(move || migrate(&j)).await.expect("migrate");
+        let client = async_nats::connect(nats_url()).await.expect("nats");
+        let js = async_nats::jetstream::new(client);
+        let store = ClusterStore::open(&js, &prefix, Duration::from_millis(TTL_MS)).await.expect("bucket");
+        Self { prefix, journal, dir: tempfile::tempdir().expect("tempdir"), store }
+    }
+
+    async fn start(&self, id: &str, nats: &str, extra: &[&str]) -> NodeProcess {
+        let dir = self.dir.path().join(id);
+        let (shards, ttl, cap) = (SHARDS.to_string(), TTL_MS.to_string(), CAP.to_string());
+        let mut args = vec![
+            "serve",
+            "--data-dir",
+            dir.to_str().unwrap_or_default(),
+            "--http",
+            "127.0.0.1:0",
+            "--nats",
+            nats,
+            "--nats-prefix",
+            &self.prefix,
+            "--journal",
+            &self.journal,
+            "--shards",
+            &shards,
+            "--node-id",
+            id,
+            "--lease-ttl-ms",
+            &ttl,
+            "--rebalance-max-moves",
+            &cap,
+        ];
+        args.extend_from_slice(extra);
+        NodeProcess::start_command(&args, &[]).await.expect("node starts")
+    }
+
+    async fn status(&self) -> ClusterStatus {
+        ClusterStatus::read(&self.store).await.expect("status")
+    }
+
+    /// Leases per live node (only nodes in `nodes`), and how many are not held by them.
+    async fn spread(&self, nodes: &[&str]) -> (BTreeMap<String, usize>, usize) {
+        let st = self.status().await;
+        let mut m: BTreeMap<String, usize> = nodes.iter().map(|n| ((*n).to_owned(), 0)).collect();
+        let mut other = 0;
+        for l in &st.leases {
+            match m.get_mut(&l.owner) {
+                Some(c) if l.state == tessera_cluster::LeaseState::Owned => *c += 1,
+                _ => other += 1,
+            }
+        }
+        let total = SHARDS as usize * 2;
+        (m, other + total - st.leases.len())
+    }
+
+    /// Waits until `nodes` hold every shard, evenly; returns how long it took.
+    async fn wait_even(&self, nodes: &[&str], within: Duration) -> Duration {
+        let started = Instant::now();
+        loop {
+            let (m, missing) = self.spread(nodes).await;
+            let (lo, hi) = (m.values().min().copied().unwrap_or(0), m.values().max().copied().unwrap_or(0));
+            if missing == 0 && hi - lo <= 1 {
+                return started.elapsed();
+            }
+            assert!(started.elapsed() < within, "not balanced over {nodes:?} within {within:?}: {m:?}, {missing} elsewhere");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// What the load saw.
+#[derive(Default)]
+struct Load {
+    /// Acknowledged: key → (entity, seq).
+    acked: std::sync::Mutex<HashMap<String, (String, u64)>>,
+    /// Attempts answered with an error (each retried with the same key).
+    retried: AtomicU64,
+    /// Commands given up (no success within the deadline).
+    failed: AtomicU64,
+}
+
+/// Entities the load spreads over: enough that a retry (after a 5 s client
+/// timeout when the owner died mid-request) is still inside each entity's
+/// idempotency window (the last 64 commands by default).
+const ENTITIES: usize = 200;
+
+/// Workers sending `flaky batch {n:1}` with idempotency keys to `targets`
+/// (round robin), retrying errors with the same key for up to 20 s.
+fn spawn_load(targets: Arc<std::sync::Mutex<Vec<String>>>, load: Arc<Load>, stop: Arc<AtomicBool>, worker: usize) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let client = client();
+        let mut i = 0usize;
+        while !stop.load(Ordering::Relaxed) {
+            i += 1;
+            let entity = format!("e{}", (worker * 7 + i) % ENTITIES);
+            let key = format!("w{worker}-{i}");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let mut attempt = 0usize;
+            loop {
+                let base = {
+                    let t = targets.lock().unwrap_or_else(|p| p.into_inner());
+                    t[(i + attempt) % t.len()].clone()
+                };
+                attempt += 1;
+                let r = client
+                    .post(format!("{base}/v1/entities/flaky/{entity}/batch"))
+                    .header("content-type", "application/json")
+                    .header("idempotency-key", &key)
+                    .body(r#"{"n":1}"#)
+                    .timeout(Duration::from_secs(5))
+                    .send()
+                    .await;
+                if let Ok(resp) = r
+                    && resp.status().as_u16() == 200
+                {
+                    let seq = resp
+                        .headers()
+                        .get("tessera-seq")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(0);
+                    load.acked.lock().unwrap_or_else(|p| p.into_inner()).insert(key, (entity, seq));
+                    break;
+                }
+                load.retried.fetch_add(1, Ordering::Relaxed);
+                if Instant::now() > deadline {
+                    load.failed.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    })
+}
+
+async fn all_events(base: &str, entity: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut from = 1u64;
+    loop {
+        let (s, v) = get(&format!("{base}/v1/entities/flaky/{entity}/events?from={from}&limit=10000")).await;
+        assert_eq!(s, 200, "{v}");
+        out.extend(v["events"].as_array().cloned().unwrap_or_default());
+        match v["next_from"].as_u64() {
+            Some(n) => from = n,
+            None => return out,
+        }
+    }
+}
+
+/// Every acknowledged command's event is in the journal exactly once, seqs
+/// are 1..=n, and along seq the lease epoch never goes back (no node
+/// committed under a lease after a newer owner did).
+async fn verify_journal(base: &str, load: &Load) -> usize {
+    let acked = load.acked.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut checked = 0;
+    for e in 0..ENTITIES {
+        let entity = format!("e{e}");
+        let events = all_events(base, &entity).await;
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut last_epoch = 0u64;
+        let mut epoch_node: HashMap<u64, String> = HashMap::new();
+        for (i, ev) in events.iter().enumerate() {
+            assert_eq!(ev["seq"].as_u64(), Some(i as u64 + 1), "{entity}: seqs are contiguous");
+            *seen.entry(ev["invocation_id"].as_str().unwrap_or_default().to_owned()).or_default() += 1;
+            let epoch = ev["epoch"].as_u64().expect("cluster events carry their lease epoch");
+            let node = ev["node"].as_str().unwrap_or_default().to_owned();
+            assert!(epoch >= last_epoch, "{entity} seq {}: epoch {epoch} after {last_epoch}", i + 1);
+            last_epoch = epoch;
+            let owner = epoch_node.entry(epoch).or_insert_with(|| node.clone());
+            assert_eq!(owner, &node, "{entity}: one node per epoch");
+        }
+        for (key, (ent, seq)) in acked.iter().filter(|(_, (ent, _))| *ent == entity) {
+            let dups: Vec<String> = events
+                .iter()
+                .filter(|e| e["invocation_id"] == json!(key))
+                .map(|e| format!("seq {} node {} epoch {} at {}", e["seq"], e["node"], e["epoch"], e["timestamp_ms"]))
+                .collect();
+            assert_eq!(seen.get(key), Some(&1), "acknowledged {key} on {ent} (seq {seq}) is in the journal once: {dups:?}, retried {}", load.retried.load(Ordering::Relaxed));
+            checked += 1;
+        }
+        assert_eq!(seen.values().sum::<usize>(), events.len());
+        assert!(seen.keys().all(|k| acked.contains_key(k)), "{entity}: every journaled command was acknowledged");
+    }
+    checked
+}
+
+fn report(name: &str, value: Value) {
+    eprintln!("CLUSTER-REPORT {name} {value}");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/cluster-report");
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::write(dir.join(format!("{name}.json")), serde_json::to_vec_pretty(&value).unwrap_or_default());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failover_join_and_graceful_leave_lose_nothing() {
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::new().await;
+    let nats = nats_url();
+    let n1 = c.start("n1", &nats, &[]).await;
+    let n2 = c.start("n2", &nats, &[]).await;
+    let n3 = c.start("n3", &nats, &[]).await;
+    c.wait_even(&["n1", "n2", "n3"], Duration::from_secs(30)).await;
+    let (spread, _) = c.spread(&["n1", "n2", "n3"]).await;
+    assert!(spread.values().all(|n| (10..=11).contains(n)), "32 shards spread evenly: {spread:?}");
+
+    // The CLI agrees with the bucket.
+    let out = tokio::process::Command::new(test_node_bin())
+        .args(["cluster", "locate", "flaky", "e1", "--nats", &nats, "--nats-prefix", &c.prefix, "--json"])
+        .output()
+        .await
+        .expect("locate");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let located: Value = serde_json::from_slice(&out.stdout).expect("locate --json");
+    let shard = tessera_journal::shard_of("flaky", "e1", SHARDS);
+    assert_eq!(located["shard"], json!(shard));
+    assert_eq!(located["token"], json!(tessera_journal::token("flaky", "e1")));
+    assert_eq!(located["owner"].as_str(), c.status().await.owner("flaky", shard).map(|l| l.owner.as_str()));
+    let out = tokio::process::Command::new(test_node_bin())
+        .args(["cluster", "status", "--nats", &nats, "--nats-prefix", &c.prefix])
+        .output()
+        .await
+        .expect("status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("members (3)") && text.contains("leader: n"), "{text}");
+
+    // Steady load through n1 and n2 (n3 is about to die; its shards are
+    // reached by forwarding).
+    let targets = Arc::new(std::sync::Mutex::new(vec![n1.base.clone(), n2.base.clone()]));
+    let (load, stop) = (Arc::new(Load::default()), Arc::new(AtomicBool::new(false)));
+    let workers: Vec<_> = (0..6).map(|w| spawn_load(targets.clone(), load.clone(), stop.clone(), w)).collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before_kill = load.acked.lock().map(|a| a.len()).unwrap_or(0);
+    assert!(before_kill > 0, "the load runs");
+
+    // kill -9 n3: its shards are owned again within the lease TTL + a renewal.
+    let retried_before = load.retried.load(Ordering::Relaxed);
+    n3.kill().await;
+    let killed = Instant::now();
+    c.wait_even(&["n1", "n2"], Duration::from_secs(30)).await;
+    let ownership_restored_ms = killed.elapsed().as_millis() as u64;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let retried_in_move = load.retried.load(Ordering::Relaxed) - retried_before;
+    report(
+        "failover",
+        json!({"ownership_restored_ms": ownership_restored_ms, "lease_ttl_ms": TTL_MS,
+               "attempts_retried_during_move": retried_in_move,
+               "failed": load.failed.load(Ordering::Relaxed)}),
+    );
+    assert!(
+        ownership_restored_ms <= TTL_MS + TTL_MS / 3 + 3000,
+        "ownership restored after {ownership_restored_ms} ms (TTL {TTL_MS} ms + one renewal, plus slack for a loaded box)"
+    );
+
+    // A fourth node joins: shards move to it in capped rounds, load goes on.
+    let joined = Instant::now();
+    let n4 = c.start("n4", &nats, &[]).await;
+    let mut max_in_progress = 0;
+    let mut first_seen = None;
+    loop {
+        let (m, in_progress) = c.spread(&["n1", "n2", "n4"]).await;
+        max_in_progress = max_in_progress.max(in_progress);
+        let n4_has = m.get("n4").copied().unwrap_or(0);
+        if n4_has > 0 && first_seen.is_none() {
+            first_seen = Some(n4_has);
+        }
+        let (lo, hi) = (m.values().min().copied().unwrap_or(0), m.values().max().copied().unwrap_or(0));
+        if in_progress == 0 && hi - lo <= 1 {
+            break;
+        }
+        assert!(joined.elapsed() < Duration::from_secs(60), "n4 did not get its share: {m:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let join_ms = joined.elapsed().as_millis() as u64;
+    report("join", json!({"balanced_after_ms": join_ms, "cap_per_round": CAP, "max_moves_in_progress_seen": max_in_progress, "first_share_seen": first_seen}));
+    assert!(first_seen.is_some_and(|n| n <= 2 * CAP), "the new node took shards gradually, first {first_seen:?}");
+    assert!(max_in_progress <= 2 * CAP, "at most the cap in flight (with view lag): {max_in_progress}");
+    targets.lock().unwrap_or_else(|p| p.into_inner()).push(n4.base.clone());
+
+    // n1 leaves gracefully (SIGTERM) while the load goes through n2 and n4.
+    *targets.lock().unwrap_or_else(|p| p.into_inner()) = vec![n2.base.clone(), n4.base.clone()];
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let failed_before_leave = load.failed.load(Ordering::Relaxed);
+    let retried_before_leave = load.retried.load(Ordering::Relaxed);
+    let pid = n1.child.id().expect("pid");
+    let left = Instant::now();
+    std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("kill -TERM");
+    let status = n1.wait().await;
+    let leave_ms = left.elapsed().as_millis() as u64;
+    assert!(status.success(), "n1 exits cleanly after handing off: {status:?}");
+    c.wait_even(&["n2", "n4"], Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.expect("worker");
+    }
+    let retried_in_leave = load.retried.load(Ordering::Relaxed) - retried_before_leave;
+    report("leave", json!({"exit_after_ms": leave_ms, "attempts_retried_during_leave": retried_in_leave}));
+    assert_eq!(load.failed.load(Ordering::Relaxed), 0, "no command failed for good");
+    assert_eq!(load.failed.load(Ordering::Relaxed), failed_before_leave);
+
+    let checked = verify_journal(&n2.base, &load).await;
+    assert_eq!(checked, load.acked.lock().map(|a| a.len()).unwrap_or(0));
+    eprintln!("verified {checked} acknowledged commands in the journal");
+    n2.kill().await;
+    n4.kill().await;
+}
+
+/// A TCP proxy in front of NATS that the test can cut.
+struct Proxy {
+    addr: String,
+    tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(upstream: &str) -> Self {
+        let upstream = upstream.trim_start_matches("nats://").to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = format!("nats://{}", listener.local_addr().expect("addr"));
+        let tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let t = tasks.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let up = upstream.clone();
+                let h = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(up).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                t.lock().unwrap_or_else(|p| p.into_inner()).push(h);
+            }
+        });
+        Self { addr, tasks, accept }
+    }
+
+    /// Drops every connection and refuses new ones.
+    fn cut(&self) {
+        self.accept.abort();
+        for t in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            t.abort();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_cut_off_from_nats_stops_serving_before_its_lease_is_taken() {
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::new().await;
+    let nats = nats_url();
+    let proxy = Proxy::start(&nats).await;
+    let n1 = c.start("n1", &nats, &[]).await;
+    let n2 = c.start("n2", &proxy.addr, &["--invocation-timeout-ms", "1000"]).await;
+    c.wait_even(&["n1", "n2"], Duration::from_secs(30)).await;
+    let st = c.status().await;
+    let entity = (0..1000)
+        .map(|i| format!("p{i}"))
+        .find(|id| st.owner("flaky", tessera_journal::shard_of("flaky", id, SHARDS)).is_some_and(|l| l.owner == "n2"))
+        .expect("an entity n2 serves");
+    let shard = tessera_journal::shard_of("flaky", &entity, SHARDS);
+    let url = format!("{}/v1/entities/flaky/{entity}/batch", n2.base);
+    let (s, _, v) = post(&url, r#"{"n":1}"#, Some("before-cut")).await;
+    assert_eq!(s, 200, "{v}");
+
+    // Cut n2 from NATS; keep sending it commands for its own shard.
+    proxy.cut();
+    let cut = Instant::now();
+    let mut refused_at = None;
+    let mut served_after_cut = 0;
+    let mut i = 0;
+    while refused_at.is_none() {
+        i += 1;
+        let sent = Instant::now();
+        let (s, _, v) = post(&url, r#"{"n":1}"#, Some(&format!("after-cut-{i}"))).await;
+        if s == 200 {
+            served_after_cut += 1;
+        } else {
+            assert_eq!(s, 503, "refused: {v}");
+            assert!(v["error"]["kind"] == "shard_moved" || v["error"]["kind"] == "unavailable", "{v}");
+            refused_at = Some(sent.duration_since(cut));
+        }
+        assert!(cut.elapsed() < Duration::from_secs(20), "n2 kept serving");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let refused_at = refused_at.unwrap_or_default();
+    // Now n1 takes the lease, but only after n2 stopped.
+    let taken_at = loop {
+        let st = c.status().await;
+        if st.owner("flaky", shard).is_some_and(|l| l.owner == "n1") {
+            break cut.elapsed();
+        }
+        assert!(cut.elapsed() < Duration::from_secs(20), "n1 never took the shard");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    report(
+        "partition",
+        json!({"refused_after_cut_ms": refused_at.as_millis() as u64, "taken_after_cut_ms": taken_at.as_millis() as u64,
+               "served_after_cut": served_after_cut, "lease_ttl_ms": TTL_MS}),
+    );
+    assert!(refused_at < taken_at, "n2 stopped serving ({refused_at:?}) before n1 took the lease ({taken_at:?})");
+
+    // The new owner continues from everything n2 committed.
+    let (s, _, v) = post(&format!("{}/v1/entities/flaky/{entity}/batch", n1.base), r#"{"n":1}"#, Some("after-takeover")).await;
+    assert_eq!(s, 200, "{v}");
+    let events = all_events(&n1.base, &entity).await;
+    assert_eq!(events.len(), 2 + served_after_cut, "every acknowledged command is there once");
+    let epochs: Vec<u64> = events.iter().filter_map(|e| e["epoch"].as_u64()).collect();
+    assert!(epochs.windows(2).all(|w| w[0] <= w[1]), "epochs never go back: {epochs:?}");
+    assert_eq!(events.last().and_then(|e| e["node"].as_str()), Some("n1"));
+    n1.kill().await;
+    n2.kill().await;
+}
