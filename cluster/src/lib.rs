@@ -9,7 +9,9 @@
 //!   orphaned shards, rebalances in capped rounds and hands off on leave,
 //! - [`allocation`]: the least-shard plan every node computes alike,
 //! - [`singleton`]: a job run by exactly one node (the autoscaler),
-//! - [`status`]: a one-shot read of the cluster for the CLI.
+//! - [`status`]: a one-shot read of the cluster for the CLI,
+//! - [`autoscaler`]: the published node metrics, the scaling policy (pure)
+//!   and a simulator to run it on load traces.
 //!
 //! ```
 //! use tessera_cluster::allocation::plan;
@@ -19,6 +21,7 @@
 //! ```
 
 pub mod allocation;
+pub mod autoscaler;
 mod config;
 pub mod coordinator;
 mod error;

@@ -3,6 +3,7 @@
 //! registry; an application binary (e.g. `inventory`) runs it with its own,
 //! so `journal state` can replay through the real entity types.
 
+mod autoscaler;
 mod cluster;
 mod journal;
 mod result_store;
@@ -12,6 +13,7 @@ mod serve;
 use clap::Subcommand;
 use tessera_entities::Registry;
 
+pub use autoscaler::{AutoscalerCmd, SimulateArgs};
 pub use cluster::{ClusterCmd, ClusterConn};
 pub use journal::{JournalCmd, Source};
 pub use result_store::ResultStoreArgs;
@@ -37,6 +39,9 @@ pub enum Command {
     /// Inspect a cluster (NATS KV): `status`, `locate TYPE ID`.
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// The autoscaler's policy offline: `simulate --trace FILE...`.
+    #[command(subcommand)]
+    Autoscaler(AutoscalerCmd),
 }
 
 /// Runs a shared subcommand.
@@ -49,6 +54,7 @@ pub async fn run(cmd: Command, registry: Registry) -> anyhow::Result<()> {
         Command::Bench(a) => crate::bench::run(a).await,
         Command::ResultStore(a) => result_store::run(a).await,
         Command::Cluster(c) => cluster::run(c).await,
+        Command::Autoscaler(c) => autoscaler::run(c),
     }
 }
 

@@ -239,7 +239,7 @@ pub(crate) async fn command(node: &Node, link: &NatsLink, msg: Message) {
         node.invoke_here(inv).await
     }
     .await;
-    let format = protocol::format_of(header(h, protocol::ACCEPT)).unwrap_or(format);
+    let format = header(h, protocol::ACCEPT).and_then(Format::from_content_type).unwrap_or(format);
     match result {
         Ok(r) => match codec::transcode_msgpack(&r.reply, format) {
             Ok(body) => {

@@ -1,0 +1,13 @@
+//! The autoscaler's pure parts: the metrics every node publishes, the
+//! Cloudstate-style [`policy`] (a function of config, metric window, time and
+//! state), and a [`simulate`]d cluster to run it on load traces. The actor
+//! that runs the policy on the cluster's leader and the scalers that act on
+//! its decisions live in the runtime.
+
+pub mod metrics;
+pub mod policy;
+pub mod simulate;
+mod svg;
+
+pub use metrics::{GpuMetrics, NodeMetrics, Window};
+pub use policy::{Decision, Direction, Observation, PolicyConfig, PolicyState, decide};

@@ -1,0 +1,274 @@
+//! The scaling policy, after Cloudstate's autoscaler: a pure function of
+//! (config, observation over a metric window, time, state) → (decision,
+//! new state), so it is tested and simulated without a cluster.
+//!
+//! - Desired nodes = the larger of user-function concurrency ÷ its per-node
+//!   target and (request concurrency − database concurrency) ÷ its per-node
+//!   target: time spent waiting on the database is not a reason for more
+//!   nodes (more nodes would only add load to the database).
+//! - Within `tolerance` of the current size: hold; scale down only to a
+//!   size that still has `tolerance` of headroom.
+//! - After a decision, a stable window — longer after a scale-up (new nodes
+//!   warm up and take shards, so metrics are unreliable for a while) than
+//!   after a scale-down — in which the only allowed move is a further
+//!   scale-up when the request rate jumped above `rate_jump_factor` × the
+//!   rate at the decision (a real surge should not wait a minute); the new
+//!   size still comes from the concurrency.
+//! - At most `max_step` nodes per decision; always within `[min, max]`.
+//! - The request rate never causes a scale-down (a low rate with high
+//!   concurrency is slow work, not idle nodes).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Policy settings. Defaults in [`PolicyConfig::default`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PolicyConfig {
+    /// Fewest nodes (default 1).
+    pub min_nodes: usize,
+    /// Most nodes (default 10).
+    pub max_nodes: usize,
+    /// User-function calls running per node the cluster aims for (default
+    /// 8: about what one node's executors keep busy).
+    pub target_function_concurrency: f64,
+    /// Non-database request concurrency per node the cluster aims for
+    /// (default 64: shard actors and HTTP keep up well below saturation).
+    pub target_request_concurrency: f64,
+    /// Relative band around the current size with no change (default 0.1).
+    pub tolerance: f64,
+    /// Seconds metrics are averaged over (default 10).
+    pub window_secs: u64,
+    /// Stable window after a scale-up, seconds (default 60).
+    pub scale_up_stable_secs: u64,
+    /// Stable window after a scale-down, seconds (default 30).
+    pub scale_down_stable_secs: u64,
+    /// A request rate (window average) this many times the one at the last
+    /// decision allows a scale-up inside a stable window (default 1.5).
+    pub rate_jump_factor: f64,
+    /// Most nodes added or removed per decision (default 2).
+    pub max_step: usize,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            min_nodes: 1,
+            max_nodes: 10,
+            target_function_concurrency: 8.0,
+            target_request_concurrency: 64.0,
+            tolerance: 0.1,
+            window_secs: 10,
+            scale_up_stable_secs: 60,
+            scale_down_stable_secs: 30,
+            rate_jump_factor: 1.5,
+            max_step: 2,
+        }
+    }
+}
+
+/// Cluster-wide load averaged over the window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Observation {
+    /// Nodes that reported.
+    pub nodes: usize,
+    /// Sum of request concurrency.
+    pub request_concurrency: f64,
+    /// Sum of user-function concurrency.
+    pub function_concurrency: f64,
+    /// Sum of database concurrency.
+    pub db_concurrency: f64,
+    /// Sum of request rates, per second (averaged over the window).
+    pub request_rate: f64,
+}
+
+/// Which way a decision went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// More nodes.
+    Up,
+    /// Fewer nodes.
+    Down,
+}
+
+/// What the policy remembers between decisions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct PolicyState {
+    /// The size last asked for (`None`: take the observed node count).
+    pub target: Option<usize>,
+    /// The last change: when (time since start), which way, and the request
+    /// rate (window average) then.
+    pub last_change: Option<(Duration, Direction, f64)>,
+}
+
+/// The policy's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "decision", rename_all = "snake_case")]
+pub enum Decision {
+    /// Keep the size.
+    Hold {
+        /// The size.
+        nodes: usize,
+        /// Why.
+        reason: String,
+    },
+    /// Change the size.
+    Scale {
+        /// From.
+        from: usize,
+        /// To.
+        to: usize,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Decision {
+    /// The size after the decision.
+    pub fn nodes(&self) -> usize {
+        match self {
+            Self::Hold { nodes, .. } => *nodes,
+            Self::Scale { to, .. } => *to,
+        }
+    }
+}
+
+/// Nodes the load asks for (unrounded).
+pub fn desired(cfg: &PolicyConfig, o: &Observation) -> f64 {
+    let by_functions = o.function_concurrency / cfg.target_function_concurrency.max(f64::EPSILON);
+    let by_requests =
+        (o.request_concurrency - o.db_concurrency).max(0.0) / cfg.target_request_concurrency.max(f64::EPSILON);
+    by_functions.max(by_requests)
+}
+
+/// One decision at time `now` (since any fixed start).
+pub fn decide(cfg: &PolicyConfig, o: &Observation, now: Duration, state: &PolicyState) -> (Decision, PolicyState) {
+    let (lo, hi) = (cfg.min_nodes.max(1), cfg.max_nodes.max(cfg.min_nodes.max(1)));
+    let current = state.target.unwrap_or(o.nodes).max(1);
+    let step = cfg.max_step.max(1);
+    let hold = |reason: String| (Decision::Hold { nodes: current, reason }, *state);
+    let scale = |to: usize, dir: Direction, reason: String| {
+        let next = PolicyState { target: Some(to), last_change: Some((now, dir, o.request_rate)) };
+        (Decision::Scale { from: current, to, reason }, next)
+    };
+    if current < lo {
+        return scale(lo.min(current + step), Direction::Up, format!("below the minimum of {lo} nodes"));
+    }
+    if current > hi {
+        return scale(hi.max(current.saturating_sub(step)), Direction::Down, format!("above the maximum of {hi} nodes"));
+    }
+    if o.nodes == 0 {
+        return hold("no metrics in the window".into());
+    }
+    let want = desired(cfg, o);
+    let want_n = (want.ceil() as usize).clamp(lo, hi);
+    if let Some((at, dir, rate_then)) = state.last_change {
+        let stable = Duration::from_secs(match dir {
+            Direction::Up => cfg.scale_up_stable_secs,
+            Direction::Down => cfg.scale_down_stable_secs,
+        });
+        if now.saturating_sub(at) < stable {
+            let jump = if rate_then > 0.0 { o.request_rate / rate_then } else { 0.0 };
+            // The jump permits the move; the size still comes from the
+            // concurrency (a rate ratio overshoots while a surge fills the
+            // window).
+            if jump >= cfg.rate_jump_factor && want_n > current {
+                let to = want_n.min(current + step);
+                {
+                    return scale(
+                        to,
+                        Direction::Up,
+                        format!("request rate ×{jump:.2} since the last decision, inside its stable window"),
+                    );
+                }
+            }
+            let left = stable.saturating_sub(now.saturating_sub(at)).as_secs();
+            return hold(format!("stable window after scaling {dir:?}: {left} s left (wants {want:.2})"));
+        }
+    }
+    let off = (want - current as f64) / current as f64;
+    // Down only to a size that keeps the tolerance as headroom (no scaling
+    // down to exactly 100% of target and back up on the next wobble).
+    let want_down = ((want * (1.0 + cfg.tolerance)).ceil() as usize).clamp(lo, hi);
+    if want_n > current && off > cfg.tolerance {
+        let to = want_n.min(current + step);
+        scale(to, Direction::Up, format!("{want:.2} nodes wanted by concurrency"))
+    } else if want_down < current && -off > cfg.tolerance {
+        let to = want_down.max(current.saturating_sub(step)).max(lo);
+        scale(to, Direction::Down, format!("{want:.2} nodes wanted by concurrency"))
+    } else {
+        hold(format!("{want:.2} nodes wanted, within tolerance of {current}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obs(nodes: usize, req: f64, rate: f64) -> Observation {
+        Observation { nodes, request_concurrency: req, request_rate: rate, ..Observation::default() }
+    }
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    #[test]
+    fn scales_on_concurrency_but_not_on_database_waits() {
+        let cfg = PolicyConfig::default();
+        let (d, _) = decide(&cfg, &obs(1, 200.0, 100.0), secs(0), &PolicyState::default());
+        assert_eq!(d.nodes(), 3, "{d:?}: 200/64 → 4, capped by a step of 2");
+        let o = Observation { db_concurrency: 150.0, ..obs(1, 200.0, 100.0) };
+        let (d, _) = decide(&cfg, &o, secs(0), &PolicyState::default());
+        assert_eq!(d.nodes(), 1, "{d:?}: 50 non-database concurrency fits one node");
+        let o = Observation { function_concurrency: 30.0, ..obs(1, 10.0, 1.0) };
+        assert_eq!(decide(&cfg, &o, secs(0), &PolicyState::default()).0.nodes(), 3, "user functions count");
+    }
+
+    #[test]
+    fn holds_inside_the_stable_window_unless_the_rate_jumps() {
+        let cfg = PolicyConfig::default();
+        let (d, st) = decide(&cfg, &obs(1, 128.0, 100.0), secs(0), &PolicyState::default());
+        assert_eq!(d.nodes(), 2);
+        // Idle right after a scale-up: no scale-down for 60 s.
+        let (d, st2) = decide(&cfg, &obs(2, 0.0, 0.0), secs(30), &st);
+        assert!(matches!(d, Decision::Hold { .. }), "{d:?}");
+        // More concurrency but the same rate: hold.
+        let (d, _) = decide(&cfg, &obs(2, 400.0, 110.0), secs(30), &st2);
+        assert!(matches!(d, Decision::Hold { .. }), "{d:?}");
+        // The rate doubled: scale up at once.
+        let (d, _) = decide(&cfg, &obs(2, 400.0, 200.0), secs(30), &st2);
+        assert_eq!(d, Decision::Scale { from: 2, to: 4, reason: d_reason(&d) });
+        // After the window, idle scales down, by at most the step.
+        let (d, _) = decide(&cfg, &obs(2, 0.0, 0.0), secs(61), &st2);
+        assert_eq!(d.nodes(), 1);
+    }
+
+    fn d_reason(d: &Decision) -> String {
+        match d {
+            Decision::Hold { reason, .. } | Decision::Scale { reason, .. } => reason.clone(),
+        }
+    }
+
+    #[test]
+    fn tolerance_and_bounds() {
+        let cfg = PolicyConfig { min_nodes: 2, max_nodes: 4, ..PolicyConfig::default() };
+        let st = PolicyState { target: Some(3), last_change: None };
+        assert!(matches!(decide(&cfg, &obs(3, 64.0 * 3.1, 1.0), secs(0), &st).0, Decision::Hold { .. }));
+        assert_eq!(decide(&cfg, &obs(3, 10_000.0, 1.0), secs(0), &st).0.nodes(), 4, "max");
+        assert_eq!(decide(&cfg, &obs(3, 0.0, 0.0), secs(0), &st).0.nodes(), 2, "min");
+        let below = PolicyState { target: Some(1), last_change: None };
+        assert_eq!(decide(&cfg, &obs(1, 0.0, 0.0), secs(0), &below).0.nodes(), 2, "raised to the minimum");
+    }
+
+    #[test]
+    fn a_falling_rate_never_scales_down_by_itself() {
+        let cfg = PolicyConfig::default();
+        let st = PolicyState { target: Some(4), last_change: None };
+        // Rate fell to a tenth, concurrency still needs 4 nodes (slow work).
+        let (d, _) = decide(&cfg, &obs(4, 250.0, 10.0), secs(0), &st);
+        assert!(matches!(d, Decision::Hold { .. }), "{d:?}");
+    }
+}
