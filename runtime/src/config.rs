@@ -148,6 +148,18 @@ pub struct NodeConfig {
     pub rebalance_max_moves: usize,
     /// Milliseconds between rebalancing rounds.
     pub rebalance_every_ms: u64,
+    /// The autoscaler's scaler (`none`, `dry-run`, `local`, `kubernetes`); it
+    /// runs on the cluster's leader only.
+    pub autoscaler: crate::autoscaler::AutoscalerKind,
+    /// The scaling policy (TOML table `[autoscaler_policy]`).
+    pub autoscaler_policy: tessera_cluster::autoscaler::PolicyConfig,
+    /// Kubernetes API base URL for the `kubernetes` scaler (default: the
+    /// in-cluster `kubectl proxy` sidecar address `http://127.0.0.1:8001`).
+    pub k8s_api: String,
+    /// Namespace of the Deployment to scale.
+    pub k8s_namespace: String,
+    /// Name of the Deployment to scale.
+    pub k8s_deployment: String,
 }
 
 impl Default for NodeConfig {
@@ -185,6 +197,11 @@ impl Default for NodeConfig {
             lease_ttl_ms: 3_000,
             rebalance_max_moves: 16,
             rebalance_every_ms: 1_000,
+            autoscaler: crate::autoscaler::AutoscalerKind::None,
+            autoscaler_policy: tessera_cluster::autoscaler::PolicyConfig::default(),
+            k8s_api: "http://127.0.0.1:8001".into(),
+            k8s_namespace: "default".into(),
+            k8s_deployment: "tessera".into(),
         }
     }
 }
@@ -250,6 +267,12 @@ impl NodeConfig {
         }
         if self.cluster == ClusterMode::On && self.nats.is_none() {
             return Err(ConfigError::Invalid("cluster = on needs a NATS server (--nats)".into()));
+        }
+        let p = &self.autoscaler_policy;
+        if p.min_nodes == 0 || p.max_nodes < p.min_nodes || p.target_request_concurrency <= 0.0 {
+            return Err(ConfigError::Invalid(
+                "autoscaler_policy: need 1 ≤ min_nodes ≤ max_nodes and a positive target_request_concurrency".into(),
+            ));
         }
         if self.lease_ttl_ms < 300 {
             return Err(ConfigError::Invalid(format!("lease_ttl_ms must be at least 300, got {}", self.lease_ttl_ms)));

@@ -15,6 +15,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod autoscaler;
 pub mod bench;
 pub mod cli;
 pub mod client;

@@ -51,6 +51,14 @@ pub struct Metrics {
     pub cluster_forwards: IntCounter,
     /// Shard leases lost without a hand-off (cluster).
     pub cluster_leases_lost: IntCounter,
+    /// Invocations finished per second over the last second.
+    pub request_rate: prometheus::Gauge,
+    /// 1 while the autoscaler runs on this node (it holds the leader lease).
+    pub autoscaler_leader: IntGauge,
+    /// The size the autoscaler last decided (on the leader).
+    pub autoscaler_target_nodes: IntGauge,
+    /// Scaling decisions, by direction.
+    pub autoscaler_decisions: IntCounterVec,
 }
 
 fn latency_buckets() -> Vec<f64> {
@@ -123,8 +131,20 @@ impl Metrics {
         let cluster_leases_lost =
             IntCounter::new("tessera_cluster_leases_lost_total", "Shard leases lost without a hand-off")
                 .expect("metric");
+        let request_rate =
+            prometheus::Gauge::new("tessera_request_rate", "Invocations finished per second (last second)")
+                .expect("metric");
+        let autoscaler_leader = gauge("tessera_autoscaler_leader", "1 while the autoscaler runs on this node");
+        let autoscaler_target_nodes = gauge("tessera_autoscaler_target_nodes", "Nodes the autoscaler last decided");
+        let autoscaler_decisions =
+            IntCounterVec::new(Opts::new("tessera_autoscaler_decisions_total", "Scaling decisions"), &["direction"])
+                .expect("metric");
         for c in [
             Box::new(cluster_leases.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(request_rate.clone()),
+            Box::new(autoscaler_leader.clone()),
+            Box::new(autoscaler_target_nodes.clone()),
+            Box::new(autoscaler_decisions.clone()),
             Box::new(cluster_forwards.clone()),
             Box::new(cluster_leases_lost.clone()),
             Box::new(requests.clone()),
@@ -171,7 +191,22 @@ impl Metrics {
             cluster_leases,
             cluster_forwards,
             cluster_leases_lost,
+            request_rate,
+            autoscaler_leader,
+            autoscaler_target_nodes,
+            autoscaler_decisions,
         }
+    }
+
+    /// Invocations finished so far, all kinds and statuses.
+    pub fn requests_finished(&self) -> f64 {
+        use prometheus::core::Collector;
+        self.requests
+            .collect()
+            .iter()
+            .flat_map(|f| f.get_metric())
+            .map(|m| m.get_counter().get_value())
+            .sum()
     }
 
     /// The Prometheus text exposition of every metric.

@@ -136,12 +136,18 @@ pub struct NodeBuilder {
     config: NodeConfig,
     journal: Option<Arc<dyn Journal>>,
     results: Option<Arc<dyn ResultStore>>,
+    scaler: Option<Arc<dyn crate::autoscaler::Scaler>>,
 }
 
 impl NodeBuilder {
     /// A node serving `registry`'s entities and functions, with default config.
     pub fn new(registry: Registry) -> Self {
-        Self { registry, config: NodeConfig::default(), journal: None, results: None }
+        Self { registry, config: NodeConfig::default(), journal: None, results: None, scaler: None }
+    }
+    /// Uses this scaler for the autoscaler instead of the one the config names.
+    pub fn scaler(mut self, scaler: Arc<dyn crate::autoscaler::Scaler>) -> Self {
+        self.scaler = Some(scaler);
+        self
     }
     /// Replaces the configuration.
     pub fn config(mut self, config: NodeConfig) -> Self {
@@ -292,7 +298,31 @@ impl NodeBuilder {
             ),
             _ => None,
         };
+        let scaler: Option<Arc<dyn crate::autoscaler::Scaler>> = match (self.scaler, config.autoscaler) {
+            (Some(s), _) => Some(s),
+            (None, crate::autoscaler::AutoscalerKind::None) => None,
+            (None, crate::autoscaler::AutoscalerKind::DryRun) => Some(Arc::new(crate::autoscaler::DryRunScaler)),
+            (None, crate::autoscaler::AutoscalerKind::Local) => Some(Arc::new(
+                crate::autoscaler::LocalProcessScaler::for_current_process(config.data_dir.join("autoscaled"))
+                    .map_err(|e| NodeError::Spawn(e.to_string()))?,
+            )),
+            (None, crate::autoscaler::AutoscalerKind::Kubernetes) => Some(Arc::new(crate::autoscaler::KubernetesScaler::new(
+                &config.k8s_api,
+                &config.k8s_namespace,
+                &config.k8s_deployment,
+                crate::autoscaler::KubernetesScaler::service_account_token(),
+            ))),
+        };
+        if scaler.is_some() && !clustered {
+            tracing::warn!("an autoscaler needs a cluster (NATS and a shared journal); it will not run");
+        }
+        let metrics_publisher = nats
+            .clone()
+            .map(|link| crate::autoscaler::publish_metrics(node_id.clone(), link, metrics.clone()));
         let inner = Arc::new(NodeInner {
+            scaler,
+            metrics_publisher,
+            autoscale_log: Arc::default(),
             ownership,
             forwarder,
             cluster: std::sync::OnceLock::new(),
@@ -343,6 +373,10 @@ pub(crate) struct ClusterRuntime {
 }
 
 pub(crate) struct NodeInner {
+    /// The autoscaler's scaler (it runs while this node is the leader).
+    scaler: Option<Arc<dyn crate::autoscaler::Scaler>>,
+    metrics_publisher: Option<tokio::task::JoinHandle<()>>,
+    autoscale_log: crate::autoscaler::DecisionLog,
     /// In a cluster: the lease table (the fence); `None` outside a cluster.
     ownership: Option<Arc<tessera_cluster::Ownership>>,
     /// In a cluster: sends commands to the shard's owner.
@@ -422,12 +456,34 @@ impl Node {
         cc.rebalance_every = Duration::from_millis(c.rebalance_every_ms.max(1));
         cc.http = self.http_addr().map(|a| a.to_string());
         let cluster = tessera_cluster::Cluster::join(&link.js, cc, ownership, host).await?;
-        let leader = tessera_cluster::Singleton::spawn(
-            cluster.store().clone(),
-            "leader",
-            &self.inner.node_id,
-            |_epoch| std::future::pending::<()>(),
-        )?;
+        let job = self.inner.scaler.clone().map(|scaler| {
+            let weak = Arc::downgrade(&self.inner);
+            let live: Arc<dyn Fn() -> usize + Send + Sync> = Arc::new(move || {
+                weak.upgrade()
+                    .and_then(|i| Node::from_inner(i).cluster().map(|c| c.members().iter().filter(|m| !m.draining).count()))
+                    .unwrap_or(1)
+            });
+            crate::autoscaler::AutoscalerArgs {
+                policy: c.autoscaler_policy.clone(),
+                scaler,
+                live,
+                metrics: self.inner.metrics.clone(),
+                log: self.inner.autoscale_log.clone(),
+            }
+        });
+        let job = std::sync::Mutex::new(job);
+        let leader_link = link.clone();
+        let leader = tessera_cluster::Singleton::spawn(cluster.store().clone(), "leader", &self.inner.node_id, move |_epoch| {
+            // Each time this node wins the lease it runs a fresh autoscaler.
+            let args = job.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let link = leader_link.clone();
+            async move {
+                match args {
+                    Some(a) => crate::autoscaler::run_as_leader(link, a).await,
+                    None => std::future::pending::<()>().await,
+                }
+            }
+        })?;
         let _ = self.inner.cluster.set(ClusterRuntime { cluster, leader });
         tracing::info!(node = %self.inner.node_id, "cluster joined");
         Ok(())
@@ -441,6 +497,11 @@ impl Node {
     /// The cluster membership, once joined.
     pub fn cluster(&self) -> Option<&tessera_cluster::Cluster> {
         self.inner.cluster.get().map(|c| &c.cluster)
+    }
+
+    /// The autoscaler's recent decisions (on the node that runs it).
+    pub fn autoscaler_log(&self) -> Vec<serde_json::Value> {
+        self.inner.autoscale_log.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
     }
 
     /// True while this node holds the `leader` singleton (it runs the autoscaler).
@@ -970,6 +1031,9 @@ impl Node {
             i.stop();
         }
         self.inner.sweeper.abort();
+        if let Some(p) = &self.inner.metrics_publisher {
+            p.abort();
+        }
         if let Some(s) = &self.inner.gpu_sampler {
             s.abort();
         }

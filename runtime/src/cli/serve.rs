@@ -82,6 +82,39 @@ pub struct ServeArgs {
     /// Milliseconds between rebalancing rounds.
     #[arg(long, env = "TESSERA_REBALANCE_EVERY_MS")]
     pub rebalance_every_ms: Option<u64>,
+    /// Autoscaler (runs on the cluster's leader): none, dry-run, local, kubernetes.
+    #[arg(long, env = "TESSERA_AUTOSCALER")]
+    pub autoscaler: Option<crate::autoscaler::AutoscalerKind>,
+    /// Fewest nodes the autoscaler keeps.
+    #[arg(long, env = "TESSERA_AUTOSCALE_MIN")]
+    pub autoscale_min: Option<usize>,
+    /// Most nodes the autoscaler starts.
+    #[arg(long, env = "TESSERA_AUTOSCALE_MAX")]
+    pub autoscale_max: Option<usize>,
+    /// Non-database request concurrency per node to aim for.
+    #[arg(long, env = "TESSERA_AUTOSCALE_TARGET_REQUESTS")]
+    pub autoscale_target_requests: Option<f64>,
+    /// User-function concurrency per node to aim for.
+    #[arg(long, env = "TESSERA_AUTOSCALE_TARGET_FUNCTIONS")]
+    pub autoscale_target_functions: Option<f64>,
+    /// Seconds the autoscaler averages metrics over.
+    #[arg(long, env = "TESSERA_AUTOSCALE_WINDOW_SECS")]
+    pub autoscale_window_secs: Option<u64>,
+    /// Stable window after a scale-up, seconds.
+    #[arg(long, env = "TESSERA_AUTOSCALE_UP_STABLE_SECS")]
+    pub autoscale_up_stable_secs: Option<u64>,
+    /// Stable window after a scale-down, seconds.
+    #[arg(long, env = "TESSERA_AUTOSCALE_DOWN_STABLE_SECS")]
+    pub autoscale_down_stable_secs: Option<u64>,
+    /// Kubernetes API for the kubernetes scaler (default http://127.0.0.1:8001, `kubectl proxy`).
+    #[arg(long, env = "TESSERA_K8S_API")]
+    pub k8s_api: Option<String>,
+    /// Namespace of the Deployment the kubernetes scaler scales.
+    #[arg(long, env = "TESSERA_K8S_NAMESPACE")]
+    pub k8s_namespace: Option<String>,
+    /// The Deployment the kubernetes scaler scales.
+    #[arg(long, env = "TESSERA_K8S_DEPLOYMENT")]
+    pub k8s_deployment: Option<String>,
 }
 
 fn parse_durability(s: &str) -> Result<Durability, String> {
@@ -116,6 +149,30 @@ impl ServeArgs {
         );
         set!(nats_prefix, result_ttl_secs, async_max_deliver, async_ack_wait_ms);
         set!(invocation_timeout_ms, shards, cluster, lease_ttl_ms, rebalance_max_moves, rebalance_every_ms);
+        set!(autoscaler, k8s_api, k8s_namespace, k8s_deployment);
+        let p = &mut c.autoscaler_policy;
+        for (dst, src) in [(&mut p.min_nodes, self.autoscale_min), (&mut p.max_nodes, self.autoscale_max)] {
+            if let Some(v) = src {
+                *dst = v;
+            }
+        }
+        for (dst, src) in [
+            (&mut p.target_request_concurrency, self.autoscale_target_requests),
+            (&mut p.target_function_concurrency, self.autoscale_target_functions),
+        ] {
+            if let Some(v) = src {
+                *dst = v;
+            }
+        }
+        for (dst, src) in [
+            (&mut p.window_secs, self.autoscale_window_secs),
+            (&mut p.scale_up_stable_secs, self.autoscale_up_stable_secs),
+            (&mut p.scale_down_stable_secs, self.autoscale_down_stable_secs),
+        ] {
+            if let Some(v) = src {
+                *dst = v;
+            }
+        }
         for (dst, src) in [(&mut c.http, &self.http), (&mut c.nats, &self.nats), (&mut c.node_id, &self.node_id)] {
             if let Some(v) = src {
                 *dst = Some(v.clone());
@@ -148,10 +205,28 @@ pub(crate) async fn run(args: ServeArgs, registry: Registry) -> anyhow::Result<(
         "tessera node {} serving http://{addr}{nats}  journal: {journal}{cluster}  entities: {types:?}  functions: {functions:?}",
         node.node_id(),
     );
-    shutdown_signal().await;
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        _ = parent_gone() => eprintln!("the node that started this one is gone"),
+    }
     eprintln!("shutting down");
     node.shutdown().await;
     Ok(())
+}
+
+/// Resolves when the process named by `TESSERA_PARENT_PID` (set by the
+/// local process scaler for the nodes it starts) has exited; never otherwise.
+async fn parent_gone() {
+    let Some(pid) = std::env::var("TESSERA_PARENT_PID").ok().filter(|p| p.bytes().all(|b| b.is_ascii_digit())) else {
+        return std::future::pending().await;
+    };
+    let proc = std::path::PathBuf::from(format!("/proc/{pid}"));
+    if !proc.exists() {
+        return std::future::pending().await; // not Linux, or already gone at start: do not guess
+    }
+    while proc.exists() {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }
 
 async fn shutdown_signal() {

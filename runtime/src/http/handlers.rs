@@ -260,3 +260,14 @@ pub(crate) async fn not_found(uri: axum::http::Uri) -> Response {
     let body = json!({"error": {"kind": "not_found", "status": 404, "message": format!("no route for {uri}")}});
     (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
 }
+
+pub(crate) async fn autoscaler(State(node): State<Node>) -> Response {
+    let members = node.cluster().map(|c| c.members().len());
+    axum::Json(json!({
+        "node_id": node.node_id(),
+        "leader": node.is_leader(),
+        "members": members,
+        "decisions": node.autoscaler_log(),
+    }))
+    .into_response()
+}

@@ -3,6 +3,7 @@
 //! | route | what |
 //! |---|---|
 //! | `POST /v1/entities/{type}/{id}/{command}` | run a command (`Idempotency-Key` header optional) |
+//! | `GET /v1/autoscaler` | whether this node runs the autoscaler, and its recent decisions |
 //! | `GET /v1/entities/{type}/{id}` | state and last seq (`?at=SEQ`: as of that seq) |
 //! | `GET /v1/entities/{type}/{id}/events?from=&to=&limit=` | the journal as JSON |
 //! | `GET /v1/entities/{type}?after=&limit=` | entity ids of a type |
@@ -42,6 +43,7 @@ pub fn router(node: Node) -> Router {
         .route("/v1/functions/{name}", post(handlers::function))
         .route("/v1/invocations/{id}", get(handlers::invocation))
         .route("/v1/registry", get(handlers::registry))
+        .route("/v1/autoscaler", get(handlers::autoscaler))
         .route("/healthz", get(handlers::healthz))
         .route("/metrics", get(handlers::metrics))
         .fallback(handlers::not_found)

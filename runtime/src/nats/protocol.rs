@@ -58,6 +58,10 @@ impl Subjects {
     pub fn result(&self, invocation_id: &str) -> String {
         format!("{}.result.{invocation_id}", self.prefix)
     }
+    /// `{p}.metrics.{node}`: a node's load, once a second (JSON).
+    pub fn metrics(&self, node: &str) -> String {
+        format!("{}.metrics.{node}", self.prefix)
+    }
     /// `{p}.dlq.{function}`: invocations that failed every delivery.
     pub fn dead_letter(&self, function: &str) -> String {
         format!("{}.dlq.{function}", self.prefix)

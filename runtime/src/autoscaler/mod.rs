@@ -1,0 +1,241 @@
+//! The autoscaler in a node: every node publishes its load once a second on
+//! `{prefix}.metrics.{node}`; the node holding the cluster's `leader`
+//! singleton runs the [`AutoscalerActor`], which averages those samples over
+//! the policy's window, runs the pure policy
+//! (`tessera_cluster::autoscaler::decide`) every second and hands decisions to
+//! a [`Scaler`]. When the leader dies the singleton (and so the actor) moves.
+
+pub mod scaler;
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde::{Deserialize, Serialize};
+use tessera_cluster::autoscaler::{Decision, NodeMetrics, PolicyConfig, PolicyState, Window, decide};
+
+pub use scaler::{DryRunScaler, KubernetesScaler, LocalProcessScaler, Scaler, ScalerError};
+
+use crate::metrics::Metrics;
+use crate::nats::NatsLink;
+
+/// Which scaler a node's autoscaler uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum AutoscalerKind {
+    /// No autoscaler (default).
+    #[default]
+    None,
+    /// Decide and log only.
+    DryRun,
+    /// Start and stop node processes of this binary.
+    Local,
+    /// Set a Deployment's replicas.
+    Kubernetes,
+}
+
+impl std::str::FromStr for AutoscalerKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" | "off" => Ok(Self::None),
+            "dry-run" => Ok(Self::DryRun),
+            "local" => Ok(Self::Local),
+            "kubernetes" | "k8s" => Ok(Self::Kubernetes),
+            other => Err(format!("unknown autoscaler `{other}`: none, dry-run, local or kubernetes")),
+        }
+    }
+}
+
+/// The last decisions, newest last (served at `GET /v1/autoscaler`).
+pub type DecisionLog = Arc<Mutex<VecDeque<serde_json::Value>>>;
+
+/// A node's load now; `requests_total` is the running count of finished
+/// invocations, from which the rate since `last` is derived.
+pub(crate) fn sample(node_id: &str, m: &Metrics, rate: f64) -> NodeMetrics {
+    let gpus = crate::executor::devices::gpus()
+        .into_iter()
+        .map(|g| tessera_cluster::autoscaler::GpuMetrics {
+            index: g.index,
+            utilization: g.utilization,
+            memory_used: g.memory_total.saturating_sub(g.memory_free),
+            memory_total: g.memory_total,
+        })
+        .collect();
+    NodeMetrics {
+        node_id: node_id.to_owned(),
+        at_ms: crate::now_ms(),
+        request_concurrency: m.in_flight.get() as f64,
+        function_concurrency: m.functions_running.get() as f64,
+        db_concurrency: m.journal_in_flight.get() as f64,
+        request_rate: rate,
+        active_entities: m.active_entities.get().max(0) as u64,
+        gpus,
+    }
+}
+
+/// Publishes this node's metrics every second until aborted.
+pub(crate) fn publish_metrics(node_id: String, link: NatsLink, metrics: Metrics) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let subject = link.subjects.metrics(&node_id);
+        let mut last = (Instant::now(), metrics.requests_finished());
+        let mut every = tokio::time::interval(Duration::from_secs(1));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let total = metrics.requests_finished();
+            let secs = last.0.elapsed().as_secs_f64().max(1e-3);
+            let rate = (total - last.1).max(0.0) / secs;
+            last = (Instant::now(), total);
+            let s = sample(&node_id, &metrics, rate);
+            metrics.request_rate.set(rate);
+            if let Ok(body) = serde_json::to_vec(&s)
+                && let Err(e) = link.client.publish(subject.clone(), body.into()).await
+            {
+                tracing::debug!(error = %e, "cannot publish metrics");
+            }
+        }
+    })
+}
+
+/// What the autoscaler actor needs.
+#[derive(Clone)]
+pub(crate) struct AutoscalerArgs {
+    pub(crate) policy: PolicyConfig,
+    pub(crate) scaler: Arc<dyn Scaler>,
+    /// Live, non-draining members now.
+    pub(crate) live: Arc<dyn Fn() -> usize + Send + Sync>,
+    pub(crate) metrics: Metrics,
+    pub(crate) log: DecisionLog,
+}
+
+/// Messages of the autoscaler actor.
+pub(crate) enum AutoscalerMsg {
+    /// A node's sample.
+    Metrics(NodeMetrics),
+    /// Decide.
+    Tick,
+}
+
+/// The autoscaler's behaviour.
+pub(crate) struct AutoscalerActor;
+
+/// The autoscaler's state.
+pub(crate) struct AutoscalerState {
+    args: AutoscalerArgs,
+    window: Window,
+    policy: PolicyState,
+    started: Instant,
+}
+
+impl Actor for AutoscalerActor {
+    type Msg = AutoscalerMsg;
+    type State = AutoscalerState;
+    type Arguments = AutoscalerArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<AutoscalerMsg>,
+        args: AutoscalerArgs,
+    ) -> Result<AutoscalerState, ActorProcessingErr> {
+        myself.send_interval(Duration::from_secs(1), || AutoscalerMsg::Tick);
+        args.metrics.autoscaler_leader.set(1);
+        tracing::info!(scaler = args.scaler.name(), "autoscaler running on this node");
+        let window = Window::new(Duration::from_secs(args.policy.window_secs.max(1)));
+        Ok(AutoscalerState { args, window, policy: PolicyState::default(), started: Instant::now() })
+    }
+
+    async fn post_stop(&self, _: ActorRef<AutoscalerMsg>, st: &mut AutoscalerState) -> Result<(), ActorProcessingErr> {
+        st.args.metrics.autoscaler_leader.set(0);
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<AutoscalerMsg>,
+        msg: AutoscalerMsg,
+        st: &mut AutoscalerState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            AutoscalerMsg::Metrics(m) => st.window.push(m),
+            AutoscalerMsg::Tick => st.tick().await,
+        }
+        Ok(())
+    }
+}
+
+impl AutoscalerState {
+    async fn tick(&mut self) {
+        let now = crate::now_ms();
+        self.window.expire(now);
+        let live = (self.args.live)().max(1);
+        let elapsed = self.started.elapsed();
+        // Outside a stable window the cluster as it is is the truth (a
+        // scaler may have failed, nodes may have died or been added).
+        let stable = self.policy.last_change.is_some_and(|(at, dir, _)| {
+            let w = match dir {
+                tessera_cluster::autoscaler::Direction::Up => self.args.policy.scale_up_stable_secs,
+                tessera_cluster::autoscaler::Direction::Down => self.args.policy.scale_down_stable_secs,
+            };
+            elapsed.saturating_sub(at) < Duration::from_secs(w)
+        });
+        if !stable {
+            self.policy.target = Some(live);
+        }
+        let obs = self.window.observe();
+        let (decision, next) = decide(&self.args.policy, &obs, elapsed, &self.policy);
+        self.args.metrics.autoscaler_target_nodes.set(decision.nodes() as i64);
+        let Decision::Scale { from, to, reason } = &decision else { return };
+        let direction = if to > from { "up" } else { "down" };
+        tracing::info!(from, to, %reason, live, scaler = self.args.scaler.name(), "autoscaler decision");
+        self.args.metrics.autoscaler_decisions.with_label_values(&[direction]).inc();
+        let result = self.args.scaler.scale(*to, live).await;
+        if let Err(e) = &result {
+            tracing::warn!(error = %e, "the scaler could not apply the decision");
+        }
+        let entry = serde_json::json!({
+            "at_ms": now, "from": from, "to": to, "reason": reason, "live": live,
+            "observation": obs, "scaler": self.args.scaler.name(),
+            "error": result.as_ref().err().map(ToString::to_string),
+        });
+        let mut log = self.args.log.lock().unwrap_or_else(|p| p.into_inner());
+        log.push_back(entry);
+        while log.len() > 200 {
+            log.pop_front();
+        }
+        self.policy = next;
+    }
+}
+
+/// The leader's job: runs the actor and feeds it every node's samples until
+/// this future is dropped (the singleton lease was lost or the node stops).
+pub(crate) async fn run_as_leader(link: NatsLink, args: AutoscalerArgs) {
+    struct StopOnDrop(ActorRef<AutoscalerMsg>);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            self.0.stop(Some("leadership lost".into()));
+        }
+    }
+    let mut sub = match link.client.subscribe(link.subjects.metrics("*")).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "autoscaler cannot subscribe to metrics");
+            return;
+        }
+    };
+    let actor = match Actor::spawn(None, AutoscalerActor, args).await {
+        Ok((a, _)) => a,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the autoscaler");
+            return;
+        }
+    };
+    let _stop = StopOnDrop(actor.clone());
+    while let Some(m) = sub.next().await {
+        if let Ok(s) = serde_json::from_slice::<NodeMetrics>(&m.payload) {
+            let _ = actor.send_message(AutoscalerMsg::Metrics(s));
+        }
+    }
+}
