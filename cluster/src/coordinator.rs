@@ -237,7 +237,8 @@ impl Inner {
     }
 
     fn owned(&self, held: &HashMap<Unit, Held>) -> Vec<Unit> {
-        let mut v: Vec<Unit> = held.iter().filter(|(_, h)| h.state == LeaseState::Owned).map(|(u, _)| u.clone()).collect();
+        let mut v: Vec<Unit> =
+            held.iter().filter(|(_, h)| h.state == LeaseState::Owned).map(|(u, _)| u.clone()).collect();
         v.sort();
         v
     }
@@ -257,7 +258,8 @@ impl Inner {
         let jobs: Vec<(Unit, LeaseValue, u64)> = held
             .iter()
             .map(|(u, h)| {
-                let v = LeaseValue { owner: self.me().to_owned(), epoch: h.epoch, state: h.state, since_ms: h.since_ms };
+                let v =
+                    LeaseValue { owner: self.me().to_owned(), epoch: h.epoch, state: h.state, since_ms: h.since_ms };
                 (u.clone(), v, h.revision)
             })
             .collect();

@@ -251,7 +251,9 @@ impl ClusterStore {
 
     /// A watch of every key: the current value of each, then every change.
     /// `None` items are deletions (the key).
-    pub async fn watch(&self) -> Result<impl futures::Stream<Item = Result<Change, ClusterError>> + use<>, ClusterError> {
+    pub async fn watch(
+        &self,
+    ) -> Result<impl futures::Stream<Item = Result<Change, ClusterError>> + use<>, ClusterError> {
         let w = self.kv.watch_with_history(">").await.map_err(unavailable)?;
         Ok(w.map(|e| {
             let e = e.map_err(unavailable)?;

@@ -201,12 +201,7 @@ impl Metrics {
     /// Invocations finished so far, all kinds and statuses.
     pub fn requests_finished(&self) -> f64 {
         use prometheus::core::Collector;
-        self.requests
-            .collect()
-            .iter()
-            .flat_map(|f| f.get_metric())
-            .map(|m| m.get_counter().get_value())
-            .sum()
+        self.requests.collect().iter().flat_map(|f| f.get_metric()).map(|m| m.get_counter().get_value()).sum()
     }
 
     /// The Prometheus text exposition of every metric.

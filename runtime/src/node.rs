@@ -306,19 +306,20 @@ impl NodeBuilder {
                 crate::autoscaler::LocalProcessScaler::for_current_process(config.data_dir.join("autoscaled"))
                     .map_err(|e| NodeError::Spawn(e.to_string()))?,
             )),
-            (None, crate::autoscaler::AutoscalerKind::Kubernetes) => Some(Arc::new(crate::autoscaler::KubernetesScaler::new(
-                &config.k8s_api,
-                &config.k8s_namespace,
-                &config.k8s_deployment,
-                crate::autoscaler::KubernetesScaler::service_account_token(),
-            ))),
+            (None, crate::autoscaler::AutoscalerKind::Kubernetes) => {
+                Some(Arc::new(crate::autoscaler::KubernetesScaler::new(
+                    &config.k8s_api,
+                    &config.k8s_namespace,
+                    &config.k8s_deployment,
+                    crate::autoscaler::KubernetesScaler::service_account_token(),
+                )))
+            }
         };
         if scaler.is_some() && !clustered {
             tracing::warn!("an autoscaler needs a cluster (NATS and a shared journal); it will not run");
         }
-        let metrics_publisher = nats
-            .clone()
-            .map(|link| crate::autoscaler::publish_metrics(node_id.clone(), link, metrics.clone()));
+        let metrics_publisher =
+            nats.clone().map(|link| crate::autoscaler::publish_metrics(node_id.clone(), link, metrics.clone()));
         let inner = Arc::new(NodeInner {
             scaler,
             metrics_publisher,
@@ -442,13 +443,10 @@ impl Node {
         Self { inner }
     }
 
-    async fn join_cluster(
-        &self,
-        ownership: Arc<tessera_cluster::Ownership>,
-        link: NatsLink,
-    ) -> Result<(), NodeError> {
+    async fn join_cluster(&self, ownership: Arc<tessera_cluster::Ownership>, link: NatsLink) -> Result<(), NodeError> {
         let c = &self.inner.config;
-        let host = Arc::new(crate::cluster_host::Host::new(link.clone(), self.inner.refs.clone(), self.inner.metrics.clone()));
+        let host =
+            Arc::new(crate::cluster_host::Host::new(link.clone(), self.inner.refs.clone(), self.inner.metrics.clone()));
         host.set_node(Arc::downgrade(&self.inner));
         let mut cc = tessera_cluster::ClusterConfig::new(self.inner.node_id.clone(), c.nats_prefix.clone());
         cc.lease_ttl = Duration::from_millis(c.lease_ttl_ms);
@@ -460,7 +458,9 @@ impl Node {
             let weak = Arc::downgrade(&self.inner);
             let live: Arc<dyn Fn() -> usize + Send + Sync> = Arc::new(move || {
                 weak.upgrade()
-                    .and_then(|i| Node::from_inner(i).cluster().map(|c| c.members().iter().filter(|m| !m.draining).count()))
+                    .and_then(|i| {
+                        Node::from_inner(i).cluster().map(|c| c.members().iter().filter(|m| !m.draining).count())
+                    })
                     .unwrap_or(1)
             });
             crate::autoscaler::AutoscalerArgs {
@@ -473,17 +473,18 @@ impl Node {
         });
         let job = std::sync::Mutex::new(job);
         let leader_link = link.clone();
-        let leader = tessera_cluster::Singleton::spawn(cluster.store().clone(), "leader", &self.inner.node_id, move |_epoch| {
-            // Each time this node wins the lease it runs a fresh autoscaler.
-            let args = job.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            let link = leader_link.clone();
-            async move {
-                match args {
-                    Some(a) => crate::autoscaler::run_as_leader(link, a).await,
-                    None => std::future::pending::<()>().await,
+        let leader =
+            tessera_cluster::Singleton::spawn(cluster.store().clone(), "leader", &self.inner.node_id, move |_epoch| {
+                // Each time this node wins the lease it runs a fresh autoscaler.
+                let args = job.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let link = leader_link.clone();
+                async move {
+                    match args {
+                        Some(a) => crate::autoscaler::run_as_leader(link, a).await,
+                        None => std::future::pending::<()>().await,
+                    }
                 }
-            }
-        })?;
+            })?;
         let _ = self.inner.cluster.set(ClusterRuntime { cluster, leader });
         tracing::info!(node = %self.inner.node_id, "cluster joined");
         Ok(())
@@ -599,7 +600,9 @@ impl Node {
             };
         }
         if !may_forward {
-            n.registry.entity(&inv.entity_type).ok_or_else(|| InvokeError::UnknownEntityType(inv.entity_type.clone()))?;
+            n.registry
+                .entity(&inv.entity_type)
+                .ok_or_else(|| InvokeError::UnknownEntityType(inv.entity_type.clone()))?;
             return Err(InvokeError::ShardMoved(format!(
                 "node {} does not serve {}/{shard} (now)",
                 n.node_id, inv.entity_type

@@ -107,7 +107,10 @@ impl Cluster {
             if missing == 0 && hi - lo <= 1 {
                 return started.elapsed();
             }
-            assert!(started.elapsed() < within, "not balanced over {nodes:?} within {within:?}: {m:?}, {missing} elsewhere");
+            assert!(
+                started.elapsed() < within,
+                "not balanced over {nodes:?} within {within:?}: {m:?}, {missing} elsewhere"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -131,7 +134,12 @@ const ENTITIES: usize = 200;
 
 /// Workers sending `flaky batch {n:1}` with idempotency keys to `targets`
 /// (round robin), retrying errors with the same key for up to 20 s.
-fn spawn_load(targets: Arc<std::sync::Mutex<Vec<String>>>, load: Arc<Load>, stop: Arc<AtomicBool>, worker: usize) -> tokio::task::JoinHandle<()> {
+fn spawn_load(
+    targets: Arc<std::sync::Mutex<Vec<String>>>,
+    load: Arc<Load>,
+    stop: Arc<AtomicBool>,
+    worker: usize,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let client = client();
         let mut i = 0usize;
@@ -220,7 +228,12 @@ async fn verify_journal(base: &str, load: &Load) -> usize {
                 .filter(|e| e["invocation_id"] == json!(key))
                 .map(|e| format!("seq {} node {} epoch {} at {}", e["seq"], e["node"], e["epoch"], e["timestamp_ms"]))
                 .collect();
-            assert_eq!(seen.get(key), Some(&1), "acknowledged {key} on {ent} (seq {seq}) is in the journal once: {dups:?}, retried {}", load.retried.load(Ordering::Relaxed));
+            assert_eq!(
+                seen.get(key),
+                Some(&1),
+                "acknowledged {key} on {ent} (seq {seq}) is in the journal once: {dups:?}, retried {}",
+                load.retried.load(Ordering::Relaxed)
+            );
             checked += 1;
         }
         assert_eq!(seen.values().sum::<usize>(), events.len());
@@ -318,7 +331,10 @@ async fn failover_join_and_graceful_leave_lose_nothing() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let join_ms = joined.elapsed().as_millis() as u64;
-    report("join", json!({"balanced_after_ms": join_ms, "cap_per_round": CAP, "max_moves_in_progress_seen": max_in_progress, "first_share_seen": first_seen}));
+    report(
+        "join",
+        json!({"balanced_after_ms": join_ms, "cap_per_round": CAP, "max_moves_in_progress_seen": max_in_progress, "first_share_seen": first_seen}),
+    );
     assert!(first_seen.is_some_and(|n| n <= 2 * CAP), "the new node took shards gradually, first {first_seen:?}");
     assert!(max_in_progress <= 2 * CAP, "at most the cap in flight (with view lag): {max_in_progress}");
     targets.lock().unwrap_or_else(|p| p.into_inner()).push(n4.base.clone());
@@ -446,7 +462,8 @@ async fn a_node_cut_off_from_nats_stops_serving_before_its_lease_is_taken() {
     assert!(refused_at < taken_at, "n2 stopped serving ({refused_at:?}) before n1 took the lease ({taken_at:?})");
 
     // The new owner continues from everything n2 committed.
-    let (s, _, v) = post(&format!("{}/v1/entities/flaky/{entity}/batch", n1.base), r#"{"n":1}"#, Some("after-takeover")).await;
+    let (s, _, v) =
+        post(&format!("{}/v1/entities/flaky/{entity}/batch", n1.base), r#"{"n":1}"#, Some("after-takeover")).await;
     assert_eq!(s, 200, "{v}");
     let events = all_events(&n1.base, &entity).await;
     assert_eq!(events.len(), 2 + served_after_cut, "every acknowledged command is there once");
@@ -469,7 +486,12 @@ async fn throughput_with_1_2_3_nodes() {
     let nats = nats_url();
     let secs = std::env::var("TESSERA_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5u64);
     let mut rows = Vec::new();
-    for (label, nodes) in [("baseline: 1 node, no cluster", 0usize), ("cluster 1 node", 1), ("cluster 2 nodes", 2), ("cluster 3 nodes", 3)] {
+    for (label, nodes) in [
+        ("baseline: 1 node, no cluster", 0usize),
+        ("cluster 1 node", 1),
+        ("cluster 2 nodes", 2),
+        ("cluster 3 nodes", 3),
+    ] {
         let c = Cluster::new().await;
         let mut procs = Vec::new();
         if nodes == 0 {
@@ -570,9 +592,22 @@ async fn the_autoscaler_adds_nodes_under_load_and_removes_them_after() {
     let c = Cluster::new().await;
     let nats = nats_url();
     let policy = [
-        "--autoscaler", "local", "--autoscale-min", "1", "--autoscale-max", "3",
-        "--autoscale-target-functions", "4", "--autoscale-target-requests", "1000",
-        "--autoscale-window-secs", "2", "--autoscale-up-stable-secs", "5", "--autoscale-down-stable-secs", "2",
+        "--autoscaler",
+        "local",
+        "--autoscale-min",
+        "1",
+        "--autoscale-max",
+        "3",
+        "--autoscale-target-functions",
+        "4",
+        "--autoscale-target-requests",
+        "1000",
+        "--autoscale-window-secs",
+        "2",
+        "--autoscale-up-stable-secs",
+        "5",
+        "--autoscale-down-stable-secs",
+        "2",
     ];
     let n1 = c.start("n1", &nats, &policy).await;
     c.wait_even(&["n1"], Duration::from_secs(30)).await;

@@ -157,7 +157,11 @@ pub fn decide(cfg: &PolicyConfig, o: &Observation, now: Duration, state: &Policy
         return scale(lo.min(current + step), Direction::Up, format!("below the minimum of {lo} nodes"));
     }
     if current > hi {
-        return scale(hi.max(current.saturating_sub(step)), Direction::Down, format!("above the maximum of {hi} nodes"));
+        return scale(
+            hi.max(current.saturating_sub(step)),
+            Direction::Down,
+            format!("above the maximum of {hi} nodes"),
+        );
     }
     if o.nodes == 0 {
         return hold("no metrics in the window".into());

@@ -216,8 +216,7 @@ pub fn run(trace: &[TracePoint], policy: PolicyKind, cfg: &PolicyConfig, model: 
         let rho = if ready > 0.0 { (busy / (ready * model.slots_per_node)).min(0.98) } else { 0.98 };
         let queue_ms = if capacity_rps > 0.0 { backlog / capacity_rps * 1000.0 } else { 60_000.0 };
         let inflation = 1.0 + (rho - 0.7).max(0.0) / (1.0 - rho);
-        let latency_ms =
-            if p.request_rate + backlog > 0.0 { p.service_time_ms * inflation + queue_ms } else { 0.0 };
+        let latency_ms = if p.request_rate + backlog > 0.0 { p.service_time_ms * inflation + queue_ms } else { 0.0 };
         ticks.push(Tick { t, request_rate: p.request_rate, nodes: nodes.len(), ready, latency_ms, backlog, rejected });
         let o = Observation {
             nodes: nodes.len(),
@@ -246,8 +245,8 @@ pub fn run(trace: &[TracePoint], policy: PolicyKind, cfg: &PolicyConfig, model: 
                 d
             }
             PolicyKind::Naive => {
-                let want = ((o.request_concurrency - o.db_concurrency).max(0.0) / cfg.target_request_concurrency)
-                    .ceil() as usize;
+                let want = ((o.request_concurrency - o.db_concurrency).max(0.0) / cfg.target_request_concurrency).ceil()
+                    as usize;
                 let to = want.clamp(lo, hi);
                 if to == current {
                     Decision::Hold { nodes: current, reason: String::new() }
@@ -373,7 +372,11 @@ mod tests {
             .map(|t| {
                 let saw = (t % 120) as f64 / 120.0;
                 let noise = ((t * 7919) % 13) as f64 / 13.0 - 0.5;
-                TracePoint { time_s: t as f64, request_rate: 500.0 + 4000.0 * saw + 600.0 * noise, service_time_ms: 50.0 }
+                TracePoint {
+                    time_s: t as f64,
+                    request_rate: 500.0 + 4000.0 * saw + 600.0 * noise,
+                    service_time_ms: 50.0,
+                }
             })
             .collect();
         let r = run(&trace, PolicyKind::Tessera, &cfg, &ModelConfig::default());

@@ -24,7 +24,7 @@ pub use serve::ServeArgs;
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a node (embedded journal by default) serving HTTP.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Send a command to an entity over HTTP.
     Send(SendArgs),
     /// Call a stateless function over HTTP.
@@ -47,7 +47,7 @@ pub enum Command {
 /// Runs a shared subcommand.
 pub async fn run(cmd: Command, registry: Registry) -> anyhow::Result<()> {
     match cmd {
-        Command::Serve(a) => serve::run(a, registry).await,
+        Command::Serve(a) => serve::run(*a, registry).await,
         Command::Send(a) => send::send(a).await,
         Command::Call(a) => send::call(a).await,
         Command::Journal(c) => journal::run(c, registry).await,

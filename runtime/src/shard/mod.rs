@@ -88,15 +88,29 @@ pub(crate) struct StateRequest {
 pub(crate) enum ShardMsg {
     Command(CommandRequest),
     State(StateRequest),
-    Activated { key: EntityKey, incarnation: u64, result: Result<activation::Rebuilt, InvokeError> },
-    Appended { key: EntityKey, incarnation: u64, result: Result<AppendAck, InvokeError> },
+    Activated {
+        key: EntityKey,
+        incarnation: u64,
+        result: Result<activation::Rebuilt, InvokeError>,
+    },
+    Appended {
+        key: EntityKey,
+        incarnation: u64,
+        result: Result<AppendAck, InvokeError>,
+    },
     /// This node is handing off (or lost) an entity type's slice of the
     /// shard: refuse its new commands, passivate its idle entities (all of
     /// them when `force`), reply how many are still busy.
-    Release { entity_type: String, force: bool, reply: RpcReplyPort<usize> },
+    Release {
+        entity_type: String,
+        force: bool,
+        reply: RpcReplyPort<usize>,
+    },
     /// This node just acquired the slice: forget anything cached for it and
     /// accept its commands again.
-    Acquire { entity_type: String },
+    Acquire {
+        entity_type: String,
+    },
     Tick,
 }
 
