@@ -91,3 +91,52 @@ async fn send_call_and_inspect_over_http_and_on_the_data_dir() {
     assert!(!offline.4.status.success());
     assert!(String::from_utf8_lossy(&offline.4.stderr).contains("no Tessera journal"));
 }
+
+#[test]
+fn autoscaler_simulate_writes_logs_plots_and_a_comparison() {
+    let out = tempfile::tempdir().unwrap();
+    let traces = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../cluster/traces");
+    let step = traces.join("step.csv");
+    let spike = traces.join("spike.csv");
+    let o = run(&[
+        "autoscaler",
+        "simulate",
+        "--trace",
+        step.to_str().unwrap(),
+        spike.to_str().unwrap(),
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(table.contains("step") && table.contains("naive") && table.contains("tessera"), "{table}");
+    for f in ["step.svg", "step-decisions.csv", "step-summary.json", "spike.svg", "summary.json"] {
+        assert!(out.path().join(f).exists(), "{f} written");
+    }
+    let svg = std::fs::read_to_string(out.path().join("step.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("polyline"));
+    let summary: Value = serde_json::from_slice(&std::fs::read(out.path().join("step-summary.json")).unwrap()).unwrap();
+    assert!(summary["tessera"]["node_seconds"].as_f64().unwrap() > 0.0, "{summary}");
+    let log = std::fs::read_to_string(out.path().join("step-decisions.csv")).unwrap();
+    assert!(log.starts_with("time_s,policy,from,to,reason\n") && log.contains(",tessera,"), "{log}");
+
+    // Bad input: a clear error naming the line.
+    let bad = out.path().join("bad.csv");
+    std::fs::write(&bad, "time_s,request_rate,service_time_ms\n0,10,5\n1,lots,5\n").unwrap();
+    let o = run(&["autoscaler", "simulate", "--trace", bad.to_str().unwrap(), "--out", out.path().to_str().unwrap()]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("line 3") && err.contains("bad.csv"), "{err}");
+}
+
+#[test]
+fn cluster_commands_say_clearly_when_there_is_no_cluster() {
+    let o = run(&["cluster", "status", "--nats", "nats://127.0.0.1:1"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot connect to NATS at nats://127.0.0.1:1"));
+    let prefix = common::unique_prefix();
+    let o = run(&["cluster", "locate", "stock", "s:1", "--nats", &common::nats_url(), "--nats-prefix", &prefix]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("no cluster bucket") && err.contains("_CLUSTER"), "{err}");
+}

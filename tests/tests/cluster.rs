@@ -684,6 +684,22 @@ async fn the_autoscaler_moves_when_its_node_dies() {
     let nats = nats_url();
     let a = c.start("a", &nats, &["--autoscaler", "dry-run"]).await;
     let b = c.start("b", &nats, &["--autoscaler", "dry-run"]).await;
+
+    // Every node publishes its load once a second on {prefix}.metrics.{node}.
+    let nc = async_nats::connect(&nats).await.expect("nats");
+    let mut sub = nc.subscribe(format!("{}.metrics.*", c.prefix)).await.expect("subscribe");
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 2 {
+        let m = tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut sub))
+            .await
+            .expect("metrics arrive every second")
+            .expect("subscription open");
+        let s: tessera_cluster::autoscaler::NodeMetrics = serde_json::from_slice(&m.payload).expect("NodeMetrics JSON");
+        assert_eq!(m.subject.as_str(), format!("{}.metrics.{}", c.prefix, s.node_id));
+        assert!(s.request_concurrency >= 0.0 && s.request_rate >= 0.0 && s.at_ms > 0);
+        seen.insert(s.node_id);
+    }
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["a", "b"]);
     let started = Instant::now();
     let leader = loop {
         if let Some(l) = c.status().await.leader {
