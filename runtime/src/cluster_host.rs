@@ -55,7 +55,7 @@ impl Host {
                 return;
             }
         };
-        let _ = self.link.client.flush().await;
+        self.flush().await;
         let (stop, mut stopped) = oneshot::channel();
         let (link, node) = (self.link.clone(), self.node());
         let task = tokio::spawn(async move {
@@ -91,8 +91,14 @@ impl Host {
         if let Some(s) = sub {
             let _ = s.stop.send(());
             let _ = tokio::time::timeout(Duration::from_secs(2), s.task).await;
-            let _ = self.link.client.flush().await;
+            self.flush().await;
         }
+    }
+
+    /// Waits until NATS has our (un)subscriptions, but not forever: when the
+    /// server is unreachable there is nobody to tell.
+    async fn flush(&self) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.link.client.flush()).await;
     }
 
     async fn release_entities(&self, unit: &Unit, force: bool) -> usize {
