@@ -544,27 +544,17 @@ impl Node {
     /// Runs one entity command: decoded here, handled by the entity's shard
     /// actor, its events durable before this returns.
     pub async fn invoke(&self, inv: Invocation) -> Result<CommandReply, InvokeError> {
-        let started = Instant::now();
-        let invocation_id = inv.idempotency_key.clone().unwrap_or_else(new_invocation_id);
-        let span = tracing::info_span!(
-            "invoke",
-            entity_type = %inv.entity_type,
-            entity_id = %inv.entity_id,
-            command = %inv.command,
-            invocation_id = %invocation_id,
-        );
-        let result = self.invoke_routed(inv, invocation_id, span.clone(), true).instrument(span).await;
-        self.record("command", started, result.as_ref().map(|_| ()).map_err(InvokeError::status));
-        result
+        self.invoke_traced(inv, true).await
     }
 
     /// Runs a command on this node only: in a cluster, refuses it as
     /// `shard_moved` unless this node serves the shard (the NATS handler of
     /// a shard subject uses this: forwarding there could loop).
     pub(crate) async fn invoke_here(&self, inv: Invocation) -> Result<CommandReply, InvokeError> {
-        if !self.clustered() {
-            return self.invoke(inv).await;
-        }
+        self.invoke_traced(inv, false).await
+    }
+
+    async fn invoke_traced(&self, inv: Invocation, may_forward: bool) -> Result<CommandReply, InvokeError> {
         let started = Instant::now();
         let invocation_id = inv.idempotency_key.clone().unwrap_or_else(new_invocation_id);
         let span = tracing::info_span!(
@@ -574,7 +564,7 @@ impl Node {
             command = %inv.command,
             invocation_id = %invocation_id,
         );
-        let result = self.invoke_routed(inv, invocation_id, span.clone(), false).instrument(span).await;
+        let result = self.invoke_routed(inv, invocation_id, span.clone(), may_forward).instrument(span).await;
         self.record("command", started, result.as_ref().map(|_| ()).map_err(InvokeError::status));
         result
     }
