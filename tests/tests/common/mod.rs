@@ -179,3 +179,4 @@ pub fn scylla_server() -> String {
 pub fn unique_keyspace() -> String {
     unique_prefix().replace('x', "_")
 }
+pub mod cluster;
