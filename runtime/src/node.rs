@@ -324,6 +324,7 @@ impl NodeBuilder {
             scaler,
             metrics_publisher,
             autoscale_log: Arc::default(),
+            autoscale_state: Arc::default(),
             ownership,
             forwarder,
             cluster: std::sync::OnceLock::new(),
@@ -378,6 +379,7 @@ pub(crate) struct NodeInner {
     scaler: Option<Arc<dyn crate::autoscaler::Scaler>>,
     metrics_publisher: Option<tokio::task::JoinHandle<()>>,
     autoscale_log: crate::autoscaler::DecisionLog,
+    autoscale_state: Arc<std::sync::Mutex<Option<tessera_cluster::autoscaler::PolicyState>>>,
     /// In a cluster: the lease table (the fence); `None` outside a cluster.
     ownership: Option<Arc<tessera_cluster::Ownership>>,
     /// In a cluster: sends commands to the shard's owner.
@@ -469,6 +471,8 @@ impl Node {
                 live,
                 metrics: self.inner.metrics.clone(),
                 log: self.inner.autoscale_log.clone(),
+                state: None,
+                shared_state: self.inner.autoscale_state.clone(),
             }
         });
         let job = std::sync::Mutex::new(job);
@@ -503,6 +507,12 @@ impl Node {
     /// The autoscaler's recent decisions (on the node that runs it).
     pub fn autoscaler_log(&self) -> Vec<serde_json::Value> {
         self.inner.autoscale_log.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
+    }
+
+    /// The autoscaler's policy state while it runs here (times are ms since
+    /// the Unix epoch).
+    pub fn autoscaler_state(&self) -> Option<tessera_cluster::autoscaler::PolicyState> {
+        *self.inner.autoscale_state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// True while this node holds the `leader` singleton (it runs the autoscaler).

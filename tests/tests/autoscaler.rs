@@ -141,6 +141,16 @@ async fn the_autoscaler_moves_when_its_node_dies() {
     let (dead, survivor) = if leader == "a" { (a, b) } else { (b, a) };
     let (_, v) = get(&format!("{}/v1/autoscaler", dead.base)).await;
     assert_eq!(v["leader"], true, "the leader runs the autoscaler: {v}");
+    // Two idle nodes: the leader decides to go down to one (dry run: it
+    // only logs) and keeps that decision's state in KV.
+    let decided = loop {
+        let (_, v) = get(&format!("{}/v1/autoscaler", dead.base)).await;
+        if !v["state"]["last_change"].is_null() {
+            break v["state"].clone();
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no decision: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let (_, v) = get(&format!("{}/v1/autoscaler", survivor.base)).await;
     assert_eq!(v["leader"], false, "only the leader does: {v}");
     dead.kill().await;
@@ -154,5 +164,8 @@ async fn the_autoscaler_moves_when_its_node_dies() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     report("autoscaler-failover", json!({"moved_after_ms": killed.elapsed().as_millis() as u64}));
+    // The new leader continues the stable window of the last decision.
+    let (_, v) = get(&format!("{}/v1/autoscaler", survivor.base)).await;
+    assert_eq!(v["state"]["last_change"], decided["last_change"], "{v}");
     survivor.kill().await;
 }

@@ -100,6 +100,29 @@ pub(crate) fn publish_metrics(node_id: String, link: NatsLink, metrics: Metrics)
     })
 }
 
+/// Where the leader keeps the policy state (`{PREFIX}_AUTOSCALER`, key
+/// `state`, no TTL), so that a new leader continues the stable windows of
+/// the last decision instead of starting afresh.
+pub(crate) async fn state_store(link: &NatsLink) -> Option<async_nats::jetstream::kv::Store> {
+    let bucket = format!("{}_AUTOSCALER", link.subjects.prefix().to_ascii_uppercase().replace(['.', '-'], "_"));
+    if let Ok(kv) = link.js.get_key_value(&bucket).await {
+        return Some(kv);
+    }
+    let cfg = async_nats::jetstream::kv::Config {
+        bucket: bucket.clone(),
+        description: "Tessera autoscaler: the policy state of the last decision".into(),
+        history: 1,
+        ..Default::default()
+    };
+    match link.js.create_key_value(cfg).await {
+        Ok(kv) => Some(kv),
+        Err(e) => {
+            tracing::warn!(error = %e, %bucket, "no autoscaler state bucket; a new leader will start afresh");
+            None
+        }
+    }
+}
+
 /// What the autoscaler actor needs.
 #[derive(Clone)]
 pub(crate) struct AutoscalerArgs {
@@ -109,6 +132,10 @@ pub(crate) struct AutoscalerArgs {
     pub(crate) live: Arc<dyn Fn() -> usize + Send + Sync>,
     pub(crate) metrics: Metrics,
     pub(crate) log: DecisionLog,
+    /// The policy state shared with later leaders.
+    pub(crate) state: Option<async_nats::jetstream::kv::Store>,
+    /// The current policy state, for `GET /v1/autoscaler`.
+    pub(crate) shared_state: Arc<Mutex<Option<PolicyState>>>,
 }
 
 /// Messages of the autoscaler actor.
@@ -126,8 +153,9 @@ pub(crate) struct AutoscalerActor;
 pub(crate) struct AutoscalerState {
     args: AutoscalerArgs,
     window: Window,
+    /// Times in it are wall-clock (since the Unix epoch), so that it means
+    /// the same on the next leader.
     policy: PolicyState,
-    started: Instant,
 }
 
 impl Actor for AutoscalerActor {
@@ -144,11 +172,21 @@ impl Actor for AutoscalerActor {
         args.metrics.autoscaler_leader.set(1);
         tracing::info!(scaler = args.scaler.name(), "autoscaler running on this node");
         let window = Window::new(Duration::from_secs(args.policy.window_secs.max(1)));
-        Ok(AutoscalerState { args, window, policy: PolicyState::default(), started: Instant::now() })
+        let mut policy = PolicyState::default();
+        if let Some(kv) = &args.state
+            && let Ok(Some(bytes)) = kv.get("state").await
+            && let Ok(saved) = serde_json::from_slice::<PolicyState>(&bytes)
+        {
+            tracing::info!(state = ?saved, "autoscaler continues the previous leader's policy state");
+            policy = saved;
+        }
+        *args.shared_state.lock().unwrap_or_else(|p| p.into_inner()) = Some(policy);
+        Ok(AutoscalerState { args, window, policy })
     }
 
     async fn post_stop(&self, _: ActorRef<AutoscalerMsg>, st: &mut AutoscalerState) -> Result<(), ActorProcessingErr> {
         st.args.metrics.autoscaler_leader.set(0);
+        *st.args.shared_state.lock().unwrap_or_else(|p| p.into_inner()) = None;
         Ok(())
     }
 
@@ -171,7 +209,7 @@ impl AutoscalerState {
         let now = crate::now_ms();
         self.window.expire(now);
         let live = (self.args.live)().max(1);
-        let elapsed = self.started.elapsed();
+        let elapsed = Duration::from_millis(now.max(0) as u64);
         // Outside a stable window the cluster as it is is the truth (a
         // scaler may have failed, nodes may have died or been added).
         let stable = self.policy.last_change.is_some_and(|(at, dir, _)| {
@@ -200,18 +238,28 @@ impl AutoscalerState {
             "observation": obs, "scaler": self.args.scaler.name(),
             "error": result.as_ref().err().map(ToString::to_string),
         });
-        let mut log = self.args.log.lock().unwrap_or_else(|p| p.into_inner());
-        log.push_back(entry);
-        while log.len() > 200 {
-            log.pop_front();
+        {
+            let mut log = self.args.log.lock().unwrap_or_else(|p| p.into_inner());
+            log.push_back(entry);
+            while log.len() > 200 {
+                log.pop_front();
+            }
         }
         self.policy = next;
+        if let Some(kv) = &self.args.state
+            && let Ok(body) = serde_json::to_vec(&self.policy)
+            && let Err(e) = kv.put("state", body.into()).await
+        {
+            tracing::warn!(error = %e, "cannot save the autoscaler state");
+        }
+        *self.args.shared_state.lock().unwrap_or_else(|p| p.into_inner()) = Some(self.policy);
     }
 }
 
 /// The leader's job: runs the actor and feeds it every node's samples until
 /// this future is dropped (the singleton lease was lost or the node stops).
-pub(crate) async fn run_as_leader(link: NatsLink, args: AutoscalerArgs) {
+pub(crate) async fn run_as_leader(link: NatsLink, mut args: AutoscalerArgs) {
+    args.state = state_store(&link).await;
     struct StopOnDrop(ActorRef<AutoscalerMsg>);
     impl Drop for StopOnDrop {
         fn drop(&mut self) {

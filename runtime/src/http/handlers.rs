@@ -267,6 +267,7 @@ pub(crate) async fn autoscaler(State(node): State<Node>) -> Response {
         "node_id": node.node_id(),
         "leader": node.is_leader(),
         "members": members,
+        "state": node.autoscaler_state(),
         "decisions": node.autoscaler_log(),
     }))
     .into_response()
