@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_nats::jetstream;
 use futures::StreamExt;
@@ -42,6 +42,13 @@ struct Held {
     revision: u64,
     state: LeaseState,
     since_ms: i64,
+}
+
+impl Held {
+    /// The lease's value as `owner` writes it.
+    fn value(&self, owner: &str) -> LeaseValue {
+        LeaseValue { owner: owner.to_owned(), epoch: self.epoch, state: self.state, since_ms: self.since_ms }
+    }
 }
 
 struct Inner {
@@ -150,14 +157,6 @@ impl Cluster {
             t.abort();
         }
     }
-
-    /// Stops without handing off (tests of crashes; leases expire by TTL).
-    pub fn abandon(&self) {
-        self.inner.stopped.store(true, Ordering::Release);
-        for t in &self.tasks {
-            t.abort();
-        }
-    }
 }
 
 impl Drop for Cluster {
@@ -255,14 +254,8 @@ impl Inner {
 
     async fn renew(&self, held: &mut HashMap<Unit, Held>) {
         let ttl = self.config.lease_ttl;
-        let jobs: Vec<(Unit, LeaseValue, u64)> = held
-            .iter()
-            .map(|(u, h)| {
-                let v =
-                    LeaseValue { owner: self.me().to_owned(), epoch: h.epoch, state: h.state, since_ms: h.since_ms };
-                (u.clone(), v, h.revision)
-            })
-            .collect();
+        let jobs: Vec<(Unit, LeaseValue, u64)> =
+            held.iter().map(|(u, h)| (u.clone(), h.value(self.me()), h.revision)).collect();
         let results: Vec<(Unit, Instant, Result<u64, ClusterError>)> = futures::stream::iter(jobs)
             .map(|(u, v, rev)| async move {
                 let sent = Instant::now();
@@ -375,8 +368,7 @@ impl Inner {
         }
         h.state = LeaseState::Releasing;
         self.ownership.stop_accepting(&unit);
-        let v = LeaseValue { owner: self.me().to_owned(), epoch: h.epoch, state: h.state, since_ms: h.since_ms };
-        match self.store.update(&unit.key(), &v, h.revision).await {
+        match self.store.update(&unit.key(), &h.value(self.me()), h.revision).await {
             Ok(rev) => h.revision = rev,
             Err(e) => tracing::debug!(%unit, error = %e, "cannot mark the lease as releasing"),
         }
@@ -400,10 +392,4 @@ impl Inner {
             self.left.notify_waiters();
         }
     }
-}
-
-/// How long after a crash its shards are owned again, at most: the lease
-/// TTL plus one tick (plus the time to create the leases).
-pub fn takeover_bound(config: &ClusterConfig) -> Duration {
-    config.lease_ttl + config.tick
 }

@@ -214,7 +214,7 @@ impl ClusterStore {
     /// Deletes `key` if its revision is still `revision`.
     pub async fn delete(&self, key: &str, revision: u64) -> Result<(), ClusterError> {
         self.kv.delete_expect_revision(key, Some(revision)).await.map_err(|e| {
-            if e.to_string().contains("wrong last sequence") {
+            if e.kind() == kv::UpdateErrorKind::WrongLastRevision {
                 ClusterError::Conflict { key: key.to_owned(), revision }
             } else {
                 unavailable(e)

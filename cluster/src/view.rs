@@ -20,8 +20,8 @@ pub struct View {
 }
 
 impl View {
-    /// Starts watching `store`; the task ends when the returned view's last
-    /// clone is dropped... or when aborted through the handle.
+    /// Starts watching `store` (restarting the watch after errors) until the
+    /// returned task is aborted.
     pub fn start(store: &ClusterStore) -> (Self, tokio::task::JoinHandle<()>) {
         let view = Self { entries: Arc::default(), ttl: store.ttl() };
         let (v, store) = (view.clone(), store.clone());

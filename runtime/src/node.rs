@@ -584,19 +584,24 @@ impl Node {
     /// away while the command waited here).
     async fn invoke_routed(
         &self,
-        inv: Invocation,
+        mut inv: Invocation,
         invocation_id: String,
         span: tracing::Span,
         may_forward: bool,
     ) -> Result<CommandReply, InvokeError> {
         let n = &self.inner;
-        let Some(ownership) = &n.ownership else { return self.invoke_inner(inv, invocation_id, span).await };
+        let Some(ownership) = &n.ownership else {
+            let key = EntityKey::new(std::mem::take(&mut inv.entity_type), std::mem::take(&mut inv.entity_id));
+            return self.invoke_inner(key, &inv, invocation_id, span).await;
+        };
         let shard = tessera_journal::shard_of(&inv.entity_type, &inv.entity_id, n.config.shards);
         if ownership.accepting(&inv.entity_type, shard) {
-            let retained = may_forward.then(|| inv.clone());
-            return match (self.invoke_inner(inv, invocation_id, span).await, retained) {
-                (Err(InvokeError::ShardMoved(_)), Some(inv)) => self.forward(inv).await,
-                (other, _) => other,
+            // The invocation stays whole: it is forwarded if the shard moved
+            // away while the command waited here.
+            let key = EntityKey::new(inv.entity_type.clone(), inv.entity_id.clone());
+            return match self.invoke_inner(key, &inv, invocation_id, span).await {
+                Err(InvokeError::ShardMoved(_)) if may_forward => self.forward(inv).await,
+                other => other,
             };
         }
         if !may_forward {
@@ -632,20 +637,22 @@ impl Node {
         crate::cluster_host::forward(client, inv).await
     }
 
+    /// Runs the command of `inv` for `key` (taken from `inv`, whose type and
+    /// id fields are not read here) on this node's shard actor.
     async fn invoke_inner(
         &self,
-        inv: Invocation,
+        key: EntityKey,
+        inv: &Invocation,
         invocation_id: String,
         span: tracing::Span,
     ) -> Result<CommandReply, InvokeError> {
         let n = &self.inner;
         let entity = n
             .registry
-            .entity(&inv.entity_type)
-            .ok_or_else(|| InvokeError::UnknownEntityType(inv.entity_type.clone()))?;
+            .entity(&key.entity_type)
+            .ok_or_else(|| InvokeError::UnknownEntityType(key.entity_type.clone()))?;
         let command = entity.decode_command(&inv.command, &inv.body, inv.format)?;
         let _in_flight = InFlight::enter(n)?;
-        let key = EntityKey::new(inv.entity_type, inv.entity_id);
         let actor = self.shard_actor(&key)?;
         let (tx, rx) = oneshot::channel();
         let req = CommandRequest {

@@ -112,7 +112,6 @@ async fn failover_join_and_graceful_leave_lose_nothing() {
     // n1 leaves gracefully (SIGTERM) while the load goes through n2 and n4.
     *targets.lock().unwrap_or_else(|p| p.into_inner()) = vec![n2.base.clone(), n4.base.clone()];
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let failed_before_leave = load.failed.load(Ordering::Relaxed);
     let retried_before_leave = load.retried.load(Ordering::Relaxed);
     let pid = n1.child.id().expect("pid");
     let left = Instant::now();
@@ -129,7 +128,6 @@ async fn failover_join_and_graceful_leave_lose_nothing() {
     let retried_in_leave = load.retried.load(Ordering::Relaxed) - retried_before_leave;
     report("leave", json!({"exit_after_ms": leave_ms, "attempts_retried_during_leave": retried_in_leave}));
     assert_eq!(load.failed.load(Ordering::Relaxed), 0, "no command failed for good");
-    assert_eq!(load.failed.load(Ordering::Relaxed), failed_before_leave);
 
     let checked = verify_journal(&n2.base, &load).await;
     assert_eq!(checked, load.acked.lock().map(|a| a.len()).unwrap_or(0));

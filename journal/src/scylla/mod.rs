@@ -452,21 +452,12 @@ impl ScyllaJournal {
             .await
             .map_err(unavailable)?;
         let rows = r.into_rows_result().map_err(unavailable)?;
-        let typed = rows
-            .rows::<(i64, Option<i64>, Option<String>, Option<i32>, Option<Vec<u8>>, Option<Vec<u8>>)>()
-            .map_err(unavailable)?;
+        let typed = rows.rows::<EventRow>().map_err(unavailable)?;
         let mut out = Vec::new();
         for row in typed {
-            let (seq, ts, type_name, version, payload, metadata) =
+            let row =
                 row.map_err(|e| JournalError::Corrupt { entity: key.to_string(), seq: 0, detail: e.to_string() })?;
-            out.push(PersistedEvent {
-                seq: seq as u64,
-                timestamp_ms: ts.unwrap_or(0),
-                type_name: type_name.unwrap_or_default(),
-                version: version.unwrap_or(0) as u32,
-                payload: payload.unwrap_or_default(),
-                metadata: metadata.unwrap_or_default(),
-            });
+            out.push(to_event(row));
         }
         Ok(out)
     }

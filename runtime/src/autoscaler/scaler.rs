@@ -79,13 +79,6 @@ impl LocalProcessScaler {
         Self { program, args: kept, data_dir, children: Mutex::default(), started: Default::default() }
     }
 
-    /// Node processes this scaler started that are still running.
-    pub fn running(&self) -> usize {
-        let mut c = self.children.lock().unwrap_or_else(|p| p.into_inner());
-        c.retain_mut(|ch| matches!(ch.try_wait(), Ok(None)));
-        c.len()
-    }
-
     fn start_one(&self) -> Result<(), ScalerError> {
         let n = self.started.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let id = format!("auto-{}-{n}", std::process::id());
@@ -104,7 +97,12 @@ impl LocalProcessScaler {
     }
 
     fn stop_one(&self) -> Result<bool, ScalerError> {
-        let child = self.children.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let child = {
+            let mut c = self.children.lock().unwrap_or_else(|p| p.into_inner());
+            // Forget children that already exited (never signal a reused pid).
+            c.retain_mut(|ch| matches!(ch.try_wait(), Ok(None)));
+            c.pop()
+        };
         let Some(child) = child else { return Ok(false) };
         if let Some(pid) = child.id() {
             let status = std::process::Command::new("kill")

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use tessera_entities::Format;
 use tessera_journal::{Durability, EntityKey, Journal, LocalJournal, NewEvent};
 
-use super::{Sizes, histogram, registry, rss_bytes, summary};
+use super::{Sizes, concurrently, registry, rss_bytes};
 use crate::config::{JournalKind, NodeConfig};
 use crate::node::{Invocation, Node, NodeBuilder};
 
@@ -147,30 +147,17 @@ pub(super) async fn in_memory(s: Sizes) -> anyhow::Result<Value> {
     eprintln!("runtime (memory journal): {rate:.0} commands/s");
 
     let (echo, handle) = Actor::spawn(None, EchoActor, ()).await?;
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..s.callers {
-        let echo = echo.clone();
-        let (total, callers) = (s.commands, s.callers);
-        tasks.push(tokio::spawn(async move {
-            let mut h = histogram();
-            let mut i = c;
-            while i < total {
-                let t = Instant::now();
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                echo.send_message(Echo::Ping(i, tx.into())).map_err(|e| anyhow::anyhow!("{e}"))?;
-                rx.await?;
-                h.record(t.elapsed().as_micros().max(1) as u64)?;
-                i += callers;
-            }
-            anyhow::Ok(h)
-        }));
-    }
-    let mut h = histogram();
-    for t in tasks {
-        h.add(t.await??)?;
-    }
-    let raw = started.elapsed();
+    let ping = echo.clone();
+    let (raw, raw_latency) = concurrently(s.commands, s.callers, move |i| {
+        let echo = ping.clone();
+        async move {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            echo.send_message(Echo::Ping(i, tx.into())).map_err(|e| anyhow::anyhow!("{e}"))?;
+            rx.await?;
+            Ok(())
+        }
+    })
+    .await?;
     echo.stop(None);
     let _ = handle.await;
     let raw_rate = s.commands as f64 / raw.as_secs_f64();
@@ -179,7 +166,7 @@ pub(super) async fn in_memory(s: Sizes) -> anyhow::Result<Value> {
         "description": "commands/s through the runtime on the memory journal (1 event per command) vs raw ractor call round trips to one echo actor",
         "commands": s.commands, "entities": s.entities, "callers": s.callers,
         "runtime": { "commands_per_sec": rate.round(), "latency": latency },
-        "baseline_ractor_call": { "calls_per_sec": raw_rate.round(), "latency": summary(&h) },
+        "baseline_ractor_call": { "calls_per_sec": raw_rate.round(), "latency": raw_latency },
         "ratio_runtime_to_baseline": ratio(rate, raw_rate),
     }))
 }
