@@ -16,7 +16,7 @@ use futures::TryStreamExt;
 use crate::error::AppendError;
 use crate::journal::Journal;
 use crate::memory::MemoryJournal;
-use crate::types::{EntityKey, NewEvent, PersistedEvent, Snapshot};
+use crate::types::{AppendRequest, EntityKey, NewEvent, PersistedEvent, Snapshot};
 
 /// A backend under test: opens a journal, and reopens the same store after
 /// the test dropped every handle (a restart).
@@ -272,6 +272,67 @@ pub async fn reopen_keeps_everything(b: &mut dyn TestBackend) {
     assert_eq!(new[0].event.seq, 4);
 }
 
+/// The fence: once a new owner raised it, an older owner's late write is
+/// refused and writes nothing; a lower raise is refused; the new owner's
+/// writes and unfenced writes go on; conflicts stay conflicts.
+pub async fn fence_refuses_stale_writers(b: &mut dyn TestBackend) {
+    let j = b.open().await;
+    let e = key("fence");
+    let fenced = |expected, events, epoch| AppendRequest::new(expected, events).fenced(epoch);
+    match j.commit(&e, fenced(0, events(1..=1), 5)).await {
+        Err(AppendError::Fenced { epoch: 5, current: 0, .. }) => {}
+        other => panic!("a writer that never raised the fence is refused, got {other:?}"),
+    }
+    j.raise_fence(&e, 5).await.expect("raise");
+    assert_eq!(j.last_seq(&e).await.unwrap(), 0, "a raise writes no event");
+    j.commit(&e, fenced(0, events(1..=2), 5)).await.expect("the owner appends");
+    j.raise_fence(&e, 5).await.expect("raising to the current epoch is a no-op");
+    // A new owner takes over; the old owner's write arrives late.
+    j.raise_fence(&e, 9).await.expect("raise");
+    match j.commit(&e, fenced(2, events(3..=3), 5)).await {
+        Err(AppendError::Fenced { epoch: 5, current: 9, .. }) => {}
+        other => panic!("a stale owner's late write is fenced off, got {other:?}"),
+    }
+    assert_eq!(j.last_seq(&e).await.unwrap(), 2, "nothing was written");
+    match j.raise_fence(&e, 7).await {
+        Err(AppendError::Fenced { epoch: 7, current: 9, .. }) => {}
+        other => panic!("a lower raise is refused, got {other:?}"),
+    }
+    j.commit(&e, fenced(2, events(3..=3), 9)).await.expect("the new owner appends");
+    match j.commit(&e, fenced(2, events(4..=4), 9)).await {
+        Err(AppendError::Conflict { expected: 2, actual: 3, .. }) => {}
+        other => panic!("a wrong seq under the right fence is a conflict, got {other:?}"),
+    }
+    j.append(&e, 3, events(4..=4)).await.expect("unfenced appends ignore the fence");
+    let got = read_all(&*j, &e, 1, u64::MAX).await;
+    assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    assert_eq!(got[2].payload, event(3).payload);
+    // An entity fenced before its first event takes unfenced and fenced appends.
+    let fresh = key("fence-fresh");
+    j.raise_fence(&fresh, 3).await.expect("raise");
+    assert!(read_all(&*j, &fresh, 1, u64::MAX).await.is_empty());
+    j.append(&fresh, 0, events(1..=1)).await.expect("unfenced first append");
+    j.commit(&fresh, fenced(1, events(2..=2), 3)).await.expect("fenced append");
+    assert_eq!(j.last_seq(&fresh).await.unwrap(), 2);
+}
+
+/// A raised fence is durable: after a restart a stale epoch is still refused.
+pub async fn fence_survives_reopen(b: &mut dyn TestBackend) {
+    let e = key("fence-reopen");
+    {
+        let j = b.open().await;
+        j.raise_fence(&e, 4).await.expect("raise");
+        j.commit(&e, AppendRequest::new(0, events(1..=1)).fenced(4)).await.expect("append");
+        j.raise_fence(&e, 6).await.expect("raise");
+    }
+    let j = b.reopen().await;
+    assert!(matches!(
+        j.commit(&e, AppendRequest::new(1, events(2..=2)).fenced(4)).await,
+        Err(AppendError::Fenced { current: 6, .. })
+    ));
+    j.commit(&e, AppendRequest::new(1, events(2..=2)).fenced(6)).await.expect("append");
+}
+
 /// Instantiates the whole conformance suite as tests in module `$name`,
 /// with a fresh backend from `$backend` for each test.
 #[macro_export]
@@ -280,7 +341,7 @@ macro_rules! journal_conformance_tests {
         $crate::journal_conformance_tests!(@suite $name, $backend;
             append_and_read_in_order, conflict_writes_nothing, racing_writers_one_winner,
             concurrent_entities, ranges_and_paging, snapshots, shard_feed, delete_prefix,
-            lists_entities, reopen_keeps_everything);
+            lists_entities, reopen_keeps_everything, fence_refuses_stale_writers, fence_survives_reopen);
     };
     (@suite $name:ident, $backend:expr; $($test:ident),*) => {
         mod $name {

@@ -43,6 +43,21 @@ pub enum AppendError {
         /// The journal's last seq.
         actual: u64,
     },
+    /// The writer's epoch is not the entity's fence: a newer owner raised
+    /// the fence (the writer's lease is gone), or the writer never raised it.
+    /// Nothing was written.
+    #[error(
+        "append to {entity} fenced off: the writer's lease epoch is {epoch}, the entity is fenced at {current} \
+         (another node took the entity over)"
+    )]
+    Fenced {
+        /// The entity, `type/id`.
+        entity: String,
+        /// The writer's epoch.
+        epoch: u64,
+        /// The entity's fence (0: never raised).
+        current: u64,
+    },
     /// Any other failure.
     #[error(transparent)]
     Journal(#[from] JournalError),

@@ -5,7 +5,7 @@ use std::ops::RangeInclusive;
 use futures::stream::BoxStream;
 
 use crate::error::{AppendError, JournalError};
-use crate::types::{AppendAck, EntityInfo, EntityKey, NewEvent, PersistedEvent, ShardEvent, Snapshot};
+use crate::types::{AppendAck, AppendRequest, EntityInfo, EntityKey, NewEvent, PersistedEvent, ShardEvent, Snapshot};
 
 /// A stream of one entity's events, read page by page as it is polled.
 pub type EventStream = BoxStream<'static, Result<PersistedEvent, JournalError>>;
@@ -24,19 +24,38 @@ pub type EntityStream = BoxStream<'static, Result<EntityInfo, JournalError>>;
 ///   never overwritten;
 /// - the events of one append, and a snapshot given with them, are written
 ///   all or nothing;
+/// - a fenced append (one with [`AppendRequest::fence`]) commits only while
+///   the entity's fence equals the writer's epoch, so once a new owner has
+///   raised the fence ([`Journal::raise_fence`]) no write of an older owner
+///   lands, however late it arrives; unfenced appends ignore the fence;
 /// - reads are streamed in pages, so replaying millions of events holds one
 ///   page in memory.
 #[async_trait::async_trait]
 pub trait Journal: Send + Sync + 'static {
-    /// Appends `events` after `expected_seq` (the entity's current last seq, 0
-    /// for a new entity), atomically with `snapshot` when one is given.
+    /// Commits one append: its events after `expected_seq` (the entity's
+    /// current last seq, 0 for a new entity), atomically with its snapshot
+    /// when one is given, only while the entity's fence is the request's
+    /// epoch when it has one.
+    async fn commit(&self, entity: &EntityKey, request: AppendRequest) -> Result<AppendAck, AppendError>;
+
+    /// Raises the entity's fence to `epoch`, the writer's lease epoch: from
+    /// then on only appends fenced with `epoch` commit (older owners' late
+    /// writes fail with [`AppendError::Fenced`]). Raising to the current
+    /// epoch is a no-op; a lower epoch than the current fence fails with
+    /// `Fenced` and changes nothing. Does not change the last seq.
+    async fn raise_fence(&self, entity: &EntityKey, epoch: u64) -> Result<(), AppendError>;
+
+    /// Appends `events` after `expected_seq`, atomically with `snapshot` when
+    /// one is given (unfenced).
     async fn append_with_snapshot(
         &self,
         entity: &EntityKey,
         expected_seq: u64,
         events: Vec<NewEvent>,
         snapshot: Option<Snapshot>,
-    ) -> Result<AppendAck, AppendError>;
+    ) -> Result<AppendAck, AppendError> {
+        self.commit(entity, AppendRequest::new(expected_seq, events).with_snapshot(snapshot)).await
+    }
 
     /// Appends `events` after `expected_seq`.
     async fn append(

@@ -11,7 +11,7 @@ use crate::error::{AppendError, JournalError};
 use crate::journal::{EntityStream, EventStream, Journal, ShardStream};
 use crate::paging::paged;
 use crate::shard::DEFAULT_SHARDS;
-use crate::types::{AppendAck, EntityInfo, EntityKey, NewEvent, PersistedEvent, ShardEvent, Snapshot};
+use crate::types::{AppendAck, AppendRequest, EntityInfo, EntityKey, PersistedEvent, ShardEvent, Snapshot};
 
 const PAGE: usize = 1024;
 
@@ -21,6 +21,7 @@ struct Log {
     last_seq: u64,
     deleted_to: u64,
     snapshot: Option<Snapshot>,
+    fence: u64,
 }
 
 #[derive(Default)]
@@ -59,19 +60,17 @@ pub(crate) fn now_ms() -> i64 {
 
 #[async_trait::async_trait]
 impl Journal for MemoryJournal {
-    async fn append_with_snapshot(
-        &self,
-        entity: &EntityKey,
-        expected_seq: u64,
-        events: Vec<NewEvent>,
-        snapshot: Option<Snapshot>,
-    ) -> Result<AppendAck, AppendError> {
+    async fn commit(&self, entity: &EntityKey, request: AppendRequest) -> Result<AppendAck, AppendError> {
+        let AppendRequest { expected_seq, events, snapshot, fence } = request;
         if events.is_empty() {
             return Err(JournalError::Invalid("append of no events".into()).into());
         }
         let mut store = self.lock();
         let store = &mut *store;
         let log = store.logs.entry(entity.clone()).or_default();
+        if let Some(epoch) = fence.filter(|e| *e != log.fence) {
+            return Err(AppendError::Fenced { entity: entity.to_string(), epoch, current: log.fence });
+        }
         if log.last_seq != expected_seq {
             return Err(AppendError::Conflict {
                 entity: entity.to_string(),
@@ -106,6 +105,16 @@ impl Journal for MemoryJournal {
             log.snapshot = snapshot;
         }
         Ok(AppendAck { first_seq: expected_seq + 1, last_seq, timestamp_ms })
+    }
+
+    async fn raise_fence(&self, entity: &EntityKey, epoch: u64) -> Result<(), AppendError> {
+        let mut store = self.lock();
+        let log = store.logs.entry(entity.clone()).or_default();
+        if log.fence > epoch {
+            return Err(AppendError::Fenced { entity: entity.to_string(), epoch, current: log.fence });
+        }
+        log.fence = epoch;
+        Ok(())
     }
 
     fn read(&self, entity: &EntityKey, range: RangeInclusive<u64>) -> EventStream {

@@ -72,6 +72,51 @@ pub struct Snapshot {
     pub payload: Vec<u8>,
 }
 
+/// One append: the events to write after `expected_seq`, optionally a
+/// snapshot written atomically with them, and the writer's fencing epoch.
+///
+/// ```
+/// use tessera_journal::{AppendRequest, NewEvent};
+/// let ev = NewEvent { type_name: "Restocked".into(), version: 1, payload: vec![], metadata: vec![] };
+/// let req = AppendRequest::new(4, vec![ev]).fenced(17);
+/// assert_eq!((req.expected_seq, req.fence), (4, Some(17)));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendRequest {
+    /// The entity's current last seq (0 for a new entity).
+    pub expected_seq: u64,
+    /// The events, at least one.
+    pub events: Vec<NewEvent>,
+    /// A snapshot written all-or-nothing with the events.
+    pub snapshot: Option<Snapshot>,
+    /// The writer's lease epoch: when set, the append commits only while the
+    /// entity's fence (see [`crate::Journal::raise_fence`]) equals it.
+    /// `None`: an unfenced writer (one node owns everything).
+    pub fence: Option<u64>,
+}
+
+impl AppendRequest {
+    /// Events after `expected_seq`, no snapshot, unfenced.
+    pub fn new(expected_seq: u64, events: Vec<NewEvent>) -> Self {
+        Self { expected_seq, events, snapshot: None, fence: None }
+    }
+    /// Writes `snapshot` atomically with the events.
+    pub fn with_snapshot(mut self, snapshot: Option<Snapshot>) -> Self {
+        self.snapshot = snapshot;
+        self
+    }
+    /// Commits only while the entity's fence is `epoch`.
+    pub fn fenced(mut self, epoch: u64) -> Self {
+        self.fence = Some(epoch);
+        self
+    }
+    /// Sets or clears the fence.
+    pub fn with_fence(mut self, epoch: Option<u64>) -> Self {
+        self.fence = epoch;
+        self
+    }
+}
+
 /// A successful append.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AppendAck {

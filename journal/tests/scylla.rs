@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use futures::TryStreamExt;
 use tessera_journal::conformance::TestBackend;
 use tessera_journal::scylla::MigrateOptions;
-use tessera_journal::{AppendError, EntityKey, Journal, NewEvent, ScyllaJournal};
+use tessera_journal::{AppendError, AppendRequest, EntityKey, Journal, NewEvent, ScyllaJournal};
 
 /// `scylla://host:port` of the test server.
 fn server() -> String {
@@ -120,6 +120,73 @@ async fn racing_writers_across_a_bucket_boundary_commit_each_seq_once() {
         assert_eq!(wins, 1, "round {round}");
     }
     assert_eq!(seqs(&j, &e).await, (1..=12).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fenced_appends_cross_buckets_and_refuse_a_stale_owner_that_sealed_first() {
+    let (j, _) = fresh(4, "").await;
+    let e = EntityKey::new("fence", "x");
+    let fenced = |expected, n: u64, epoch| AppendRequest::new(expected, vec![ev(n)]).fenced(epoch);
+    j.raise_fence(&e, 10).await.unwrap();
+    for n in 1..=6 {
+        j.commit(&e, fenced(n - 1, n, 10)).await.expect("the owner appends across bucket 0 -> 1");
+    }
+    // Old owner (10) fills bucket 1 up to seq 7, then seals bucket 1 on its
+    // way to bucket 2 and stalls before opening it (its seal, done by hand).
+    j.commit(&e, fenced(6, 7, 10)).await.unwrap();
+    let ks = j.config().keyspace.clone();
+    let seal = format!(
+        "UPDATE {ks}.events SET sealed = 2 WHERE entity_type = 'fence' AND entity_id = 'x' AND bucket = 1 IF last_seq = 7 AND fence = 10"
+    );
+    let r = j.session().query_unpaged(seal, ()).await.unwrap();
+    let row = r.into_rows_result().unwrap().first_row::<::scylla::value::Row>().unwrap();
+    assert_eq!(row.columns[0], Some(::scylla::value::CqlValue::Boolean(true)), "sealed: {row:?}");
+    // A new owner (11) raises the fence: the head is sealed, so it opens bucket 2 empty.
+    let j2 = ScyllaJournal::connect(&format!("{}/{ks}", server()), 1024).await.unwrap();
+    j2.raise_fence(&e, 11).await.unwrap();
+    assert_eq!(j2.last_seq(&e).await.unwrap(), 7);
+    // The stalled owner resumes: it cannot open bucket 2 nor append anywhere.
+    match j.commit(&e, fenced(7, 8, 10)).await {
+        Err(AppendError::Fenced { epoch: 10, current: 11, .. }) => {}
+        other => panic!("stale owner fenced off, got {other:?}"),
+    }
+    j2.commit(&e, fenced(7, 8, 11)).await.expect("the new owner appends");
+    assert!(matches!(j.commit(&e, fenced(8, 9, 10)).await, Err(AppendError::Fenced { current: 11, .. })));
+    assert!(matches!(j2.raise_fence(&e, 10).await, Err(AppendError::Fenced { current: 11, .. })));
+    for n in 9..=13 {
+        j2.commit(&e, fenced(n - 1, n, 11)).await.expect("on across buckets 2 -> 3");
+    }
+    assert_eq!(seqs(&j2, &e).await, (1..=13).collect::<Vec<_>>());
+    let got: Vec<_> = j2.read(&e, 1..=u64::MAX).try_collect().await.unwrap();
+    assert_eq!(got[7].payload, ev(8).payload, "seq 8 is the new owner's");
+    // A node without a cluster (unfenced) still appends to the fenced entity.
+    j.append(&e, 13, vec![ev(14)]).await.expect("unfenced append");
+    assert_eq!(j2.last_seq(&e).await.unwrap(), 14);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyspace_of_an_older_schema_is_refused_until_migrated() {
+    let ks = unique_keyspace();
+    let url = format!("{}/{ks}", server());
+    ScyllaJournal::migrate(&url, &MigrateOptions::default()).await.expect("migrate");
+    let (j, e) = (ScyllaJournal::connect(&url, 1024).await.unwrap(), EntityKey::new("old", "a"));
+    j.append(&e, 0, vec![ev(1)]).await.unwrap();
+    // Pretend the keyspace was written by the previous release (schema 1).
+    let set = format!("INSERT INTO {ks}.tessera_meta (key, value) VALUES ('schema_version', '1')");
+    j.session().query_unpaged(set, ()).await.unwrap();
+    let err = ScyllaJournal::connect(&url, 1024).await.err().expect("refused");
+    assert!(err.to_string().contains("run `tessera journal migrate"), "{err}");
+    // Migrating again is harmless (the column exists) and lets nodes in.
+    let applied = ScyllaJournal::migrate(&url, &MigrateOptions::default()).await.expect("re-migrate");
+    assert_eq!(applied, vec![2]);
+    let j = ScyllaJournal::connect(&url, 1024).await.expect("connect after migrate");
+    // Entities written before fences existed (fence null) can be fenced.
+    j.raise_fence(&e, 3).await.unwrap();
+    j.commit(&e, AppendRequest::new(1, vec![ev(2)]).fenced(3)).await.unwrap();
+    assert!(matches!(
+        j.commit(&e, AppendRequest::new(2, vec![ev(3)]).fenced(2)).await,
+        Err(AppendError::Fenced { current: 3, .. })
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

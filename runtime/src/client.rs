@@ -86,6 +86,15 @@ impl Reply {
     }
 }
 
+/// An entity's state as its owner holds it.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+pub struct StateReply {
+    /// The seq of the last event applied.
+    pub seq: u64,
+    /// The state as JSON.
+    pub state: serde_json::Value,
+}
+
 /// The client.
 #[derive(Clone)]
 pub struct NatsClient {
@@ -197,7 +206,18 @@ impl NatsClient {
         if let Some(a) = self.accept {
             h.insert(protocol::ACCEPT, a.content_type());
         }
-        let subject = self.subjects.command(entity_type, shard);
+        self.retrying(self.subjects.command(entity_type, shard), h, body, format).await
+    }
+
+    /// A request to a shard subject, retried with backoff within the timeout
+    /// while the shard moves (no responders, or `shard_moved`).
+    async fn retrying(
+        &self,
+        subject: String,
+        h: HeaderMap,
+        body: Vec<u8>,
+        format: Format,
+    ) -> Result<Reply, ClientError> {
         let started = std::time::Instant::now();
         let mut pause = Duration::from_millis(10);
         loop {
@@ -213,6 +233,18 @@ impl NatsClient {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(250));
         }
+    }
+
+    /// Reads an entity's live state on the node that owns it (retrying
+    /// while its shard moves, like [`Self::send`]).
+    pub async fn state(&self, entity_type: &str, entity_id: &str) -> Result<StateReply, ClientError> {
+        let shard = tessera_journal::shard_of(entity_type, entity_id, self.shards);
+        let mut h = HeaderMap::new();
+        h.insert(protocol::ENTITY, entity_id);
+        h.insert(protocol::READ, "state");
+        h.insert(protocol::ACCEPT, Format::Json.content_type());
+        let reply = self.retrying(self.subjects.command(entity_type, shard), h, Vec::new(), Format::Json).await?;
+        serde_json::from_slice(&reply.body).map_err(|e| ClientError::Other(format!("bad state reply: {e}")))
     }
 
     /// Sends a JSON command.

@@ -135,6 +135,26 @@ impl ShardHost for Host {
     }
 }
 
+/// Reads an entity's live state on the node that owns its shard, over
+/// NATS; retries while the shard moves.
+pub(crate) async fn forward_state(
+    client: &NatsClient,
+    entity_type: &str,
+    entity_id: &str,
+) -> Result<crate::shard::StateView, InvokeError> {
+    match client.state(entity_type, entity_id).await {
+        Ok(view) => Ok(crate::shard::StateView { state: view.state, seq: view.seq }),
+        Err(ClientError::Status { status, body }) => Err(InvokeError::from_reply(status, &body)),
+        Err(ClientError::NoResponders { subject }) => {
+            Err(InvokeError::ShardMoved(format!("no node took the shard ({subject}) in time; retry")))
+        }
+        Err(ClientError::Timeout { timeout, .. }) => {
+            Err(InvokeError::Timeout(format!("the owning node did not answer within {} ms", timeout.as_millis())))
+        }
+        Err(e) => Err(InvokeError::Unavailable(format!("cannot reach the owning node: {e}"))),
+    }
+}
+
 /// Sends a command to the node that owns its shard, over NATS; retries
 /// while the shard moves (see [`NatsClient::send`]).
 pub(crate) async fn forward(client: &NatsClient, inv: Invocation) -> Result<CommandReply, InvokeError> {

@@ -122,13 +122,22 @@ impl InvokeError {
             (_, "misdirected") => Self::Misdirected(payload),
             (_, "too_large") => Self::TooLarge { limit: 0 },
             (_, "rejected") => {
-                let mut r = Rejection::new(e["code"].as_str().unwrap_or_default(), payload);
+                // The message reads `rejected: {code}: {message}`: keep the entity's own message.
+                let code = e["code"].as_str().unwrap_or_default();
+                let text = payload.strip_prefix(code).and_then(|m| m.strip_prefix(": ")).unwrap_or(&payload);
+                let mut r = Rejection::new(code, text);
                 if let Some(d) = e.get("details").filter(|d| !d.is_null()) {
                     r.details = Some(d.clone());
                 }
                 Self::Rejected(r)
             }
-            (_, "entity_busy") => Self::EntityBusy(payload),
+            (_, "entity_busy") => Self::EntityBusy(
+                message
+                    .strip_prefix("entity `")
+                    .and_then(|m| m.strip_suffix("` is busy: its queue is full"))
+                    .unwrap_or(&payload)
+                    .to_owned(),
+            ),
             (_, "shard_moved") => Self::ShardMoved(payload),
             (_, "timeout") => Self::Timeout(payload),
             (_, "handler_panicked") => Self::HandlerPanicked(payload),
@@ -187,8 +196,32 @@ impl From<AppendError> for InvokeError {
             AppendError::Conflict { .. } => {
                 Self::Unavailable(format!("{e}; the entity was reloaded, retry with the same idempotency key"))
             }
+            AppendError::Fenced { .. } => Self::ShardMoved(format!("{e}; nothing was written")),
             AppendError::Journal(j) => j.into(),
             other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error forwarded from another node (its JSON body read back) is
+    /// the error the owner raised: same kind, same message.
+    #[test]
+    fn errors_survive_the_round_trip_through_their_json() {
+        let rejection = Rejection::new("insufficient_stock", "3 on hand, 5 asked").with_details(json!({"on_hand": 3}));
+        for e in [
+            InvokeError::Rejected(rejection),
+            InvokeError::ShardMoved("moving".into()),
+            InvokeError::EntityBusy("stock/a".into()),
+            InvokeError::Timeout("slow".into()),
+            InvokeError::Replay("stock/a: bad".into()),
+        ] {
+            let back = InvokeError::from_reply(e.status(), &e.to_json());
+            assert_eq!(back, e);
+            assert_eq!(back.to_string(), e.to_string());
         }
     }
 }

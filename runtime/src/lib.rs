@@ -39,5 +39,5 @@ pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 pub use error::InvokeError;
-pub use node::{AsyncCall, AsyncDecision, Invocation, Node, NodeBuilder, NodeError};
+pub use node::{AsyncCall, AsyncDecision, Invocation, JournalLayer, Node, NodeBuilder, NodeError, ReadFrom};
 pub use shard::{CommandReply, StateView};

@@ -135,14 +135,44 @@ pub struct NodeBuilder {
     registry: Registry,
     config: NodeConfig,
     journal: Option<Arc<dyn Journal>>,
+    journal_layer: Option<JournalLayer>,
     results: Option<Arc<dyn ResultStore>>,
     scaler: Option<Arc<dyn crate::autoscaler::Scaler>>,
+}
+
+/// Wraps the journal a node opens (e.g. to observe or delay its calls in
+/// fault tests); see [`NodeBuilder::journal_layer`].
+pub type JournalLayer = Arc<dyn Fn(Arc<dyn Journal>) -> Arc<dyn Journal> + Send + Sync>;
+
+/// Where a state read is served (see docs/runtime-semantics.md, "Reads").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReadFrom {
+    /// The node that gets the read: the live entity when this node owns it,
+    /// otherwise the committed state replayed from the shared journal.
+    #[default]
+    Any,
+    /// The entity's owner (forwarded over NATS in a cluster): its live state,
+    /// with no replay on the way.
+    Owner,
 }
 
 impl NodeBuilder {
     /// A node serving `registry`'s entities and functions, with default config.
     pub fn new(registry: Registry) -> Self {
-        Self { registry, config: NodeConfig::default(), journal: None, results: None, scaler: None }
+        Self {
+            registry,
+            config: NodeConfig::default(),
+            journal: None,
+            journal_layer: None,
+            results: None,
+            scaler: None,
+        }
+    }
+    /// Wraps the journal the node uses (the one given or the one the config
+    /// names) in `layer` before anything else sees it.
+    pub fn journal_layer(mut self, layer: JournalLayer) -> Self {
+        self.journal_layer = Some(layer);
+        self
     }
     /// Uses this scaler for the autoscaler instead of the one the config names.
     pub fn scaler(mut self, scaler: Arc<dyn crate::autoscaler::Scaler>) -> Self {
@@ -199,6 +229,10 @@ impl NodeBuilder {
                     }
                 },
             };
+        let journal = match &self.journal_layer {
+            Some(layer) => layer(journal),
+            None => journal,
+        };
         let results: Arc<dyn ResultStore> = match (self.results, journal_given, &config.journal) {
             (Some(r), _, _) => r,
             (None, false, JournalKind::Scylla(_)) => match &scylla {
@@ -686,8 +720,19 @@ impl Node {
         }
     }
 
-    /// The current state of an entity (activating it if needed).
+    /// The current state of an entity (activating it if needed), served by
+    /// this node (see [`ReadFrom::Any`]).
     pub async fn state(&self, entity_type: &str, entity_id: &str) -> Result<StateView, InvokeError> {
+        self.state_from(entity_type, entity_id, ReadFrom::Any).await
+    }
+
+    /// The current state of an entity, read where `from` says.
+    pub async fn state_from(
+        &self,
+        entity_type: &str,
+        entity_id: &str,
+        from: ReadFrom,
+    ) -> Result<StateView, InvokeError> {
         let started = Instant::now();
         let result = async {
             let n = &self.inner;
@@ -698,21 +743,61 @@ impl Node {
             if let Some(o) = &n.ownership
                 && !o.accepting(entity_type, key.shard(n.config.shards))
             {
+                if from == ReadFrom::Owner {
+                    return self.forward_state(entity_type, entity_id).await;
+                }
                 // Another node serves it: read the committed state from the journal.
                 let limits = DedupLimits { max_entries: 0, max_age_ms: 0 };
                 let r = rebuild(entity, &n.journal, &key, u64::MAX, true, limits).await?;
                 return Ok(StateView { state: entity.state_json(&r.state), seq: r.seq });
             }
-            let actor = self.shard_actor(&key)?;
-            let (tx, rx) = oneshot::channel();
-            actor
-                .send_message(ShardMsg::State(StateRequest { key, entity: entity.clone(), reply: tx.into() }))
-                .map_err(|_| InvokeError::Unavailable("shard actor is restarting".into()))?;
-            self.await_reply(rx).await
+            self.state_of_actor(key, entity).await
         }
         .await;
         self.record("state", started, result.as_ref().map(|_| ()).map_err(InvokeError::status));
         result
+    }
+
+    /// The live state of an entity this node serves; in a cluster refuses
+    /// (`shard_moved`) unless this node holds the shard (the NATS handler of
+    /// a shard subject uses this).
+    pub(crate) async fn state_here(&self, entity_type: &str, entity_id: &str) -> Result<StateView, InvokeError> {
+        let n = &self.inner;
+        let entity =
+            n.registry.entity(entity_type).ok_or_else(|| InvokeError::UnknownEntityType(entity_type.into()))?;
+        let key = EntityKey::new(entity_type, entity_id);
+        let shard = key.shard(n.config.shards);
+        if let Some(o) = &n.ownership
+            && !o.accepting(entity_type, shard)
+        {
+            return Err(InvokeError::ShardMoved(format!(
+                "node {} does not serve {entity_type}/{shard} (now)",
+                n.node_id
+            )));
+        }
+        let _in_flight = InFlight::enter(n)?;
+        self.state_of_actor(key, entity).await
+    }
+
+    async fn state_of_actor(
+        &self,
+        key: EntityKey,
+        entity: &Arc<dyn tessera_entities::DynEntity>,
+    ) -> Result<StateView, InvokeError> {
+        let actor = self.shard_actor(&key)?;
+        let (tx, rx) = oneshot::channel();
+        actor
+            .send_message(ShardMsg::State(StateRequest { key, entity: entity.clone(), reply: tx.into() }))
+            .map_err(|_| InvokeError::Unavailable("shard actor is restarting".into()))?;
+        self.await_reply(rx).await
+    }
+
+    async fn forward_state(&self, entity_type: &str, entity_id: &str) -> Result<StateView, InvokeError> {
+        let Some(client) = &self.inner.forwarder else {
+            return Err(InvokeError::Unavailable("this node cannot forward (no NATS)".into()));
+        };
+        self.inner.metrics.cluster_forwards.inc();
+        crate::cluster_host::forward_state(client, entity_type, entity_id).await
     }
 
     /// The state of an entity as it was after event `seq` (time travel),

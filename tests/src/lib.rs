@@ -1,6 +1,7 @@
 //! Shared pieces of the integration tests: a registry with the inventory
 //! application plus a `flaky` entity that misbehaves on purpose, served by
-//! the `tessera-test-node` binary the process tests start.
+//! the `tessera-test-node` binary the process tests start, and a journal
+//! layer that stalls appends on demand ([`StallingJournal`]).
 
 use std::io::Write;
 
@@ -137,4 +138,99 @@ pub fn registry() -> Registry {
         .function(Touch)
         .build()
         .expect("valid registry")
+}
+
+/// A journal layer for fault tests: while the file `gate` exists, every
+/// append waits (after the node's own fence check, before the journal sees
+/// it). The first stalled append writes `{gate}.stalled`; when released,
+/// each stalled append writes its outcome (`ok` or the error kind) to
+/// `{gate}.outcome`. The test node wraps its journal in it when
+/// `TESSERA_TEST_STALL_FILE` names the gate.
+pub struct StallingJournal {
+    inner: std::sync::Arc<dyn tessera_journal::Journal>,
+    gate: std::path::PathBuf,
+}
+
+impl StallingJournal {
+    /// Wraps `inner`, stalling on `gate`.
+    pub fn new(inner: std::sync::Arc<dyn tessera_journal::Journal>, gate: std::path::PathBuf) -> Self {
+        Self { inner, gate }
+    }
+    fn marker(&self, suffix: &str) -> std::path::PathBuf {
+        let mut p = self.gate.clone().into_os_string();
+        p.push(suffix);
+        p.into()
+    }
+}
+
+#[async_trait::async_trait]
+impl tessera_journal::Journal for StallingJournal {
+    async fn commit(
+        &self,
+        entity: &tessera_journal::EntityKey,
+        request: tessera_journal::AppendRequest,
+    ) -> Result<tessera_journal::AppendAck, tessera_journal::AppendError> {
+        if !self.gate.exists() {
+            return self.inner.commit(entity, request).await;
+        }
+        let _ = std::fs::write(self.marker(".stalled"), entity.to_string());
+        while self.gate.exists() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let r = self.inner.commit(entity, request).await;
+        let outcome = match &r {
+            Ok(a) => format!("ok {}", a.last_seq),
+            Err(tessera_journal::AppendError::Fenced { .. }) => "fenced".to_owned(),
+            Err(tessera_journal::AppendError::Conflict { .. }) => "conflict".to_owned(),
+            Err(e) => format!("error {e}"),
+        };
+        let _ = std::fs::write(self.marker(".outcome"), outcome);
+        r
+    }
+    async fn raise_fence(
+        &self,
+        entity: &tessera_journal::EntityKey,
+        epoch: u64,
+    ) -> Result<(), tessera_journal::AppendError> {
+        self.inner.raise_fence(entity, epoch).await
+    }
+    fn read(
+        &self,
+        entity: &tessera_journal::EntityKey,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> tessera_journal::EventStream {
+        self.inner.read(entity, range)
+    }
+    async fn last_seq(&self, entity: &tessera_journal::EntityKey) -> Result<u64, tessera_journal::JournalError> {
+        self.inner.last_seq(entity).await
+    }
+    async fn save_snapshot(
+        &self,
+        entity: &tessera_journal::EntityKey,
+        snapshot: tessera_journal::Snapshot,
+    ) -> Result<(), tessera_journal::JournalError> {
+        self.inner.save_snapshot(entity, snapshot).await
+    }
+    async fn load_snapshot(
+        &self,
+        entity: &tessera_journal::EntityKey,
+    ) -> Result<Option<tessera_journal::Snapshot>, tessera_journal::JournalError> {
+        self.inner.load_snapshot(entity).await
+    }
+    fn events_by_shard(&self, shard: u32, after_offset: u64) -> tessera_journal::ShardStream {
+        self.inner.events_by_shard(shard, after_offset)
+    }
+    async fn delete_to(
+        &self,
+        entity: &tessera_journal::EntityKey,
+        seq: u64,
+    ) -> Result<(), tessera_journal::JournalError> {
+        self.inner.delete_to(entity, seq).await
+    }
+    fn entities(&self, entity_type: &str) -> tessera_journal::EntityStream {
+        self.inner.entities(entity_type)
+    }
+    fn shards(&self) -> u32 {
+        self.inner.shards()
+    }
 }

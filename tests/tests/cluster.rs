@@ -205,6 +205,289 @@ async fn a_node_cut_off_from_nats_stops_serving_before_its_lease_is_taken() {
     n2.kill().await;
 }
 
+/// Reads through any node, owner or not, while writes go through both and
+/// shards move (a node joins, one leaves): no read fails, and every read's
+/// state is the journal's state at the seq it reports. Snapshots every 3
+/// events, so reads and activations on new owners land right after
+/// snapshots all the time (the race of issue 18: a non-owner read saw the
+/// owner's write appear between its event read and its last-seq check).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_on_any_node_match_the_journal_while_writes_and_moves_go_on() {
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::new().await;
+    let nats = nats_url();
+    let snap = ["--snapshot-every", "3"];
+    let a = c.start("a", &nats, &snap).await;
+    let b = c.start("b", &nats, &snap).await;
+    c.wait_even(&["a", "b"], Duration::from_secs(30)).await;
+    // A rejection reads the same served by the owner or forwarded to it.
+    let st = c.status().await;
+    let sold_out = (0..1000)
+        .map(|i| format!("store-1:sold-out-{i}"))
+        .find(|id| st.owner("stock", tessera_journal::shard_of("stock", id, SHARDS)).is_some_and(|l| l.owner == "a"))
+        .expect("a stock entity a serves");
+    let mut bodies = Vec::new();
+    for base in [&a.base, &b.base] {
+        let (s, _, v) = post(&format!("{base}/v1/entities/stock/{sold_out}/purchase"), r#"{"qty":5}"#, None).await;
+        assert_eq!((s, &v["error"]["code"]), (409, &json!("insufficient_stock")), "{v}");
+        bodies.push(v);
+    }
+    assert_eq!(bodies[0], bodies[1], "local and forwarded rejections read the same");
+    assert!(
+        !bodies[1]["error"]["message"].as_str().unwrap_or_default().contains("insufficient_stock: insufficient_stock")
+    );
+    let targets = Arc::new(std::sync::Mutex::new(vec![a.base.clone(), b.base.clone()]));
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(ReadStats::default());
+    let acked = Arc::new(std::sync::Mutex::new(Vec::<(String, u64)>::new()));
+    let mut tasks = Vec::new();
+    for w in 0..3usize {
+        let (targets, stop, acked) = (targets.clone(), stop.clone(), acked.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let (entity, key) = (format!("r{}", (w + i) % READ_ENTITIES), format!("w{w}-{i}"));
+                for attempt in 0.. {
+                    let base = pick(&targets, i + attempt);
+                    let url = format!("{base}/v1/entities/flaky/{entity}/batch");
+                    let r = client()
+                        .post(url)
+                        .header("content-type", "application/json")
+                        .header("idempotency-key", &key)
+                        .body(r#"{"n":1}"#)
+                        .timeout(Duration::from_secs(10))
+                        .send()
+                        .await;
+                    let Ok(r) = r else { continue };
+                    let status = r.status().as_u16();
+                    let seq = r.headers().get("tessera-seq").and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+                    let body: Value = r.json().await.unwrap_or(Value::Null);
+                    if status == 200 {
+                        let seq = seq.expect("a seq");
+                        assert_eq!(body.as_u64(), Some(seq), "{entity}: the reply (count) is the state at its seq");
+                        acked.lock().unwrap_or_else(|p| p.into_inner()).push((entity.clone(), seq));
+                        break;
+                    }
+                    assert!(status == 503 || status == 504, "write {entity}: {status} {body}");
+                    assert!(attempt < 400, "write {entity} never succeeded: {status} {body}");
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+            }
+        }));
+    }
+    for r in 0..5usize {
+        let (targets, stop, reads) = (targets.clone(), stop.clone(), reads.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = r;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let entity = format!("r{}", i % READ_ENTITIES);
+                let base = pick(&targets, i / READ_ENTITIES);
+                let Ok(resp) = client().get(format!("{base}/v1/entities/flaky/{entity}")).send().await else {
+                    continue;
+                };
+                let status = resp.status().as_u16();
+                let v: Value = resp.json().await.unwrap_or(Value::Null);
+                reads.record(status, &entity, &v);
+            }
+        }));
+    }
+    let until = |n: u64| {
+        let reads = reads.clone();
+        async move {
+            let started = Instant::now();
+            while reads.total.load(Ordering::Relaxed) < n {
+                assert!(
+                    started.elapsed() < Duration::from_secs(240),
+                    "only {} reads",
+                    reads.total.load(Ordering::Relaxed)
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    until(8_000).await;
+    // A third node joins: shards move to it; its entities activate there
+    // right after snapshots while writes go on.
+    let n = c.start("c", &nats, &snap).await;
+    targets.lock().unwrap_or_else(|p| p.into_inner()).push(n.base.clone());
+    c.wait_even(&["a", "b", "c"], Duration::from_secs(60)).await;
+    until(16_000).await;
+    // `a` leaves gracefully: its shards move again.
+    *targets.lock().unwrap_or_else(|p| p.into_inner()) = vec![b.base.clone(), n.base.clone()];
+    signal(&a, "TERM");
+    assert!(a.wait().await.success());
+    c.wait_even(&["b", "c"], Duration::from_secs(30)).await;
+    until(24_000).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.expect("client task");
+    }
+    // The journal holds each acknowledged write once, seqs 1..n.
+    let acked = acked.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    for e in 0..READ_ENTITIES {
+        let entity = format!("r{e}");
+        let events = all_events(&b.base, &entity).await;
+        let mut seqs: Vec<u64> = acked.iter().filter(|(x, _)| *x == entity).map(|(_, s)| *s).collect();
+        seqs.sort_unstable();
+        assert_eq!(seqs, (1..=events.len() as u64).collect::<Vec<_>>(), "{entity}: one event per acknowledged write");
+    }
+    let r = &reads;
+    let (total, ok) = (r.total.load(Ordering::Relaxed), r.ok.load(Ordering::Relaxed));
+    report(
+        "reads_while_moving",
+        json!({"reads": total, "ok": ok, "retryable_503": r.retryable.load(Ordering::Relaxed),
+               "server_errors": r.server_errors.load(Ordering::Relaxed), "writes": acked.len(), "snapshot_every": 3}),
+    );
+    assert_eq!(r.server_errors.load(Ordering::Relaxed), 0, "no read failed: {:?}", r.first_error());
+    assert!(ok >= 20_000, "tens of thousands of reads answered: {ok}");
+    b.kill().await;
+    n.kill().await;
+}
+
+const READ_ENTITIES: usize = 5;
+
+fn pick(targets: &std::sync::Mutex<Vec<String>>, i: usize) -> String {
+    let t = targets.lock().unwrap_or_else(|p| p.into_inner());
+    t[i % t.len()].clone()
+}
+
+/// What the readers saw.
+#[derive(Default)]
+struct ReadStats {
+    total: std::sync::atomic::AtomicU64,
+    ok: std::sync::atomic::AtomicU64,
+    retryable: std::sync::atomic::AtomicU64,
+    server_errors: std::sync::atomic::AtomicU64,
+    first_error: std::sync::Mutex<Option<String>>,
+}
+
+impl ReadStats {
+    fn record(&self, status: u16, entity: &str, v: &Value) {
+        self.total.fetch_add(1, Ordering::Relaxed);
+        match status {
+            200 => {
+                self.ok.fetch_add(1, Ordering::Relaxed);
+                // Each event adds one: the state at seq s counts s.
+                assert_eq!(v["state"]["count"], v["seq"], "{entity}: the state read is the journal's at its seq: {v}");
+            }
+            // A read that reached an owner while it handed the shard off.
+            503 if v["error"]["kind"] == "shard_moved" => {
+                self.retryable.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {
+                self.server_errors.fetch_add(1, Ordering::Relaxed);
+                self.first_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert_with(|| format!("{status} {v}"));
+            }
+        }
+    }
+    fn first_error(&self) -> Option<String> {
+        self.first_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// An owner stalled between its fence check and its journal write (a GC
+/// pause, SIGSTOP, a slow network) while a second node takes the shard,
+/// loads the entity and serves reads: when the stall ends, the old owner's
+/// write is refused by the journal's fence (it used to land, and the new
+/// owner served reads that missed it), and no read was stale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_owner_cannot_write_after_a_new_owner_loaded_the_entity() {
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::new().await;
+    let nats = nats_url();
+    let gate = c.dir.path().join("stall-a");
+    let gate_env = gate.to_str().unwrap_or_default().to_owned();
+    let a = c.start_with_env("a", &nats, &[], &[("TESSERA_TEST_STALL_FILE", &gate_env)]).await;
+    let b = c.start("b", &nats, &[]).await;
+    c.wait_even(&["a", "b"], Duration::from_secs(30)).await;
+    let st = c.status().await;
+    let entity = (0..1000)
+        .map(|i| format!("s{i}"))
+        .find(|id| st.owner("flaky", tessera_journal::shard_of("flaky", id, SHARDS)).is_some_and(|l| l.owner == "a"))
+        .expect("an entity a serves");
+    let shard = tessera_journal::shard_of("flaky", &entity, SHARDS);
+    let (s, _, v) = post(&format!("{}/v1/entities/flaky/{entity}/batch", a.base), r#"{"n":1}"#, Some("first")).await;
+    assert_eq!(s, 200, "{v}");
+
+    // `a` decides a command, passes its fence check, and stalls before the write.
+    std::fs::write(&gate, b"").expect("gate");
+    let late_url = format!("{}/v1/entities/flaky/{entity}/batch", a.base);
+    let late = tokio::spawn(async move {
+        let r = client()
+            .post(late_url)
+            .header("content-type", "application/json")
+            .header("idempotency-key", "late")
+            .body(r#"{"n":1}"#)
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await;
+        match r {
+            Ok(r) => (r.status().as_u16(), r.json::<Value>().await.unwrap_or(Value::Null)),
+            Err(e) => (0, json!(e.to_string())),
+        }
+    });
+    let stalled = gate.with_file_name("stall-a.stalled");
+    let started = Instant::now();
+    while !stalled.exists() {
+        assert!(started.elapsed() < Duration::from_secs(10), "the append never reached the stall");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The whole process pauses past its lease; `b` takes the shard over.
+    signal(&a, "STOP");
+    wait_owner(&c, "flaky", shard, "b", Duration::from_secs(30)).await;
+    let state_url = format!("{}/v1/entities/flaky/{entity}", b.base);
+    let (s, seen) = get(&state_url).await;
+    assert_eq!((s, seen["seq"].as_u64(), seen["state"]["count"].as_u64()), (200, Some(1), Some(1)), "{seen}");
+    let (s, owner_read) = get(&format!("{state_url}?read=owner")).await;
+    assert_eq!((s, &owner_read["seq"]), (200, &seen["seq"]), "{owner_read}");
+
+    // The stall ends: the late write reaches the journal under the old epoch.
+    std::fs::remove_file(&gate).expect("open the gate");
+    signal(&a, "CONT");
+    let outcome = gate.with_file_name("stall-a.outcome");
+    let started = Instant::now();
+    while !outcome.exists() {
+        assert!(started.elapsed() < Duration::from_secs(20), "the stalled append never finished");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let outcome = std::fs::read_to_string(&outcome).unwrap_or_default();
+    assert_eq!(outcome, "fenced", "the journal refused the stale owner's write");
+    let (late_status, late_body) = late.await.expect("late request");
+    // Refused at the journal, nothing written: `a` forwarded the command to
+    // the new owner, which ran it on the state it holds (or the caller got
+    // an error to retry). Never a success for the stale write itself.
+    assert!(matches!(late_status, 200 | 503 | 504), "{late_status} {late_body}");
+
+    // Nothing `b` served was stale: its state is the journal's, and the
+    // journal holds the late command at most once, committed by `b`.
+    let (s, _, v) = post(&format!("{}/v1/entities/flaky/{entity}/batch", b.base), r#"{"n":1}"#, Some("after")).await;
+    assert_eq!(s, 200, "{v}");
+    let events = all_events(&b.base, &entity).await;
+    let (s, now) = get(&state_url).await;
+    assert_eq!(s, 200);
+    assert_eq!(now["seq"].as_u64(), Some(events.len() as u64));
+    assert_eq!(now["state"]["count"].as_u64(), Some(events.len() as u64));
+    let by = |key: &str| events.iter().filter(|e| e["invocation_id"] == json!(key)).collect::<Vec<_>>();
+    assert_eq!(by("first").len(), 1);
+    assert_eq!(by("after").len(), 1);
+    let late_events = by("late");
+    assert!(late_events.len() <= 1, "the late command at most once: {late_events:?}");
+    assert!(late_events.iter().all(|e| e["node"] == json!("b")), "never committed by the stale owner: {late_events:?}");
+    assert_eq!(late_events.len(), usize::from(late_status == 200), "the late command landed only if acknowledged");
+    assert!(events.iter().skip(1).all(|e| e["node"] == json!("b")), "after the takeover only b wrote: {events:?}");
+    report(
+        "stalled_owner",
+        json!({"late_status": late_status, "late_outcome_at_journal": outcome, "events": events.len()}),
+    );
+    a.kill().await;
+    b.kill().await;
+}
+
 /// Throughput with 1, 2 and 3 nodes against one Cassandra, beside a
 /// non-clustered node (same journal, same HTTP path) as the baseline. Not
 /// run by default (it measures, asserts nothing): `cargo test -p

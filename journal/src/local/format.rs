@@ -116,19 +116,28 @@ pub(crate) fn decode_event(seq: u64, record: &[u8]) -> Result<PersistedEvent, St
 pub(crate) struct EntityMeta {
     pub(crate) last_seq: u64,
     pub(crate) deleted_to: u64,
+    /// The writer epoch appends must carry (0: never raised). Records
+    /// written before fences existed end after `deleted_to` and read as 0;
+    /// older builds ignore the trailing field.
+    pub(crate) fence: u64,
 }
 
 pub(crate) fn encode_meta(m: EntityMeta) -> Vec<u8> {
-    let mut b = Vec::with_capacity(16);
+    let mut b = Vec::with_capacity(24);
     b.extend_from_slice(&m.last_seq.to_be_bytes());
     b.extend_from_slice(&m.deleted_to.to_be_bytes());
+    if m.fence != 0 {
+        b.extend_from_slice(&m.fence.to_be_bytes());
+    }
     seal(b)
 }
 
 pub(crate) fn decode_meta(record: &[u8]) -> Result<EntityMeta, String> {
     let mut r = Reader(unseal(record)?);
     let bad = || "truncated entity record".to_owned();
-    Ok(EntityMeta { last_seq: r.u64().ok_or_else(bad)?, deleted_to: r.u64().ok_or_else(bad)? })
+    let (last_seq, deleted_to) = (r.u64().ok_or_else(bad)?, r.u64().ok_or_else(bad)?);
+    let fence = if r.0.is_empty() { 0 } else { r.u64().ok_or_else(bad)? };
+    Ok(EntityMeta { last_seq, deleted_to, fence })
 }
 
 pub(crate) fn encode_snapshot(s: &Snapshot) -> Vec<u8> {
@@ -196,6 +205,15 @@ mod tests {
         let mut bad = rec.clone();
         *bad.last_mut().unwrap() ^= 1;
         assert!(decode_event(7, &bad).unwrap_err().contains("checksum"));
+    }
+
+    #[test]
+    fn entity_records_read_with_and_without_a_fence() {
+        let old = EntityMeta { last_seq: 9, deleted_to: 2, fence: 0 };
+        assert_eq!(encode_meta(old).len(), 4 + 16, "unfenced records keep the original layout");
+        assert_eq!(decode_meta(&encode_meta(old)).unwrap(), old);
+        let fenced = EntityMeta { fence: 41, ..old };
+        assert_eq!(decode_meta(&encode_meta(fenced)).unwrap(), fenced);
     }
 
     #[test]

@@ -28,7 +28,7 @@ use crate::error::{AppendError, JournalError, OpenError};
 use crate::journal::{EntityStream, EventStream, Journal, ShardStream};
 use crate::paging::paged;
 use crate::shard::DEFAULT_SHARDS;
-use crate::types::{AppendAck, EntityInfo, EntityKey, NewEvent, PersistedEvent, ShardEvent, Snapshot};
+use crate::types::{AppendAck, AppendRequest, EntityInfo, EntityKey, PersistedEvent, ShardEvent, Snapshot};
 
 /// Name of the format marker file.
 pub const MARKER_FILE: &str = "tessera-journal.json";
@@ -287,15 +287,15 @@ fn read_page(inner: &Inner, entity: &EntityKey, from: u64, to: u64) -> Result<Ve
 
 #[async_trait::async_trait]
 impl Journal for LocalJournal {
-    async fn append_with_snapshot(
-        &self,
-        entity: &EntityKey,
-        expected_seq: u64,
-        events: Vec<NewEvent>,
-        snapshot: Option<Snapshot>,
-    ) -> Result<AppendAck, AppendError> {
+    async fn commit(&self, entity: &EntityKey, request: AppendRequest) -> Result<AppendAck, AppendError> {
         let (ack, rx) = oneshot::channel();
-        self.submit(Op::Append { key: entity.clone(), expected: expected_seq, events, snapshot, ack })?;
+        self.submit(Op::Append { key: entity.clone(), request, ack })?;
+        rx.await.map_err(|_| JournalError::Closed)?
+    }
+
+    async fn raise_fence(&self, entity: &EntityKey, epoch: u64) -> Result<(), AppendError> {
+        let (ack, rx) = oneshot::channel();
+        self.submit(Op::RaiseFence { key: entity.clone(), epoch, ack })?;
         rx.await.map_err(|_| JournalError::Closed)?
     }
 

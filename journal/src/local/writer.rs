@@ -11,27 +11,14 @@ use tokio::sync::oneshot;
 use super::format::{self, EntityMeta};
 use crate::error::{AppendError, JournalError};
 use crate::memory::now_ms;
-use crate::types::{AppendAck, EntityKey, NewEvent, Snapshot};
+use crate::types::{AppendAck, AppendRequest, EntityKey, Snapshot};
 
 /// A write queued for the writer thread.
 pub(crate) enum Op {
-    Append {
-        key: EntityKey,
-        expected: u64,
-        events: Vec<NewEvent>,
-        snapshot: Option<Snapshot>,
-        ack: oneshot::Sender<Result<AppendAck, AppendError>>,
-    },
-    Snapshot {
-        key: EntityKey,
-        snapshot: Snapshot,
-        ack: oneshot::Sender<Result<(), JournalError>>,
-    },
-    DeleteTo {
-        key: EntityKey,
-        seq: u64,
-        ack: oneshot::Sender<Result<(), JournalError>>,
-    },
+    Append { key: EntityKey, request: AppendRequest, ack: oneshot::Sender<Result<AppendAck, AppendError>> },
+    RaiseFence { key: EntityKey, epoch: u64, ack: oneshot::Sender<Result<(), AppendError>> },
+    Snapshot { key: EntityKey, snapshot: Snapshot, ack: oneshot::Sender<Result<(), JournalError>> },
+    DeleteTo { key: EntityKey, seq: u64, ack: oneshot::Sender<Result<(), JournalError>> },
 }
 
 /// Observations of each commit, for metrics.
@@ -62,6 +49,7 @@ pub(crate) struct Writer {
 enum Done {
     Append(oneshot::Sender<Result<AppendAck, AppendError>>, AppendAck),
     Unit(oneshot::Sender<Result<(), JournalError>>),
+    Fence(oneshot::Sender<Result<(), AppendError>>),
 }
 
 impl Writer {
@@ -122,7 +110,8 @@ impl Writer {
 
         for op in ops.drain(..) {
             match op {
-                Op::Append { key, expected, events, snapshot, ack } => {
+                Op::Append { key, request, ack } => {
+                    let AppendRequest { expected_seq: expected, events, snapshot, fence } = request;
                     let ikey = format::index_key(&key);
                     let mut m = match self.meta(&pending, &ikey) {
                         Ok(m) => m,
@@ -133,6 +122,10 @@ impl Writer {
                     };
                     if events.is_empty() {
                         let _ = ack.send(Err(JournalError::Invalid("append of no events".into()).into()));
+                        continue;
+                    }
+                    if let Some(epoch) = fence.filter(|e| *e != m.fence) {
+                        let _ = ack.send(Err(AppendError::Fenced { entity: key.to_string(), epoch, current: m.fence }));
                         continue;
                     }
                     if m.last_seq != expected {
@@ -187,6 +180,27 @@ impl Writer {
                         }
                     }
                 }
+                Op::RaiseFence { key, epoch, ack } => {
+                    let ikey = format::index_key(&key);
+                    match self.meta(&pending, &ikey) {
+                        Err(e) => {
+                            let _ = ack.send(Err(e.into()));
+                        }
+                        Ok(m) if m.fence > epoch => {
+                            let _ =
+                                ack.send(Err(AppendError::Fenced { entity: key.to_string(), epoch, current: m.fence }));
+                        }
+                        Ok(m) if m.fence == epoch => {
+                            let _ = ack.send(Ok(()));
+                        }
+                        Ok(mut m) => {
+                            m.fence = epoch;
+                            batch.insert(&self.ks.index, ikey.clone(), format::encode_meta(m));
+                            pending.insert(ikey, m);
+                            done.push(Done::Fence(ack));
+                        }
+                    }
+                }
                 // A delete scans committed keys, so it runs after this batch commits.
                 op @ Op::DeleteTo { .. } => deferred.push(op),
             }
@@ -208,6 +222,9 @@ impl Writer {
                             Done::Unit(ack) => {
                                 let _ = ack.send(Ok(()));
                             }
+                            Done::Fence(ack) => {
+                                let _ = ack.send(Ok(()));
+                            }
                         }
                     }
                     if let Some(obs) = &self.observer {
@@ -225,6 +242,9 @@ impl Writer {
                             }
                             Done::Unit(ack) => {
                                 let _ = ack.send(Err(err.clone()));
+                            }
+                            Done::Fence(ack) => {
+                                let _ = ack.send(Err(err.clone().into()));
                             }
                         }
                     }

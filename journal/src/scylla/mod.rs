@@ -20,6 +20,20 @@
 //! racing writers wins). A sealed partition takes no more appends. Paxos
 //! (serial consistency LOCAL_SERIAL by default) orders the conditions, so
 //! of any writers racing for a seq exactly one commits it.
+//!
+//! **Why a stale owner's late write cannot land (the fence).** The static
+//! `fence` of the head partition holds the lease epoch of the entity's
+//! current owner. A new owner raises it before it reads the entity
+//! ([`Journal::raise_fence`]: a conditional update of the unsealed head
+//! partition, or — when the head is sealed and its successor not yet
+//! opened — opening the successor empty with the fence, so a writer that
+//! sealed before the raise cannot open it any more). Every fenced append
+//! adds `AND fence = epoch` to its conditions (a new partition is only
+//! opened after sealing the previous one under that condition), so once the
+//! raise committed, a write from an older epoch fails with
+//! [`AppendError::Fenced`]; a write that landed before the raise is seen by
+//! the new owner's read, which follows the raise. Unfenced appends (one node
+//! owning everything) do not check the fence.
 
 mod config;
 pub mod schema;
@@ -51,7 +65,7 @@ use crate::error::{AppendError, JournalError, OpenError};
 use crate::journal::{EntityStream, EventStream, Journal, ShardStream};
 use crate::memory::now_ms;
 use crate::paging::paged;
-use crate::types::{AppendAck, EntityInfo, EntityKey, NewEvent, PersistedEvent, ShardEvent, Snapshot};
+use crate::types::{AppendAck, AppendRequest, EntityInfo, EntityKey, NewEvent, PersistedEvent, ShardEvent, Snapshot};
 
 const HOUR_OFFSETS: u64 = 3600 * 1_000_000 * 1000;
 const PAGE: usize = 1024;
@@ -182,7 +196,29 @@ struct Append<'a> {
     expected: u64,
     events: &'a [NewEvent],
     snapshot: Option<&'a Snapshot>,
+    fence: Option<u64>,
     ts: i64,
+}
+
+/// The statics of one events partition: `last_seq`, `sealed`, `fence`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Statics {
+    last_seq: Option<i64>,
+    sealed: Option<i64>,
+    fence: Option<i64>,
+}
+
+impl Statics {
+    fn from_cols(cols: &HashMap<String, CqlValue>) -> Self {
+        Self {
+            last_seq: as_i64(cols.get("last_seq")),
+            sealed: as_i64(cols.get("sealed")),
+            fence: as_i64(cols.get("fence")),
+        }
+    }
+    fn fence(&self) -> u64 {
+        self.fence.unwrap_or(0).max(0) as u64
+    }
 }
 
 impl ScyllaJournal {
@@ -215,6 +251,15 @@ impl ScyllaJournal {
                 found: version as u32,
                 supported: SCHEMA_VERSION as u32,
             });
+        }
+        if version < SCHEMA_VERSION {
+            return Err(open_err(
+                &config,
+                format!(
+                    "keyspace `{ks}` has schema version {version}, older than the {SCHEMA_VERSION} this build needs: \
+                     run `tessera journal migrate --scylla scylla://HOST:PORT/{ks}` to upgrade it"
+                ),
+            ));
         }
         let st = Statements::prepare(&session, &config).await.map_err(|e| open_err(&config, e))?;
         Ok(Self {
@@ -280,19 +325,25 @@ impl ScyllaJournal {
         r.into_rows_result().map_err(unavailable)?.maybe_first_row::<T>().map_err(unavailable)
     }
 
-    /// Reads one partition's head statics: `None` when it does not exist.
-    async fn head_of(&self, key: &EntityKey, bucket: u64) -> Result<Option<(Option<i64>, Option<i64>)>, JournalError> {
-        self.first_row(&self.inner.st.head_of, Self::pk(key, bucket)).await
+    /// Reads one partition's statics: `None` when it does not exist.
+    async fn statics_of(&self, key: &EntityKey, bucket: u64) -> Result<Option<Statics>, JournalError> {
+        let row: Option<(Option<i64>, Option<i64>, Option<i64>)> =
+            self.first_row(&self.inner.st.head_of, Self::pk(key, bucket)).await?;
+        Ok(row.map(|(last_seq, sealed, fence)| Statics { last_seq, sealed, fence }))
     }
 
-    /// The head partition and last seq of an entity.
-    async fn head(&self, key: &EntityKey) -> Result<(u64, u64), JournalError> {
+    /// The head partition of an entity (the last one that exists; 0 when
+    /// none does) and its statics (`None`: the entity has no partition).
+    async fn head_statics(&self, key: &EntityKey) -> Result<(u64, Option<Statics>), JournalError> {
         let start = self.inner.heads.lock().unwrap_or_else(|p| p.into_inner()).get(key).copied().unwrap_or(0);
-        let (mut b, mut found, mut last) = (start, start, 0u64);
-        while let Some((Some(ls), sealed)) = self.head_of(key, b).await? {
-            last = ls as u64;
+        let (mut b, mut found, mut head) = (start, start, None);
+        while let Some(st) = self.statics_of(key, b).await? {
+            if st.last_seq.is_none() {
+                break;
+            }
             found = b;
-            if sealed.is_none() {
+            head = Some(st);
+            if st.sealed.is_none() {
                 break;
             }
             b += 1;
@@ -300,7 +351,13 @@ impl ScyllaJournal {
         if found != start {
             self.inner.heads.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone(), found);
         }
-        Ok((found, last))
+        Ok((found, head))
+    }
+
+    /// The head partition and last seq of an entity.
+    async fn head(&self, key: &EntityKey) -> Result<(u64, u64), JournalError> {
+        let (b, st) = self.head_statics(key).await?;
+        Ok((b, st.and_then(|s| s.last_seq).unwrap_or(0).max(0) as u64))
     }
 
     fn offset(&self) -> u64 {
@@ -319,17 +376,24 @@ impl ScyllaJournal {
         cond: &Cond,
         append: &Append<'_>,
     ) -> Result<(bool, HashMap<String, CqlValue>), JournalError> {
-        let Append { expected, events, snapshot, ts } = *append;
+        let Append { expected, events, snapshot, fence, ts } = *append;
         let st = &self.inner.st;
         let last = (expected + events.len() as u64) as i64;
-        let head_stmt: &PreparedStatement = match (cond, snapshot.is_some()) {
-            (Cond::Eq(_), false) => &st.head_eq,
-            (Cond::Eq(_), true) => &st.head_eq_snap,
-            (Cond::New, false) => &st.head_new,
-            (Cond::New, true) => &st.head_new_snap,
-            (Cond::Plain, false) => &st.head_plain,
-            (Cond::Plain, true) => &st.head_plain_snap,
+        let fence = fence.filter(|_| !matches!(cond, Cond::Plain));
+        let head_stmt: &PreparedStatement = match (cond, snapshot.is_some(), fence.is_some()) {
+            (Cond::Eq(_), false, false) => &st.head_eq,
+            (Cond::Eq(_), true, false) => &st.head_eq_snap,
+            (Cond::New, false, false) => &st.head_new,
+            (Cond::New, true, false) => &st.head_new_snap,
+            (Cond::Eq(_), false, true) => &st.head_eq_fenced,
+            (Cond::Eq(_), true, true) => &st.head_eq_snap_fenced,
+            (Cond::New, false, true) => &st.head_new_fenced,
+            (Cond::New, true, true) => &st.head_new_snap_fenced,
+            (Cond::Plain, false, _) => &st.head_plain,
+            (Cond::Plain, true, _) => &st.head_plain_snap,
         };
+        // Values in statement order: SET last_seq[, snapshot][, fence (new
+        // partition)] WHERE pk IF [last_seq = expected ... AND fence = ?].
         let mut head = vec![CqlValue::BigInt(last)];
         if let Some(s) = snapshot {
             head.extend([
@@ -339,6 +403,9 @@ impl ScyllaJournal {
                 CqlValue::Blob(s.payload.clone()),
             ]);
         }
+        if let (Cond::New, Some(f)) = (cond, fence) {
+            head.push(CqlValue::BigInt(f as i64));
+        }
         head.extend([
             CqlValue::Text(key.entity_type.clone()),
             CqlValue::Text(key.entity_id.clone()),
@@ -346,6 +413,9 @@ impl ScyllaJournal {
         ]);
         if let Cond::Eq(e) = cond {
             head.push(CqlValue::BigInt(*e as i64));
+            if let Some(f) = fence {
+                head.push(CqlValue::BigInt(f as i64));
+            }
         }
         let mut batch = Batch::new(if matches!(cond, Cond::Plain) { BatchType::Unlogged } else { BatchType::Logged });
         batch.set_consistency(self.inner.config.consistency);
@@ -382,12 +452,52 @@ impl ScyllaJournal {
         }
     }
 
+    /// Why a fenced append was not applied: the head's fence, else its seq.
+    async fn refused(&self, key: &EntityKey, expected: u64, epoch: u64) -> AppendError {
+        match self.head_statics(key).await {
+            Ok((_, Some(st))) if st.fence() != epoch => {
+                AppendError::Fenced { entity: key.to_string(), epoch, current: st.fence() }
+            }
+            Ok((_, None)) => AppendError::Fenced { entity: key.to_string(), epoch, current: 0 },
+            Ok((_, Some(st))) => AppendError::Conflict {
+                entity: key.to_string(),
+                expected,
+                actual: st.last_seq.unwrap_or(0).max(0) as u64,
+            },
+            Err(e) => e.into(),
+        }
+    }
+
+    /// Runs the seal of partition `target - 1` at `expected` (fenced or not).
+    async fn seal(
+        &self,
+        key: &EntityKey,
+        target: u64,
+        expected: u64,
+        fence: Option<u64>,
+    ) -> Result<bool, JournalError> {
+        let (t, i) = (key.entity_type.clone(), key.entity_id.clone());
+        let (b, e) = ((target - 1) as i64, expected as i64);
+        let r = match fence {
+            None => {
+                let v = (CqlValue::BigInt(target as i64), t, i, b, e);
+                self.inner.session.execute_unpaged(&self.inner.st.seal, v).await
+            }
+            Some(f) => {
+                let v = (CqlValue::BigInt(target as i64), t, i, b, e, f as i64);
+                self.inner.session.execute_unpaged(&self.inner.st.seal_fenced, v).await
+            }
+        };
+        Ok(lwt_outcome(r.map_err(unavailable)?)?.0)
+    }
+
     async fn append_inner(
         &self,
         key: &EntityKey,
         expected: u64,
         events: &[NewEvent],
         snapshot: Option<&Snapshot>,
+        fence: Option<u64>,
     ) -> Result<(u64, i64), AppendError> {
         if events.is_empty() {
             return Err(JournalError::Invalid("append of no events".into()).into());
@@ -404,37 +514,102 @@ impl ScyllaJournal {
             return Err(JournalError::Invalid(format!("snapshot seq {} is past {last}", s.seq)).into());
         }
         let target = self.bucket_of(expected + 1);
-        let a = Append { expected, events, snapshot, ts: now_ms() };
+        let a = Append { expected, events, snapshot, fence, ts: now_ms() };
         let ts = a.ts;
         if !self.inner.config.conditional {
             self.write(key, target, &Cond::Plain, &a).await?;
             return Ok((target, ts));
         }
-        if expected == 0 {
-            let (applied, _) = self.write(key, target, &Cond::New, &a).await?;
-            return if applied { Ok((target, ts)) } else { Err(self.conflict(key, expected).await) };
+        let refused = |cols: Statics| async move {
+            match fence {
+                Some(epoch) if cols.last_seq.is_some() && cols.fence() != epoch => {
+                    AppendError::Fenced { entity: key.to_string(), epoch, current: cols.fence() }
+                }
+                Some(epoch) => self.refused(key, expected, epoch).await,
+                None => self.conflict(key, expected).await,
+            }
+        };
+        // An unfenced writer's first append creates partition 0; a fenced
+        // writer's partition exists already (its fence raise opened it).
+        if expected == 0 && fence.is_none() {
+            let (applied, cols) = self.write(key, target, &Cond::New, &a).await?;
+            if applied {
+                return Ok((target, ts));
+            }
+            if as_i64(cols.get("last_seq")) != Some(0) {
+                return Err(self.conflict(key, expected).await);
+            }
+            // Partition 0 was opened empty by a fence raise: append after seq 0.
         }
         let (applied, cols) = self.write(key, target, &Cond::Eq(expected), &a).await?;
         if applied {
             return Ok((target, ts));
         }
-        if as_i64(cols.get("last_seq")).is_some() || target == 0 {
-            return Err(self.conflict(key, expected).await);
+        let cols = Statics::from_cols(&cols);
+        if cols.last_seq.is_some() || target == 0 {
+            return Err(refused(cols).await);
         }
         // The first append of a new partition: seal the previous one at `expected`, then open this one.
-        let seal = (
-            CqlValue::BigInt(target as i64),
-            key.entity_type.clone(),
-            key.entity_id.clone(),
-            (target - 1) as i64,
-            expected as i64,
-        );
-        let r = self.inner.session.execute_unpaged(&self.inner.st.seal, seal).await.map_err(unavailable)?;
-        if !lwt_outcome(r)?.0 {
-            return Err(self.conflict(key, expected).await);
+        if !self.seal(key, target, expected, fence).await? {
+            return Err(refused(Statics::default()).await);
         }
-        let (applied, _) = self.write(key, target, &Cond::New, &a).await?;
-        if applied { Ok((target, ts)) } else { Err(self.conflict(key, expected).await) }
+        let (applied, cols) = self.write(key, target, &Cond::New, &a).await?;
+        if applied {
+            return Ok((target, ts));
+        }
+        if fence.is_none() && as_i64(cols.get("last_seq")) == Some(expected as i64) {
+            // A fence raise opened it empty since: append after `expected` there.
+            let (applied, _) = self.write(key, target, &Cond::Eq(expected), &a).await?;
+            if applied {
+                return Ok((target, ts));
+            }
+        }
+        Err(refused(Statics::default()).await)
+    }
+
+    async fn raise_fence_inner(&self, key: &EntityKey, epoch: u64) -> Result<(), AppendError> {
+        let fenced = |current| AppendError::Fenced { entity: key.to_string(), epoch, current };
+        let st = &self.inner.st;
+        for _ in 0..32 {
+            let (head, statics) = self.head_statics(key).await?;
+            let (t, i) = (key.entity_type.clone(), key.entity_id.clone());
+            let applied = match statics {
+                // No partition yet, or the head is sealed and its successor
+                // not opened: open it empty, fenced, at the head's last seq.
+                None | Some(Statics { sealed: Some(_), .. }) => {
+                    let (bucket, last) = match statics {
+                        None => (0, 0),
+                        Some(s) => (head + 1, s.last_seq.unwrap_or(0)),
+                    };
+                    if let Some(s) = statics.filter(|s| s.fence() > epoch) {
+                        return Err(fenced(s.fence()));
+                    }
+                    let v = (last, epoch as i64, t, i, bucket as i64);
+                    let r = self.inner.session.execute_unpaged(&st.head_new_fenced, v).await.map_err(unavailable)?;
+                    lwt_outcome(r)?.0
+                }
+                Some(s) if s.fence() > epoch => return Err(fenced(s.fence())),
+                Some(s) if s.fence == Some(epoch as i64) => return Ok(()),
+                Some(s) => {
+                    let r = match s.fence {
+                        None => {
+                            let v = (epoch as i64, t, i, head as i64);
+                            self.inner.session.execute_unpaged(&st.raise_fence_from_null, v).await
+                        }
+                        Some(old) => {
+                            let v = (epoch as i64, t, i, head as i64, old);
+                            self.inner.session.execute_unpaged(&st.raise_fence, v).await
+                        }
+                    };
+                    lwt_outcome(r.map_err(unavailable)?)?.0
+                }
+            };
+            if applied {
+                return Ok(());
+            }
+        }
+        Err(JournalError::Unavailable(format!("scylla: could not raise the fence of {key}: its head keeps moving"))
+            .into())
     }
 
     async fn load_page(
@@ -465,14 +640,9 @@ impl ScyllaJournal {
 
 #[async_trait::async_trait]
 impl Journal for ScyllaJournal {
-    async fn append_with_snapshot(
-        &self,
-        entity: &EntityKey,
-        expected_seq: u64,
-        events: Vec<NewEvent>,
-        snapshot: Option<Snapshot>,
-    ) -> Result<AppendAck, AppendError> {
-        let (bucket, ts) = self.append_inner(entity, expected_seq, &events, snapshot.as_ref()).await?;
+    async fn commit(&self, entity: &EntityKey, request: AppendRequest) -> Result<AppendAck, AppendError> {
+        let AppendRequest { expected_seq, events, snapshot, fence } = request;
+        let (bucket, ts) = self.append_inner(entity, expected_seq, &events, snapshot.as_ref(), fence).await?;
         {
             let mut heads = self.inner.heads.lock().unwrap_or_else(|p| p.into_inner());
             let h = heads.entry(entity.clone()).or_insert(bucket);
@@ -505,6 +675,10 @@ impl Journal for ScyllaJournal {
             }
         }
         Ok(AppendAck { first_seq: expected_seq + 1, last_seq: expected_seq + events.len() as u64, timestamp_ms: ts })
+    }
+
+    async fn raise_fence(&self, entity: &EntityKey, epoch: u64) -> Result<(), AppendError> {
+        self.raise_fence_inner(entity, epoch).await
     }
 
     fn read(&self, entity: &EntityKey, range: RangeInclusive<u64>) -> EventStream {

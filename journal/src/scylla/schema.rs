@@ -7,7 +7,12 @@ use scylla::client::session::Session;
 use crate::error::JournalError;
 
 /// The schema version this build creates and reads.
-pub const SCHEMA_VERSION: i32 = 1;
+///
+/// - 1: events (bucketed, statics `last_seq`, `sealed`, snapshot), snapshots,
+///   events_by_shard, entity_ids, invocation_results.
+/// - 2: the static `fence` of each events partition: the lease epoch a
+///   writer's conditional appends must carry.
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Events per partition of the events table, unless the migration chose
 /// another: 100k events of ~200 B is ~20 MB per partition, well under the
@@ -37,7 +42,8 @@ impl Default for MigrateOptions {
 }
 
 fn migrations(ks: &str) -> Vec<(i32, Vec<String>)> {
-    vec![(
+    vec![
+        (
         1,
         vec![
             format!(
@@ -75,7 +81,28 @@ fn migrations(ks: &str) -> Vec<(i32, Vec<String>)> {
                 )"
             ),
         ],
-    )]
+        ),
+        (2, vec![format!("ALTER TABLE {ks}.events ADD fence bigint STATIC")]),
+    ]
+}
+
+/// `(table, column)` of an `ALTER TABLE ks.table ADD column ...` statement.
+fn added_column(cql: &str) -> Option<(&str, &str)> {
+    let rest = cql.strip_prefix("ALTER TABLE ")?;
+    let (table, rest) = rest.split_once(" ADD ")?;
+    let table = table.rsplit('.').next()?;
+    Some((table, rest.split_whitespace().next()?))
+}
+
+async fn column_exists(session: &Session, ks: &str, table: &str, column: &str) -> Result<bool, JournalError> {
+    let r = session
+        .query_unpaged(
+            "SELECT column_name FROM system_schema.columns WHERE keyspace_name = ? AND table_name = ? AND column_name = ?",
+            (ks, table, column),
+        )
+        .await
+        .map_err(|e| JournalError::Unavailable(e.to_string()))?;
+    Ok(r.into_rows_result().map_err(|e| JournalError::Unavailable(e.to_string()))?.rows_num() > 0)
 }
 
 async fn meta(session: &Session, ks: &str, key: &str) -> Result<Option<String>, JournalError> {
@@ -132,10 +159,27 @@ pub async fn migrate(session: &Session, ks: &str, opts: &MigrateOptions) -> Resu
             continue;
         }
         for cql in statements {
+            // A migration that stopped half-way re-runs its statements: a
+            // column it already added is skipped (ScyllaDB has no `ADD IF
+            // NOT EXISTS`).
+            if let Some((table, column)) = added_column(&cql)
+                && column_exists(session, ks, table, column).await?
+            {
+                continue;
+            }
             run(cql).await?;
         }
         run(format!("INSERT INTO {ks}.tessera_meta (key, value) VALUES ('schema_version', '{version}')")).await?;
         applied.push(version);
     }
     Ok(applied)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn finds_the_column_an_alter_adds() {
+        assert_eq!(super::added_column("ALTER TABLE ks.events ADD fence bigint STATIC"), Some(("events", "fence")));
+        assert_eq!(super::added_column("CREATE TABLE ks.x (a int PRIMARY KEY)"), None);
+    }
 }

@@ -17,8 +17,19 @@ pub(crate) struct Statements {
     /// Unconditional head update (the opt-in fast mode).
     pub(crate) head_plain: PreparedStatement,
     pub(crate) head_plain_snap: PreparedStatement,
+    /// Fenced appends: the same conditions plus `fence = ?`.
+    pub(crate) head_eq_fenced: PreparedStatement,
+    pub(crate) head_eq_snap_fenced: PreparedStatement,
+    /// A fenced writer opening a new partition (it also writes the fence);
+    /// without events, the fence raise that opens an empty head partition.
+    pub(crate) head_new_fenced: PreparedStatement,
+    pub(crate) head_new_snap_fenced: PreparedStatement,
     pub(crate) insert_event: PreparedStatement,
     pub(crate) seal: PreparedStatement,
+    pub(crate) seal_fenced: PreparedStatement,
+    /// Raising the fence of the head partition from a known value (or from null).
+    pub(crate) raise_fence: PreparedStatement,
+    pub(crate) raise_fence_from_null: PreparedStatement,
     pub(crate) head_of: PreparedStatement,
     pub(crate) snap_of: PreparedStatement,
     pub(crate) read: PreparedStatement,
@@ -60,6 +71,50 @@ impl Statements {
             .await?,
             head_new_snap: prep(format!("UPDATE {ks}.events SET last_seq = ?, {snap} WHERE {pk} IF last_seq = null"), false, true)
                 .await?,
+            head_eq_fenced: prep(
+                format!("UPDATE {ks}.events SET last_seq = ? WHERE {pk} IF last_seq = ? AND sealed = null AND fence = ?"),
+                false,
+                true,
+            )
+            .await?,
+            head_eq_snap_fenced: prep(
+                format!(
+                    "UPDATE {ks}.events SET last_seq = ?, {snap} WHERE {pk} IF last_seq = ? AND sealed = null AND fence = ?"
+                ),
+                false,
+                true,
+            )
+            .await?,
+            head_new_fenced: prep(
+                format!("UPDATE {ks}.events SET last_seq = ?, fence = ? WHERE {pk} IF last_seq = null"),
+                false,
+                true,
+            )
+            .await?,
+            head_new_snap_fenced: prep(
+                format!("UPDATE {ks}.events SET last_seq = ?, {snap}, fence = ? WHERE {pk} IF last_seq = null"),
+                false,
+                true,
+            )
+            .await?,
+            seal_fenced: prep(
+                format!("UPDATE {ks}.events SET sealed = ? WHERE {pk} IF last_seq = ? AND fence = ?"),
+                false,
+                true,
+            )
+            .await?,
+            raise_fence: prep(
+                format!("UPDATE {ks}.events SET fence = ? WHERE {pk} IF fence = ? AND sealed = null"),
+                false,
+                true,
+            )
+            .await?,
+            raise_fence_from_null: prep(
+                format!("UPDATE {ks}.events SET fence = ? WHERE {pk} IF fence = null AND sealed = null"),
+                false,
+                true,
+            )
+            .await?,
             head_plain: prep(format!("UPDATE {ks}.events SET last_seq = ? WHERE {pk}"), false, false).await?,
             head_plain_snap: prep(format!("UPDATE {ks}.events SET last_seq = ?, {snap} WHERE {pk}"), false, false).await?,
             insert_event: prep(
@@ -72,7 +127,8 @@ impl Statements {
             )
             .await?,
             seal: prep(format!("UPDATE {ks}.events SET sealed = ? WHERE {pk} IF last_seq = ?"), false, true).await?,
-            head_of: prep(format!("SELECT last_seq, sealed FROM {ks}.events WHERE {pk} LIMIT 1"), true, false).await?,
+            head_of: prep(format!("SELECT last_seq, sealed, fence FROM {ks}.events WHERE {pk} LIMIT 1"), true, false)
+                .await?,
             snap_of: prep(
                 format!("SELECT snap_seq, snap_version, snap_ts, snap_payload FROM {ks}.events WHERE {pk} LIMIT 1"),
                 true,

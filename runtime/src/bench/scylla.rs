@@ -9,7 +9,7 @@ use std::time::Instant;
 use futures::TryStreamExt;
 use serde_json::{Value, json};
 use tessera_journal::scylla::MigrateOptions;
-use tessera_journal::{EntityKey, Journal, NewEvent, ScyllaJournal};
+use tessera_journal::{AppendRequest, EntityKey, Journal, NewEvent, ScyllaJournal};
 
 use super::{Sizes, registry};
 use crate::config::{JournalKind, NodeConfig};
@@ -33,6 +33,44 @@ async fn commands(url: &str, s: Sizes, n: u64) -> anyhow::Result<(f64, Value)> {
     let (elapsed, latency) = super::runs::drive(&node, &ids, n, s.callers, "add").await?;
     node.shutdown().await;
     Ok((n as f64 / elapsed.as_secs_f64(), latency))
+}
+
+/// `n` one-event appends straight to the journal from `callers` tasks,
+/// over `8 × callers` entities (each appended to by one task, in seq
+/// order); with `fence`, each entity's fence is raised first (timed apart)
+/// and every append carries the epoch. Returns (appends/s, raises/s).
+async fn journal_appends(
+    j: &ScyllaJournal,
+    tag: &str,
+    n: u64,
+    callers: u64,
+    fence: Option<u64>,
+) -> anyhow::Result<(f64, f64, Value)> {
+    let entities = 8 * callers;
+    let keys: Arc<Vec<EntityKey>> =
+        Arc::new((0..entities).map(|e| EntityKey::new("bench-fence", format!("{tag}-{e}"))).collect());
+    let mut raises = 0.0;
+    if let Some(epoch) = fence {
+        let (j, k) = (j.clone(), keys.clone());
+        let (took, _) = super::concurrently(entities, callers, move |i| {
+            let (j, k) = (j.clone(), k.clone());
+            async move { Ok(j.raise_fence(&k[i as usize], epoch).await?) }
+        })
+        .await?;
+        raises = entities as f64 / took.as_secs_f64();
+    }
+    let ev = NewEvent { type_name: "Added".into(), version: 1, payload: vec![0x80], metadata: vec![] };
+    let j = j.clone();
+    let (took, latency) = super::concurrently(n, callers, move |i| {
+        let (j, k, ev) = (j.clone(), keys.clone(), ev.clone());
+        async move {
+            let req = AppendRequest::new(i / entities, vec![ev]).with_fence(fence);
+            j.commit(&k[(i % entities) as usize], req).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    Ok((n as f64 / took.as_secs_f64(), raises, latency))
 }
 
 pub(super) async fn run(s: Sizes, server: &str) -> anyhow::Result<Value> {
@@ -79,6 +117,14 @@ pub(super) async fn run(s: Sizes, server: &str) -> anyhow::Result<Value> {
     let raw = n as f64 / started.elapsed().as_secs_f64();
     eprintln!("raw prepared INSERTs: {raw:.0} rows/s");
 
+    // The fence's cost: the same conditional appends with and without the
+    // extra `AND fence = ?` condition, and what raising a fence costs
+    // (once per entity activation in a cluster).
+    let callers = s.callers.min(64);
+    let (unfenced, _, unfenced_latency) = journal_appends(&j, "plain", n, callers, None).await?;
+    let (fenced, raises, fenced_latency) = journal_appends(&j, "fenced", n, callers, Some(7)).await?;
+    eprintln!("journal appends: {unfenced:.0}/s unfenced, {fenced:.0}/s fenced; fence raises {raises:.0}/s");
+
     // Replay: one entity, unconditional appends of 1000 events.
     let plain = ScyllaJournal::connect(&format!("{url}?conditional=false"), 1024).await?;
     let key = EntityKey::new("bench-counter", "big");
@@ -116,6 +162,13 @@ pub(super) async fn run(s: Sizes, server: &str) -> anyhow::Result<Value> {
             "conditional_commands_per_sec": conditional.round(), "conditional_latency": latency,
             "unconditional_commands_per_sec": unconditional.round(), "unconditional_latency": latency_plain,
             "replay_events_per_sec": replay.round(),
+        },
+        "journal_fence": {
+            "description": "one-event conditional appends straight to the journal, 8 entities per caller: unfenced vs with the fence condition (cluster mode), and fence raises (one per activation in a cluster)",
+            "callers": callers,
+            "unfenced_appends_per_sec": unfenced.round(), "unfenced_latency": unfenced_latency,
+            "fenced_appends_per_sec": fenced.round(), "fenced_latency": fenced_latency,
+            "ratio_fenced_to_unfenced": ratio(fenced, unfenced), "fence_raises_per_sec": raises.round(),
         },
         "baseline_raw_driver": { "inserts_per_sec": raw.round(), "paged_read_events_per_sec": raw_read.round() },
         "ratio_runtime_to_baseline": ratio(conditional, raw),

@@ -46,8 +46,14 @@ pub enum Command {
 
 /// Runs a shared subcommand.
 pub async fn run(cmd: Command, registry: Registry) -> anyhow::Result<()> {
+    run_with(cmd, registry, None).await
+}
+
+/// Runs a shared subcommand; `serve` wraps its journal in `layer` (e.g. a
+/// test node that delays appends on demand).
+pub async fn run_with(cmd: Command, registry: Registry, layer: Option<crate::JournalLayer>) -> anyhow::Result<()> {
     match cmd {
-        Command::Serve(a) => serve::run(*a, registry).await,
+        Command::Serve(a) => serve::run(*a, registry, layer).await,
         Command::Send(a) => send::send(a).await,
         Command::Call(a) => send::call(a).await,
         Command::Journal(c) => journal::run(c, registry).await,

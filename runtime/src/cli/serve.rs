@@ -183,10 +183,14 @@ impl ServeArgs {
     }
 }
 
-pub(crate) async fn run(args: ServeArgs, registry: Registry) -> anyhow::Result<()> {
+pub(crate) async fn run(args: ServeArgs, registry: Registry, layer: Option<crate::JournalLayer>) -> anyhow::Result<()> {
     let config = args.to_config()?;
     let data_dir = config.data_dir.clone();
-    let node = NodeBuilder::new(registry.clone()).config(config).build().await.context("starting the node")?;
+    let mut builder = NodeBuilder::new(registry.clone()).config(config);
+    if let Some(layer) = layer {
+        builder = builder.journal_layer(layer);
+    }
+    let node = builder.build().await.context("starting the node")?;
     let addr = node.http_addr().map(|a| a.to_string()).unwrap_or_else(|| "-".into());
     let types: Vec<_> = registry.entities().map(|e| e.type_name()).collect();
     let functions: Vec<_> = registry.functions().map(|f| f.name()).collect();

@@ -11,7 +11,9 @@ use tessera_entities::{Format, codec};
 
 use crate::error::InvokeError;
 use crate::inspect::event_json;
-use crate::node::{Invocation, Node};
+use crate::node::{Invocation, Node, ReadFrom};
+
+const FORM: &str = "application/x-www-form-urlencoded";
 
 /// An error answered in the request's format.
 pub(crate) struct ApiError(InvokeError, Format);
@@ -36,9 +38,13 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The body's format. A form-encoded body (what `curl -d` sends when no
+/// type is given) is read as JSON: the documented examples work as written,
+/// and a body that is not JSON still gets the parser's 400.
 fn format_of(headers: &HeaderMap) -> Result<Format, ApiError> {
     match headers.get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("")) {
         None | Some("") => Ok(Format::Json),
+        Some(ct) if ct.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case(FORM)) => Ok(Format::Json),
         Some(ct) => Format::from_content_type(ct)
             .ok_or_else(|| ApiError(InvokeError::UnsupportedMediaType(ct.to_owned()), Format::Json)),
     }
@@ -104,6 +110,8 @@ pub(crate) async fn command(
 #[derive(Deserialize)]
 pub(crate) struct StateQuery {
     at: Option<u64>,
+    /// `any` (default) or `owner`.
+    read: Option<String>,
 }
 
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
@@ -116,9 +124,16 @@ pub(crate) async fn state(
     q: Result<Query<StateQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
+    let from = match q.read.as_deref() {
+        None | Some("any") => ReadFrom::Any,
+        Some("owner") => ReadFrom::Owner,
+        Some(other) => {
+            return Err(InvokeError::Malformed(format!("read must be `any` or `owner`, not `{other}`")).into());
+        }
+    };
     let view = match q.at {
         Some(seq) => node.state_at(&entity_type, &entity_id, seq).await?,
-        None => node.state(&entity_type, &entity_id).await?,
+        None => node.state_from(&entity_type, &entity_id, from).await?,
     };
     let body = json!({
         "entity_type": entity_type,

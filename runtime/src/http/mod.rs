@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `POST /v1/entities/{type}/{id}/{command}` | run a command (`Idempotency-Key` header optional) |
 //! | `GET /v1/autoscaler` | whether this node runs the autoscaler, and its recent decisions |
-//! | `GET /v1/entities/{type}/{id}` | state and last seq (`?at=SEQ`: as of that seq) |
+//! | `GET /v1/entities/{type}/{id}` | state and last seq (`?at=SEQ`: as of that seq; `?read=owner`: from the owner's live entity) |
 //! | `GET /v1/entities/{type}/{id}/events?from=&to=&limit=` | the journal as JSON |
 //! | `GET /v1/entities/{type}?after=&limit=` | entity ids of a type |
 //! | `POST /v1/functions/{name}` | call a stateless function (`?mode=async`: 202 + invocation id) |

@@ -191,6 +191,12 @@ async fn respond_error(link: &NatsLink, reply: Option<&async_nats::Subject>, e: 
     respond(link, reply, e.status(), h, body).await;
 }
 
+/// What a request on a command subject produced.
+enum Served {
+    Command(crate::shard::CommandReply),
+    State(crate::shard::StateView),
+}
+
 /// Handles one command request (from the node-wide queue subscription, or
 /// in a cluster from the subscription of a shard this node owns).
 pub(crate) async fn command(node: &Node, link: &NatsLink, msg: Message) {
@@ -215,9 +221,6 @@ pub(crate) async fn command(node: &Node, link: &NatsLink, msg: Message) {
         let entity_id = header(h, protocol::ENTITY)
             .ok_or_else(|| InvokeError::Malformed(format!("missing header {}", protocol::ENTITY)))?
             .to_owned();
-        let command = header(h, protocol::COMMAND)
-            .ok_or_else(|| InvokeError::Malformed(format!("missing header {}", protocol::COMMAND)))?
-            .to_owned();
         let owner = tessera_journal::shard_of(&entity_type, &entity_id, node.config().shards);
         if owner != shard {
             return Err(InvokeError::Misdirected(format!(
@@ -225,6 +228,16 @@ pub(crate) async fn command(node: &Node, link: &NatsLink, msg: Message) {
                 link.subjects.command(&entity_type, owner)
             )));
         }
+        match header(h, protocol::READ) {
+            None => {}
+            Some("state") => return Ok(Served::State(node.state_here(&entity_type, &entity_id).await?)),
+            Some(other) => {
+                return Err(InvokeError::Malformed(format!("{} must be `state`, not `{other}`", protocol::READ)));
+            }
+        }
+        let command = header(h, protocol::COMMAND)
+            .ok_or_else(|| InvokeError::Malformed(format!("missing header {}", protocol::COMMAND)))?
+            .to_owned();
         if msg.payload.len() > node.config().max_body_bytes {
             return Err(InvokeError::TooLarge { limit: node.config().max_body_bytes });
         }
@@ -236,12 +249,24 @@ pub(crate) async fn command(node: &Node, link: &NatsLink, msg: Message) {
             format,
             idempotency_key: header(h, protocol::IDEMPOTENCY_KEY).map(str::to_owned),
         };
-        node.invoke_here(inv).await
+        Ok(Served::Command(node.invoke_here(inv).await?))
     }
     .await;
     let format = header(h, protocol::ACCEPT).and_then(Format::from_content_type).unwrap_or(format);
     match result {
-        Ok(r) => match codec::transcode_msgpack(&r.reply, format) {
+        Ok(Served::State(view)) => {
+            let body = serde_json::json!({"seq": view.seq, "state": view.state});
+            match codec::encode(&body, format) {
+                Ok(body) => {
+                    let mut out = HeaderMap::new();
+                    out.insert(protocol::CONTENT_TYPE, format.content_type());
+                    out.insert(protocol::SEQ, view.seq.to_string().as_str());
+                    respond(link, reply, 200, out, body).await;
+                }
+                Err(e) => respond_error(link, reply, &InvokeError::Internal(e.to_string()), format).await,
+            }
+        }
+        Ok(Served::Command(r)) => match codec::transcode_msgpack(&r.reply, format) {
             Ok(body) => {
                 let mut out = HeaderMap::new();
                 out.insert(protocol::CONTENT_TYPE, format.content_type());

@@ -6,6 +6,9 @@ use tessera_entities::Format;
 pub const ENTITY: &str = "Tessera-Entity";
 /// Command name.
 pub const COMMAND: &str = "Tessera-Command";
+/// On a command subject instead of [`COMMAND`]: `state` reads the entity's
+/// live state on its owner (reply `{"seq", "state"}`).
+pub const READ: &str = "Tessera-Read";
 /// Caller-given idempotency key.
 pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 /// Body format: `application/json` (default) or `application/msgpack`.

@@ -51,32 +51,53 @@ pub(crate) async fn rebuild(
             Err(e) => tracing::warn!(%key, error = %e, "snapshot envelope does not decode; replaying"),
         }
     }
-    let mut state = state.unwrap_or_else(|| entity.initial_state());
-    let from = seq + 1;
-    let mut replayed = 0;
-    let mut events = journal.read(key, from..=to_seq);
+    let state = state.unwrap_or_else(|| entity.initial_state());
+    let mut r = Rebuilt { state, seq, dedup, events_since_snapshot: 0 };
+    replay(entity, journal, key, to_seq, limits, &mut r).await?;
+    if r.events_since_snapshot == 0 && to_seq == u64::MAX {
+        // Nothing after the snapshot. Either the journal ends there, or the
+        // events after it were deleted — or another node appended after our
+        // read (a read on a node that does not own the entity races with
+        // the owner's writes). Events up to the last seq answered now were
+        // committed before the question, so a second read must see them;
+        // only if it does not were they deleted.
+        let last = journal.last_seq(key).await?;
+        if last > r.seq {
+            replay(entity, journal, key, last, limits, &mut r).await?;
+            if r.events_since_snapshot == 0 {
+                return Err(gap(key, r.seq, last + 1));
+            }
+        }
+    }
+    Ok(r)
+}
+
+/// Applies the events after `r.seq` up to `to_seq` to `r`; a gap (deleted
+/// events no snapshot covers) is an error: the state would be a guess.
+async fn replay(
+    entity: &Arc<dyn DynEntity>,
+    journal: &Arc<dyn Journal>,
+    key: &EntityKey,
+    to_seq: u64,
+    limits: DedupLimits,
+    r: &mut Rebuilt,
+) -> Result<(), InvokeError> {
+    let mut events = journal.read(key, r.seq + 1..=to_seq);
     while let Some(ev) = events.next().await {
         let ev = ev?;
-        if ev.seq != seq + 1 {
-            // Events were deleted and no usable snapshot covers them: the state would be a guess.
-            return Err(gap(key, seq, ev.seq));
+        if ev.seq != r.seq + 1 {
+            return Err(gap(key, r.seq, ev.seq));
         }
         let stored = StoredEvent { seq: ev.seq, type_name: &ev.type_name, version: ev.version, payload: &ev.payload };
-        entity.apply_stored(&mut state, stored).map_err(|e| InvokeError::Replay(format!("{key}: {e}")))?;
+        entity.apply_stored(&mut r.state, stored).map_err(|e| InvokeError::Replay(format!("{key}: {e}")))?;
         let meta = EventMeta::decode(&ev.metadata);
         if let Some(reply) = meta.reply {
-            dedup.insert(DedupEntry { id: meta.invocation, seq: ev.seq, at_ms: ev.timestamp_ms, reply }, limits);
+            r.dedup.insert(DedupEntry { id: meta.invocation, seq: ev.seq, at_ms: ev.timestamp_ms, reply }, limits);
         }
-        seq = ev.seq;
-        replayed += 1;
+        r.seq = ev.seq;
+        r.events_since_snapshot += 1;
     }
-    if replayed == 0 && to_seq == u64::MAX {
-        let last = journal.last_seq(key).await?;
-        if last > seq {
-            return Err(gap(key, seq, last + 1));
-        }
-    }
-    Ok(Rebuilt { state, seq, dedup, events_since_snapshot: replayed })
+    Ok(())
 }
 
 fn gap(key: &EntityKey, have: u64, next: u64) -> InvokeError {
@@ -96,4 +117,136 @@ pub(crate) fn snapshot_payload(
     let state = entity.encode_state(state).map_err(|e| InvokeError::Internal(format!("state does not encode: {e}")))?;
     let env = SnapshotEnvelope { state_version: entity.state_version(), state, dedup: dedup.to_entries() };
     rmp_serde::to_vec_named(&env).map_err(|e| InvokeError::Internal(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ops::RangeInclusive;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use serde::{Deserialize, Serialize};
+    use tessera_entities::{Ctx, Effect, Entity, Registry, Rejection};
+    use tessera_journal::{
+        AppendAck, AppendError, AppendRequest, EntityStream, EventStream, JournalError, MemoryJournal, NewEvent,
+        ShardStream, Snapshot,
+    };
+
+    use super::*;
+
+    struct Counter;
+    #[derive(Default, Serialize, Deserialize)]
+    struct Count {
+        n: u64,
+    }
+    #[derive(Deserialize)]
+    enum Cmd {
+        Get,
+    }
+    #[derive(Serialize, Deserialize)]
+    enum Ev {
+        Added,
+    }
+    impl Entity for Counter {
+        const TYPE: &'static str = "counter";
+        type State = Count;
+        type Command = Cmd;
+        type Event = Ev;
+        type Reply = ();
+        fn handle(&self, _: &Count, Cmd::Get: Cmd, _: &mut Ctx) -> Result<Effect<Ev, ()>, Rejection> {
+            Ok(Effect::reply(()))
+        }
+        fn apply(&self, s: &mut Count, _: &Ev) {
+            s.n += 1;
+        }
+    }
+
+    fn added() -> NewEvent {
+        let e = tessera_entities::event::encode_event::<Counter>(&Ev::Added).unwrap();
+        NewEvent { type_name: e.type_name, version: e.version, payload: e.payload, metadata: vec![] }
+    }
+
+    /// A journal where another node appends right after a reader's event
+    /// read and before its `last_seq` (the interleaving of a read on a
+    /// node that does not own the entity, racing the owner's write).
+    struct RacingWriter {
+        inner: MemoryJournal,
+        raced: AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl Journal for RacingWriter {
+        async fn commit(&self, e: &EntityKey, r: AppendRequest) -> Result<AppendAck, AppendError> {
+            self.inner.commit(e, r).await
+        }
+        async fn raise_fence(&self, e: &EntityKey, epoch: u64) -> Result<(), AppendError> {
+            self.inner.raise_fence(e, epoch).await
+        }
+        fn read(&self, e: &EntityKey, range: RangeInclusive<u64>) -> EventStream {
+            self.inner.read(e, range)
+        }
+        async fn last_seq(&self, e: &EntityKey) -> Result<u64, JournalError> {
+            if !self.raced.swap(true, Ordering::SeqCst) {
+                let last = self.inner.last_seq(e).await?;
+                self.inner.append(e, last, vec![added()]).await.map_err(|e| JournalError::Invalid(e.to_string()))?;
+            }
+            self.inner.last_seq(e).await
+        }
+        async fn save_snapshot(&self, e: &EntityKey, s: Snapshot) -> Result<(), JournalError> {
+            self.inner.save_snapshot(e, s).await
+        }
+        async fn load_snapshot(&self, e: &EntityKey) -> Result<Option<Snapshot>, JournalError> {
+            self.inner.load_snapshot(e).await
+        }
+        fn events_by_shard(&self, shard: u32, after: u64) -> ShardStream {
+            self.inner.events_by_shard(shard, after)
+        }
+        async fn delete_to(&self, e: &EntityKey, seq: u64) -> Result<(), JournalError> {
+            self.inner.delete_to(e, seq).await
+        }
+        fn entities(&self, t: &str) -> EntityStream {
+            self.inner.entities(t)
+        }
+        fn shards(&self) -> u32 {
+            self.inner.shards()
+        }
+    }
+
+    fn counter() -> Arc<dyn DynEntity> {
+        Registry::builder().entity(Counter).build().unwrap().entity("counter").unwrap().clone()
+    }
+
+    async fn snapshot_at_head(j: &MemoryJournal, key: &EntityKey, n: u64) {
+        let entity = counter();
+        let mut state = entity.initial_state();
+        for i in 1..=n {
+            j.append(key, i - 1, vec![added()]).await.unwrap();
+            let stored = StoredEvent { seq: i, type_name: "Added", version: 1, payload: &added().payload };
+            entity.apply_stored(&mut state, stored).unwrap();
+        }
+        let payload = snapshot_payload(&entity, &state, &DedupWindow::default()).unwrap();
+        j.save_snapshot(key, Snapshot { seq: n, version: SNAPSHOT_FORMAT, timestamp_ms: 0, payload }).await.unwrap();
+    }
+
+    const LIMITS: DedupLimits = DedupLimits { max_entries: 0, max_age_ms: 0 };
+
+    #[tokio::test]
+    async fn a_write_landing_between_the_read_and_last_seq_is_replayed_not_reported_as_a_gap() {
+        let (inner, key) = (MemoryJournal::default(), EntityKey::new("counter", "c"));
+        snapshot_at_head(&inner, &key, 100).await;
+        let journal: Arc<dyn Journal> = Arc::new(RacingWriter { inner: inner.clone(), raced: AtomicBool::new(false) });
+        let r = rebuild(&counter(), &journal, &key, u64::MAX, true, LIMITS).await.expect("no false gap");
+        assert_eq!(r.seq, 101, "the racing write is part of the state read");
+        assert_eq!(counter().state_json(&r.state)["n"], 101);
+    }
+
+    #[tokio::test]
+    async fn events_deleted_after_the_snapshot_are_still_a_gap() {
+        let (j, key) = (MemoryJournal::default(), EntityKey::new("counter", "d"));
+        snapshot_at_head(&j, &key, 10).await;
+        j.append(&key, 10, vec![added(), added()]).await.unwrap();
+        j.delete_to(&key, 12).await.unwrap();
+        let journal: Arc<dyn Journal> = Arc::new(j);
+        let e = rebuild(&counter(), &journal, &key, u64::MAX, true, LIMITS).await.err().expect("a gap");
+        assert!(e.to_string().contains("events 11..12 were deleted"), "{e}");
+    }
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tessera_entities::{Ctx, DynCommand, DynEntity, DynState, HandleError};
-use tessera_journal::{AppendAck, EntityKey, Journal, NewEvent, Snapshot};
+use tessera_journal::{AppendAck, AppendRequest, EntityKey, Journal, NewEvent, Snapshot};
 use tracing::Instrument;
 
 pub(crate) use activation::rebuild;
@@ -155,6 +155,9 @@ struct Slot {
     dedup: Option<Box<DedupWindow>>,
     events_since_snapshot: u64,
     last_used: u32,
+    /// In a cluster: the lease epoch this node raised the entity's journal
+    /// fence to when it activated it; its appends carry it.
+    fence: Option<u64>,
 }
 
 /// The shard actor's behaviour.
@@ -289,6 +292,22 @@ impl ShardState {
         entity: Arc<dyn DynEntity>,
         queue: VecDeque<Pending>,
     ) {
+        // In a cluster the entity is activated under the shard's current
+        // lease epoch: the journal's fence is raised to it before the read,
+        // so no older owner's write can land after what this node reads.
+        let fence = match &self.ctx.fence {
+            None => None,
+            Some(f) => match f.fence(&key.entity_type, self.shard) {
+                Some(epoch) => Some(epoch),
+                None => {
+                    let moved = || InvokeError::ShardMoved(format!("this node no longer holds the lease of {key}"));
+                    for p in queue {
+                        p.fail(moved());
+                    }
+                    return;
+                }
+            },
+        };
         let incarnation = self.next_incarnation;
         self.next_incarnation += 1;
         self.ctx.metrics.active_entities.inc();
@@ -303,6 +322,7 @@ impl ShardState {
             dedup: None,
             events_since_snapshot: 0,
             last_used: self.clock,
+            fence,
         };
         self.slots.insert(key.clone(), slot);
         let (ctx, me) = (self.ctx.clone(), myself.clone());
@@ -310,7 +330,13 @@ impl ShardState {
         tokio::spawn(
             async move {
                 ctx.metrics.journal_in_flight.inc();
-                let result = rebuild(&entity, &ctx.journal, &key, u64::MAX, true, ctx.dedup).await;
+                let result = match fence {
+                    Some(epoch) => match ctx.journal.raise_fence(&key, epoch).await {
+                        Ok(()) => rebuild(&entity, &ctx.journal, &key, u64::MAX, true, ctx.dedup).await,
+                        Err(e) => Err(InvokeError::from(e)),
+                    },
+                    None => rebuild(&entity, &ctx.journal, &key, u64::MAX, true, ctx.dedup).await,
+                };
                 ctx.metrics.journal_in_flight.dec();
                 if let Err(e) = &result {
                     tracing::warn!(entity = %key, error = %e, "activation failed");
@@ -455,6 +481,7 @@ impl ShardState {
                 .collect();
             let expected = slot.seq;
             let incarnation = slot.incarnation;
+            let request = AppendRequest::new(expected, events).with_fence(slot.fence);
             slot.busy = Some(Box::new(InFlight {
                 typed: effect.typed,
                 reply: effect.reply,
@@ -480,7 +507,7 @@ impl ShardState {
                         return;
                     }
                     ctx.metrics.journal_in_flight.inc();
-                    let result = ctx.journal.append(&key, expected, events).await.map_err(InvokeError::from);
+                    let result = ctx.journal.commit(&key, request).await.map_err(InvokeError::from);
                     ctx.metrics.journal_in_flight.dec();
                     let _ = me.send_message(ShardMsg::Appended { key, incarnation, result });
                 }

@@ -44,6 +44,10 @@ impl Cluster {
     }
 
     pub async fn start(&self, id: &str, nats: &str, extra: &[&str]) -> NodeProcess {
+        self.start_with_env(id, nats, extra, &[]).await
+    }
+
+    pub async fn start_with_env(&self, id: &str, nats: &str, extra: &[&str], env: &[(&str, &str)]) -> NodeProcess {
         let dir = self.dir.path().join(id);
         let (shards, ttl, cap) = (SHARDS.to_string(), TTL_MS.to_string(), CAP.to_string());
         let mut args = vec![
@@ -68,7 +72,7 @@ impl Cluster {
             &cap,
         ];
         args.extend_from_slice(extra);
-        NodeProcess::start_command(&args, &[]).await.expect("node starts")
+        NodeProcess::start_command(&args, env).await.expect("node starts")
     }
 
     pub async fn status(&self) -> ClusterStatus {
@@ -276,6 +280,22 @@ impl Proxy {
             t.abort();
         }
     }
+}
+
+/// Waits until `node` holds the lease of `entity_type`'s `shard`.
+pub async fn wait_owner(c: &Cluster, entity_type: &str, shard: u32, node: &str, within: Duration) {
+    let started = Instant::now();
+    while c.status().await.owner(entity_type, shard).is_none_or(|l| l.owner != node) {
+        assert!(started.elapsed() < within, "{node} did not take {entity_type}/{shard} within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends a signal (`STOP`, `CONT`, `TERM`, ...) to a node process.
+pub fn signal(node: &NodeProcess, sig: &str) {
+    let pid = node.child.id().expect("pid");
+    let ok = std::process::Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().expect("kill");
+    assert!(ok.success(), "kill -{sig} {pid}");
 }
 
 pub async fn members(c: &Cluster) -> Vec<String> {
