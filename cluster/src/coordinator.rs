@@ -128,6 +128,11 @@ impl Cluster {
         &self.inner.store
     }
 
+    /// The watched view of the bucket (cheap to clone).
+    pub fn view(&self) -> crate::view::View {
+        self.inner.view.clone()
+    }
+
     /// Live members as this node sees them.
     pub fn members(&self) -> Vec<MemberInfo> {
         self.inner.view.members()

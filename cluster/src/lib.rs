@@ -38,3 +38,4 @@ pub use ownership::{Ownership, Unit};
 pub use singleton::Singleton;
 pub use status::ClusterStatus;
 pub use store::{ClusterStore, LeaseState, MemberInfo};
+pub use view::View;

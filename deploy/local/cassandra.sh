@@ -85,6 +85,9 @@ saved_caches_directory: $DATA/saved_caches
 cdc_raw_directory: $DATA/cdc_raw
 auto_snapshot: false
 memtable_heap_space: 128MiB
+# Every test keyspace prepares its own statements; the default cache
+# (max(10 MiB, heap/256)) evicts them under a full test run.
+prepared_statements_cache_size: 128MiB
 disk_access_mode: standard
 concurrent_compactors: 1
 cdc_enabled: false

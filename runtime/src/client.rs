@@ -17,7 +17,7 @@ use async_nats::HeaderMap;
 use async_nats::client::RequestErrorKind;
 use tessera_entities::{Format, codec};
 
-use crate::nats::protocol::{self, Subjects};
+use crate::wire::{self as protocol, ErrorBody, StateBody, Subjects};
 
 /// Why a call through NATS failed.
 #[derive(Debug, thiserror::Error)]
@@ -49,12 +49,12 @@ pub enum ClientError {
         timeout: Duration,
     },
     /// The node answered with an error status.
-    #[error("status {status}: {body}")]
+    #[error("status {status}: {} ({})", body.error.message, body.error.kind)]
     Status {
         /// The HTTP-equivalent status.
         status: u16,
-        /// The error body as JSON.
-        body: serde_json::Value,
+        /// The error body.
+        body: Box<ErrorBody>,
     },
     /// Anything else.
     #[error("{0}")]
@@ -84,15 +84,6 @@ impl Reply {
             Format::MsgPack => codec::msgpack_to_json(&self.body).map_err(|e| ClientError::Other(e.to_string())),
         }
     }
-}
-
-/// An entity's state as its owner holds it.
-#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
-pub struct StateReply {
-    /// The seq of the last event applied.
-    pub seq: u64,
-    /// The state as JSON.
-    pub state: serde_json::Value,
 }
 
 /// The client.
@@ -176,10 +167,16 @@ impl NatsClient {
             deduplicated: get(protocol::DEDUPLICATED).as_deref() == Some("true"),
         };
         if status == 200 {
-            Ok(reply)
-        } else {
-            Err(ClientError::Status { status, body: reply.json().unwrap_or(serde_json::Value::Null) })
+            return Ok(reply);
         }
+        let body = match reply.format {
+            Format::Json => serde_json::from_slice(&reply.body).ok(),
+            Format::MsgPack => rmp_serde::from_slice(&reply.body).ok(),
+        };
+        let body = body.unwrap_or_else(|| {
+            ErrorBody::new("internal", status, format!("undecodable error reply ({} bytes)", reply.body.len()))
+        });
+        Err(ClientError::Status { status, body: Box::new(body) })
     }
 
     /// Sends a command (body in `format`) to the entity's shard subject.
@@ -224,7 +221,7 @@ impl NatsClient {
             let r = self.request(subject.clone(), h.clone(), body.clone(), format).await;
             let moving = match &r {
                 Err(ClientError::NoResponders { .. }) => true,
-                Err(ClientError::Status { status: 503, body }) => body["error"]["kind"] == "shard_moved",
+                Err(ClientError::Status { status: 503, body }) => body.error.kind == "shard_moved",
                 _ => false,
             };
             if !moving || started.elapsed() + pause >= self.timeout {
@@ -237,7 +234,7 @@ impl NatsClient {
 
     /// Reads an entity's live state on the node that owns it (retrying
     /// while its shard moves, like [`Self::send`]).
-    pub async fn state(&self, entity_type: &str, entity_id: &str) -> Result<StateReply, ClientError> {
+    pub async fn state(&self, entity_type: &str, entity_id: &str) -> Result<StateBody, ClientError> {
         let shard = tessera_journal::shard_of(entity_type, entity_id, self.shards);
         let mut h = HeaderMap::new();
         h.insert(protocol::ENTITY, entity_id);

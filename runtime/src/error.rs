@@ -1,9 +1,10 @@
 //! The errors an invocation can end with, each with its HTTP status (NATS
 //! replies carry the same code in `Tessera-Status`).
 
-use serde_json::json;
 use tessera_entities::{CommandError, FunctionError, Rejection};
 use tessera_journal::{AppendError, JournalError};
+
+use crate::wire::ErrorBody;
 
 /// Why an invocation did not produce a reply.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -106,59 +107,74 @@ impl InvokeError {
         matches!(self, Self::EntityBusy(_) | Self::Unavailable(_) | Self::ShardMoved(_)).then_some(1)
     }
 
-    /// Rebuilds an error from its status and JSON body (as [`Self::to_json`]
-    /// wrote it), e.g. a reply forwarded from another node.
-    pub fn from_reply(status: u16, body: &serde_json::Value) -> Self {
-        let e = &body["error"];
-        let message = e["message"].as_str().unwrap_or_default();
-        // The message repeats the variant's prefix; keep only the payload.
-        let payload = message.split_once(": ").map_or(message, |(_, rest)| rest).to_owned();
-        match (status, e["kind"].as_str().unwrap_or_default()) {
-            (_, "unknown_entity_type") => Self::UnknownEntityType(
-                payload.trim_start_matches("unknown entity type `").trim_end_matches('`').to_owned(),
-            ),
-            (_, "unknown_command") => Self::UnknownCommand(message.to_owned()),
-            (_, "malformed") => Self::Malformed(message.to_owned()),
-            (_, "misdirected") => Self::Misdirected(payload),
-            (_, "too_large") => Self::TooLarge { limit: 0 },
-            (_, "rejected") => {
-                // The message reads `rejected: {code}: {message}`: keep the entity's own message.
-                let code = e["code"].as_str().unwrap_or_default();
-                let text = payload.strip_prefix(code).and_then(|m| m.strip_prefix(": ")).unwrap_or(&payload);
-                let mut r = Rejection::new(code, text);
-                if let Some(d) = e.get("details").filter(|d| !d.is_null()) {
-                    r.details = Some(d.clone());
-                }
-                Self::Rejected(r)
-            }
-            (_, "entity_busy") => Self::EntityBusy(
-                message
-                    .strip_prefix("entity `")
-                    .and_then(|m| m.strip_suffix("` is busy: its queue is full"))
-                    .unwrap_or(&payload)
-                    .to_owned(),
-            ),
-            (_, "shard_moved") => Self::ShardMoved(payload),
-            (_, "timeout") => Self::Timeout(payload),
-            (_, "handler_panicked") => Self::HandlerPanicked(payload),
-            (_, "replay_failed") => Self::Replay(payload),
-            (503, _) => Self::Unavailable(payload),
-            (504, _) => Self::Timeout(payload),
-            _ => Self::Internal(format!("status {status}: {message}")),
+    /// The variant's own part of the message (a rejection's message, the
+    /// limit of `too_large`, the name of an unknown type).
+    fn detail(&self) -> String {
+        match self {
+            Self::UnknownEntityType(s)
+            | Self::UnknownCommand(s)
+            | Self::UnknownFunction(s)
+            | Self::Malformed(s)
+            | Self::UnsupportedMediaType(s)
+            | Self::Misdirected(s)
+            | Self::EntityBusy(s)
+            | Self::Unavailable(s)
+            | Self::ShardMoved(s)
+            | Self::Timeout(s)
+            | Self::HandlerPanicked(s)
+            | Self::Replay(s)
+            | Self::Internal(s) => s.clone(),
+            Self::TooLarge { limit } => limit.to_string(),
+            Self::Rejected(r) => r.message.clone(),
         }
     }
 
-    /// The JSON error body: `{"error": {"kind", "message", ...}}`; a rejection
-    /// adds its `code` and `details`.
-    pub fn to_json(&self) -> serde_json::Value {
-        let mut body = json!({ "kind": self.kind(), "message": self.to_string(), "status": self.status() });
+    /// The error body every edge answers with; a rejection adds its `code`
+    /// and `details`.
+    pub fn to_body(&self) -> ErrorBody {
+        let mut b = ErrorBody::new(self.kind(), self.status(), self.to_string());
+        b.error.detail = Some(self.detail());
         if let Self::Rejected(r) = self {
-            body["code"] = json!(r.code);
-            if let Some(d) = &r.details {
-                body["details"] = d.clone();
-            }
+            b.error.code = Some(r.code.clone());
+            b.error.details = r.details.clone();
         }
-        json!({ "error": body })
+        b
+    }
+
+    /// Rebuilds an error from its status and body (as [`Self::to_body`]
+    /// wrote it), e.g. a reply forwarded from another node: the same kind
+    /// and message as where it was raised.
+    pub fn from_body(status: u16, body: &ErrorBody) -> Self {
+        let e = &body.error;
+        // Bodies without `detail` (older nodes): the message after its prefix.
+        let detail = e
+            .detail
+            .clone()
+            .unwrap_or_else(|| e.message.split_once(": ").map_or(e.message.as_str(), |(_, rest)| rest).to_owned());
+        match (status, e.kind.as_str()) {
+            (_, "unknown_entity_type") => Self::UnknownEntityType(detail),
+            (_, "unknown_command") => Self::UnknownCommand(detail),
+            (_, "unknown_function") => Self::UnknownFunction(detail),
+            (_, "malformed") => Self::Malformed(detail),
+            (_, "unsupported_media_type") => Self::UnsupportedMediaType(detail),
+            (_, "misdirected") => Self::Misdirected(detail),
+            (_, "too_large") => Self::TooLarge { limit: detail.parse().unwrap_or(0) },
+            (_, "rejected") => {
+                let mut r = Rejection::new(e.code.clone().unwrap_or_default(), detail);
+                r.details = e.details.clone().filter(|d| !d.is_null());
+                Self::Rejected(r)
+            }
+            (_, "entity_busy") => Self::EntityBusy(detail),
+            (_, "unavailable") => Self::Unavailable(detail),
+            (_, "shard_moved") => Self::ShardMoved(detail),
+            (_, "timeout") => Self::Timeout(detail),
+            (_, "handler_panicked") => Self::HandlerPanicked(detail),
+            (_, "replay_failed") => Self::Replay(detail),
+            (_, "internal") => Self::Internal(detail),
+            (503, _) => Self::Unavailable(detail),
+            (504, _) => Self::Timeout(detail),
+            _ => Self::Internal(format!("status {status}: {}", e.message)),
+        }
     }
 }
 
@@ -211,15 +227,22 @@ mod tests {
     /// the error the owner raised: same kind, same message.
     #[test]
     fn errors_survive_the_round_trip_through_their_json() {
-        let rejection = Rejection::new("insufficient_stock", "3 on hand, 5 asked").with_details(json!({"on_hand": 3}));
+        let rejection =
+            Rejection::new("insufficient_stock", "3 on hand, 5 asked").with_details(serde_json::json!({"on_hand": 3}));
         for e in [
             InvokeError::Rejected(rejection),
+            InvokeError::UnknownEntityType("stok".into()),
+            InvokeError::UnknownCommand("stock has no command `x`".into()),
+            InvokeError::Malformed("expected value at line 1".into()),
+            InvokeError::TooLarge { limit: 1024 },
             InvokeError::ShardMoved("moving".into()),
             InvokeError::EntityBusy("stock/a".into()),
+            InvokeError::Unavailable("journal: down".into()),
             InvokeError::Timeout("slow".into()),
             InvokeError::Replay("stock/a: bad".into()),
+            InvokeError::Internal("oops".into()),
         ] {
-            let back = InvokeError::from_reply(e.status(), &e.to_json());
+            let back = InvokeError::from_body(e.status(), &e.to_body());
             assert_eq!(back, e);
             assert_eq!(back.to_string(), e.to_string());
         }

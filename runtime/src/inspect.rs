@@ -7,6 +7,7 @@ use tessera_entities::codec;
 use tessera_journal::PersistedEvent;
 
 use crate::envelope::EventMeta;
+use crate::wire::EventBody;
 
 /// RFC 3339 UTC time (millisecond precision) of a Unix-epoch millisecond count.
 pub fn rfc3339_ms(ms: i64) -> String {
@@ -14,24 +15,26 @@ pub fn rfc3339_ms(ms: i64) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-/// One event as JSON: `{seq, time, timestamp_ms, type, version, invocation_id, event}`,
-/// plus `node` and `epoch` for events committed in a cluster.
-/// A payload that does not decode shows as `{"undecodable": "<error>"}`.
-pub fn event_json(e: &PersistedEvent) -> Value {
-    let payload = codec::msgpack_to_json(&e.payload).unwrap_or_else(|err| json!({ "undecodable": err.to_string() }));
+/// One event as its wire body (`{seq, time, timestamp_ms, type, version,
+/// invocation_id, event}`, plus `node` and `epoch` for events committed in
+/// a cluster). A payload that does not decode shows as `{"undecodable": "<error>"}`.
+pub fn event_body(e: &PersistedEvent) -> EventBody {
+    let event = codec::msgpack_to_json(&e.payload).unwrap_or_else(|err| json!({ "undecodable": err.to_string() }));
     let meta = EventMeta::decode(&e.metadata);
-    let mut v = json!({
-        "seq": e.seq,
-        "time": rfc3339_ms(e.timestamp_ms),
-        "timestamp_ms": e.timestamp_ms,
-        "type": e.type_name,
-        "version": e.version,
-        "invocation_id": meta.invocation,
-        "event": payload,
-    });
-    if let Some(epoch) = meta.epoch {
-        v["node"] = json!(meta.node);
-        v["epoch"] = json!(epoch);
+    EventBody {
+        seq: e.seq,
+        time: rfc3339_ms(e.timestamp_ms),
+        timestamp_ms: e.timestamp_ms,
+        type_name: e.type_name.clone(),
+        version: e.version,
+        invocation_id: meta.invocation,
+        event,
+        node: meta.epoch.and(meta.node),
+        epoch: meta.epoch,
     }
-    v
+}
+
+/// One event as JSON (see [`event_body`]).
+pub fn event_json(e: &PersistedEvent) -> Value {
+    serde_json::to_value(event_body(e)).unwrap_or_default()
 }

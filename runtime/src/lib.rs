@@ -6,7 +6,7 @@
 //! use tessera_runtime::{Invocation, NodeBuilder, NodeConfig};
 //! # async fn f(registry: tessera_entities::Registry) -> anyhow::Result<()> {
 //! let node = NodeBuilder::new(registry)
-//!     .config(NodeConfig { data_dir: "data".into(), http: Some("127.0.0.1:8080".into()), ..NodeConfig::default() })
+//!     .config(NodeConfig::default().with(|c| c.journal.data_dir = "data".into()))
 //!     .build()
 //!     .await?;
 //! let reply = node.invoke(Invocation::json("stock", "store-1:sku-1", "restock", &serde_json::json!({"qty": 5}))).await?;
@@ -19,8 +19,8 @@ pub mod autoscaler;
 pub mod bench;
 pub mod cli;
 pub mod client;
-mod cluster_host;
 pub mod config;
+pub mod contract;
 pub mod envelope;
 mod error;
 pub mod executor;
@@ -30,7 +30,9 @@ pub mod metrics;
 pub mod nats;
 mod node;
 pub mod results;
+mod server;
 mod shard;
+pub mod wire;
 
 pub use config::{ClusterMode, JournalKind, NodeConfig};
 
@@ -39,5 +41,9 @@ pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 pub use error::InvokeError;
-pub use node::{AsyncCall, AsyncDecision, Invocation, JournalLayer, Node, NodeBuilder, NodeError, ReadFrom};
-pub use shard::{CommandReply, StateView};
+pub use node::{
+    AsyncCall, AsyncDecision, CallQueue, Forwarder, Invocation, LocalQueue, LocalQueueRunner, Node, QueuedCall,
+    ReadFrom,
+};
+pub use server::{JournalLayer, NodeBuilder, NodeError, ResultsLayer, Server};
+pub use shard::{CommandReply, Replay, StateView, replay};

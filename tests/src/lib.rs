@@ -140,6 +140,37 @@ pub fn registry() -> Registry {
         .expect("valid registry")
 }
 
+/// A result-store layer for fault tests: the process aborts right after a
+/// final row was stored, as a crash between storing an async call's result
+/// and acknowledging its message would.
+pub struct AbortAfterFinalResult(pub std::sync::Arc<dyn tessera_runtime::results::ResultStore>);
+
+#[async_trait::async_trait]
+impl tessera_runtime::results::ResultStore for AbortAfterFinalResult {
+    async fn put(
+        &self,
+        row: tessera_runtime::results::InvocationResult,
+    ) -> Result<tessera_runtime::results::PutOutcome, tessera_runtime::results::ResultStoreError> {
+        let last = row.status.is_final();
+        let r = self.0.put(row).await;
+        if last && r.is_ok() {
+            eprintln!("fault injection: aborting after storing the result, before the acknowledgement");
+            std::process::abort();
+        }
+        r
+    }
+    async fn get(
+        &self,
+        id: &str,
+        now_ms: i64,
+    ) -> Result<Option<tessera_runtime::results::InvocationResult>, tessera_runtime::results::ResultStoreError> {
+        self.0.get(id, now_ms).await
+    }
+    async fn purge_expired(&self, now_ms: i64) -> Result<u64, tessera_runtime::results::ResultStoreError> {
+        self.0.purge_expired(now_ms).await
+    }
+}
+
 /// A journal layer for fault tests: while the file `gate` exists, every
 /// append waits (after the node's own fence check, before the journal sees
 /// it). The first stalled append writes `{gate}.stalled`; when released,

@@ -233,6 +233,11 @@ async fn reads_on_any_node_match_the_journal_while_writes_and_moves_go_on() {
         bodies.push(v);
     }
     assert_eq!(bodies[0], bodies[1], "local and forwarded rejections read the same");
+    // The invocation contract holds on the owner and on the node that forwards.
+    for case in bad_commands().into_iter().filter(|c| c.what != "a body over the limit") {
+        let (on_a, on_b) = (http_bad_command(&a.base, &case).await, http_bad_command(&b.base, &case).await);
+        assert_eq!((on_a.1.as_str(), &on_b), (case.kind, &on_a), "{}: owner and forwarder agree", case.what);
+    }
     assert!(
         !bodies[1]["error"]["message"].as_str().unwrap_or_default().contains("insufficient_stock: insufficient_stock")
     );

@@ -32,7 +32,7 @@ async fn all_events(base: &str, id: &str) -> Vec<Value> {
 async fn sigkill_during_load_loses_no_acknowledged_command() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("node.toml");
-    std::fs::write(&config, "dedup_max_entries = 1000000\n")?;
+    std::fs::write(&config, "[limits]\ndedup_max_entries = 1000000\n")?;
     let data = dir.path().join("data");
     let cfg = config.to_str().unwrap_or_default().to_owned();
     let node = NodeProcess::start(&data, &["--config", &cfg]).await?;

@@ -54,7 +54,7 @@ async fn commands_state_events_and_listing() {
 #[tokio::test]
 async fn bad_input_gets_clear_errors_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let (node, base) = node(dir.path(), |c| c.max_body_bytes = 1024).await;
+    let (node, base) = node(dir.path(), |c| c.http.max_body_bytes = 1024).await;
     post(&cmd(&base, "stock", "s:a", "restock"), r#"{"qty":5}"#, None).await;
 
     let (s, _, e) = post(&cmd(&base, "stock", "s:a", "restock"), r#"{"qty": 5"#, None).await;
@@ -210,7 +210,7 @@ async fn a_retried_idempotency_key_returns_the_original_reply_even_after_a_resta
 #[tokio::test]
 async fn full_queues_answer_429_and_a_full_node_503_with_retry_after() {
     let dir = tempfile::tempdir().unwrap();
-    let (node, base) = node(dir.path(), |c| c.entity_queue_limit = 1).await;
+    let (node, base) = node(dir.path(), |c| c.limits.entity_queue_limit = 1).await;
     post(&cmd(&base, "stock", "s:q", "restock"), r#"{"qty":1000}"#, None).await;
     let url = cmd(&base, "stock", "s:q", "purchase");
     let results = join_all((0..200).map(|_| post(&url, r#"{"qty":1}"#, None))).await;
@@ -223,7 +223,7 @@ async fn full_queues_answer_429_and_a_full_node_503_with_retry_after() {
     assert_eq!(state["state"]["on_hand"], 1000 - ok as i64, "only served commands changed the stock");
     node.shutdown().await;
 
-    let (node, base) = common::node(dir.path(), |c| c.max_in_flight = 1).await;
+    let (node, base) = common::node(dir.path(), |c| c.limits.max_in_flight = 1).await;
     let urls: Vec<String> = (0..100).map(|i| cmd(&base, "stock", &format!("s:{i}"), "restock")).collect();
     let results = join_all(urls.iter().map(|u| post(u, r#"{"qty":1}"#, None))).await;
     let unavailable: Vec<_> = results.iter().filter(|r| r.0 == 503).collect();
@@ -237,9 +237,9 @@ async fn full_queues_answer_429_and_a_full_node_503_with_retry_after() {
 async fn idle_entities_are_passivated_and_come_back_from_the_journal() {
     let dir = tempfile::tempdir().unwrap();
     let (node, base) = node(dir.path(), |c| {
-        c.idle_timeout_secs = 1;
-        c.shards = 1;
-        c.max_active_entities = 10;
+        c.limits.idle_timeout_secs = 1;
+        c.journal.shards = 1;
+        c.limits.max_active_entities = 10;
     })
     .await;
     for i in 0..30 {
@@ -257,7 +257,7 @@ async fn idle_entities_are_passivated_and_come_back_from_the_journal() {
 #[tokio::test]
 async fn snapshots_are_taken_and_used() {
     let dir = tempfile::tempdir().unwrap();
-    let (node, base) = node(dir.path(), |c| c.snapshot_every = 5).await;
+    let (node, base) = node(dir.path(), |c| c.journal.snapshot_every = 5).await;
     for _ in 0..12 {
         post(&cmd(&base, "stock", "s:snap", "restock"), r#"{"qty":1}"#, None).await;
     }
@@ -265,7 +265,7 @@ async fn snapshots_are_taken_and_used() {
     let snap = node.journal().load_snapshot(&EntityKey::new("stock", "s:snap")).await.unwrap().expect("snapshot");
     assert_eq!(snap.seq, 10);
     node.shutdown().await;
-    let (node, base) = common::node(dir.path(), |c| c.snapshot_every = 5).await;
+    let (node, base) = common::node(dir.path(), |c| c.journal.snapshot_every = 5).await;
     let (_, state) = get(&format!("{base}/v1/entities/stock/s:snap")).await;
     assert_eq!((state["seq"].clone(), state["state"]["on_hand"].clone()), (json!(12), json!(12)));
     node.shutdown().await;
@@ -296,7 +296,10 @@ async fn a_journal_with_events_of_a_newer_version_fails_replay_clearly_and_is_no
 async fn data_dirs_of_other_programs_or_newer_formats_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("important.db"), b"someone else's data").unwrap();
-    let config = tessera_runtime::NodeConfig { data_dir: dir.path().into(), http: None, ..Default::default() };
+    let config = tessera_runtime::NodeConfig::default().with(|c| {
+        c.journal.data_dir = dir.path().into();
+        c.http.listen = None;
+    });
     let err = tessera_runtime::NodeBuilder::new(tessera_tests::registry())
         .config(config.clone())
         .build()
@@ -309,13 +312,16 @@ async fn data_dirs_of_other_programs_or_newer_formats_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("tessera-journal.json"), br#"{"format":"tessera-local-journal","version":99}"#)
         .unwrap();
-    let config = tessera_runtime::NodeConfig { data_dir: dir.path().into(), ..config };
+    let config = config.with(|c| c.journal.data_dir = dir.path().into());
     let err = tessera_runtime::NodeBuilder::new(tessera_tests::registry()).config(config).build().await.err().unwrap();
     assert!(err.to_string().contains("version 99"), "{err}");
 
     let dir = tempfile::tempdir().unwrap();
     let (node, _) = node(dir.path(), |_| {}).await;
-    let config = tessera_runtime::NodeConfig { data_dir: dir.path().into(), http: None, ..Default::default() };
+    let config = tessera_runtime::NodeConfig::default().with(|c| {
+        c.journal.data_dir = dir.path().into();
+        c.http.listen = None;
+    });
     let err = tessera_runtime::NodeBuilder::new(tessera_tests::registry()).config(config).build().await.err().unwrap();
     assert!(err.to_string().contains("in use"), "a second node on one data dir is refused: {err}");
     node.shutdown().await;

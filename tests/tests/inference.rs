@@ -11,7 +11,7 @@ use futures::future::join_all;
 use serde_json::{Value, json};
 use tessera_entities::Format;
 use tessera_runtime::client::NatsClient;
-use tessera_runtime::{JournalKind, Node, NodeBuilder, NodeConfig};
+use tessera_runtime::{JournalKind, NodeBuilder, NodeConfig, Server};
 
 fn model_dir() -> std::path::PathBuf {
     inference::model_files::locate(None).unwrap_or_else(|_| {
@@ -21,9 +21,11 @@ fn model_dir() -> std::path::PathBuf {
     })
 }
 
-async fn node(tweak: impl FnOnce(&mut NodeConfig)) -> (Node, String) {
-    let mut config =
-        NodeConfig { journal: JournalKind::Memory, http: Some("127.0.0.1:0".into()), ..NodeConfig::default() };
+async fn node(tweak: impl FnOnce(&mut NodeConfig)) -> (Server, String) {
+    let mut config = NodeConfig::default().with(|c| {
+        c.journal.kind = JournalKind::Memory;
+        c.http.listen = Some("127.0.0.1:0".into());
+    });
     tweak(&mut config);
     let node = NodeBuilder::new(inference::registry(Some(&model_dir())).unwrap()).config(config).build().await.unwrap();
     let base = format!("http://{}", node.http_addr().unwrap());
@@ -36,7 +38,7 @@ fn vector(v: &Value) -> Vec<f32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_and_async_over_http_with_batching() {
-    let (node, base) = node(|c| c.executor_max_wait_us = 20_000).await;
+    let (node, base) = node(|c| c.executors.max_wait_us = 20_000).await;
     let url = format!("{base}/v1/functions/embed");
     let (s, _, out) = post(&url, r#"{"texts":["hello","a quick brown fox"]}"#, None).await;
     assert_eq!(s, 200, "{out}");
@@ -78,8 +80,8 @@ async fn sync_and_async_over_http_with_batching() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_executor_queue_answers_429() {
     let (node, base) = node(|c| {
-        c.executor_queue_limit = 2;
-        c.executor_max_batch = 1;
+        c.executors.queue_limit = 2;
+        c.executors.max_batch = 1;
     })
     .await;
     let url = format!("{base}/v1/functions/embed");
@@ -96,8 +98,8 @@ async fn a_full_executor_queue_answers_429() {
 async fn sync_and_async_over_nats() {
     let prefix = unique_prefix();
     let (node, base) = node(|c| {
-        c.nats = Some(nats_url());
-        c.nats_prefix = prefix.clone();
+        c.nats.url = Some(nats_url());
+        c.nats.prefix = prefix.clone();
     })
     .await;
     let c = NatsClient::connect(&nats_url()).await.unwrap().with_prefix(&prefix).with_timeout(Duration::from_secs(30));

@@ -17,12 +17,12 @@ async fn nats_node(
     dir: &std::path::Path,
     prefix: &str,
     tweak: impl FnOnce(&mut tessera_runtime::NodeConfig),
-) -> (tessera_runtime::Node, String) {
+) -> (tessera_runtime::Server, String) {
     let url = nats_url();
     let prefix = prefix.to_owned();
     common::node(dir, move |c| {
-        c.nats = Some(url);
-        c.nats_prefix = prefix;
+        c.nats.url = Some(url);
+        c.nats.prefix = prefix;
         tweak(c);
     })
     .await
@@ -60,12 +60,10 @@ async fn commands_and_functions_over_request_reply() {
 async fn bad_input_over_nats_gets_typed_errors_and_the_node_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
     let prefix = unique_prefix();
-    let (node, _) = nats_node(dir.path(), &prefix, |c| c.max_body_bytes = 256).await;
+    let (node, _) = nats_node(dir.path(), &prefix, |c| c.http.max_body_bytes = 256).await;
     let c = client(&prefix).await;
     let status = |r: Result<_, ClientError>| match r {
-        Err(ClientError::Status { status, body }) => {
-            (status, body["error"]["kind"].as_str().unwrap_or_default().to_owned())
-        }
+        Err(ClientError::Status { status, body }) => (status, body.error.kind),
         Ok(_) => (200, String::new()),
         Err(e) => panic!("{e}"),
     };
@@ -100,6 +98,83 @@ async fn bad_input_over_nats_gets_typed_errors_and_the_node_keeps_serving() {
 
     let r = c.send_json("stock", "s:1", "restock", &json!({"qty": 1}), None).await.unwrap();
     assert_eq!((r.json().unwrap(), r.seq), (json!({"on_hand": 1}), Some(1)), "only the valid command was applied");
+    node.shutdown().await;
+}
+
+/// One contract on every edge: the same bad command gets the same error
+/// kind over HTTP and NATS request/reply, and the same bad async call the
+/// same kind over HTTP and a direct JetStream publish (in its result row).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_bad_input_gets_the_same_error_kind_on_every_edge() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = unique_prefix();
+    let (node, base) = nats_node(dir.path(), &prefix, |c| c.http.max_body_bytes = 256).await;
+    let c = client(&prefix).await;
+    let nc = c.nats().clone();
+    for case in common::bad_commands() {
+        let http = common::http_bad_command(&base, &case).await;
+        let shard = tessera_journal::shard_of(case.entity_type, case.entity_id, 1024);
+        let mut h = async_nats::HeaderMap::new();
+        h.insert("Tessera-Entity", case.entity_id);
+        h.insert("Tessera-Command", case.command);
+        h.insert("Content-Type", case.content_type);
+        if let Some(k) = case.key {
+            h.insert("Idempotency-Key", k);
+        }
+        let subject = format!("{prefix}.cmd.{}.{shard}", case.entity_type);
+        let m = nc.request_with_headers(subject, h, case.body.clone().into()).await.unwrap();
+        let status: u16 = m.headers.as_ref().unwrap().get("Tessera-Status").unwrap().as_str().parse().unwrap();
+        let body = common::error_body(&m.payload, case.content_type == "application/msgpack");
+        assert_eq!(http, (status, body.error.kind.clone()), "{}: HTTP and NATS agree", case.what);
+        assert_eq!(body.error.kind, case.kind, "{}", case.what);
+    }
+    // Async calls: over HTTP (answered at once) and published straight to
+    // JetStream (the result row says why it did not run).
+    let js = async_nats::jetstream::new(nc.clone());
+    let big = format!(r#"{{"ms":1,"pad":"{}"}}"#, "x".repeat(300));
+    // (what, function, content type, key, input, error kind)
+    type Case<'a> = (&'a str, &'a str, &'a str, &'a str, Vec<u8>, &'a str);
+    let cases: Vec<Case<'_>> = vec![
+        ("an unknown function", "nope.fn", "application/json", "a1", b"{}".to_vec(), "unknown_function"),
+        ("input that is not JSON", "test.sleep", "application/json", "a2", b"{oops".to_vec(), "malformed"),
+        ("input of the wrong shape", "test.sleep", "application/json", "a3", br#"{"ms":"x"}"#.to_vec(), "malformed"),
+        ("a bad key", "test.sleep", "application/json", "bad key", br#"{"ms":1}"#.to_vec(), "malformed"),
+        (
+            "an unknown content type",
+            "test.sleep",
+            "text/plain",
+            "a4",
+            br#"{"ms":1}"#.to_vec(),
+            "unsupported_media_type",
+        ),
+        ("an input over the limit", "test.sleep", "application/json", "a5", big.into_bytes(), "too_large"),
+    ];
+    for (what, function, ct, key, body, kind) in cases {
+        let resp = common::client()
+            .post(format!("{base}/v1/functions/{function}?mode=async"))
+            .header("content-type", ct)
+            .header("idempotency-key", key)
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let e: tessera_runtime::wire::ErrorBody = resp.json().await.expect("an error body");
+        assert_eq!(e.error.kind, kind, "HTTP async: {what}");
+        let mut h = async_nats::HeaderMap::new();
+        let id = format!("js-{}", key.replace(' ', "_"));
+        let id = if what == "a bad key" { key.to_owned() } else { id };
+        h.insert("Tessera-Invocation-Id", id.as_str());
+        h.insert("Content-Type", ct);
+        js.publish_with_headers(format!("{prefix}.invoke.{function}"), h, body.into()).await.unwrap().await.unwrap();
+        let row = wait_result(&base, &common::segment(&id), Duration::from_secs(10)).await;
+        assert_eq!(row["status"], "error", "JetStream: {what}: {row}");
+        assert_eq!(
+            (row["status_code"].as_u64(), row["body"]["error"]["kind"].as_str()),
+            (Some(status.into()), Some(kind)),
+            "JetStream: {what}"
+        );
+    }
     node.shutdown().await;
 }
 
@@ -163,7 +238,7 @@ async fn async_calls_over_http_and_nats_leave_one_result_row() {
 async fn retryable_failures_are_redelivered_then_dead_lettered() {
     let dir = tempfile::tempdir().unwrap();
     let prefix = unique_prefix();
-    let (node, base) = nats_node(dir.path(), &prefix, |c| c.async_max_deliver = 3).await;
+    let (node, base) = nats_node(dir.path(), &prefix, |c| c.nats.async_max_deliver = 3).await;
     let (s, _, accepted) = post(&format!("{base}/v1/functions/test.unavailable?mode=async"), "{}", None).await;
     assert_eq!(s, 202);
     let id = accepted["invocation_id"].as_str().unwrap().to_owned();
@@ -193,7 +268,7 @@ async fn retryable_failures_are_redelivered_then_dead_lettered() {
 async fn results_expire_after_their_ttl() {
     let dir = tempfile::tempdir().unwrap();
     let prefix = unique_prefix();
-    let (node, base) = nats_node(dir.path(), &prefix, |c| c.result_ttl_secs = 1).await;
+    let (node, base) = nats_node(dir.path(), &prefix, |c| c.limits.result_ttl_secs = 1).await;
     let (_, _, a) = post(&format!("{base}/v1/functions/test.sleep?mode=async"), r#"{"ms":1}"#, None).await;
     let id = a["invocation_id"].as_str().unwrap().to_owned();
     wait_result(&base, &id, Duration::from_secs(5)).await;

@@ -36,11 +36,11 @@ async fn drop_keyspace(url: &str) {
     let _ = j.session().query_unpaged(format!("DROP KEYSPACE IF EXISTS {ks}"), ()).await;
 }
 
-async fn node(url: &str, tweak: impl FnOnce(&mut NodeConfig)) -> (tessera_runtime::Node, String) {
+async fn node(url: &str, tweak: impl FnOnce(&mut NodeConfig)) -> (tessera_runtime::Server, String) {
     let dir = tempfile::tempdir().unwrap();
     let url = url.to_owned();
     common::node(dir.path(), move |c| {
-        c.journal = JournalKind::Scylla(url);
+        c.journal.kind = JournalKind::Scylla(url);
         tweak(c);
     })
     .await
@@ -54,12 +54,11 @@ fn cmd(base: &str, id: &str, command: &str) -> String {
 async fn the_inventory_case_runs_on_scylla() {
     let url = format!("{}/{}", scylla_server(), unique_keyspace());
     let dir = tempfile::tempdir().unwrap();
-    let config = NodeConfig {
-        journal: JournalKind::Scylla(url.clone()),
-        data_dir: dir.path().into(),
-        http: None,
-        ..Default::default()
-    };
+    let config = NodeConfig::default().with(|c| {
+        c.journal.kind = JournalKind::Scylla(url.clone());
+        c.journal.data_dir = dir.path().into();
+        c.http.listen = None;
+    });
     let err = tessera_runtime::NodeBuilder::new(tessera_tests::registry()).config(config).build().await.err().unwrap();
     assert!(err.to_string().contains("journal migrate"), "an unmigrated keyspace is refused with what to do: {err}");
     tokio::task::spawn_blocking({
@@ -187,8 +186,8 @@ async fn the_server_stopped_mid_load_loses_nothing_acknowledged_and_the_node_rec
     let url = format!("scylla://cassandra:cassandra@127.0.0.1:9043/{}?timeout_ms=2000", unique_keyspace());
     migrated(&url).await;
     let (n, base) = node(&url, |c| {
-        c.invocation_timeout_ms = 5000;
-        c.dedup_max_entries = 1_000_000; // every key of the run stays retryable
+        c.limits.invocation_timeout_ms = 5000;
+        c.limits.dedup_max_entries = 1_000_000; // every key of the run stays retryable
     })
     .await;
 

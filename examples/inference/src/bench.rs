@@ -70,16 +70,15 @@ pub async fn run(a: EmbedBenchArgs, model_dir: Option<PathBuf>) -> anyhow::Resul
         results["baseline_raw_candle"][format!("batch_{batch}")] = json!({"embeddings_per_sec": rate.round()});
     }
     for (label, max_batch) in [("batching_on", 32usize), ("batching_off", 1)] {
-        let config = NodeConfig {
-            journal: JournalKind::Memory,
-            http: Some("127.0.0.1:0".into()),
-            nats: a.nats.clone(),
-            nats_prefix: format!("benchembed{}", std::process::id()),
-            executor_max_batch: max_batch,
-            max_in_flight: 100_000,
-            invocation_timeout_ms: 600_000,
-            ..NodeConfig::default()
-        };
+        let config = NodeConfig::default().with(|c| {
+            c.journal.kind = JournalKind::Memory;
+            c.http.listen = Some("127.0.0.1:0".into());
+            c.nats.url = a.nats.clone();
+            c.nats.prefix = format!("benchembed{}", std::process::id());
+            c.executors.max_batch = max_batch;
+            c.limits.max_in_flight = 100_000;
+            c.limits.invocation_timeout_ms = 600_000;
+        });
         let node = NodeBuilder::new(crate::registry(Some(&dir))?).config(config).build().await?;
         let url = format!("http://{}/v1/functions/embed", node.http_addr().expect("http"));
         let http = reqwest::Client::new();
@@ -98,7 +97,7 @@ pub async fn run(a: EmbedBenchArgs, model_dir: Option<PathBuf>) -> anyhow::Resul
         if let Some(nats) = &a.nats {
             let c = NatsClient::connect(nats)
                 .await?
-                .with_prefix(&node.config().nats_prefix)
+                .with_prefix(&node.config().nats.prefix)
                 .with_timeout(Duration::from_secs(600));
             let (rate, latency) = through(a.calls, a.callers, move |i| {
                 let c = c.clone();

@@ -38,7 +38,10 @@ const CORPUS: [&str; 12] = [
 /// Runs the demo with the model in `model_dir` (or the default location).
 pub async fn run(args: DemoArgs, model_dir: Option<PathBuf>) -> anyhow::Result<()> {
     let registry = crate::registry(model_dir.as_deref())?;
-    let config = NodeConfig { journal: JournalKind::Memory, http: Some("127.0.0.1:0".into()), ..NodeConfig::default() };
+    let config = NodeConfig::default().with(|c| {
+        c.journal.kind = JournalKind::Memory;
+        c.http.listen = Some("127.0.0.1:0".into());
+    });
     let node = NodeBuilder::new(registry).config(config).build().await?;
     let base = format!("http://{}", node.http_addr().context("no HTTP address")?);
     let executors: Vec<_> = node.executors().list().iter().map(|e| e.id.clone()).collect();

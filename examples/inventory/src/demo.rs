@@ -72,7 +72,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     if data_dir.exists() && std::fs::read_dir(&data_dir)?.next().is_some() {
         bail!("{} is not empty: the demo wants a fresh data dir", data_dir.display());
     }
-    let config = NodeConfig { data_dir: data_dir.clone(), http: Some("127.0.0.1:0".into()), ..NodeConfig::default() };
+    let config = NodeConfig::default().with(|c| {
+        c.journal.data_dir = data_dir.clone();
+        c.http.listen = Some("127.0.0.1:0".into());
+    });
     let node = NodeBuilder::new(crate::registry()?).config(config).build().await.context("starting the node")?;
     let addr = node.http_addr().context("no HTTP address")?;
     let base = format!("http://{addr}");

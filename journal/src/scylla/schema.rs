@@ -9,7 +9,9 @@ use crate::error::JournalError;
 /// The schema version this build creates and reads.
 ///
 /// - 1: events (bucketed, statics `last_seq`, `sealed`, snapshot), snapshots,
-///   events_by_shard, entity_ids, invocation_results.
+///   events_by_shard, entity_ids (keyspaces migrated by older builds also
+///   hold `invocation_results`, now created by the result store's own
+///   migration: one owner per table).
 /// - 2: the static `fence` of each events partition: the lease epoch a
 ///   writer's conditional appends must carry.
 pub const SCHEMA_VERSION: i32 = 2;
@@ -30,6 +32,11 @@ pub struct MigrateOptions {
     pub replication: String,
     /// Events per partition (fixed for the life of the keyspace).
     pub bucket_size: i64,
+    /// Tables other parts keep in the same keyspace, as idempotent DDL
+    /// (`CREATE TABLE IF NOT EXISTS {ks}.…`; `{ks}` is replaced by the
+    /// keyspace), e.g. the runtime's result store. Their owners define them;
+    /// the migration only runs them, every time.
+    pub other_tables: Vec<String>,
 }
 
 impl Default for MigrateOptions {
@@ -37,6 +44,7 @@ impl Default for MigrateOptions {
         Self {
             replication: "{'class': 'SimpleStrategy', 'replication_factor': 1}".into(),
             bucket_size: DEFAULT_BUCKET_SIZE,
+            other_tables: Vec::new(),
         }
     }
 }
@@ -75,11 +83,6 @@ fn migrations(ks: &str) -> Vec<(i32, Vec<String>)> {
                     PRIMARY KEY ((entity_type, shard), entity_id)
                 )"
             ),
-            format!(
-                "CREATE TABLE IF NOT EXISTS {ks}.invocation_results (
-                    invocation_id text PRIMARY KEY, final boolean, row blob
-                )"
-            ),
         ],
         ),
         (2, vec![format!("ALTER TABLE {ks}.events ADD fence bigint STATIC")]),
@@ -94,20 +97,27 @@ fn added_column(cql: &str) -> Option<(&str, &str)> {
     Some((table, rest.split_whitespace().next()?))
 }
 
+/// A CQL string literal. The schema's one-off queries are sent unprepared
+/// (with their values inline) so that they take no room in the server's
+/// prepared-statement cache, which every keyspace's journal statements need.
+fn lit(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
 async fn column_exists(session: &Session, ks: &str, table: &str, column: &str) -> Result<bool, JournalError> {
-    let r = session
-        .query_unpaged(
-            "SELECT column_name FROM system_schema.columns WHERE keyspace_name = ? AND table_name = ? AND column_name = ?",
-            (ks, table, column),
-        )
-        .await
-        .map_err(|e| JournalError::Unavailable(e.to_string()))?;
+    let cql = format!(
+        "SELECT column_name FROM system_schema.columns WHERE keyspace_name = {} AND table_name = {} AND column_name = {}",
+        lit(ks),
+        lit(table),
+        lit(column)
+    );
+    let r = session.query_unpaged(cql, ()).await.map_err(|e| JournalError::Unavailable(e.to_string()))?;
     Ok(r.into_rows_result().map_err(|e| JournalError::Unavailable(e.to_string()))?.rows_num() > 0)
 }
 
 async fn meta(session: &Session, ks: &str, key: &str) -> Result<Option<String>, JournalError> {
     let r = session
-        .query_unpaged(format!("SELECT value FROM {ks}.tessera_meta WHERE key = ?"), (key,))
+        .query_unpaged(format!("SELECT value FROM {ks}.tessera_meta WHERE key = {}", lit(key)), ())
         .await
         .map_err(|e| JournalError::Unavailable(e.to_string()))?;
     let rows = r.into_rows_result().map_err(|e| JournalError::Unavailable(e.to_string()))?;
@@ -118,8 +128,11 @@ async fn meta(session: &Session, ks: &str, key: &str) -> Result<Option<String>, 
 pub async fn installed(session: &Session, ks: &str) -> Result<Option<(i32, i64)>, JournalError> {
     let exists = session
         .query_unpaged(
-            "SELECT table_name FROM system_schema.tables WHERE keyspace_name = ? AND table_name = 'tessera_meta'",
-            (ks,),
+            format!(
+                "SELECT table_name FROM system_schema.tables WHERE keyspace_name = {} AND table_name = 'tessera_meta'",
+                lit(ks)
+            ),
+            (),
         )
         .await
         .map_err(|e| JournalError::Unavailable(e.to_string()))?
@@ -171,6 +184,9 @@ pub async fn migrate(session: &Session, ks: &str, opts: &MigrateOptions) -> Resu
         }
         run(format!("INSERT INTO {ks}.tessera_meta (key, value) VALUES ('schema_version', '{version}')")).await?;
         applied.push(version);
+    }
+    for ddl in &opts.other_tables {
+        run(ddl.replace("{ks}", ks)).await?;
     }
     Ok(applied)
 }

@@ -1,4 +1,5 @@
-//! Every CQL statement the journal runs, prepared once per session.
+//! Every CQL statement the journal runs, prepared once per session, each
+//! bound by name (`:marker`, see `rows::Named`).
 
 use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
@@ -6,31 +7,33 @@ use scylla::statement::prepared::PreparedStatement;
 use super::config::ScyllaConfig;
 use crate::error::JournalError;
 
+/// The head update of an append: its shape depends on the partition's
+/// state (the last one holding events, or a new one), on a snapshot, and
+/// on a fence.
+pub(crate) struct HeadStatements {
+    /// `IF last_seq = :expected AND sealed = null [AND fence = :fence]`.
+    pub(crate) eq: PreparedStatement,
+    /// The same, also writing a snapshot into the partition's statics.
+    pub(crate) eq_snap: PreparedStatement,
+    /// `IF last_seq = null` (opening a partition; a fenced writer also sets the fence).
+    pub(crate) new: PreparedStatement,
+    /// The same, with a snapshot.
+    pub(crate) new_snap: PreparedStatement,
+}
+
 pub(crate) struct Statements {
-    /// Head update when the partition holds the entity's last event.
-    pub(crate) head_eq: PreparedStatement,
-    /// Head update opening a new partition.
-    pub(crate) head_new: PreparedStatement,
-    /// The same two, also writing a snapshot into the partition's static columns.
-    pub(crate) head_eq_snap: PreparedStatement,
-    pub(crate) head_new_snap: PreparedStatement,
-    /// Unconditional head update (the opt-in fast mode).
+    pub(crate) head: HeadStatements,
+    pub(crate) head_fenced: HeadStatements,
+    /// Unconditional head updates (the opt-in fast mode).
     pub(crate) head_plain: PreparedStatement,
     pub(crate) head_plain_snap: PreparedStatement,
-    /// Fenced appends: the same conditions plus `fence = ?`.
-    pub(crate) head_eq_fenced: PreparedStatement,
-    pub(crate) head_eq_snap_fenced: PreparedStatement,
-    /// A fenced writer opening a new partition (it also writes the fence);
-    /// without events, the fence raise that opens an empty head partition.
-    pub(crate) head_new_fenced: PreparedStatement,
-    pub(crate) head_new_snap_fenced: PreparedStatement,
     pub(crate) insert_event: PreparedStatement,
     pub(crate) seal: PreparedStatement,
     pub(crate) seal_fenced: PreparedStatement,
     /// Raising the fence of the head partition from a known value (or from null).
     pub(crate) raise_fence: PreparedStatement,
     pub(crate) raise_fence_from_null: PreparedStatement,
-    pub(crate) head_of: PreparedStatement,
+    pub(crate) statics_of: PreparedStatement,
     pub(crate) snap_of: PreparedStatement,
     pub(crate) read: PreparedStatement,
     pub(crate) read_one: PreparedStatement,
@@ -42,6 +45,10 @@ pub(crate) struct Statements {
     pub(crate) index_read: PreparedStatement,
     pub(crate) delete_to: PreparedStatement,
 }
+
+const PK: &str = "entity_type = :entity_type AND entity_id = :entity_id AND bucket = :bucket";
+const SNAP: &str =
+    "snap_seq = :snap_seq, snap_version = :snap_version, snap_ts = :snap_ts, snap_payload = :snap_payload";
 
 impl Statements {
     pub(crate) async fn prepare(session: &Session, c: &ScyllaConfig) -> Result<Self, JournalError> {
@@ -58,129 +65,95 @@ impl Statements {
             p.set_page_size(1024);
             Ok::<_, JournalError>(p)
         };
-        let pk = "entity_type = ? AND entity_id = ? AND bucket = ?";
-        let snap = "snap_seq = ?, snap_version = ?, snap_ts = ?, snap_payload = ?";
-        Ok(Self {
-            head_eq: prep(format!("UPDATE {ks}.events SET last_seq = ? WHERE {pk} IF last_seq = ? AND sealed = null"), false, true).await?,
-            head_new: prep(format!("UPDATE {ks}.events SET last_seq = ? WHERE {pk} IF last_seq = null"), false, true).await?,
-            head_eq_snap: prep(
-                format!("UPDATE {ks}.events SET last_seq = ?, {snap} WHERE {pk} IF last_seq = ? AND sealed = null"),
-                false,
-                true,
-            )
-            .await?,
-            head_new_snap: prep(format!("UPDATE {ks}.events SET last_seq = ?, {snap} WHERE {pk} IF last_seq = null"), false, true)
+        let lwt = |cql: String| prep(cql, false, true);
+        // Safe to retry (reads, and writes of the same row with the same values).
+        let idem = |cql: String| prep(cql, true, false);
+        let head = |fenced: bool| async move {
+            let (cond, set_fence) = if fenced { (" AND fence = :fence", ", fence = :fence") } else { ("", "") };
+            let eq = format!("IF last_seq = :expected AND sealed = null{cond}");
+            Ok::<_, JournalError>(HeadStatements {
+                eq: lwt(format!("UPDATE {ks}.events SET last_seq = :last_seq WHERE {PK} {eq}")).await?,
+                eq_snap: lwt(format!("UPDATE {ks}.events SET last_seq = :last_seq, {SNAP} WHERE {PK} {eq}")).await?,
+                new: lwt(format!(
+                    "UPDATE {ks}.events SET last_seq = :last_seq{set_fence} WHERE {PK} IF last_seq = null"
+                ))
                 .await?,
-            head_eq_fenced: prep(
-                format!("UPDATE {ks}.events SET last_seq = ? WHERE {pk} IF last_seq = ? AND sealed = null AND fence = ?"),
-                false,
-                true,
-            )
-            .await?,
-            head_eq_snap_fenced: prep(
-                format!(
-                    "UPDATE {ks}.events SET last_seq = ?, {snap} WHERE {pk} IF last_seq = ? AND sealed = null AND fence = ?"
-                ),
-                false,
-                true,
-            )
-            .await?,
-            head_new_fenced: prep(
-                format!("UPDATE {ks}.events SET last_seq = ?, fence = ? WHERE {pk} IF last_seq = null"),
-                false,
-                true,
-            )
-            .await?,
-            head_new_snap_fenced: prep(
-                format!("UPDATE {ks}.events SET last_seq = ?, {snap}, fence = ? WHERE {pk} IF last_seq = null"),
-                false,
-                true,
-            )
-            .await?,
-            seal_fenced: prep(
-                format!("UPDATE {ks}.events SET sealed = ? WHERE {pk} IF last_seq = ? AND fence = ?"),
-                false,
-                true,
-            )
-            .await?,
-            raise_fence: prep(
-                format!("UPDATE {ks}.events SET fence = ? WHERE {pk} IF fence = ? AND sealed = null"),
-                false,
-                true,
-            )
-            .await?,
-            raise_fence_from_null: prep(
-                format!("UPDATE {ks}.events SET fence = ? WHERE {pk} IF fence = null AND sealed = null"),
-                false,
-                true,
-            )
-            .await?,
-            head_plain: prep(format!("UPDATE {ks}.events SET last_seq = ? WHERE {pk}"), false, false).await?,
-            head_plain_snap: prep(format!("UPDATE {ks}.events SET last_seq = ?, {snap} WHERE {pk}"), false, false).await?,
+                new_snap: lwt(format!(
+                    "UPDATE {ks}.events SET last_seq = :last_seq, {SNAP}{set_fence} WHERE {PK} IF last_seq = null"
+                ))
+                .await?,
+            })
+        };
+        Ok(Self {
+            head: head(false).await?,
+            head_fenced: head(true).await?,
+            head_plain: prep(format!("UPDATE {ks}.events SET last_seq = :last_seq WHERE {PK}"), false, false).await?,
+            head_plain_snap: prep(format!("UPDATE {ks}.events SET last_seq = :last_seq, {SNAP} WHERE {PK}"), false, false)
+                .await?,
             insert_event: prep(
                 format!(
                     "INSERT INTO {ks}.events (entity_type, entity_id, bucket, seq, ts, type_name, version, payload, metadata) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                     VALUES (:entity_type, :entity_id, :bucket, :seq, :ts, :type_name, :version, :payload, :metadata)"
                 ),
                 false,
                 false,
             )
             .await?,
-            seal: prep(format!("UPDATE {ks}.events SET sealed = ? WHERE {pk} IF last_seq = ?"), false, true).await?,
-            head_of: prep(format!("SELECT last_seq, sealed, fence FROM {ks}.events WHERE {pk} LIMIT 1"), true, false)
-                .await?,
-            snap_of: prep(
-                format!("SELECT snap_seq, snap_version, snap_ts, snap_payload FROM {ks}.events WHERE {pk} LIMIT 1"),
-                true,
-                false,
-            )
+            seal: lwt(format!("UPDATE {ks}.events SET sealed = :sealed WHERE {PK} IF last_seq = :expected")).await?,
+            seal_fenced: lwt(format!(
+                "UPDATE {ks}.events SET sealed = :sealed WHERE {PK} IF last_seq = :expected AND fence = :fence"
+            ))
             .await?,
-            read: prep(
-                format!(
-                    "SELECT seq, ts, type_name, version, payload, metadata FROM {ks}.events WHERE {pk} AND seq >= ? AND seq <= ? LIMIT 1024"
-                ),
-                true,
-                false,
-            )
+            raise_fence: lwt(format!(
+                "UPDATE {ks}.events SET fence = :fence WHERE {PK} IF fence = :current AND sealed = null"
+            ))
             .await?,
-            read_one: prep(
-                format!("SELECT seq, ts, type_name, version, payload, metadata FROM {ks}.events WHERE {pk} AND seq = ?"),
-                true,
-                false,
-            )
+            raise_fence_from_null: lwt(format!(
+                "UPDATE {ks}.events SET fence = :fence WHERE {PK} IF fence = null AND sealed = null"
+            ))
             .await?,
-            save_snapshot: prep(
-                format!("INSERT INTO {ks}.snapshots (entity_type, entity_id, seq, version, ts, payload) VALUES (?, ?, ?, ?, ?, ?)"),
-                true,
-                false,
-            )
+            statics_of: idem(format!("SELECT last_seq, sealed, fence FROM {ks}.events WHERE {PK} LIMIT 1")).await?,
+            snap_of: idem(format!(
+                "SELECT snap_seq, snap_version, snap_ts, snap_payload FROM {ks}.events WHERE {PK} LIMIT 1"
+            ))
             .await?,
-            load_snapshot: prep(
-                format!("SELECT seq, version, ts, payload FROM {ks}.snapshots WHERE entity_type = ? AND entity_id = ?"),
-                true,
-                false,
-            )
+            read: idem(format!(
+                "SELECT seq, ts, type_name, version, payload, metadata FROM {ks}.events \
+                 WHERE {PK} AND seq >= :from_seq AND seq <= :to_seq LIMIT 1024"
+            ))
             .await?,
-            feed_insert: prep(
-                format!(
-                    "INSERT INTO {ks}.events_by_shard (shard, hour, offset, entity_type, entity_id, bucket, seq) VALUES (?, ?, ?, ?, ?, ?, ?)"
-                ),
-                true,
-                false,
-            )
+            read_one: idem(format!(
+                "SELECT seq, ts, type_name, version, payload, metadata FROM {ks}.events WHERE {PK} AND seq = :seq"
+            ))
             .await?,
-            feed_read: prep(
-                format!(
-                    "SELECT offset, entity_type, entity_id, bucket, seq FROM {ks}.events_by_shard WHERE shard = ? AND hour = ? AND offset > ? LIMIT 1024"
-                ),
-                true,
-                false,
-            )
+            save_snapshot: idem(format!(
+                "INSERT INTO {ks}.snapshots (entity_type, entity_id, seq, version, ts, payload) \
+                 VALUES (:entity_type, :entity_id, :seq, :version, :ts, :payload)"
+            ))
             .await?,
-            index_insert: prep(format!("INSERT INTO {ks}.entity_ids (entity_type, shard, entity_id) VALUES (?, ?, ?)"), true, false)
-                .await?,
-            index_read: prep(format!("SELECT entity_id FROM {ks}.entity_ids WHERE entity_type = ? AND shard = ?"), true, false).await?,
-            delete_to: prep(format!("DELETE FROM {ks}.events WHERE {pk} AND seq <= ?"), true, false).await?,
+            load_snapshot: idem(format!(
+                "SELECT seq, version, ts, payload FROM {ks}.snapshots WHERE entity_type = :entity_type AND entity_id = :entity_id"
+            ))
+            .await?,
+            feed_insert: idem(format!(
+                "INSERT INTO {ks}.events_by_shard (shard, hour, offset, entity_type, entity_id, bucket, seq) \
+                 VALUES (:shard, :hour, :offset, :entity_type, :entity_id, :bucket, :seq)"
+            ))
+            .await?,
+            feed_read: idem(format!(
+                "SELECT offset, entity_type, entity_id, bucket, seq FROM {ks}.events_by_shard \
+                 WHERE shard = :shard AND hour = :hour AND offset > :after LIMIT 1024"
+            ))
+            .await?,
+            index_insert: idem(format!(
+                "INSERT INTO {ks}.entity_ids (entity_type, shard, entity_id) VALUES (:entity_type, :shard, :entity_id)"
+            ))
+            .await?,
+            index_read: idem(format!(
+                "SELECT entity_id FROM {ks}.entity_ids WHERE entity_type = :entity_type AND shard = :shard"
+            ))
+            .await?,
+            delete_to: idem(format!("DELETE FROM {ks}.events WHERE {PK} AND seq <= :to_seq")).await?,
         })
     }
 }

@@ -13,44 +13,46 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use serde::{Deserialize, Serialize};
 use tessera_cluster::autoscaler::{Decision, NodeMetrics, PolicyConfig, PolicyState, Window, decide};
 
 pub use scaler::{DryRunScaler, KubernetesScaler, LocalProcessScaler, Scaler, ScalerError};
 
+pub use crate::config::AutoscalerKind;
+
 use crate::metrics::Metrics;
 use crate::nats::NatsLink;
 
-/// Which scaler a node's autoscaler uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum AutoscalerKind {
-    /// No autoscaler (default).
-    #[default]
-    None,
-    /// Decide and log only.
-    DryRun,
-    /// Start and stop node processes of this binary.
-    Local,
-    /// Set a Deployment's replicas.
-    Kubernetes,
+/// The last decisions, newest last (served at `GET /v1/autoscaler`).
+pub type DecisionLog = Arc<Mutex<VecDeque<crate::wire::DecisionBody>>>;
+
+/// What a node knows of the autoscaler, shared with the leader's actor
+/// while it runs here (served at `GET /v1/autoscaler`).
+#[derive(Clone, Default)]
+pub struct AutoscalerStatus {
+    pub(crate) log: DecisionLog,
+    pub(crate) state: Arc<Mutex<Option<PolicyState>>>,
+    /// In a cluster: the membership view and the `leader` singleton.
+    pub(crate) cluster: Option<(tessera_cluster::View, Arc<tessera_cluster::Singleton>)>,
 }
 
-impl std::str::FromStr for AutoscalerKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "none" | "off" => Ok(Self::None),
-            "dry-run" => Ok(Self::DryRun),
-            "local" => Ok(Self::Local),
-            "kubernetes" | "k8s" => Ok(Self::Kubernetes),
-            other => Err(format!("unknown autoscaler `{other}`: none, dry-run, local or kubernetes")),
-        }
+impl AutoscalerStatus {
+    /// True while this node holds the `leader` singleton.
+    pub fn leader(&self) -> bool {
+        self.cluster.as_ref().is_some_and(|(_, l)| l.is_leader())
+    }
+    /// Live members as this node sees them (`None` outside a cluster).
+    pub fn members(&self) -> Option<usize> {
+        self.cluster.as_ref().map(|(v, _)| v.members().len())
+    }
+    /// The recent decisions, oldest first (on the node that runs it).
+    pub fn decisions(&self) -> Vec<crate::wire::DecisionBody> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
+    }
+    /// The policy state while the autoscaler runs here (times in ms since the Unix epoch).
+    pub fn state(&self) -> Option<PolicyState> {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
-
-/// The last decisions, newest last (served at `GET /v1/autoscaler`).
-pub type DecisionLog = Arc<Mutex<VecDeque<serde_json::Value>>>;
 
 /// A node's load now; `requests_total` is the running count of finished
 /// invocations, from which the rate since `last` is derived.
@@ -233,11 +235,16 @@ impl AutoscalerState {
         if let Err(e) = &result {
             tracing::warn!(error = %e, "the scaler could not apply the decision");
         }
-        let entry = serde_json::json!({
-            "at_ms": now, "from": from, "to": to, "reason": reason, "live": live,
-            "observation": obs, "scaler": self.args.scaler.name(),
-            "error": result.as_ref().err().map(ToString::to_string),
-        });
+        let entry = crate::wire::DecisionBody {
+            at_ms: now,
+            from: *from,
+            to: *to,
+            reason: reason.clone(),
+            live,
+            observation: obs,
+            scaler: self.args.scaler.name().to_owned(),
+            error: result.as_ref().err().map(ToString::to_string),
+        };
         {
             let mut log = self.args.log.lock().unwrap_or_else(|p| p.into_inner());
             log.push_back(entry);

@@ -10,9 +10,9 @@ use serde_json::{Value, json};
 use tessera_entities::Format;
 
 use super::{Sizes, concurrently, registry};
+use crate::NodeBuilder;
 use crate::client::NatsClient;
 use crate::config::{JournalKind, NodeConfig};
-use crate::node::NodeBuilder;
 
 fn ratio(a: f64, b: f64) -> f64 {
     if b > 0.0 { (a / b * 1000.0).round() / 1000.0 } else { 0.0 }
@@ -20,15 +20,14 @@ fn ratio(a: f64, b: f64) -> f64 {
 
 pub(super) async fn run(s: Sizes, url: &str) -> anyhow::Result<Value> {
     let prefix = format!("bench{}", std::process::id());
-    let config = NodeConfig {
-        http: None,
-        journal: JournalKind::Memory,
-        nats: Some(url.to_owned()),
-        nats_prefix: prefix.clone(),
-        max_in_flight: 1_000_000,
-        function_concurrency: 512,
-        ..NodeConfig::default()
-    };
+    let config = NodeConfig::default().with(|c| {
+        c.http.listen = None;
+        c.journal.kind = JournalKind::Memory;
+        c.nats.url = Some(url.to_owned());
+        c.nats.prefix = prefix.clone();
+        c.limits.max_in_flight = 1_000_000;
+        c.executors.function_concurrency = 512;
+    });
     let node = NodeBuilder::new(registry()).config(config).build().await?;
     let client = NatsClient::connect(url).await?.with_prefix(&prefix);
     let ids: Arc<Vec<String>> = Arc::new((0..s.entities).map(|i| format!("e-{i}")).collect());

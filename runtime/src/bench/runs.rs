@@ -11,23 +11,23 @@ use tessera_entities::Format;
 use tessera_journal::{Durability, EntityKey, Journal, LocalJournal, NewEvent};
 
 use super::{Sizes, concurrently, registry, rss_bytes};
+use crate::NodeBuilder;
 use crate::config::{JournalKind, NodeConfig};
-use crate::node::{Invocation, Node, NodeBuilder};
+use crate::node::{Invocation, Node};
 
 fn ratio(a: f64, b: f64) -> f64 {
     if b > 0.0 { (a / b * 1000.0).round() / 1000.0 } else { 0.0 }
 }
 
 fn bench_config(journal: JournalKind, data_dir: &Path) -> NodeConfig {
-    NodeConfig {
-        data_dir: data_dir.to_path_buf(),
-        http: None,
-        journal,
-        max_in_flight: 1_000_000,
-        max_active_entities: 10_000_000,
-        idle_timeout_secs: 3600,
-        ..NodeConfig::default()
-    }
+    NodeConfig::default().with(|c| {
+        c.journal.data_dir = data_dir.to_path_buf();
+        c.http.listen = None;
+        c.journal.kind = journal;
+        c.limits.max_in_flight = 1_000_000;
+        c.limits.max_active_entities = 10_000_000;
+        c.limits.idle_timeout_secs = 3600;
+    })
 }
 
 fn ids(n: u64) -> Arc<Vec<String>> {
@@ -203,7 +203,7 @@ pub(super) async fn replay(s: Sizes, scratch: &Path) -> anyhow::Result<Value> {
     let count = j.read(&key, 1..=u64::MAX).try_fold(0u64, |n, _| async move { Ok(n + 1) }).await?;
     let raw = started.elapsed();
     anyhow::ensure!(count == s.replay_events, "read {count} events, wrote {}", s.replay_events);
-    let config = NodeConfig { snapshot_every: 0, ..bench_config(JournalKind::Local, &path) };
+    let config = bench_config(JournalKind::Local, &path).with(|c| c.journal.snapshot_every = 0);
     let node = NodeBuilder::new(registry()).config(config).journal(j).build().await?;
     let started = Instant::now();
     let view = node.state("bench-counter", "big").await?;

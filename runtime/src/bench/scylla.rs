@@ -12,21 +12,20 @@ use tessera_journal::scylla::MigrateOptions;
 use tessera_journal::{AppendRequest, EntityKey, Journal, NewEvent, ScyllaJournal};
 
 use super::{Sizes, registry};
+use crate::NodeBuilder;
 use crate::config::{JournalKind, NodeConfig};
-use crate::node::NodeBuilder;
 
 fn ratio(a: f64, b: f64) -> f64 {
     if b > 0.0 { (a / b * 1000.0).round() / 1000.0 } else { 0.0 }
 }
 
 async fn commands(url: &str, s: Sizes, n: u64) -> anyhow::Result<(f64, Value)> {
-    let config = NodeConfig {
-        http: None,
-        journal: JournalKind::Scylla(url.to_owned()),
-        max_in_flight: 1_000_000,
-        snapshot_every: 0,
-        ..NodeConfig::default()
-    };
+    let config = NodeConfig::default().with(|c| {
+        c.http.listen = None;
+        c.journal.kind = JournalKind::Scylla(url.to_owned());
+        c.limits.max_in_flight = 1_000_000;
+        c.journal.snapshot_every = 0;
+    });
     let node = NodeBuilder::new(registry()).config(config).build().await?;
     let ids: Arc<Vec<String>> = Arc::new((0..s.entities).map(|i| format!("e-{i}")).collect());
     super::runs::drive(&node, &ids, s.entities.min(n), s.callers, "get").await?;
@@ -77,7 +76,8 @@ pub(super) async fn run(s: Sizes, server: &str) -> anyhow::Result<Value> {
     let server = server.trim_end_matches('/');
     let ks = format!("bench_{}", std::process::id());
     let url = format!("{server}/{ks}");
-    ScyllaJournal::migrate(&url, &MigrateOptions::default()).await?;
+    let other_tables = vec![crate::results::ScyllaResultStore::table()];
+    ScyllaJournal::migrate(&url, &MigrateOptions { other_tables, ..MigrateOptions::default() }).await?;
     let n = (s.commands / 40).max(200);
 
     let (conditional, latency) = commands(&url, s, n).await?;
@@ -141,12 +141,11 @@ pub(super) async fn run(s: Sizes, server: &str) -> anyhow::Result<Value> {
     let started = Instant::now();
     let count = plain.read(&key, 1..=u64::MAX).try_fold(0u64, |n, _| async move { Ok(n + 1) }).await?;
     let raw_read = count as f64 / started.elapsed().as_secs_f64();
-    let config = NodeConfig {
-        http: None,
-        journal: JournalKind::Scylla(url.clone()),
-        snapshot_every: 0,
-        ..NodeConfig::default()
-    };
+    let config = NodeConfig::default().with(|c| {
+        c.http.listen = None;
+        c.journal.kind = JournalKind::Scylla(url.clone());
+        c.journal.snapshot_every = 0;
+    });
     let node = NodeBuilder::new(registry()).config(config).build().await?;
     let started = Instant::now();
     let view = node.state("bench-counter", "big").await?;

@@ -88,17 +88,19 @@ pub(crate) async fn run(cmd: ClusterCmd) -> anyhow::Result<()> {
             let token = tessera_journal::token(&entity_type, &entity_id);
             let shard = tessera_journal::shard_of(&entity_type, &entity_id, st.shards);
             let lease = st.owner(&entity_type, shard);
-            let out = serde_json::json!({
-                "entity_type": entity_type,
-                "entity_id": entity_id,
-                "token": token,
-                "shard": shard,
-                "shards": st.shards,
-                "owner": lease.map(|l| l.owner.clone()),
-                "epoch": lease.map(|l| l.epoch),
-                "state": lease.map(|l| l.state),
-                "owner_http": lease.and_then(|l| st.members.iter().find(|m| m.node_id == l.owner)).and_then(|m| m.http.clone()),
-            });
+            let out = crate::wire::LocateBody {
+                entity_type: entity_type.clone(),
+                entity_id: entity_id.clone(),
+                token,
+                shard,
+                shards: st.shards,
+                owner: lease.map(|l| l.owner.clone()),
+                epoch: lease.map(|l| l.epoch),
+                state: lease.map(|l| l.state),
+                owner_http: lease
+                    .and_then(|l| st.members.iter().find(|m| m.node_id == l.owner))
+                    .and_then(|m| m.http.clone()),
+            };
             if conn.json {
                 println!("{}", serde_json::to_string_pretty(&out)?);
             } else {

@@ -10,13 +10,13 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use futures::TryStreamExt;
-use serde_json::{Value, json};
 use tessera_entities::Registry;
 use tessera_journal::{EntityKey, Journal, LocalJournal, OpenError, local::MARKER_FILE};
 
 use super::send::{base_url, segment};
-use crate::inspect::event_json;
-use crate::shard::{DedupLimits, rebuild};
+use crate::inspect::event_body;
+use crate::shard::{Replay, replay};
+use crate::wire::{EntitiesBody, EntityBody, ErrorBody, EventBody, EventsBody, StateBody};
 
 /// Where to read a journal from.
 #[derive(Debug, Clone, Args)]
@@ -156,24 +156,27 @@ impl Source {
         }
     }
 
-    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         let Self::Http { base, client } = self else { bail!("not an HTTP source") };
         let url = format!("{base}{path}");
         let resp = client.get(&url).send().await.with_context(|| format!("cannot reach {url}"))?;
         let status = resp.status();
-        let body: Value = resp.json().await.with_context(|| format!("{url}: not JSON"))?;
+        let bytes = resp.bytes().await.with_context(|| format!("cannot read {url}"))?;
         if !status.is_success() {
-            bail!("{url}: HTTP {status}: {body}");
+            match serde_json::from_slice::<ErrorBody>(&bytes) {
+                Ok(e) => bail!("{url}: HTTP {status}: {} ({})", e.error.message, e.error.kind),
+                Err(_) => bail!("{url}: HTTP {status}: {}", String::from_utf8_lossy(&bytes)),
+            }
         }
-        Ok(body)
+        serde_json::from_slice(&bytes).with_context(|| format!("{url}: not the expected JSON"))
     }
 
-    /// Entity ids of a type.
-    pub async fn entities(&self, entity_type: &str) -> anyhow::Result<Vec<Value>> {
+    /// The entities of a type.
+    pub async fn entities(&self, entity_type: &str) -> anyhow::Result<Vec<EntityBody>> {
         match self {
             Self::Local(j) => Ok(j
                 .entities(entity_type)
-                .map_ok(|e| json!({"id": e.entity_id, "last_seq": e.last_seq, "deleted_to": e.deleted_to}))
+                .map_ok(|e| EntityBody { id: e.entity_id, last_seq: e.last_seq, deleted_to: e.deleted_to })
                 .try_collect()
                 .await?),
             Self::Http { .. } => {
@@ -181,10 +184,10 @@ impl Source {
                 let mut after: Option<String> = None;
                 loop {
                     let q = after.as_deref().map(|a| format!("?after={}", segment(a))).unwrap_or_default();
-                    let page = self.get(&format!("/v1/entities/{}{q}", segment(entity_type))).await?;
-                    out.extend(page["entities"].as_array().cloned().unwrap_or_default());
-                    match page["next_after"].as_str() {
-                        Some(a) => after = Some(a.to_owned()),
+                    let page: EntitiesBody = self.get(&format!("/v1/entities/{}{q}", segment(entity_type))).await?;
+                    out.extend(page.entities);
+                    match page.next_after {
+                        Some(a) => after = Some(a),
                         None => return Ok(out),
                     }
                 }
@@ -192,14 +195,14 @@ impl Source {
         }
     }
 
-    /// Events `from..=to` as JSON, calling `each` per event in order.
+    /// Events `from..=to`, calling `each` per event in order.
     pub async fn events(
         &self,
         entity_type: &str,
         entity_id: &str,
         from: u64,
         to: u64,
-        mut each: impl FnMut(Value) -> anyhow::Result<()>,
+        mut each: impl FnMut(EventBody) -> anyhow::Result<()>,
     ) -> anyhow::Result<u64> {
         let mut last = from.saturating_sub(1);
         match self {
@@ -207,24 +210,24 @@ impl Source {
                 let mut s = j.read(&EntityKey::new(entity_type, entity_id), from..=to);
                 while let Some(e) = s.try_next().await? {
                     last = e.seq;
-                    each(event_json(&e))?;
+                    each(event_body(&e))?;
                 }
             }
             Self::Http { .. } => {
                 let mut next = Some(from);
                 while let Some(f) = next {
-                    let page = self
+                    let page: EventsBody = self
                         .get(&format!(
                             "/v1/entities/{}/{}/events?from={f}&to={to}&limit=1000",
                             segment(entity_type),
                             segment(entity_id)
                         ))
                         .await?;
-                    for e in page["events"].as_array().cloned().unwrap_or_default() {
-                        last = e["seq"].as_u64().unwrap_or(last);
+                    for e in page.events {
+                        last = e.seq;
                         each(e)?;
                     }
-                    next = page["next_from"].as_u64();
+                    next = page.next_from;
                 }
             }
         }
@@ -232,7 +235,25 @@ impl Source {
     }
 }
 
-fn print_line(v: &Value) -> anyhow::Result<()> {
+/// One line of `journal export`: the event with its entity.
+#[derive(serde::Serialize)]
+struct ExportLine<'a> {
+    entity_type: &'a str,
+    entity_id: &'a str,
+    #[serde(flatten)]
+    event: EventBody,
+}
+
+/// What `journal state` prints for a type this binary does not know.
+#[derive(serde::Serialize)]
+struct RawEvents<'a> {
+    entity_type: &'a str,
+    entity_id: &'a str,
+    note: String,
+    events: Vec<EventBody>,
+}
+
+fn print_line(v: &impl serde::Serialize) -> anyhow::Result<()> {
     let mut line = serde_json::to_vec(v)?;
     line.push(b'\n');
     match std::io::stdout().lock().write_all(&line) {
@@ -255,7 +276,7 @@ pub(crate) async fn run(cmd: JournalCmd, registry: Registry) -> anyhow::Result<(
         }
         JournalCmd::State { entity_type, entity_id, at, source } => {
             let src = Source::open(&source).await?;
-            print_line(&state(&src, &registry, &entity_type, &entity_id, at).await?)?;
+            state(&src, &registry, &entity_type, &entity_id, at).await?;
         }
         JournalCmd::Tail { entity_type, entity_id, from, limit, interval_ms, source } => {
             let src = Source::open(&source).await?;
@@ -279,7 +300,8 @@ pub(crate) async fn run(cmd: JournalCmd, registry: Registry) -> anyhow::Result<(
             }
         }
         JournalCmd::Migrate { scylla, replication, bucket_size } => {
-            let opts = tessera_journal::scylla::MigrateOptions { replication, bucket_size };
+            let other_tables = vec![crate::results::ScyllaResultStore::table()];
+            let opts = tessera_journal::scylla::MigrateOptions { replication, bucket_size, other_tables };
             let applied = tessera_journal::ScyllaJournal::migrate(&scylla, &opts).await?;
             if applied.is_empty() {
                 eprintln!("schema already at version {}", tessera_journal::scylla::SCHEMA_VERSION);
@@ -299,11 +321,9 @@ pub(crate) async fn run(cmd: JournalCmd, registry: Registry) -> anyhow::Result<(
             let mut w = std::io::BufWriter::new(file);
             let mut n = 0u64;
             for e in &entities {
-                let id = e["id"].as_str().unwrap_or_default().to_owned();
-                src.events(&entity_type, &id, 1, u64::MAX, |mut ev| {
-                    ev["entity_type"] = json!(entity_type);
-                    ev["entity_id"] = json!(id);
-                    serde_json::to_writer(&mut w, &ev)?;
+                let id = e.id.clone();
+                src.events(&entity_type, &id, 1, u64::MAX, |event| {
+                    serde_json::to_writer(&mut w, &ExportLine { entity_type: &entity_type, entity_id: &id, event })?;
                     w.write_all(b"\n")?;
                     n += 1;
                     Ok(())
@@ -326,20 +346,20 @@ async fn state(
     entity_type: &str,
     entity_id: &str,
     at: Option<u64>,
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<()> {
     match src {
         Source::Http { .. } => {
             let q = at.map(|s| format!("?at={s}")).unwrap_or_default();
-            src.get(&format!("/v1/entities/{}/{}{q}", segment(entity_type), segment(entity_id))).await
+            let body: StateBody =
+                src.get(&format!("/v1/entities/{}/{}{q}", segment(entity_type), segment(entity_id))).await?;
+            print_line(&body)
         }
         Source::Local(j) => match registry.entity(entity_type) {
             Some(entity) => {
                 let key = EntityKey::new(entity_type, entity_id);
-                let limits = DedupLimits { max_entries: 0, max_age_ms: 0 };
-                let r = rebuild(entity, j, &key, at.unwrap_or(u64::MAX), at.is_none(), limits).await?;
-                Ok(
-                    json!({"entity_type": entity_type, "entity_id": entity_id, "seq": r.seq, "state": entity.state_json(&r.state)}),
-                )
+                let r = replay(entity, j, &key, at.map_or(Replay::Latest, Replay::AsOf)).await?;
+                let (entity_type, entity_id) = (entity_type.to_owned(), entity_id.to_owned());
+                print_line(&StateBody { entity_type, entity_id, seq: r.seq, state: r.state })
             }
             None => {
                 let mut events = Vec::new();
@@ -348,12 +368,14 @@ async fn state(
                     Ok(())
                 })
                 .await?;
-                Ok(json!({
-                    "entity_type": entity_type,
-                    "entity_id": entity_id,
-                    "note": format!("entity type `{entity_type}` is not registered in this binary: showing the raw events; run the application's own binary to rebuild its state"),
-                    "events": events,
-                }))
+                print_line(&RawEvents {
+                    entity_type,
+                    entity_id,
+                    note: format!(
+                        "entity type `{entity_type}` is not registered in this binary: showing the raw events; run the application's own binary to rebuild its state"
+                    ),
+                    events,
+                })
             }
         },
     }

@@ -46,14 +46,23 @@ pub enum Command {
 
 /// Runs a shared subcommand.
 pub async fn run(cmd: Command, registry: Registry) -> anyhow::Result<()> {
-    run_with(cmd, registry, None).await
+    run_with(cmd, registry, Layers::default()).await
 }
 
-/// Runs a shared subcommand; `serve` wraps its journal in `layer` (e.g. a
-/// test node that delays appends on demand).
-pub async fn run_with(cmd: Command, registry: Registry, layer: Option<crate::JournalLayer>) -> anyhow::Result<()> {
+/// Layers `serve` wraps around the stores it opens (e.g. a test node that
+/// delays appends or crashes after storing a result, on demand).
+#[derive(Clone, Default)]
+pub struct Layers {
+    /// Around the journal.
+    pub journal: Option<crate::JournalLayer>,
+    /// Around the result store.
+    pub results: Option<crate::ResultsLayer>,
+}
+
+/// Runs a shared subcommand; `serve` wraps its stores in `layers`.
+pub async fn run_with(cmd: Command, registry: Registry, layers: Layers) -> anyhow::Result<()> {
     match cmd {
-        Command::Serve(a) => serve::run(*a, registry, layer).await,
+        Command::Serve(a) => serve::run(*a, registry, layers).await,
         Command::Send(a) => send::send(a).await,
         Command::Call(a) => send::call(a).await,
         Command::Journal(c) => journal::run(c, registry).await,
@@ -64,10 +73,37 @@ pub async fn run_with(cmd: Command, registry: Registry, layer: Option<crate::Jou
     }
 }
 
+type FilterHandle = tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+static LOG_FILTER: std::sync::OnceLock<FilterHandle> = std::sync::OnceLock::new();
+
 /// Logs to stderr, filtered by `RUST_LOG` (default: `info` for Tessera,
-/// `warn` for the storage engine).
+/// `warn` for the storage engine; `serve` applies `observability.log`
+/// when `RUST_LOG` is not set).
 pub fn init_tracing() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fjall=warn,lsm_tree=warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    if tracing_subscriber::registry().with(filter).with(fmt).try_init().is_ok() {
+        let _ = LOG_FILTER.set(handle);
+    }
+}
+
+/// Applies a log filter, unless `RUST_LOG` decides.
+pub(crate) fn set_log_filter(directives: &str) {
+    if std::env::var_os("RUST_LOG").is_some() {
+        return;
+    }
+    match (LOG_FILTER.get(), tracing_subscriber::EnvFilter::try_new(directives)) {
+        (Some(h), Ok(f)) => {
+            let _ = h.reload(f);
+        }
+        (_, Err(e)) => {
+            tracing::warn!(error = %e, directives, "observability.log is not a valid filter; kept the default")
+        }
+        (None, Ok(_)) => {}
+    }
 }

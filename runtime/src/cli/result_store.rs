@@ -9,14 +9,12 @@ use std::time::Duration;
 use anyhow::Context;
 use async_nats::jetstream::{self, consumer};
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
 use clap::Args;
 use futures::StreamExt;
-use serde_json::json;
 
-use crate::nats::protocol::Subjects;
+use crate::error::InvokeError;
 use crate::results::{InvocationResult, LocalResultStore, ResultStore};
+use crate::wire::Subjects;
 
 /// Flags of `result-store`.
 #[derive(Debug, Clone, Args)]
@@ -65,21 +63,8 @@ pub(crate) async fn run(a: ResultStoreArgs) -> anyhow::Result<()> {
         .route(
             "/v1/invocations/{id}",
             axum::routing::get(|State(s): State<Arc<dyn ResultStore>>, Path(id): Path<String>| async move {
-                match s.get(&id, now_ms()).await {
-                    Ok(Some(r)) => {
-                        let code = if r.status.is_final() { StatusCode::OK } else { StatusCode::ACCEPTED };
-                        (code, axum::Json(r.to_json())).into_response()
-                    }
-                    Ok(None) => {
-                        (StatusCode::NOT_FOUND, axum::Json(json!({"error": {"kind": "not_found", "status": 404}})))
-                            .into_response()
-                    }
-                    Err(e) => (
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        axum::Json(json!({"error": {"kind": "unavailable", "message": e.to_string()}})),
-                    )
-                        .into_response(),
-                }
+                let row = s.get(&id, now_ms()).await.map_err(|e| InvokeError::Unavailable(e.to_string()));
+                crate::http::invocation_response(&id, row)
             }),
         )
         .with_state(store.clone());

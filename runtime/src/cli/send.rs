@@ -5,6 +5,8 @@ use clap::Args;
 use tessera_entities::Format;
 
 use crate::client::NatsClient;
+use crate::results::ResultStatus;
+use crate::wire;
 
 /// `send`: one entity command.
 #[derive(Debug, Clone, Args)]
@@ -79,23 +81,25 @@ pub(crate) fn base_url(http: &str) -> String {
 async fn post(url: String, body: Option<String>, key: Option<String>) -> anyhow::Result<()> {
     let body = body.unwrap_or_else(|| "{}".into());
     serde_json::from_str::<serde_json::Value>(&body).context("the body must be JSON")?;
-    let mut req = reqwest::Client::new().post(&url).header("content-type", "application/json").body(body);
+    let mut req = reqwest::Client::new().post(&url).header(wire::CONTENT_TYPE, "application/json").body(body);
     if let Some(k) = key {
-        req = req.header("idempotency-key", k);
+        req = req.header(wire::IDEMPOTENCY_KEY, k);
     }
     let resp = req.send().await.with_context(|| format!("cannot reach {url}"))?;
     let status = resp.status();
-    let seq = resp.headers().get("tessera-seq").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let seq = resp.headers().get(wire::SEQ).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let text = resp.text().await?;
     if status.is_success() {
         println!("{text}");
         if let Some(seq) = seq {
             eprintln!("seq {seq}");
         }
-        Ok(())
-    } else {
-        eprintln!("{text}");
-        bail!("HTTP {status}")
+        return Ok(());
+    }
+    eprintln!("{text}");
+    match serde_json::from_str::<wire::ErrorBody>(&text) {
+        Ok(e) => bail!("HTTP {status}: {}", e.error.kind),
+        Err(_) => bail!("HTTP {status}"),
     }
 }
 
@@ -137,7 +141,9 @@ pub(crate) async fn call(a: CallArgs) -> anyhow::Result<()> {
         let body = json_body(a.body)?;
         if a.asynchronous {
             let id = c.call_async(&a.function, body, Format::Json, a.idempotency_key.as_deref()).await?;
-            println!("{}", serde_json::json!({"invocation_id": id, "status": "pending"}));
+            let result_url = format!("/v1/invocations/{id}");
+            let body = wire::AcceptedBody { invocation_id: id, status: ResultStatus::Pending, result_url };
+            println!("{}", serde_json::to_string(&body)?);
             return Ok(());
         }
         return print_reply(&c.call(&a.function, body, Format::Json).await?);

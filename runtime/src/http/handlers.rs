@@ -1,19 +1,21 @@
-//! Request handlers: decode the edge, call the node, encode the answer.
+//! Request handlers: decode the edge (through [`crate::contract`]), call the
+//! node core, encode the answer (a [`crate::wire`] body).
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::json;
 use tessera_entities::{Format, codec};
 
+use crate::contract;
 use crate::error::InvokeError;
-use crate::inspect::event_json;
+use crate::inspect::event_body;
 use crate::node::{Invocation, Node, ReadFrom};
-
-const FORM: &str = "application/x-www-form-urlencoded";
+use crate::results::InvocationResult;
+use crate::wire::{self, AcceptedBody, EntitiesBody, EntityBody, ErrorBody, EventsBody, InvocationBody, StateBody};
 
 /// An error answered in the request's format.
 pub(crate) struct ApiError(InvokeError, Format);
@@ -27,7 +29,7 @@ impl From<InvokeError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = codec::encode(&self.0.to_json(), self.1).unwrap_or_default();
+        let body = codec::encode(&self.0.to_body(), self.1).unwrap_or_default();
         let mut resp = (status, body).into_response();
         let h = resp.headers_mut();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static(self.1.content_type()));
@@ -38,16 +40,25 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The body's format. A form-encoded body (what `curl -d` sends when no
-/// type is given) is read as JSON: the documented examples work as written,
-/// and a body that is not JSON still gets the parser's 400.
-fn format_of(headers: &HeaderMap) -> Result<Format, ApiError> {
-    match headers.get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("")) {
-        None | Some("") => Ok(Format::Json),
-        Some(ct) if ct.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case(FORM)) => Ok(Format::Json),
-        Some(ct) => Format::from_content_type(ct)
-            .ok_or_else(|| ApiError(InvokeError::UnsupportedMediaType(ct.to_owned()), Format::Json)),
+fn header_str<'a>(headers: &'a HeaderMap, name: &str, format: Format) -> Result<Option<&'a str>, ApiError> {
+    match headers.get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .map(Some)
+            .map_err(|_| ApiError(InvokeError::Malformed(format!("header {name} must be visible ASCII")), format)),
     }
+}
+
+/// The body's format (see [`contract::content_format`]).
+fn format_of(headers: &HeaderMap) -> Result<Format, ApiError> {
+    let ct = header_str(headers, wire::CONTENT_TYPE, Format::Json)?;
+    contract::content_format(ct).map_err(|e| ApiError(e, Format::Json))
+}
+
+fn key_of(headers: &HeaderMap, format: Format) -> Result<Option<String>, ApiError> {
+    let key = header_str(headers, wire::IDEMPOTENCY_KEY, format)?;
+    contract::idempotency_key(key).map_err(|e| ApiError(e, format))
 }
 
 fn body_of(body: Result<Bytes, BytesRejection>, limit: usize, format: Format) -> Result<Bytes, ApiError> {
@@ -77,32 +88,18 @@ pub(crate) async fn command(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let format = format_of(&headers)?;
-    let body = body_of(body, node.config().max_body_bytes, format)?;
-    let idempotency_key = match headers.get("idempotency-key") {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .filter(|s| !s.is_empty() && s.len() <= 256)
-                .ok_or_else(|| {
-                    ApiError(
-                        InvokeError::Malformed("Idempotency-Key must be 1-256 visible ASCII characters".into()),
-                        format,
-                    )
-                })?
-                .to_owned(),
-        ),
-    };
+    let body = body_of(body, node.config().http.max_body_bytes, format)?;
+    let idempotency_key = key_of(&headers, format)?;
     let inv = Invocation { entity_type, entity_id, command, body: body.to_vec(), format, idempotency_key };
     let r = node.invoke(inv).await.map_err(|e| ApiError(e, format))?;
     let mut resp = reply_response(&r.reply, format)?;
     let h = resp.headers_mut();
-    h.insert("tessera-seq", HeaderValue::from(r.seq));
+    h.insert(wire::SEQ, HeaderValue::from(r.seq));
     if let Ok(v) = HeaderValue::from_str(&r.invocation_id) {
-        h.insert("tessera-invocation-id", v);
+        h.insert(wire::INVOCATION_ID, v);
     }
     if r.deduplicated {
-        h.insert("tessera-deduplicated", HeaderValue::from_static("true"));
+        h.insert(wire::DEDUPLICATED, HeaderValue::from_static("true"));
     }
     Ok(resp)
 }
@@ -122,7 +119,7 @@ pub(crate) async fn state(
     State(node): State<Node>,
     Path((entity_type, entity_id)): Path<(String, String)>,
     q: Result<Query<StateQuery>, QueryRejection>,
-) -> Result<Response, ApiError> {
+) -> Result<Json<StateBody>, ApiError> {
     let q = query(q)?;
     let from = match q.read.as_deref() {
         None | Some("any") => ReadFrom::Any,
@@ -135,13 +132,7 @@ pub(crate) async fn state(
         Some(seq) => node.state_at(&entity_type, &entity_id, seq).await?,
         None => node.state_from(&entity_type, &entity_id, from).await?,
     };
-    let body = json!({
-        "entity_type": entity_type,
-        "entity_id": entity_id,
-        "seq": view.seq,
-        "state": view.state,
-    });
-    Ok(axum::Json(body).into_response())
+    Ok(Json(StateBody { entity_type, entity_id, seq: view.seq, state: view.state }))
 }
 
 #[derive(Deserialize)]
@@ -155,19 +146,14 @@ pub(crate) async fn events(
     State(node): State<Node>,
     Path((entity_type, entity_id)): Path<(String, String)>,
     q: Result<Query<EventsQuery>, QueryRejection>,
-) -> Result<Response, ApiError> {
+) -> Result<Json<EventsBody>, ApiError> {
     let q = query(q)?;
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
     let to = q.to.unwrap_or(u64::MAX);
     let events = node.events(&entity_type, &entity_id, q.from.unwrap_or(1), to, limit).await?;
     let next_from = (events.len() == limit).then(|| events.last().map(|e| e.seq + 1)).flatten().filter(|n| *n <= to);
-    let body = json!({
-        "entity_type": entity_type,
-        "entity_id": entity_id,
-        "events": events.iter().map(event_json).collect::<Vec<_>>(),
-        "next_from": next_from,
-    });
-    Ok(axum::Json(body).into_response())
+    let events = events.iter().map(event_body).collect();
+    Ok(Json(EventsBody { entity_type, entity_id, events, next_from }))
 }
 
 #[derive(Deserialize)]
@@ -180,17 +166,16 @@ pub(crate) async fn entities(
     State(node): State<Node>,
     Path(entity_type): Path<String>,
     q: Result<Query<EntitiesQuery>, QueryRejection>,
-) -> Result<Response, ApiError> {
+) -> Result<Json<EntitiesBody>, ApiError> {
     let q = query(q)?;
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
     let list = node.entities(&entity_type, q.after.as_deref(), limit).await?;
     let next_after = (list.len() == limit).then(|| list.last().map(|e| e.entity_id.clone())).flatten();
-    let body = json!({
-        "entity_type": entity_type,
-        "entities": list.iter().map(|e| json!({"id": e.entity_id, "last_seq": e.last_seq, "deleted_to": e.deleted_to})).collect::<Vec<_>>(),
-        "next_after": next_after,
-    });
-    Ok(axum::Json(body).into_response())
+    let entities = list
+        .into_iter()
+        .map(|e| EntityBody { id: e.entity_id, last_seq: e.last_seq, deleted_to: e.deleted_to })
+        .collect();
+    Ok(Json(EntitiesBody { entity_type, entities, next_after }))
 }
 
 #[derive(Deserialize)]
@@ -206,24 +191,20 @@ pub(crate) async fn function(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let format = format_of(&headers)?;
-    let body = body_of(body, node.config().max_body_bytes, format)?;
+    let body = body_of(body, node.config().http.max_body_bytes, format)?;
     match query(q)?.mode.as_deref() {
         None | Some("sync") => {
             let out = node.call_function(&name, &body, format).await.map_err(|e| ApiError(e, format))?;
             reply_response(&out, format)
         }
         Some("async") => {
-            let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
-            let request_id = headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+            let key = key_of(&headers, format)?;
+            let request_id = header_str(&headers, wire::X_REQUEST_ID, format)?.map(str::to_owned);
             let row = node.call_async(&name, &body, format, key, request_id).await.map_err(|e| ApiError(e, format))?;
             let url = format!("/v1/invocations/{}", row.invocation_id);
             let status = if row.status.is_final() { StatusCode::OK } else { StatusCode::ACCEPTED };
-            let body = json!({
-                "invocation_id": row.invocation_id,
-                "status": row.status,
-                "result_url": url,
-            });
-            let mut resp = (status, axum::Json(body)).into_response();
+            let body = AcceptedBody { invocation_id: row.invocation_id, status: row.status, result_url: url.clone() };
+            let mut resp = (status, Json(body)).into_response();
             if let Ok(v) = HeaderValue::from_str(&url) {
                 resp.headers_mut().insert(header::LOCATION, v);
             }
@@ -235,30 +216,48 @@ pub(crate) async fn function(
     }
 }
 
-pub(crate) async fn invocation(State(node): State<Node>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    match node.invocation(&id).await? {
-        None => {
-            let body = json!({"error": {"kind": "not_found", "status": 404, "message": format!("no result for invocation `{id}` (unknown or expired)")}});
-            Ok((StatusCode::NOT_FOUND, axum::Json(body)).into_response())
+/// The answer to `GET /v1/invocations/{id}`, on a node and on the
+/// standalone result store: 200 with the final row, 202 while pending, 404
+/// when unknown or expired.
+pub(crate) fn invocation_response(id: &str, row: Result<Option<InvocationResult>, InvokeError>) -> Response {
+    match row {
+        Err(e) => ApiError::from(e).into_response(),
+        Ok(None) => {
+            let body =
+                ErrorBody::new("not_found", 404, format!("no result for invocation `{id}` (unknown or expired)"));
+            (StatusCode::NOT_FOUND, Json(body)).into_response()
         }
-        Some(row) => {
+        Ok(Some(row)) => {
             let status = if row.status.is_final() { StatusCode::OK } else { StatusCode::ACCEPTED };
-            Ok((status, axum::Json(row.to_json())).into_response())
+            (status, Json(InvocationBody::from(&row))).into_response()
         }
     }
 }
 
-pub(crate) async fn registry(State(node): State<Node>) -> Response {
+pub(crate) async fn invocation(State(node): State<Node>, Path(id): Path<String>) -> Response {
+    let row = node.invocation(&id).await;
+    invocation_response(&id, row)
+}
+
+pub(crate) async fn registry(State(node): State<Node>) -> Json<wire::RegistryBody> {
     let r = node.registry();
-    axum::Json(json!({
-        "entities": r.entities().map(|e| json!({
-            "type": e.type_name(),
-            "commands": e.commands(),
-            "event_version": e.event_version(),
-        })).collect::<Vec<_>>(),
-        "functions": r.functions().map(|f| json!({"name": f.name(), "resources": f.resources()})).collect::<Vec<_>>(),
-    }))
-    .into_response()
+    Json(wire::RegistryBody {
+        entities: r
+            .entities()
+            .map(|e| wire::EntityTypeBody {
+                type_name: e.type_name().to_owned(),
+                commands: e.commands().iter().map(|c| (*c).to_owned()).collect(),
+                event_version: e.event_version(),
+            })
+            .collect(),
+        functions: r
+            .functions()
+            .map(|f| wire::FunctionBody {
+                name: f.name().to_owned(),
+                resources: serde_json::to_value(f.resources()).unwrap_or_default(),
+            })
+            .collect(),
+    })
 }
 
 pub(crate) async fn healthz() -> &'static str {
@@ -272,18 +271,17 @@ pub(crate) async fn metrics(State(node): State<Node>) -> Response {
 }
 
 pub(crate) async fn not_found(uri: axum::http::Uri) -> Response {
-    let body = json!({"error": {"kind": "not_found", "status": 404, "message": format!("no route for {uri}")}});
-    (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
+    let body = ErrorBody::new("not_found", 404, format!("no route for {uri}"));
+    (StatusCode::NOT_FOUND, Json(body)).into_response()
 }
 
-pub(crate) async fn autoscaler(State(node): State<Node>) -> Response {
-    let members = node.cluster().map(|c| c.members().len());
-    axum::Json(json!({
-        "node_id": node.node_id(),
-        "leader": node.is_leader(),
-        "members": members,
-        "state": node.autoscaler_state(),
-        "decisions": node.autoscaler_log(),
-    }))
-    .into_response()
+pub(crate) async fn autoscaler(State(app): State<super::AppState>) -> Json<wire::AutoscalerBody> {
+    let a = &app.autoscaler;
+    Json(wire::AutoscalerBody {
+        node_id: app.node.node_id().to_owned(),
+        leader: a.leader(),
+        members: a.members(),
+        state: a.state(),
+        decisions: a.decisions(),
+    })
 }

@@ -14,6 +14,8 @@
 
 mod handlers;
 
+pub(crate) use handlers::invocation_response;
+
 use std::net::SocketAddr;
 
 use axum::Router;
@@ -23,7 +25,27 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::autoscaler::AutoscalerStatus;
 use crate::node::Node;
+
+/// What the handlers share: the node core, and the autoscaler's status.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub(crate) node: Node,
+    pub(crate) autoscaler: AutoscalerStatus,
+}
+
+impl axum::extract::FromRef<AppState> for Node {
+    fn from_ref(s: &AppState) -> Node {
+        s.node.clone()
+    }
+}
+
+/// A bound listener, not yet serving.
+pub(crate) struct HttpListener {
+    listener: TcpListener,
+    addr: SocketAddr,
+}
 
 /// A running HTTP server.
 pub(crate) struct HttpServer {
@@ -32,9 +54,13 @@ pub(crate) struct HttpServer {
     task: JoinHandle<()>,
 }
 
-/// The routes of a node.
+/// The routes of a node (its autoscaler status empty).
 pub fn router(node: Node) -> Router {
-    let limit = node.config().max_body_bytes;
+    routes(AppState { node, autoscaler: AutoscalerStatus::default() })
+}
+
+fn routes(state: AppState) -> Router {
+    let limit = state.node.config().http.max_body_bytes;
     Router::new()
         .route("/v1/entities/{entity_type}/{entity_id}/{command}", post(handlers::command))
         .route("/v1/entities/{entity_type}/{entity_id}", get(handlers::state))
@@ -48,15 +74,28 @@ pub fn router(node: Node) -> Router {
         .route("/metrics", get(handlers::metrics))
         .fallback(handlers::not_found)
         .layer(DefaultBodyLimit::max(limit))
-        .with_state(node)
+        .with_state(state)
 }
 
 impl HttpServer {
-    pub(crate) async fn start(node: Node, addr: &str) -> std::io::Result<Self> {
+    /// Binds `addr` (so its port is known before serving starts).
+    pub(crate) async fn bind(addr: &str) -> std::io::Result<HttpListener> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
+        Ok(HttpListener { listener, addr })
+    }
+}
+
+impl HttpListener {
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves the node's routes on the bound address.
+    pub(crate) fn serve(self, node: Node, autoscaler: AutoscalerStatus) -> HttpServer {
+        let Self { listener, addr } = self;
         let (stop, stopped) = oneshot::channel::<()>();
-        let app = router(node);
+        let app = routes(AppState { node, autoscaler });
         let task = tokio::spawn(async move {
             let serve = axum::serve(listener, app).with_graceful_shutdown(async {
                 let _ = stopped.await;
@@ -65,9 +104,11 @@ impl HttpServer {
                 tracing::error!(error = %e, "HTTP server failed");
             }
         });
-        Ok(Self { addr, stop, task })
+        HttpServer { addr, stop, task }
     }
+}
 
+impl HttpServer {
     pub(crate) fn addr(&self) -> SocketAddr {
         self.addr
     }

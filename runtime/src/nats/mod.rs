@@ -1,22 +1,26 @@
-//! The NATS ingress: entity commands and sync function calls by
-//! request/reply, async function calls from a JetStream work queue with a
-//! durable consumer, results published to a JetStream stream.
+//! The NATS edge: the connection ([`NatsLink`]), the ingress (entity
+//! commands and sync function calls by request/reply, async calls from a
+//! JetStream work queue with a durable consumer), and the node core's ports
+//! over NATS: forwarding to a shard's owner ([`NatsForwarder`]), the
+//! JetStream call queue ([`JetStreamQueue`]), and what serving a shard
+//! means in a cluster ([`NatsShardHost`]). The wire contract is
+//! [`crate::wire`] (and docs/protocol.md).
 
-pub mod protocol;
+mod forward;
+mod ingress;
+mod queue;
+mod shard_host;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind, consumer, stream};
-use async_nats::{HeaderMap, Message};
-use futures::StreamExt;
-use tessera_entities::{Format, codec};
-use tokio::sync::Semaphore;
-use tokio::task::JoinHandle;
+use async_nats::jetstream::{self, stream};
 
-use crate::error::InvokeError;
-use crate::node::{AsyncCall, AsyncDecision, Invocation, Node};
-use protocol::Subjects;
+pub(crate) use forward::NatsForwarder;
+pub(crate) use ingress::NatsIngress;
+pub(crate) use queue::JetStreamQueue;
+pub(crate) use shard_host::NatsShardHost;
+
+use crate::wire::Subjects;
 
 /// A connected NATS endpoint of a node.
 #[derive(Clone)]
@@ -66,278 +70,5 @@ impl NatsLink {
         .await
         .map_err(|e| err(format!("cannot create the result stream: {e}")))?;
         Ok(Self { client, js, subjects })
-    }
-}
-
-/// The running subscriptions of a node.
-pub(crate) struct NatsIngress {
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl NatsIngress {
-    pub(crate) async fn start(
-        node: Node,
-        link: NatsLink,
-        max_deliver: i64,
-        ack_wait: Duration,
-    ) -> Result<Self, NatsError> {
-        let err = |m: String| NatsError { url: "-".into(), message: m };
-        let s = &link.subjects;
-        let group = format!("{}-nodes", s.prefix());
-        // In a cluster each node subscribes to the subjects of the shards it
-        // owns instead (see `cluster_host`).
-        let mut cmds = if node.clustered() {
-            None
-        } else {
-            Some(
-                link.client
-                    .queue_subscribe(format!("{}.cmd.>", s.prefix()), group.clone())
-                    .await
-                    .map_err(|e| err(e.to_string()))?,
-            )
-        };
-        let mut calls = link.client.queue_subscribe(s.call(">"), group).await.map_err(|e| err(e.to_string()))?;
-        let stream = link.js.get_stream(s.invoke_stream()).await.map_err(|e| err(e.to_string()))?;
-        let consumer: consumer::PullConsumer = stream
-            .get_or_create_consumer(
-                &s.invoke_consumer(),
-                consumer::pull::Config {
-                    durable_name: Some(s.invoke_consumer()),
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait,
-                    max_deliver,
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| err(format!("cannot create the durable consumer: {e}")))?;
-        let mut tasks = Vec::new();
-        let (n, l) = (node.clone(), link.clone());
-        tasks.push(tokio::spawn(async move {
-            let Some(cmds) = cmds.as_mut() else { return };
-            while let Some(msg) = cmds.next().await {
-                let (n, l) = (n.clone(), l.clone());
-                tokio::spawn(async move { command(&n, &l, msg).await });
-            }
-        }));
-        let (n, l) = (node.clone(), link.clone());
-        tasks.push(tokio::spawn(async move {
-            while let Some(msg) = calls.next().await {
-                let (n, l) = (n.clone(), l.clone());
-                tokio::spawn(async move { call(&n, &l, msg).await });
-            }
-        }));
-        let permits = Arc::new(Semaphore::new(node.config().function_concurrency));
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let mut messages = match consumer.messages().await {
-                    Ok(m) => m,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot pull async invocations; retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        continue;
-                    }
-                };
-                while let Some(msg) = messages.next().await {
-                    let msg = match msg {
-                        Ok(m) => m,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "async invocation stream error");
-                            continue;
-                        }
-                    };
-                    let Ok(permit) = permits.clone().acquire_owned().await else { return };
-                    let (n, l) = (node.clone(), link.clone());
-                    tokio::spawn(async move {
-                        invoke_async(&n, &l, msg, max_deliver).await;
-                        drop(permit);
-                    });
-                }
-            }
-        }));
-        Ok(Self { tasks })
-    }
-
-    pub(crate) fn stop(self) {
-        for t in self.tasks {
-            t.abort();
-        }
-    }
-}
-
-fn header<'a>(h: Option<&'a HeaderMap>, name: &str) -> Option<&'a str> {
-    h.and_then(|h| h.get(name)).map(|v| v.as_str())
-}
-
-/// Replies with a status, headers and body.
-async fn respond(
-    link: &NatsLink,
-    reply: Option<&async_nats::Subject>,
-    status: u16,
-    mut headers: HeaderMap,
-    body: Vec<u8>,
-) {
-    let Some(reply) = reply else { return };
-    headers.insert(protocol::STATUS, status.to_string().as_str());
-    if let Err(e) = link.client.publish_with_headers(reply.clone(), headers, body.into()).await {
-        tracing::warn!(error = %e, "cannot send NATS reply");
-    }
-}
-
-async fn respond_error(link: &NatsLink, reply: Option<&async_nats::Subject>, e: &InvokeError, format: Format) {
-    let mut h = HeaderMap::new();
-    h.insert(protocol::CONTENT_TYPE, format.content_type());
-    let body = codec::encode(&e.to_json(), format).unwrap_or_default();
-    respond(link, reply, e.status(), h, body).await;
-}
-
-/// What a request on a command subject produced.
-enum Served {
-    Command(crate::shard::CommandReply),
-    State(crate::shard::StateView),
-}
-
-/// Handles one command request (from the node-wide queue subscription, or
-/// in a cluster from the subscription of a shard this node owns).
-pub(crate) async fn command(node: &Node, link: &NatsLink, msg: Message) {
-    let reply = msg.reply.as_ref();
-    let h = msg.headers.as_ref();
-    let Some(format) = protocol::format_of(header(h, protocol::CONTENT_TYPE)) else {
-        let ct = header(h, protocol::CONTENT_TYPE).unwrap_or_default().to_owned();
-        return respond_error(link, reply, &InvokeError::UnsupportedMediaType(ct), Format::Json).await;
-    };
-    let result = async {
-        let rest = msg.subject.as_str().strip_prefix(link.subjects.prefix()).and_then(|r| r.strip_prefix(".cmd."));
-        let (entity_type, shard) = rest
-            .and_then(|r| r.rsplit_once('.'))
-            .and_then(|(t, s)| Some((t.to_owned(), s.parse::<u32>().ok()?)))
-            .ok_or_else(|| {
-                InvokeError::Malformed(format!(
-                    "subject {} is not {}.cmd.TYPE.SHARD",
-                    msg.subject,
-                    link.subjects.prefix()
-                ))
-            })?;
-        let entity_id = header(h, protocol::ENTITY)
-            .ok_or_else(|| InvokeError::Malformed(format!("missing header {}", protocol::ENTITY)))?
-            .to_owned();
-        let owner = tessera_journal::shard_of(&entity_type, &entity_id, node.config().shards);
-        if owner != shard {
-            return Err(InvokeError::Misdirected(format!(
-                "{entity_type}/{entity_id} is in shard {owner}, not {shard}: send it to {}",
-                link.subjects.command(&entity_type, owner)
-            )));
-        }
-        match header(h, protocol::READ) {
-            None => {}
-            Some("state") => return Ok(Served::State(node.state_here(&entity_type, &entity_id).await?)),
-            Some(other) => {
-                return Err(InvokeError::Malformed(format!("{} must be `state`, not `{other}`", protocol::READ)));
-            }
-        }
-        let command = header(h, protocol::COMMAND)
-            .ok_or_else(|| InvokeError::Malformed(format!("missing header {}", protocol::COMMAND)))?
-            .to_owned();
-        if msg.payload.len() > node.config().max_body_bytes {
-            return Err(InvokeError::TooLarge { limit: node.config().max_body_bytes });
-        }
-        let inv = Invocation {
-            entity_type,
-            entity_id,
-            command,
-            body: msg.payload.to_vec(),
-            format,
-            idempotency_key: header(h, protocol::IDEMPOTENCY_KEY).map(str::to_owned),
-        };
-        Ok(Served::Command(node.invoke_here(inv).await?))
-    }
-    .await;
-    let format = header(h, protocol::ACCEPT).and_then(Format::from_content_type).unwrap_or(format);
-    match result {
-        Ok(Served::State(view)) => {
-            let body = serde_json::json!({"seq": view.seq, "state": view.state});
-            match codec::encode(&body, format) {
-                Ok(body) => {
-                    let mut out = HeaderMap::new();
-                    out.insert(protocol::CONTENT_TYPE, format.content_type());
-                    out.insert(protocol::SEQ, view.seq.to_string().as_str());
-                    respond(link, reply, 200, out, body).await;
-                }
-                Err(e) => respond_error(link, reply, &InvokeError::Internal(e.to_string()), format).await,
-            }
-        }
-        Ok(Served::Command(r)) => match codec::transcode_msgpack(&r.reply, format) {
-            Ok(body) => {
-                let mut out = HeaderMap::new();
-                out.insert(protocol::CONTENT_TYPE, format.content_type());
-                out.insert(protocol::SEQ, r.seq.to_string().as_str());
-                out.insert(protocol::INVOCATION_ID, r.invocation_id.as_str());
-                if r.deduplicated {
-                    out.insert(protocol::DEDUPLICATED, "true");
-                }
-                respond(link, reply, 200, out, body).await;
-            }
-            Err(e) => respond_error(link, reply, &InvokeError::Internal(e.to_string()), format).await,
-        },
-        Err(e) => respond_error(link, reply, &e, format).await,
-    }
-}
-
-async fn call(node: &Node, link: &NatsLink, msg: Message) {
-    let reply = msg.reply.as_ref();
-    let h = msg.headers.as_ref();
-    let Some(format) = protocol::format_of(header(h, protocol::CONTENT_TYPE)) else {
-        let ct = header(h, protocol::CONTENT_TYPE).unwrap_or_default().to_owned();
-        return respond_error(link, reply, &InvokeError::UnsupportedMediaType(ct), Format::Json).await;
-    };
-    let name =
-        msg.subject.as_str().strip_prefix(&format!("{}.call.", link.subjects.prefix())).unwrap_or_default().to_owned();
-    let result = if msg.payload.len() > node.config().max_body_bytes {
-        Err(InvokeError::TooLarge { limit: node.config().max_body_bytes })
-    } else {
-        node.call_function(&name, &msg.payload, format).await
-    };
-    match result
-        .and_then(|out| codec::transcode_msgpack(&out, format).map_err(|e| InvokeError::Internal(e.to_string())))
-    {
-        Ok(body) => {
-            let mut out = HeaderMap::new();
-            out.insert(protocol::CONTENT_TYPE, format.content_type());
-            respond(link, reply, 200, out, body).await;
-        }
-        Err(e) => respond_error(link, reply, &e, format).await,
-    }
-}
-
-async fn invoke_async(node: &Node, link: &NatsLink, msg: jetstream::Message, max_deliver: i64) {
-    let (delivered, stream_seq) = match msg.info() {
-        Ok(i) => (i.delivered, i.stream_sequence),
-        Err(e) => {
-            tracing::warn!(error = %e, "async invocation without JetStream info");
-            return;
-        }
-    };
-    let h = msg.headers.as_ref();
-    let name = msg
-        .subject
-        .as_str()
-        .strip_prefix(&format!("{}.invoke.", link.subjects.prefix()))
-        .unwrap_or_default()
-        .to_owned();
-    let id = header(h, protocol::INVOCATION_ID)
-        .or_else(|| header(h, protocol::NATS_MSG_ID))
-        .map(str::to_owned)
-        .unwrap_or_else(|| format!("js-{stream_seq}"));
-    let format = protocol::format_of(header(h, protocol::CONTENT_TYPE)).unwrap_or(Format::Json);
-    let last = max_deliver > 0 && delivered >= max_deliver;
-    let request_id = header(h, protocol::REQUEST_ID);
-    let call = AsyncCall { id: &id, function: &name, body: &msg.payload, format, request_id };
-    let decision = node.run_async(call, delivered.max(1) as u32, last).await;
-    let ack = match decision {
-        AsyncDecision::Ack => msg.double_ack().await,
-        AsyncDecision::Retry(delay) => msg.ack_with(AckKind::Nak(Some(delay))).await,
-    };
-    if let Err(e) = ack {
-        tracing::warn!(invocation = %id, error = %e, "cannot acknowledge async invocation; it will be redelivered");
     }
 }

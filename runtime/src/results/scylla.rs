@@ -1,7 +1,9 @@
 //! The result store in the Scylla journal's keyspace: table
 //! `invocation_results (invocation_id PRIMARY KEY, final, row)`, rows
 //! written with a TTL (so expiry is the database's), final rows protected by
-//! lightweight transactions.
+//! lightweight transactions. The table and its statements live here: its
+//! migration ([`ScyllaResultStore::migrate`]) runs with the journal's
+//! (`tessera journal migrate`), and every statement binds by name.
 
 use std::time::Duration;
 
@@ -11,6 +13,15 @@ use scylla::value::CqlValue;
 use tessera_journal::ScyllaJournal;
 
 use super::{InvocationResult, PutOutcome, ResultStore, ResultStoreError};
+
+/// The values of a row write, bound by name.
+#[derive(scylla::SerializeRow)]
+struct RowValues<'a> {
+    invocation_id: &'a str,
+    is_final: bool,
+    row: &'a [u8],
+    ttl: i32,
+}
 
 /// The Scylla-backed store; shares the journal's session.
 pub struct ScyllaResultStore {
@@ -36,6 +47,14 @@ impl ScyllaResultStore {
         Self { journal: journal.clone(), statements: tokio::sync::OnceCell::new() }
     }
 
+    /// The table, as idempotent DDL for the journal's migration
+    /// (`MigrateOptions::other_tables`; `tessera journal migrate` runs it,
+    /// never a node on start).
+    pub fn table() -> String {
+        "CREATE TABLE IF NOT EXISTS {ks}.invocation_results (invocation_id text PRIMARY KEY, final boolean, row blob)"
+            .into()
+    }
+
     fn session(&self) -> &Session {
         self.journal.session()
     }
@@ -54,14 +73,17 @@ impl ScyllaResultStore {
                 };
                 Ok(Prepared {
                     insert: prep(format!(
-                        "INSERT INTO {ks}.invocation_results (invocation_id, final, row) VALUES (?, ?, ?) IF NOT EXISTS USING TTL ?"
+                        "INSERT INTO {ks}.invocation_results (invocation_id, final, row) \
+                         VALUES (:invocation_id, :is_final, :row) IF NOT EXISTS USING TTL :ttl"
                     ))
                     .await?,
                     update: prep(format!(
-                        "UPDATE {ks}.invocation_results USING TTL ? SET final = ?, row = ? WHERE invocation_id = ? IF final = false"
+                        "UPDATE {ks}.invocation_results USING TTL :ttl SET final = :is_final, row = :row \
+                         WHERE invocation_id = :invocation_id IF final = false"
                     ))
                     .await?,
-                    get: prep(format!("SELECT row FROM {ks}.invocation_results WHERE invocation_id = ?")).await?,
+                    get: prep(format!("SELECT row FROM {ks}.invocation_results WHERE invocation_id = :invocation_id"))
+                        .await?,
                 })
             })
             .await
@@ -102,12 +124,13 @@ impl ResultStore for ScyllaResultStore {
         let bytes = rmp_serde::to_vec_named(&row).map_err(unavailable)?;
         let id = row.invocation_id.clone();
         let fin = row.status.is_final();
-        let r = self.session().execute_unpaged(&p.insert, (&id, fin, &bytes, ttl)).await.map_err(unavailable)?;
+        let values = RowValues { invocation_id: &id, is_final: fin, row: &bytes, ttl };
+        let r = self.session().execute_unpaged(&p.insert, &values).await.map_err(unavailable)?;
         let (applied, existing) = Self::applied(r)?;
         if applied {
             return Ok(PutOutcome::Stored);
         }
-        let r = self.session().execute_unpaged(&p.update, (ttl, fin, &bytes, &id)).await.map_err(unavailable)?;
+        let r = self.session().execute_unpaged(&p.update, &values).await.map_err(unavailable)?;
         let (applied, _) = Self::applied(r)?;
         if applied {
             return Ok(PutOutcome::Stored);
@@ -122,7 +145,11 @@ impl ResultStore for ScyllaResultStore {
 
     async fn get(&self, id: &str, now_ms: i64) -> Result<Option<InvocationResult>, ResultStoreError> {
         let p = self.prepared().await?;
-        let r = self.session().execute_unpaged(&p.get, (id,)).await.map_err(unavailable)?;
+        #[derive(scylla::SerializeRow)]
+        struct Key<'a> {
+            invocation_id: &'a str,
+        }
+        let r = self.session().execute_unpaged(&p.get, Key { invocation_id: id }).await.map_err(unavailable)?;
         let rows = r.into_rows_result().map_err(unavailable)?;
         match rows.maybe_first_row::<(Option<Vec<u8>>,)>().map_err(unavailable)? {
             Some((Some(bytes),)) => Ok(Some(Self::decode(id, &bytes)?).filter(|r| r.expires_ms > now_ms)),

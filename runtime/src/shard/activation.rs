@@ -1,5 +1,8 @@
 //! Rebuilding an entity from its journal: latest usable snapshot, then the
-//! events after it, streamed page by page.
+//! events after it, streamed page by page. [`replay`] is the public entry
+//! point (the CLI's `journal state`, reads on nodes that do not own the
+//! entity, time travel); activation uses [`rebuild`], which also restores
+//! the idempotency window.
 
 use std::sync::Arc;
 
@@ -19,17 +22,43 @@ pub(crate) struct Rebuilt {
     pub(crate) events_since_snapshot: u64,
 }
 
-/// Rebuilds `key` up to `to_seq` (`u64::MAX`: everything). With
-/// `use_snapshot`, starts from the latest snapshot at or before `to_seq`
-/// whose versions this code understands.
+/// Which state of an entity to rebuild from its journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replay {
+    /// The latest state: the newest snapshot this code understands, then
+    /// every event after it.
+    Latest,
+    /// The state right after event `seq` (or the last event before it),
+    /// replayed from the first event without snapshots: time travel.
+    AsOf(u64),
+}
+
+/// The state of `key` rebuilt from `journal` (see [`Replay`]), as JSON with
+/// the seq of the last event applied. Fails with `replay_failed` when the
+/// journal cannot be replayed by this code (a newer event version, events
+/// deleted that no snapshot covers).
+pub async fn replay(
+    entity: &Arc<dyn DynEntity>,
+    journal: &Arc<dyn Journal>,
+    key: &EntityKey,
+    which: Replay,
+) -> Result<super::StateView, InvokeError> {
+    let r = rebuild(entity, journal, key, which, DedupLimits { max_entries: 0, max_age_ms: 0 }).await?;
+    Ok(super::StateView { state: entity.state_json(&r.state), seq: r.seq })
+}
+
+/// Rebuilds `key` as [`Replay`] says, with its idempotency window bounded by `limits`.
 pub(crate) async fn rebuild(
     entity: &Arc<dyn DynEntity>,
     journal: &Arc<dyn Journal>,
     key: &EntityKey,
-    to_seq: u64,
-    use_snapshot: bool,
+    which: Replay,
     limits: DedupLimits,
 ) -> Result<Rebuilt, InvokeError> {
+    let (to_seq, use_snapshot) = match which {
+        Replay::Latest => (u64::MAX, true),
+        Replay::AsOf(seq) => (seq, false),
+    };
     let mut state = None;
     let mut seq = 0;
     let mut dedup = DedupWindow::default();
@@ -53,7 +82,7 @@ pub(crate) async fn rebuild(
     }
     let state = state.unwrap_or_else(|| entity.initial_state());
     let mut r = Rebuilt { state, seq, dedup, events_since_snapshot: 0 };
-    replay(entity, journal, key, to_seq, limits, &mut r).await?;
+    apply_events(entity, journal, key, to_seq, limits, &mut r).await?;
     if r.events_since_snapshot == 0 && to_seq == u64::MAX {
         // Nothing after the snapshot. Either the journal ends there, or the
         // events after it were deleted — or another node appended after our
@@ -63,7 +92,7 @@ pub(crate) async fn rebuild(
         // only if it does not were they deleted.
         let last = journal.last_seq(key).await?;
         if last > r.seq {
-            replay(entity, journal, key, last, limits, &mut r).await?;
+            apply_events(entity, journal, key, last, limits, &mut r).await?;
             if r.events_since_snapshot == 0 {
                 return Err(gap(key, r.seq, last + 1));
             }
@@ -74,7 +103,7 @@ pub(crate) async fn rebuild(
 
 /// Applies the events after `r.seq` up to `to_seq` to `r`; a gap (deleted
 /// events no snapshot covers) is an error: the state would be a guess.
-async fn replay(
+async fn apply_events(
     entity: &Arc<dyn DynEntity>,
     journal: &Arc<dyn Journal>,
     key: &EntityKey,
@@ -234,7 +263,7 @@ mod tests {
         let (inner, key) = (MemoryJournal::default(), EntityKey::new("counter", "c"));
         snapshot_at_head(&inner, &key, 100).await;
         let journal: Arc<dyn Journal> = Arc::new(RacingWriter { inner: inner.clone(), raced: AtomicBool::new(false) });
-        let r = rebuild(&counter(), &journal, &key, u64::MAX, true, LIMITS).await.expect("no false gap");
+        let r = rebuild(&counter(), &journal, &key, Replay::Latest, LIMITS).await.expect("no false gap");
         assert_eq!(r.seq, 101, "the racing write is part of the state read");
         assert_eq!(counter().state_json(&r.state)["n"], 101);
     }
@@ -246,7 +275,7 @@ mod tests {
         j.append(&key, 10, vec![added(), added()]).await.unwrap();
         j.delete_to(&key, 12).await.unwrap();
         let journal: Arc<dyn Journal> = Arc::new(j);
-        let e = rebuild(&counter(), &journal, &key, u64::MAX, true, LIMITS).await.err().expect("a gap");
+        let e = rebuild(&counter(), &journal, &key, Replay::Latest, LIMITS).await.err().expect("a gap");
         assert!(e.to_string().contains("events 11..12 were deleted"), "{e}");
     }
 }

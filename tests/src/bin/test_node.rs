@@ -13,14 +13,22 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tessera_runtime::cli::init_tracing();
+    let mut layers = tessera_runtime::cli::Layers::default();
     // Fault tests: appends wait while this file exists (see `StallingJournal`).
-    let layer = std::env::var_os("TESSERA_TEST_STALL_FILE").map(|gate| {
+    if let Some(gate) = std::env::var_os("TESSERA_TEST_STALL_FILE") {
         let gate = std::path::PathBuf::from(gate);
-        let layer: tessera_runtime::JournalLayer = std::sync::Arc::new(move |inner| {
+        layers.journal = Some(std::sync::Arc::new(move |inner| {
             std::sync::Arc::new(tessera_tests::StallingJournal::new(inner, gate.clone()))
                 as std::sync::Arc<dyn tessera_journal::Journal>
-        });
-        layer
-    });
-    tessera_runtime::cli::run_with(Cli::parse().command, tessera_tests::registry(), layer).await
+        }));
+    }
+    // Fault tests: the process aborts right after it stored a final result,
+    // before the async call is acknowledged (see `AbortAfterFinalResult`).
+    if std::env::var_os("TESSERA_FAULT_ABORT_BEFORE_ACK").is_some() {
+        layers.results = Some(std::sync::Arc::new(|inner| {
+            std::sync::Arc::new(tessera_tests::AbortAfterFinalResult(inner))
+                as std::sync::Arc<dyn tessera_runtime::results::ResultStore>
+        }));
+    }
+    tessera_runtime::cli::run_with(Cli::parse().command, tessera_tests::registry(), layers).await
 }

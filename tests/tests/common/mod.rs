@@ -6,13 +6,15 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
-use tessera_runtime::{Node, NodeBuilder, NodeConfig};
+use tessera_runtime::{NodeBuilder, NodeConfig, Server};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// An in-process node on `dir` with HTTP on a free port; `tweak` adjusts the config.
-pub async fn node(dir: &Path, tweak: impl FnOnce(&mut NodeConfig)) -> (Node, String) {
-    let mut config =
-        NodeConfig { data_dir: dir.to_path_buf(), http: Some("127.0.0.1:0".into()), ..NodeConfig::default() };
+pub async fn node(dir: &Path, tweak: impl FnOnce(&mut NodeConfig)) -> (Server, String) {
+    let mut config = NodeConfig::default().with(|c| {
+        c.journal.data_dir = dir.to_path_buf();
+        c.http.listen = Some("127.0.0.1:0".into());
+    });
     tweak(&mut config);
     let node = NodeBuilder::new(tessera_tests::registry()).config(config).build().await.expect("node starts");
     let base = format!("http://{}", node.http_addr().expect("http"));
@@ -180,3 +182,79 @@ pub fn unique_keyspace() -> String {
     unique_prefix().replace('x', "_")
 }
 pub mod cluster;
+
+/// Bad entity commands, each with the error kind every edge must answer.
+pub struct BadCommand {
+    pub what: &'static str,
+    pub entity_type: &'static str,
+    pub entity_id: &'static str,
+    pub command: &'static str,
+    pub content_type: &'static str,
+    pub key: Option<&'static str>,
+    pub body: Vec<u8>,
+    pub kind: &'static str,
+}
+
+/// The cases (for a node whose `max_body_bytes` is 256).
+pub fn bad_commands() -> Vec<BadCommand> {
+    let ok = |what, kind| BadCommand {
+        what,
+        entity_type: "stock",
+        entity_id: "s:contract",
+        command: "restock",
+        content_type: "application/json",
+        key: None,
+        body: br#"{"qty":1}"#.to_vec(),
+        kind,
+    };
+    vec![
+        BadCommand { entity_type: "stok", ..ok("an unknown entity type", "unknown_entity_type") },
+        BadCommand { command: "steal", ..ok("an unknown command", "unknown_command") },
+        BadCommand { body: b"{oops".to_vec(), ..ok("a body that is not JSON", "malformed") },
+        BadCommand { body: vec![0xc1], content_type: "application/msgpack", ..ok("bad MessagePack", "malformed") },
+        BadCommand { key: Some("has space"), ..ok("a bad idempotency key", "malformed") },
+        BadCommand { key: Some("dots.in.key"), ..ok("a key that is not subject-safe", "malformed") },
+        BadCommand { content_type: "text/plain", ..ok("an unknown content type", "unsupported_media_type") },
+        BadCommand {
+            body: format!(r#"{{"qty":1,"pad":"{}"}}"#, "x".repeat(300)).into_bytes(),
+            ..ok("a body over the limit", "too_large")
+        },
+        BadCommand { entity_id: "s:\u{7f}", ..ok("an entity id with a control character", "malformed") },
+    ]
+}
+
+/// Percent-encodes a path segment.
+pub fn segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~:".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Sends a bad command over HTTP; returns status and error kind.
+pub async fn http_bad_command(base: &str, c: &BadCommand) -> (u16, String) {
+    let url = format!("{base}/v1/entities/{}/{}/{}", c.entity_type, segment(c.entity_id), c.command);
+    let mut req = client().post(url).header("content-type", c.content_type).body(c.body.clone());
+    if let Some(k) = c.key {
+        req = req.header("idempotency-key", k);
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    let msgpack = resp.headers().get("content-type").is_some_and(|v| v.as_bytes() == b"application/msgpack");
+    let bytes = resp.bytes().await.expect("body");
+    (status, error_body(&bytes, msgpack).error.kind)
+}
+
+/// An error body in JSON or MessagePack.
+pub fn error_body(bytes: &[u8], msgpack: bool) -> tessera_runtime::wire::ErrorBody {
+    if msgpack {
+        rmp_serde::from_slice(bytes).expect("a MessagePack error body")
+    } else {
+        serde_json::from_slice(bytes).expect("a JSON error body")
+    }
+}

@@ -1,34 +1,4 @@
-//! The NATS wire contract (see docs/protocol.md): subjects, headers, status.
-
-use tessera_entities::Format;
-
-/// Entity id of a command.
-pub const ENTITY: &str = "Tessera-Entity";
-/// Command name.
-pub const COMMAND: &str = "Tessera-Command";
-/// On a command subject instead of [`COMMAND`]: `state` reads the entity's
-/// live state on its owner (reply `{"seq", "state"}`).
-pub const READ: &str = "Tessera-Read";
-/// Caller-given idempotency key.
-pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
-/// Body format: `application/json` (default) or `application/msgpack`.
-pub const CONTENT_TYPE: &str = "Content-Type";
-/// The reply's format when it differs from the request's (optional).
-pub const ACCEPT: &str = "Accept";
-/// The HTTP-equivalent status of a reply.
-pub const STATUS: &str = "Tessera-Status";
-/// The entity's last seq after a command.
-pub const SEQ: &str = "Tessera-Seq";
-/// The invocation id.
-pub const INVOCATION_ID: &str = "Tessera-Invocation-Id";
-/// `true` when a reply came from the idempotency window.
-pub const DEDUPLICATED: &str = "Tessera-Deduplicated";
-/// The error of a dead-lettered invocation.
-pub const ERROR: &str = "Tessera-Error";
-/// The caller's request id, kept in the result row of an async call.
-pub const REQUEST_ID: &str = "Tessera-Request-Id";
-/// JetStream's de-duplication header.
-pub const NATS_MSG_ID: &str = "Nats-Msg-Id";
+//! NATS subject, stream and consumer names under a prefix.
 
 /// Subject names under a prefix (default `tessera`).
 #[derive(Debug, Clone)]
@@ -84,17 +54,4 @@ impl Subjects {
     fn stream_base(&self) -> String {
         self.prefix.to_ascii_uppercase().replace(['.', '-'], "_")
     }
-}
-
-/// The format named by a `Content-Type` header (absent: JSON).
-pub fn format_of(content_type: Option<&str>) -> Option<Format> {
-    match content_type {
-        None | Some("") => Some(Format::Json),
-        Some(ct) => Format::from_content_type(ct),
-    }
-}
-
-/// True for ids usable as one NATS subject token.
-pub fn subject_safe(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 200 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_:".contains(&b))
 }

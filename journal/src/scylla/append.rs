@@ -1,0 +1,240 @@
+//! Appends and fence raises: the conditional writes that make "no seq is
+//! committed twice" and "no stale owner's write lands" true (the argument
+//! is in the module doc of `scylla`; the decisions are in `bucket.rs`).
+
+use scylla::statement::batch::{Batch, BatchType};
+use scylla::statement::prepared::PreparedStatement;
+use scylla::value::CqlValue;
+
+use super::ScyllaJournal;
+use super::bucket::{self, Raise, Refused};
+use super::rows::{Named, Statics, lwt_outcome};
+use super::session::unavailable;
+use crate::error::{AppendError, JournalError};
+use crate::memory::now_ms;
+use crate::types::{EntityKey, NewEvent, Snapshot};
+
+/// The condition of one head write.
+#[derive(Clone, Copy)]
+enum Cond {
+    /// The partition holds the entity's last event: `last_seq = expected`.
+    Eq,
+    /// A new partition: `last_seq = null`.
+    New,
+    /// No condition (the opt-in unconditional mode).
+    Plain,
+}
+
+/// What one append writes.
+#[derive(Clone, Copy)]
+pub(crate) struct Append<'a> {
+    pub(crate) expected: u64,
+    pub(crate) events: &'a [NewEvent],
+    pub(crate) snapshot: Option<&'a Snapshot>,
+    pub(crate) fence: Option<u64>,
+    pub(crate) ts: i64,
+}
+
+impl ScyllaJournal {
+    /// Writes one append into `bucket` as one single-partition batch; returns
+    /// whether it applied and the current statics when it did not.
+    async fn write(
+        &self,
+        key: &EntityKey,
+        bucket: u64,
+        cond: Cond,
+        a: &Append<'_>,
+    ) -> Result<(bool, Statics), JournalError> {
+        let st = &self.inner.st;
+        let fence = a.fence.filter(|_| !matches!(cond, Cond::Plain));
+        let heads = if fence.is_some() { &st.head_fenced } else { &st.head };
+        let head_stmt: &PreparedStatement = match (cond, a.snapshot.is_some()) {
+            (Cond::Eq, false) => &heads.eq,
+            (Cond::Eq, true) => &heads.eq_snap,
+            (Cond::New, false) => &heads.new,
+            (Cond::New, true) => &heads.new_snap,
+            (Cond::Plain, false) => &st.head_plain,
+            (Cond::Plain, true) => &st.head_plain_snap,
+        };
+        let mut head = Named::partition(&key.entity_type, &key.entity_id, bucket)
+            .big("last_seq", (a.expected + a.events.len() as u64) as i64)
+            .big("expected", a.expected as i64);
+        if let Some(f) = fence {
+            head = head.big("fence", f as i64);
+        }
+        if let Some(s) = a.snapshot {
+            head = head
+                .big("snap_seq", s.seq as i64)
+                .with("snap_version", CqlValue::Int(s.version as i32))
+                .big("snap_ts", s.timestamp_ms)
+                .with("snap_payload", CqlValue::Blob(s.payload.clone()));
+        }
+        let plain = matches!(cond, Cond::Plain);
+        let mut batch = Batch::new(if plain { BatchType::Unlogged } else { BatchType::Logged });
+        batch.set_consistency(self.inner.config.consistency);
+        batch.set_serial_consistency(Some(self.inner.config.serial_consistency));
+        batch.set_request_timeout(Some(self.inner.config.timeout));
+        batch.append_statement(head_stmt.clone());
+        let mut values = Vec::with_capacity(a.events.len() + 1);
+        values.push(head);
+        for (i, e) in a.events.iter().enumerate() {
+            batch.append_statement(st.insert_event.clone());
+            values.push(
+                Named::partition(&key.entity_type, &key.entity_id, bucket)
+                    .big("seq", (a.expected + 1 + i as u64) as i64)
+                    .big("ts", a.ts)
+                    .text("type_name", &e.type_name)
+                    .with("version", CqlValue::Int(e.version as i32))
+                    .with("payload", CqlValue::Blob(e.payload.clone()))
+                    .with("metadata", CqlValue::Blob(e.metadata.clone())),
+            );
+        }
+        let r = self.inner.session.batch(&batch, values).await.map_err(unavailable)?;
+        if plain {
+            return Ok((true, Statics::default()));
+        }
+        let (applied, cols) = lwt_outcome(r)?;
+        Ok((applied, Statics::from_cols(&cols)))
+    }
+
+    /// The error for an append that was not applied, from the head's statics now.
+    async fn refusal(&self, key: &EntityKey, expected: u64, fence: Option<u64>) -> AppendError {
+        match self.head_statics(key).await {
+            Ok((_, statics)) => {
+                let actual = statics.map_or(0, |s| s.last());
+                match (fence, statics) {
+                    (Some(epoch), None) => AppendError::Fenced { entity: key.to_string(), epoch, current: 0 },
+                    (Some(epoch), Some(s)) if s.fence() != epoch => {
+                        AppendError::Fenced { entity: key.to_string(), epoch, current: s.fence() }
+                    }
+                    _ => AppendError::Conflict { entity: key.to_string(), expected, actual },
+                }
+            }
+            Err(e) => e.into(),
+        }
+    }
+
+    /// Seals partition `target - 1` at `expected` (under the fence when given).
+    async fn seal(
+        &self,
+        key: &EntityKey,
+        target: u64,
+        expected: u64,
+        fence: Option<u64>,
+    ) -> Result<bool, JournalError> {
+        let mut v = Named::partition(&key.entity_type, &key.entity_id, target - 1)
+            .big("sealed", target as i64)
+            .big("expected", expected as i64);
+        let stmt = match fence {
+            None => &self.inner.st.seal,
+            Some(f) => {
+                v = v.big("fence", f as i64);
+                &self.inner.st.seal_fenced
+            }
+        };
+        let r = self.inner.session.execute_unpaged(stmt, v).await.map_err(unavailable)?;
+        Ok(lwt_outcome(r)?.0)
+    }
+
+    /// Commits one append; returns the partition it went to and its commit time.
+    pub(crate) async fn append_inner(
+        &self,
+        key: &EntityKey,
+        expected: u64,
+        events: &[NewEvent],
+        snapshot: Option<&Snapshot>,
+        fence: Option<u64>,
+    ) -> Result<(u64, i64), AppendError> {
+        if events.is_empty() {
+            return Err(JournalError::Invalid("append of no events".into()).into());
+        }
+        if events.len() as u64 > self.inner.bucket {
+            return Err(JournalError::Invalid(format!(
+                "an append holds at most {} events (the bucket size)",
+                self.inner.bucket
+            ))
+            .into());
+        }
+        let last = expected + events.len() as u64;
+        if let Some(s) = snapshot.filter(|s| s.seq > last) {
+            return Err(JournalError::Invalid(format!("snapshot seq {} is past {last}", s.seq)).into());
+        }
+        let target = bucket::target(expected, self.inner.bucket);
+        let a = Append { expected, events, snapshot, fence, ts: now_ms() };
+        let done = Ok((target, a.ts));
+        if !self.inner.config.conditional {
+            self.write(key, target, Cond::Plain, &a).await?;
+            return done;
+        }
+        // An unfenced writer's first append creates partition 0; a fenced
+        // writer's partition exists already (its fence raise opened it).
+        if expected == 0 && fence.is_none() {
+            let (applied, seen) = self.write(key, target, Cond::New, &a).await?;
+            if applied {
+                return done;
+            }
+            if seen.last_seq != Some(0) {
+                return Err(self.refusal(key, expected, fence).await);
+            }
+            // Partition 0 was opened empty by a fence raise: append after seq 0.
+        }
+        let (applied, seen) = self.write(key, target, Cond::Eq, &a).await?;
+        if applied {
+            return done;
+        }
+        let entity = key.to_string();
+        match bucket::refused(target, seen, fence) {
+            Refused::Fenced { current } => {
+                return Err(AppendError::Fenced { entity, epoch: fence.unwrap_or(0), current });
+            }
+            Refused::NeverFenced => return Err(AppendError::Fenced { entity, epoch: fence.unwrap_or(0), current: 0 }),
+            Refused::Conflict => return Err(self.refusal(key, expected, fence).await),
+            Refused::SealPrevious => {}
+        }
+        // The first append of a new partition: seal the previous one at `expected`, then open this one.
+        if !self.seal(key, target, expected, fence).await? {
+            return Err(self.refusal(key, expected, fence).await);
+        }
+        let (applied, seen) = self.write(key, target, Cond::New, &a).await?;
+        if applied {
+            return done;
+        }
+        if fence.is_none() && seen.last_seq == Some(expected as i64) {
+            // A fence raise opened it empty since: append after `expected` there.
+            if self.write(key, target, Cond::Eq, &a).await?.0 {
+                return done;
+            }
+        }
+        Err(self.refusal(key, expected, fence).await)
+    }
+
+    /// Raises the entity's fence to `epoch` (see `bucket::raise`).
+    pub(crate) async fn raise_fence_inner(&self, key: &EntityKey, epoch: u64) -> Result<(), AppendError> {
+        let st = &self.inner.st;
+        for _ in 0..32 {
+            let (head, statics) = self.head_statics(key).await?;
+            let pk = |b: u64| Named::partition(&key.entity_type, &key.entity_id, b).big("fence", epoch as i64);
+            let r = match bucket::raise(head, statics, epoch) {
+                Raise::Done => return Ok(()),
+                Raise::Fenced { current } => {
+                    return Err(AppendError::Fenced { entity: key.to_string(), epoch, current });
+                }
+                Raise::OpenEmpty { bucket, last_seq } => {
+                    let v = pk(bucket).big("last_seq", last_seq);
+                    self.inner.session.execute_unpaged(&st.head_fenced.new, v).await
+                }
+                Raise::Cas { bucket, from: None } => {
+                    self.inner.session.execute_unpaged(&st.raise_fence_from_null, pk(bucket)).await
+                }
+                Raise::Cas { bucket, from: Some(current) } => {
+                    self.inner.session.execute_unpaged(&st.raise_fence, pk(bucket).big("current", current)).await
+                }
+            };
+            if lwt_outcome(r.map_err(unavailable)?)?.0 {
+                return Ok(());
+            }
+        }
+        Err(JournalError::Unavailable(format!("scylla: could not raise the fence of {key}: its head keeps moving"))
+            .into())
+    }
+}

@@ -1,0 +1,169 @@
+//! The sections of a node's configuration, each knob declared once.
+
+use std::path::PathBuf;
+
+use tessera_cluster::autoscaler::PolicyConfig;
+use tessera_journal::Durability;
+
+use super::kinds::{AutoscalerKind, ClusterMode, JournalKind};
+use super::knob::section;
+
+section! {
+    /// `[journal]`: where events are kept.
+    JournalSection "journal" {
+        /// Which journal: `local` (embedded, in `data_dir`), `memory`, or a `scylla://` URL.
+        kind: JournalKind = JournalKind::Local, flag "journal";
+        /// Directory of the embedded journal and the local result store.
+        data_dir: PathBuf = PathBuf::from("tessera-data"), flag "data-dir";
+        /// When the local journal acknowledges: `sync_data` (fdatasync), `sync_all`, `buffered`.
+        durability: Durability = Durability::SyncData, flag "durability";
+        /// Most appends in one group commit.
+        max_commit_batch: usize = 4096, flag "max-commit-batch";
+        /// Shards (a power of two, fixed for the life of a journal and a cluster).
+        shards: u32 = tessera_journal::DEFAULT_SHARDS, flag "shards";
+        /// Snapshot every this many events of an entity (0: never).
+        snapshot_every: u32 = 100, flag "snapshot-every";
+    }
+}
+
+section! {
+    /// `[http]`: the HTTP ingress.
+    HttpSection "http" {
+        /// Listen address (unset: no HTTP).
+        listen: Option<String> = Some("127.0.0.1:8080".into()), flag "http";
+        /// Largest accepted request body, bytes (NATS payloads too).
+        max_body_bytes: usize = 1 << 20, flag "max-body-bytes";
+    }
+}
+
+section! {
+    /// `[nats]`: the NATS ingress, forwarding and async calls.
+    NatsSection "nats" {
+        /// NATS server URL (unset: no NATS; async calls then run in-process).
+        url: Option<String> = None, flag "nats";
+        /// Prefix of every NATS subject, stream and bucket.
+        prefix: String = "tessera".into(), flag "nats-prefix";
+        /// Deliveries of an async call before it is dead-lettered.
+        async_max_deliver: i64 = 5, flag "async-max-deliver";
+        /// How long an async call may run before JetStream redelivers it, ms.
+        async_ack_wait_ms: u64 = 30_000, flag "async-ack-wait-ms";
+    }
+}
+
+section! {
+    /// `[cluster]`: shard leases in NATS KV.
+    ClusterSection "cluster" {
+        /// Join a cluster: `auto` (with NATS and a scylla journal), `on`, `off`.
+        mode: ClusterMode = ClusterMode::Auto, flag "cluster";
+        /// This node's id (unset: generated at start).
+        node_id: Option<String> = None, flag "node-id";
+        /// Lease and heartbeat TTL in ms; the same on every node of a cluster.
+        lease_ttl_ms: u64 = 3_000, flag "lease-ttl-ms";
+        /// Most shards moved between live nodes per rebalancing round.
+        rebalance_max_moves: usize = 16, flag "rebalance-max-moves";
+        /// Milliseconds between rebalancing rounds.
+        rebalance_every_ms: u64 = 1_000, flag "rebalance-every-ms";
+    }
+}
+
+section! {
+    /// `[autoscaler]`: the scaler the cluster's leader drives, and its policy.
+    AutoscalerSection "autoscaler" {
+        /// The scaler: `none`, `dry-run`, `local` (node processes), `kubernetes`.
+        scaler: AutoscalerKind = AutoscalerKind::None, flag "autoscaler";
+        /// Fewest nodes.
+        min_nodes: usize = PolicyConfig::default().min_nodes, flag "autoscale-min";
+        /// Most nodes.
+        max_nodes: usize = PolicyConfig::default().max_nodes, flag "autoscale-max";
+        /// Non-database request concurrency per node to aim for.
+        target_request_concurrency: f64 = PolicyConfig::default().target_request_concurrency, flag "autoscale-target-requests";
+        /// User-function concurrency per node to aim for.
+        target_function_concurrency: f64 = PolicyConfig::default().target_function_concurrency, flag "autoscale-target-functions";
+        /// Relative band around the current size with no change.
+        tolerance: f64 = PolicyConfig::default().tolerance, flag "autoscale-tolerance";
+        /// Seconds metrics are averaged over.
+        window_secs: u64 = PolicyConfig::default().window_secs, flag "autoscale-window-secs";
+        /// Stable window after a scale-up, seconds.
+        scale_up_stable_secs: u64 = PolicyConfig::default().scale_up_stable_secs, flag "autoscale-up-stable-secs";
+        /// Stable window after a scale-down, seconds.
+        scale_down_stable_secs: u64 = PolicyConfig::default().scale_down_stable_secs, flag "autoscale-down-stable-secs";
+        /// A request-rate jump (this factor) that allows a scale-up inside a stable window.
+        rate_jump_factor: f64 = PolicyConfig::default().rate_jump_factor, flag "autoscale-rate-jump-factor";
+        /// Most nodes added or removed per decision.
+        max_step: usize = PolicyConfig::default().max_step, flag "autoscale-max-step";
+        /// Kubernetes API for the `kubernetes` scaler (a `kubectl proxy` sidecar by default).
+        k8s_api: String = "http://127.0.0.1:8001".into(), flag "k8s-api";
+        /// Namespace of the Deployment the `kubernetes` scaler scales.
+        k8s_namespace: String = "default".into(), flag "k8s-namespace";
+        /// The Deployment the `kubernetes` scaler scales.
+        k8s_deployment: String = "tessera".into(), flag "k8s-deployment";
+    }
+}
+
+impl AutoscalerSection {
+    /// The scaling policy these knobs describe.
+    pub fn policy(&self) -> PolicyConfig {
+        PolicyConfig {
+            min_nodes: self.min_nodes,
+            max_nodes: self.max_nodes,
+            target_function_concurrency: self.target_function_concurrency,
+            target_request_concurrency: self.target_request_concurrency,
+            tolerance: self.tolerance,
+            window_secs: self.window_secs,
+            scale_up_stable_secs: self.scale_up_stable_secs,
+            scale_down_stable_secs: self.scale_down_stable_secs,
+            rate_jump_factor: self.rate_jump_factor,
+            max_step: self.max_step,
+        }
+    }
+}
+
+section! {
+    /// `[executors]`: where stateless functions run.
+    ExecutorsSection "executors" {
+        /// CPU executors (for batching functions, and GPU functions on GPU-less machines).
+        cpu: usize = 1, flag "cpu-executors";
+        /// Most calls per executor batch (1: no batching).
+        max_batch: usize = 32, flag "executor-max-batch";
+        /// Longest wait for an executor batch to fill, microseconds.
+        max_wait_us: u64 = 2_000, flag "executor-max-wait-us";
+        /// Most calls queued per executor before 429.
+        queue_limit: usize = 1_024, flag "executor-queue-limit";
+        /// A batch running longer than this fails its calls, ms.
+        watchdog_ms: u64 = 60_000, flag "executor-watchdog-ms";
+        /// Most stateless calls running at once on the node.
+        function_concurrency: usize = 64, flag "function-concurrency";
+    }
+}
+
+section! {
+    /// `[limits]`: what one node takes on, and how long it remembers.
+    LimitsSection "limits" {
+        /// Most invocations in flight on the node; beyond it callers get 503.
+        max_in_flight: usize = 10_000, flag "max-in-flight";
+        /// Most commands queued per entity; beyond it callers get 429.
+        entity_queue_limit: usize = 1_000, flag "entity-queue-limit";
+        /// Deadline of one invocation, ms.
+        invocation_timeout_ms: u64 = 30_000, flag "invocation-timeout-ms";
+        /// Most entities in memory; beyond it the least recently used are passivated.
+        max_active_entities: usize = 1_000_000, flag "max-active-entities";
+        /// Passivate an entity idle this long, seconds.
+        idle_timeout_secs: u64 = 300, flag "idle-timeout-secs";
+        /// Idempotency window per entity: most remembered invocations.
+        dedup_max_entries: usize = 64, flag "dedup-max-entries";
+        /// Idempotency window per entity: forget invocations older than this, seconds.
+        dedup_max_age_secs: u64 = 24 * 3600, flag "dedup-max-age-secs";
+        /// How long async results are kept, seconds.
+        result_ttl_secs: u64 = 24 * 3600, flag "result-ttl-secs";
+        /// Largest reply kept inline in a result row, bytes (larger ones keep only their size).
+        result_inline_bytes: usize = 64 << 10, flag "result-inline-bytes";
+    }
+}
+
+section! {
+    /// `[observability]`: logs (metrics are always at `GET /metrics`).
+    ObservabilitySection "observability" {
+        /// The log filter (`tracing` directives), unless `RUST_LOG` is set.
+        log: String = "info,fjall=warn,lsm_tree=warn".into(), flag "log";
+    }
+}

@@ -1,0 +1,297 @@
+//! The NATS ingress: entity commands (and owner state reads) on
+//! `{p}.cmd.{type}.{shard}`, sync function calls on `{p}.call.{function}`,
+//! async calls pulled from the `{P}_INVOKE` work queue.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer};
+use async_nats::{HeaderMap, Message};
+use futures::StreamExt;
+use tessera_entities::{Format, codec};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+use super::{NatsError, NatsLink};
+use crate::contract;
+use crate::error::InvokeError;
+use crate::node::{AsyncCall, AsyncDecision, Invocation, Node};
+use crate::wire;
+
+/// The running subscriptions of a node.
+pub(crate) struct NatsIngress {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl NatsIngress {
+    pub(crate) async fn start(
+        node: Node,
+        link: NatsLink,
+        max_deliver: i64,
+        ack_wait: Duration,
+    ) -> Result<Self, NatsError> {
+        let err = |m: String| NatsError { url: "-".into(), message: m };
+        let s = &link.subjects;
+        let group = format!("{}-nodes", s.prefix());
+        // In a cluster each node subscribes to the subjects of the shards it
+        // owns instead (see `cluster_host`).
+        let mut cmds = if node.clustered() {
+            None
+        } else {
+            Some(
+                link.client
+                    .queue_subscribe(format!("{}.cmd.>", s.prefix()), group.clone())
+                    .await
+                    .map_err(|e| err(e.to_string()))?,
+            )
+        };
+        let mut calls = link.client.queue_subscribe(s.call(">"), group).await.map_err(|e| err(e.to_string()))?;
+        let stream = link.js.get_stream(s.invoke_stream()).await.map_err(|e| err(e.to_string()))?;
+        let consumer: consumer::PullConsumer = stream
+            .get_or_create_consumer(
+                &s.invoke_consumer(),
+                consumer::pull::Config {
+                    durable_name: Some(s.invoke_consumer()),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait,
+                    max_deliver,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| err(format!("cannot create the durable consumer: {e}")))?;
+        let mut tasks = Vec::new();
+        let (n, l) = (node.clone(), link.clone());
+        tasks.push(tokio::spawn(async move {
+            let Some(cmds) = cmds.as_mut() else { return };
+            while let Some(msg) = cmds.next().await {
+                let (n, l) = (n.clone(), l.clone());
+                tokio::spawn(async move { command(&n, &l, msg).await });
+            }
+        }));
+        let (n, l) = (node.clone(), link.clone());
+        tasks.push(tokio::spawn(async move {
+            while let Some(msg) = calls.next().await {
+                let (n, l) = (n.clone(), l.clone());
+                tokio::spawn(async move { call(&n, &l, msg).await });
+            }
+        }));
+        let permits = Arc::new(Semaphore::new(node.config().executors.function_concurrency));
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let mut messages = match consumer.messages().await {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot pull async invocations; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
+                while let Some(msg) = messages.next().await {
+                    let msg = match msg {
+                        Ok(m) => m,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "async invocation stream error");
+                            continue;
+                        }
+                    };
+                    let Ok(permit) = permits.clone().acquire_owned().await else { return };
+                    let (n, l) = (node.clone(), link.clone());
+                    tokio::spawn(async move {
+                        invoke_async(&n, &l, msg, max_deliver).await;
+                        drop(permit);
+                    });
+                }
+            }
+        }));
+        Ok(Self { tasks })
+    }
+
+    pub(crate) fn stop(self) {
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn header<'a>(h: Option<&'a HeaderMap>, name: &str) -> Option<&'a str> {
+    h.and_then(|h| h.get(name)).map(|v| v.as_str())
+}
+
+/// Replies with a status, headers and body.
+async fn respond(
+    link: &NatsLink,
+    reply: Option<&async_nats::Subject>,
+    status: u16,
+    mut headers: HeaderMap,
+    body: Vec<u8>,
+) {
+    let Some(reply) = reply else { return };
+    headers.insert(wire::STATUS, status.to_string().as_str());
+    if let Err(e) = link.client.publish_with_headers(reply.clone(), headers, body.into()).await {
+        tracing::warn!(error = %e, "cannot send NATS reply");
+    }
+}
+
+async fn respond_error(link: &NatsLink, reply: Option<&async_nats::Subject>, e: &InvokeError, format: Format) {
+    let mut h = HeaderMap::new();
+    h.insert(wire::CONTENT_TYPE, format.content_type());
+    let body = codec::encode(&e.to_body(), format).unwrap_or_default();
+    respond(link, reply, e.status(), h, body).await;
+}
+
+/// What a request on a command subject produced.
+enum Served {
+    Command(crate::shard::CommandReply),
+    State(String, String, crate::shard::StateView),
+}
+
+/// Handles one command request (from the node-wide queue subscription, or
+/// in a cluster from the subscription of a shard this node owns).
+pub(crate) async fn command(node: &Node, link: &NatsLink, msg: Message) {
+    let reply = msg.reply.as_ref();
+    let h = msg.headers.as_ref();
+    let format = match contract::content_format(header(h, wire::CONTENT_TYPE)) {
+        Ok(f) => f,
+        Err(e) => return respond_error(link, reply, &e, Format::Json).await,
+    };
+    let result = async {
+        let rest = msg.subject.as_str().strip_prefix(link.subjects.prefix()).and_then(|r| r.strip_prefix(".cmd."));
+        let (entity_type, shard) = rest
+            .and_then(|r| r.rsplit_once('.'))
+            .and_then(|(t, s)| Some((t.to_owned(), s.parse::<u32>().ok()?)))
+            .ok_or_else(|| {
+                InvokeError::Malformed(format!(
+                    "subject {} is not {}.cmd.TYPE.SHARD",
+                    msg.subject,
+                    link.subjects.prefix()
+                ))
+            })?;
+        let entity_id = header(h, wire::ENTITY)
+            .ok_or_else(|| InvokeError::Malformed(format!("missing header {}", wire::ENTITY)))?
+            .to_owned();
+        let owner = tessera_journal::shard_of(&entity_type, &entity_id, node.config().journal.shards);
+        if owner != shard {
+            return Err(InvokeError::Misdirected(format!(
+                "{entity_type}/{entity_id} is in shard {owner}, not {shard}: send it to {}",
+                link.subjects.command(&entity_type, owner)
+            )));
+        }
+        match header(h, wire::READ) {
+            None => {}
+            Some("state") => {
+                let view = node.state_here(&entity_type, &entity_id).await?;
+                return Ok(Served::State(entity_type, entity_id, view));
+            }
+            Some(other) => {
+                return Err(InvokeError::Malformed(format!("{} must be `state`, not `{other}`", wire::READ)));
+            }
+        }
+        let command = header(h, wire::COMMAND)
+            .ok_or_else(|| InvokeError::Malformed(format!("missing header {}", wire::COMMAND)))?
+            .to_owned();
+        contract::body_size(msg.payload.len(), node.config().http.max_body_bytes)?;
+        let idempotency_key = contract::idempotency_key(header(h, wire::IDEMPOTENCY_KEY))?;
+        let inv = Invocation { entity_type, entity_id, command, body: msg.payload.to_vec(), format, idempotency_key };
+        Ok(Served::Command(node.invoke_here(inv).await?))
+    }
+    .await;
+    let format = header(h, wire::ACCEPT).and_then(Format::from_content_type).unwrap_or(format);
+    match result {
+        Ok(Served::State(entity_type, entity_id, view)) => {
+            let body = wire::StateBody { entity_type, entity_id, seq: view.seq, state: view.state };
+            match codec::encode(&body, format) {
+                Ok(body) => {
+                    let mut out = HeaderMap::new();
+                    out.insert(wire::CONTENT_TYPE, format.content_type());
+                    out.insert(wire::SEQ, view.seq.to_string().as_str());
+                    respond(link, reply, 200, out, body).await;
+                }
+                Err(e) => respond_error(link, reply, &InvokeError::Internal(e.to_string()), format).await,
+            }
+        }
+        Ok(Served::Command(r)) => match codec::transcode_msgpack(&r.reply, format) {
+            Ok(body) => {
+                let mut out = HeaderMap::new();
+                out.insert(wire::CONTENT_TYPE, format.content_type());
+                out.insert(wire::SEQ, r.seq.to_string().as_str());
+                out.insert(wire::INVOCATION_ID, r.invocation_id.as_str());
+                if r.deduplicated {
+                    out.insert(wire::DEDUPLICATED, "true");
+                }
+                respond(link, reply, 200, out, body).await;
+            }
+            Err(e) => respond_error(link, reply, &InvokeError::Internal(e.to_string()), format).await,
+        },
+        Err(e) => respond_error(link, reply, &e, format).await,
+    }
+}
+
+async fn call(node: &Node, link: &NatsLink, msg: Message) {
+    let reply = msg.reply.as_ref();
+    let h = msg.headers.as_ref();
+    let format = match contract::content_format(header(h, wire::CONTENT_TYPE)) {
+        Ok(f) => f,
+        Err(e) => return respond_error(link, reply, &e, Format::Json).await,
+    };
+    let name =
+        msg.subject.as_str().strip_prefix(&format!("{}.call.", link.subjects.prefix())).unwrap_or_default().to_owned();
+    let result = match contract::body_size(msg.payload.len(), node.config().http.max_body_bytes) {
+        Err(e) => Err(e),
+        Ok(()) => node.call_function(&name, &msg.payload, format).await,
+    };
+    match result
+        .and_then(|out| codec::transcode_msgpack(&out, format).map_err(|e| InvokeError::Internal(e.to_string())))
+    {
+        Ok(body) => {
+            let mut out = HeaderMap::new();
+            out.insert(wire::CONTENT_TYPE, format.content_type());
+            respond(link, reply, 200, out, body).await;
+        }
+        Err(e) => respond_error(link, reply, &e, format).await,
+    }
+}
+
+async fn invoke_async(node: &Node, link: &NatsLink, msg: jetstream::Message, max_deliver: i64) {
+    let (delivered, stream_seq) = match msg.info() {
+        Ok(i) => (i.delivered, i.stream_sequence),
+        Err(e) => {
+            tracing::warn!(error = %e, "async invocation without JetStream info");
+            return;
+        }
+    };
+    let h = msg.headers.as_ref();
+    let name = msg
+        .subject
+        .as_str()
+        .strip_prefix(&format!("{}.invoke.", link.subjects.prefix()))
+        .unwrap_or_default()
+        .to_owned();
+    let id = header(h, wire::INVOCATION_ID)
+        .or_else(|| header(h, wire::NATS_MSG_ID))
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("js-{stream_seq}"));
+    let last = max_deliver > 0 && delivered >= max_deliver;
+    let request_id = header(h, wire::REQUEST_ID);
+    // The same contract as a call over HTTP; a call that breaks it gets a
+    // final error row (there is nobody to answer) and is not run.
+    let checked = contract::content_format(header(h, wire::CONTENT_TYPE)).and_then(|format| {
+        contract::idempotency_key(Some(&id))?;
+        contract::body_size(msg.payload.len(), node.config().http.max_body_bytes)?;
+        Ok(format)
+    });
+    let decision = match checked {
+        Ok(format) => {
+            let call = AsyncCall { id: &id, function: &name, body: &msg.payload, format, request_id };
+            node.run_async(call, delivered.max(1) as u32, last).await
+        }
+        Err(e) => node.refuse_async(&id, &name, &e).await,
+    };
+    let ack = match decision {
+        AsyncDecision::Ack => msg.double_ack().await,
+        AsyncDecision::Retry(delay) => msg.ack_with(AckKind::Nak(Some(delay))).await,
+    };
+    if let Err(e) = ack {
+        tracing::warn!(invocation = %id, error = %e, "cannot acknowledge async invocation; it will be redelivered");
+    }
+}

@@ -1,0 +1,137 @@
+//! The ractor glue of a shard: hands each message to the [`Machine`] and
+//! runs the IO it asks for in spawned tasks, whose outcomes come back as
+//! messages (the actor never awaits the journal).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tracing::Instrument;
+
+use super::machine::{Io, Machine, Work};
+use super::{ShardContext, ShardMsg, activation};
+use crate::error::InvokeError;
+use crate::now_ms;
+
+/// The shard actor's behaviour (its state is the [`Machine`]).
+pub(crate) struct ShardActor;
+
+/// How often a shard checks for idle entities.
+pub(crate) fn tick_period(idle: Duration) -> Duration {
+    (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(5))
+}
+
+impl Actor for ShardActor {
+    type Msg = ShardMsg;
+    type State = Machine;
+    type Arguments = (u32, Arc<ShardContext>);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<ShardMsg>,
+        (shard, ctx): (u32, Arc<ShardContext>),
+    ) -> Result<Machine, ActorProcessingErr> {
+        let period = tick_period(ctx.idle_timeout);
+        let idle_ticks = (ctx.idle_timeout.as_millis() / period.as_millis().max(1)).max(1) as u32;
+        myself.send_interval(period, || ShardMsg::Tick);
+        Ok(Machine::new(shard, ctx, idle_ticks))
+    }
+
+    async fn post_stop(&self, _: ActorRef<ShardMsg>, m: &mut Machine) -> Result<(), ActorProcessingErr> {
+        m.stop();
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<ShardMsg>,
+        msg: ShardMsg,
+        m: &mut Machine,
+    ) -> Result<(), ActorProcessingErr> {
+        let now = now_ms();
+        match msg {
+            ShardMsg::Command(c) => {
+                let (key, entity) = (c.key.clone(), c.entity.clone());
+                m.enqueue(key, entity, Work::Command(c), now);
+            }
+            ShardMsg::State(s) => {
+                let (key, entity) = (s.key.clone(), s.entity.clone());
+                m.enqueue(key, entity, Work::State(s), now);
+            }
+            ShardMsg::Activated { key, incarnation, result } => m.activated(key, incarnation, result, now),
+            ShardMsg::Appended { key, incarnation, result } => m.appended(key, incarnation, result, now),
+            ShardMsg::Release { entity_type, force, reply } => {
+                let _ = reply.send(m.release(&entity_type, force));
+            }
+            ShardMsg::Acquire { entity_type } => m.acquire(&entity_type),
+            ShardMsg::Tick => m.tick(),
+        }
+        for io in m.take_io() {
+            run(io, &myself, &m.ctx, m.shard);
+        }
+        Ok(())
+    }
+}
+
+/// Runs one IO request in its own task.
+fn run(io: Io, me: &ActorRef<ShardMsg>, ctx: &Arc<ShardContext>, shard: u32) {
+    let (ctx, me) = (ctx.clone(), me.clone());
+    match io {
+        Io::Activate { key, entity, incarnation, fence } => {
+            let span = tracing::debug_span!("activate", entity = %key, shard);
+            tokio::spawn(
+                async move {
+                    ctx.metrics.journal_in_flight.inc();
+                    let raised = match fence {
+                        Some(epoch) => ctx.journal.raise_fence(&key, epoch).await.map_err(InvokeError::from),
+                        None => Ok(()),
+                    };
+                    let result = match raised {
+                        Ok(()) => {
+                            activation::rebuild(&entity, &ctx.journal, &key, activation::Replay::Latest, ctx.dedup)
+                                .await
+                        }
+                        Err(e) => Err(e),
+                    };
+                    ctx.metrics.journal_in_flight.dec();
+                    if let Err(e) = &result {
+                        tracing::warn!(entity = %key, error = %e, "activation failed");
+                    }
+                    let _ = me.send_message(ShardMsg::Activated { key, incarnation, result });
+                }
+                .instrument(span),
+            );
+        }
+        Io::Append { key, incarnation, request, epoch, span } => {
+            tokio::spawn(
+                async move {
+                    // The fence, again right before the commit: the lease may
+                    // have lapsed while the command waited.
+                    if let Some(f) = &ctx.fence
+                        && f.fence(&key.entity_type, shard) != epoch
+                    {
+                        let e = InvokeError::ShardMoved(format!(
+                            "the lease of {}/{shard} lapsed before the commit; nothing was written",
+                            key.entity_type
+                        ));
+                        let _ = me.send_message(ShardMsg::Appended { key, incarnation, result: Err(e) });
+                        return;
+                    }
+                    ctx.metrics.journal_in_flight.inc();
+                    let result = ctx.journal.commit(&key, request).await.map_err(InvokeError::from);
+                    ctx.metrics.journal_in_flight.dec();
+                    let _ = me.send_message(ShardMsg::Appended { key, incarnation, result });
+                }
+                .instrument(span),
+            );
+        }
+        Io::Snapshot { key, snapshot } => {
+            tokio::spawn(async move {
+                match ctx.journal.save_snapshot(&key, snapshot).await {
+                    Ok(()) => ctx.metrics.snapshots.inc(),
+                    Err(e) => tracing::warn!(entity = %key, error = %e, "snapshot not saved"),
+                }
+            });
+        }
+    }
+}

@@ -1,0 +1,477 @@
+//! The state machine of one shard: its active entities (a small record,
+//! the state and a queue each), what each message does to them, and the IO
+//! it asks for ([`Io`]: rebuild an entity, append, save a snapshot). It
+//! spawns nothing and awaits nothing; the actor (`actor.rs`) runs the IO
+//! and feeds the outcomes back as messages. Replies go through the ports
+//! carried by the requests.
+//!
+//! Invariants: an entity runs one command at a time (`busy`); an outcome
+//! is only accepted from the incarnation that asked for it (a reset entity
+//! ignores its old appends); events are applied and replied to only after
+//! the journal acknowledged them.
+
+use std::any::Any;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+
+use ractor::RpcReplyPort;
+use tessera_entities::{DynEntity, DynState};
+use tessera_journal::{AppendAck, AppendRequest, EntityKey, Snapshot};
+
+use super::activation::{self, Rebuilt};
+use super::dedup::DedupWindow;
+use super::step::{self, Decision, Lease, Record};
+use super::{CommandReply, CommandRequest, ShardContext, StateRequest, StateView};
+use crate::envelope::{DedupEntry, SNAPSHOT_FORMAT};
+use crate::error::InvokeError;
+
+/// IO the machine asks for.
+pub(crate) enum Io {
+    /// Raise the journal fence (when `fence` is set), then rebuild the entity;
+    /// answer with `Activated`.
+    Activate { key: EntityKey, entity: Arc<dyn DynEntity>, incarnation: u64, fence: Option<u64> },
+    /// Check the lease is still `epoch`, then commit; answer with `Appended`.
+    Append { key: EntityKey, incarnation: u64, request: AppendRequest, epoch: Option<u64>, span: tracing::Span },
+    /// Save a snapshot (fire and forget: a lost snapshot costs replay time only).
+    Snapshot { key: EntityKey, snapshot: Snapshot },
+}
+
+/// Work waiting for an entity.
+pub(crate) enum Work {
+    Command(CommandRequest),
+    State(StateRequest),
+}
+
+impl Work {
+    pub(crate) fn fail(self, e: InvokeError) {
+        match self {
+            Self::Command(c) => {
+                let _ = c.reply.send(Err(e));
+            }
+            Self::State(s) => {
+                let _ = s.reply.send(Err(e));
+            }
+        }
+    }
+}
+
+/// A command whose events are being appended.
+struct InFlight {
+    typed: Box<dyn Any + Send>,
+    reply: Vec<u8>,
+    port: RpcReplyPort<Result<CommandReply, InvokeError>>,
+    invocation_id: String,
+    retryable: bool,
+    events: u64,
+    span: tracing::Span,
+}
+
+/// One active entity.
+struct Slot {
+    entity: Arc<dyn DynEntity>,
+    /// `None` while the entity is being rebuilt.
+    state: Option<DynState>,
+    seq: u64,
+    incarnation: u64,
+    busy: Option<Box<InFlight>>,
+    queue: VecDeque<Work>,
+    dedup: Option<Box<DedupWindow>>,
+    events_since_snapshot: u64,
+    last_used: u32,
+    /// In a cluster: the lease epoch the entity's journal fence was raised
+    /// to at activation; its appends carry it.
+    fence: Option<u64>,
+}
+
+impl Slot {
+    fn idle(&self) -> bool {
+        self.state.is_some() && self.busy.is_none() && self.queue.is_empty()
+    }
+}
+
+/// The shard's entities and what is asked of the outside.
+pub(crate) struct Machine {
+    pub(crate) shard: u32,
+    pub(crate) ctx: Arc<ShardContext>,
+    slots: HashMap<EntityKey, Slot>,
+    clock: u32,
+    idle_ticks: u32,
+    next_incarnation: u64,
+    /// Entity types whose slice of this shard is being handed off.
+    releasing: HashSet<String>,
+    io: Vec<Io>,
+}
+
+impl Machine {
+    pub(crate) fn new(shard: u32, ctx: Arc<ShardContext>, idle_ticks: u32) -> Self {
+        Self {
+            shard,
+            ctx,
+            slots: HashMap::new(),
+            clock: 0,
+            idle_ticks,
+            next_incarnation: 1,
+            releasing: HashSet::new(),
+            io: Vec::new(),
+        }
+    }
+
+    /// The IO asked for since the last call.
+    pub(crate) fn take_io(&mut self) -> Vec<Io> {
+        std::mem::take(&mut self.io)
+    }
+
+    /// Active entities.
+    #[cfg(test)]
+    pub(crate) fn active(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn lease(&self, entity_type: &str) -> Lease {
+        match &self.ctx.fence {
+            None => Lease::Unfenced,
+            Some(f) => f.fence(entity_type, self.shard).map_or(Lease::Lost, Lease::Held),
+        }
+    }
+
+    /// New work for an entity: refused while its slice is handed off or its
+    /// queue is full, run at once when it is idle, queued behind its current
+    /// work otherwise; an inactive entity is activated (passivating the least
+    /// recently used when the shard is over its budget).
+    pub(crate) fn enqueue(&mut self, key: EntityKey, entity: Arc<dyn DynEntity>, work: Work, now_ms: i64) {
+        if self.releasing.contains(&key.entity_type) {
+            return work.fail(InvokeError::ShardMoved(format!("{key} is being handed to another node")));
+        }
+        let clock = self.clock;
+        if let Some(slot) = self.slots.get_mut(&key) {
+            slot.last_used = clock;
+            if slot.idle() {
+                self.drain(&key, Some(work), now_ms);
+            } else if slot.queue.len() >= self.ctx.entity_queue_limit {
+                work.fail(InvokeError::EntityBusy(key.to_string()));
+            } else {
+                slot.queue.push_back(work);
+            }
+            return;
+        }
+        if self.slots.len() >= self.ctx.shard_budget {
+            self.evict_lru();
+        }
+        self.activate(key, entity, VecDeque::from([work]));
+    }
+
+    /// Creates a slot in the activating state and asks for its rebuild. In
+    /// a cluster the entity is activated under the shard's current lease
+    /// epoch: the journal's fence is raised to it before the read, so no
+    /// older owner's write can land after what this node reads.
+    fn activate(&mut self, key: EntityKey, entity: Arc<dyn DynEntity>, queue: VecDeque<Work>) {
+        let fence = match self.lease(&key.entity_type) {
+            Lease::Unfenced => None,
+            Lease::Held(epoch) => Some(epoch),
+            Lease::Lost => {
+                for w in queue {
+                    w.fail(InvokeError::ShardMoved(format!("this node no longer holds the lease of {key}")));
+                }
+                return;
+            }
+        };
+        let incarnation = self.next_incarnation;
+        self.next_incarnation += 1;
+        self.ctx.metrics.active_entities.inc();
+        self.ctx.metrics.activations.inc();
+        let slot = Slot {
+            entity: entity.clone(),
+            state: None,
+            seq: 0,
+            incarnation,
+            busy: None,
+            queue,
+            dedup: None,
+            events_since_snapshot: 0,
+            last_used: self.clock,
+            fence,
+        };
+        self.slots.insert(key.clone(), slot);
+        self.io.push(Io::Activate { key, entity, incarnation, fence });
+    }
+
+    /// The outcome of an activation.
+    pub(crate) fn activated(
+        &mut self,
+        key: EntityKey,
+        incarnation: u64,
+        result: Result<Rebuilt, InvokeError>,
+        now_ms: i64,
+    ) {
+        let Some(slot) = self.slots.get_mut(&key).filter(|s| s.incarnation == incarnation) else { return };
+        match result {
+            Ok(r) => {
+                slot.state = Some(r.state);
+                slot.seq = r.seq;
+                slot.dedup = (!r.dedup.is_empty()).then(|| Box::new(r.dedup));
+                slot.events_since_snapshot = r.events_since_snapshot;
+                self.maybe_snapshot(&key, now_ms);
+                self.drain(&key, None, now_ms);
+            }
+            Err(e) => {
+                if let Some(slot) = self.remove(&key, "reset") {
+                    for w in slot.queue {
+                        w.fail(e.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs `first` (an idle entity's new work, which skips the queue) and
+    /// then queued work until the entity waits on an append or has nothing
+    /// left; an emptied queue gives its buffer back (most entities are idle,
+    /// and an idle entity should cost no queue memory).
+    fn drain(&mut self, key: &EntityKey, mut first: Option<Work>, now_ms: i64) {
+        let lease = self.lease(&key.entity_type);
+        loop {
+            let Some(slot) = self.slots.get_mut(key) else { return };
+            let Some(state) = slot.state.as_ref() else { return };
+            if slot.busy.is_some() {
+                return;
+            }
+            let Some(next) = first.take().or_else(|| slot.queue.pop_front()) else {
+                if slot.queue.capacity() > 0 {
+                    slot.queue = VecDeque::new();
+                }
+                return;
+            };
+            let c = match next {
+                Work::State(s) => {
+                    let _ = s.reply.send(Ok(StateView { state: slot.entity.state_json(state), seq: slot.seq }));
+                    continue;
+                }
+                Work::Command(c) => c,
+            };
+            let _guard = c.span.clone().entered();
+            let record = Record {
+                key,
+                entity: &slot.entity,
+                state,
+                seq: slot.seq,
+                dedup: slot.dedup.as_deref(),
+                fence: slot.fence,
+            };
+            let CommandRequest { command, invocation_id, retryable, span, reply: port, .. } = c;
+            let cmd = step::Command { command, invocation_id: invocation_id.clone(), retryable };
+            let node_id = self.ctx.node_id.as_deref();
+            match step::decide(&record, cmd, now_ms, lease, node_id, self.ctx.dedup) {
+                Decision::Remembered(r) => {
+                    tracing::debug!(invocation = %r.invocation_id, seq = r.seq, "answered from the idempotency window");
+                    let _ = port.send(Ok(r));
+                }
+                Decision::Reply(r) => {
+                    let _ = port.send(Ok(r));
+                }
+                Decision::Refuse(e) => {
+                    let _ = port.send(Err(e));
+                }
+                Decision::Reset(e) => {
+                    tracing::error!(entity = %key, error = %e, "handler panicked; resetting the entity");
+                    self.ctx.metrics.handler_panics.inc();
+                    let _ = port.send(Err(e));
+                    drop(_guard);
+                    self.reset(key);
+                    return;
+                }
+                Decision::Append(request, pending) => {
+                    let incarnation = slot.incarnation;
+                    slot.busy = Some(Box::new(InFlight {
+                        typed: pending.typed,
+                        reply: pending.reply,
+                        port,
+                        invocation_id,
+                        retryable,
+                        events: pending.events,
+                        span: span.clone(),
+                    }));
+                    let (key, epoch) = (key.clone(), pending.epoch);
+                    self.io.push(Io::Append { key, incarnation, request, epoch, span });
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The outcome of an append.
+    pub(crate) fn appended(
+        &mut self,
+        key: EntityKey,
+        incarnation: u64,
+        result: Result<AppendAck, InvokeError>,
+        now_ms: i64,
+    ) {
+        let Some(slot) = self.slots.get_mut(&key).filter(|s| s.incarnation == incarnation) else { return };
+        let Some(f) = slot.busy.take() else { return };
+        let InFlight { typed, reply, port, invocation_id, retryable, events, span } = *f;
+        let _guard = span.enter();
+        let ack = match result {
+            Ok(ack) => ack,
+            Err(e) => {
+                // Correct whether or not the failed write landed: the entity
+                // is rebuilt from what the journal holds.
+                tracing::warn!(entity = %key, error = %e, "append failed; reloading the entity from its journal");
+                let _ = port.send(Err(e));
+                drop(_guard);
+                self.reset(&key);
+                return;
+            }
+        };
+        let Some(state) = slot.state.as_mut() else { return };
+        let entity = slot.entity.clone();
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| entity.apply_effect(state, typed))) {
+            let msg = step::panic_message(&*panic);
+            tracing::error!(entity = %key, panic = %msg, "apply panicked after the events were persisted");
+            self.ctx.metrics.handler_panics.inc();
+            let _ = port.send(Err(InvokeError::HandlerPanicked(format!(
+                "apply panicked after the events were persisted (seq {}): {msg}",
+                ack.last_seq
+            ))));
+            drop(_guard);
+            self.reset(&key);
+            return;
+        }
+        slot.seq = ack.last_seq;
+        slot.events_since_snapshot += events;
+        if retryable {
+            let entry = DedupEntry {
+                id: invocation_id.clone(),
+                seq: ack.last_seq,
+                at_ms: ack.timestamp_ms,
+                reply: reply.clone(),
+            };
+            slot.dedup.get_or_insert_with(Box::default).insert(entry, self.ctx.dedup);
+        }
+        let _ = port.send(Ok(CommandReply { reply, seq: ack.last_seq, invocation_id, deduplicated: false }));
+        drop(_guard);
+        self.maybe_snapshot(&key, now_ms);
+        self.drain(&key, None, now_ms);
+    }
+
+    /// Asks for a snapshot when enough events accumulated.
+    fn maybe_snapshot(&mut self, key: &EntityKey, now_ms: i64) {
+        let every = self.ctx.snapshot_every;
+        let Some(slot) = self.slots.get_mut(key) else { return };
+        let Some(state) = slot.state.as_ref() else { return };
+        if !step::snapshot_due(slot.events_since_snapshot, every) {
+            return;
+        }
+        slot.events_since_snapshot = 0;
+        let empty = DedupWindow::default();
+        let dedup = slot.dedup.as_deref().unwrap_or(&empty);
+        match activation::snapshot_payload(&slot.entity, state, dedup) {
+            Ok(payload) => {
+                let snapshot = Snapshot { seq: slot.seq, version: SNAPSHOT_FORMAT, timestamp_ms: now_ms, payload };
+                self.io.push(Io::Snapshot { key: key.clone(), snapshot });
+            }
+            Err(e) => tracing::warn!(entity = %key, error = %e, "snapshot skipped"),
+        }
+    }
+
+    /// Drops the entity's in-memory state; queued work re-activates it from the journal.
+    fn reset(&mut self, key: &EntityKey) {
+        if let Some(slot) = self.remove(key, "reset")
+            && !slot.queue.is_empty()
+        {
+            self.activate(key.clone(), slot.entity, slot.queue);
+        }
+    }
+
+    fn remove(&mut self, key: &EntityKey, reason: &str) -> Option<Slot> {
+        let slot = self.slots.remove(key)?;
+        self.ctx.metrics.active_entities.dec();
+        self.ctx.metrics.passivations.with_label_values(&[reason]).inc();
+        Some(slot)
+    }
+
+    /// One tick of the shard's clock: passivates entities idle for the timeout.
+    pub(crate) fn tick(&mut self) {
+        self.clock = self.clock.wrapping_add(1);
+        let (clock, idle) = (self.clock, self.idle_ticks);
+        let before = self.slots.len();
+        self.slots.retain(|_, s| !(s.idle() && clock.wrapping_sub(s.last_used) >= idle));
+        let n = before - self.slots.len();
+        if n > 0 {
+            self.ctx.metrics.active_entities.sub(n as i64);
+            self.ctx.metrics.passivations.with_label_values(&["idle"]).inc_by(n as u64);
+            tracing::debug!(shard = self.shard, passivated = n, "idle entities passivated");
+        }
+    }
+
+    /// This node hands off (or lost) an entity type's slice of the shard:
+    /// refuse its new commands, passivate its idle entities (all of them
+    /// when `force`: their waiting callers fail); returns how many are still busy.
+    pub(crate) fn release(&mut self, entity_type: &str, force: bool) -> usize {
+        let busy = self.passivate_type(entity_type, force);
+        self.releasing.insert(entity_type.to_owned());
+        busy
+    }
+
+    /// This node acquired the slice: forget anything cached for it and accept its commands again.
+    pub(crate) fn acquire(&mut self, entity_type: &str) {
+        self.passivate_type(entity_type, true);
+        self.releasing.remove(entity_type);
+    }
+
+    fn passivate_type(&mut self, entity_type: &str, force: bool) -> usize {
+        let keys: Vec<EntityKey> = self.slots.keys().filter(|k| k.entity_type == entity_type).cloned().collect();
+        let mut busy = 0;
+        for k in keys {
+            let idle = self.slots.get(&k).is_some_and(Slot::idle);
+            if !(idle || force) {
+                busy += 1;
+                continue;
+            }
+            if let Some(slot) = self.remove(&k, "handoff") {
+                if let Some(f) = slot.busy {
+                    let _ = f.port.send(Err(InvokeError::Timeout(format!(
+                        "{k} moved to another node while its events were being written; the outcome is unknown, \
+                         retry with the same idempotency key"
+                    ))));
+                }
+                for w in slot.queue {
+                    w.fail(InvokeError::ShardMoved(format!("{k} moved to another node")));
+                }
+            }
+        }
+        busy
+    }
+
+    /// Passivates the least recently used idle tenth of the shard.
+    fn evict_lru(&mut self) {
+        let idle: Vec<(u32, EntityKey)> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.idle())
+            .map(|(k, s)| (self.clock.wrapping_sub(s.last_used), k.clone()))
+            .collect();
+        let victims = step::lru_victims(idle, self.ctx.shard_budget);
+        for k in &victims {
+            self.slots.remove(k);
+        }
+        if !victims.is_empty() {
+            self.ctx.metrics.active_entities.sub(victims.len() as i64);
+            self.ctx.metrics.passivations.with_label_values(&["lru"]).inc_by(victims.len() as u64);
+        }
+    }
+
+    /// Fails everything waiting (the actor stops).
+    pub(crate) fn stop(&mut self) {
+        let n = self.slots.len() as i64;
+        self.ctx.metrics.active_entities.sub(n);
+        for (_, slot) in self.slots.drain() {
+            if let Some(f) = slot.busy {
+                let _ = f.port.send(Err(InvokeError::Unavailable("node shutting down".into())));
+            }
+            for w in slot.queue {
+                w.fail(InvokeError::Unavailable("node shutting down".into()));
+            }
+        }
+    }
+}

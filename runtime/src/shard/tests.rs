@@ -1,0 +1,371 @@
+//! The shard's decisions and state machine, without an actor or a journal:
+//! commands go in, replies and requested IO come out.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tessera_entities::{Ctx, DynEntity, Effect, Entity, Format, Registry, Rejection};
+use tessera_journal::{AppendAck, EntityKey, MemoryJournal};
+use tokio::sync::oneshot;
+
+use super::activation::Rebuilt;
+use super::dedup::{DedupLimits, DedupWindow};
+use super::machine::{Io, Machine, Work};
+use super::step::{self, Decision, Lease, Record};
+use super::{CommandReply, CommandRequest, ShardContext, StateRequest, StateView};
+use crate::envelope::{DedupEntry, EventMeta};
+use crate::error::InvokeError;
+use crate::metrics::Metrics;
+
+struct Tally;
+#[derive(Default, Serialize, Deserialize)]
+struct Count {
+    n: u64,
+}
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Cmd {
+    Add,
+    Refuse,
+    Boom,
+    Get,
+}
+#[derive(Serialize, Deserialize)]
+enum Ev {
+    Added,
+}
+impl Entity for Tally {
+    const TYPE: &'static str = "tally";
+    type State = Count;
+    type Command = Cmd;
+    type Event = Ev;
+    type Reply = u64;
+    fn handle(&self, s: &Count, c: Cmd, _: &mut Ctx) -> Result<Effect<Ev, u64>, Rejection> {
+        match c {
+            Cmd::Add => Ok(Effect::persist(Ev::Added, s.n + 1)),
+            Cmd::Refuse => Err(Rejection::new("no", "refused")),
+            Cmd::Boom => panic!("boom"),
+            Cmd::Get => Ok(Effect::reply(s.n)),
+        }
+    }
+    fn apply(&self, s: &mut Count, _: &Ev) {
+        s.n += 1;
+    }
+}
+
+fn tally() -> Arc<dyn DynEntity> {
+    Registry::builder().entity(Tally).build().unwrap().entity("tally").unwrap().clone()
+}
+
+const LIMITS: DedupLimits = DedupLimits { max_entries: 64, max_age_ms: 60_000 };
+const NOW: i64 = 1_000_000;
+
+fn cmd(name: &str, key: Option<&str>) -> step::Command {
+    step::Command {
+        command: tally().decode_command(name, b"null", Format::Json).unwrap(),
+        invocation_id: key.unwrap_or("generated").to_owned(),
+        retryable: key.is_some(),
+    }
+}
+
+fn reply_of(d: &Decision) -> Option<u64> {
+    match d {
+        Decision::Remembered(r) | Decision::Reply(r) => rmp_serde::from_slice(&r.reply).ok(),
+        _ => None,
+    }
+}
+
+#[test]
+fn decisions_for_one_command() {
+    let (entity, key) = (tally(), EntityKey::new("tally", "t"));
+    let state = entity.initial_state();
+    let mut window = DedupWindow::default();
+    let remembered = rmp_serde::to_vec(&41u64).unwrap();
+    window.insert(DedupEntry { id: "seen".into(), seq: 3, at_ms: NOW - 10, reply: remembered }, LIMITS);
+    let record = Record { key: &key, entity: &entity, state: &state, seq: 3, dedup: Some(&window), fence: Some(7) };
+    let held = Lease::Held(7);
+    type Check = fn(&Decision) -> bool;
+    let cases: Vec<(&str, step::Command, Lease, Check)> = vec![
+        ("a retry with a remembered key answers the original reply", cmd("add", Some("seen")), held, |d| {
+            matches!(d, Decision::Remembered(r) if r.seq == 3 && r.deduplicated) && reply_of(d) == Some(41)
+        }),
+        ("a new key runs the handler", cmd("add", Some("new")), held, |d| matches!(d, Decision::Append(..))),
+        (
+            "a rejection is refused, nothing to write",
+            cmd("refuse", None),
+            held,
+            |d| matches!(d, Decision::Refuse(InvokeError::Rejected(r)) if r.code == "no"),
+        ),
+        (
+            "a panicking handler resets the entity",
+            cmd("boom", None),
+            held,
+            |d| matches!(d, Decision::Reset(InvokeError::HandlerPanicked(m)) if m.contains("boom")),
+        ),
+        (
+            "no events: answered at the current seq",
+            cmd("get", None),
+            held,
+            |d| matches!(d, Decision::Reply(r) if r.seq == 3),
+        ),
+        ("a lost lease refuses writes", cmd("add", Some("new")), Lease::Lost, |d| {
+            matches!(d, Decision::Refuse(InvokeError::ShardMoved(_)))
+        }),
+        ("a lost lease still answers reads", cmd("get", None), Lease::Lost, |d| matches!(d, Decision::Reply(_))),
+        (
+            "unfenced (no cluster): appends carry no epoch",
+            cmd("add", None),
+            Lease::Unfenced,
+            |d| matches!(d, Decision::Append(_, p) if p.epoch.is_none()),
+        ),
+    ];
+    for (name, c, lease, check) in cases {
+        let d = step::decide(&record, c, NOW, lease, Some("n1"), LIMITS);
+        assert!(check(&d), "{name}");
+    }
+    // A remembered key past the window's age runs again.
+    let mut aged = DedupWindow::default();
+    aged.insert(DedupEntry { id: "old".into(), seq: 1, at_ms: NOW - 120_000, reply: vec![] }, LIMITS);
+    let r = Record { dedup: Some(&aged), ..record };
+    assert!(matches!(step::decide(&r, cmd("add", Some("old")), NOW, held, None, LIMITS), Decision::Append(..)));
+}
+
+#[test]
+fn an_append_carries_the_fence_the_epoch_and_the_reply_to_remember() {
+    let (entity, key) = (tally(), EntityKey::new("tally", "t"));
+    let state = entity.initial_state();
+    let record = Record { key: &key, entity: &entity, state: &state, seq: 9, dedup: None, fence: Some(5) };
+    let Decision::Append(req, pending) =
+        step::decide(&record, cmd("add", Some("k")), NOW, Lease::Held(6), Some("n1"), LIMITS)
+    else {
+        panic!("an append")
+    };
+    assert_eq!((req.expected_seq, req.fence, req.events.len()), (9, Some(5), 1), "fenced with the activation epoch");
+    assert_eq!(pending.epoch, Some(6), "checked against the lease epoch right before the commit");
+    let meta = EventMeta::decode(&req.events[0].metadata);
+    assert_eq!((meta.invocation.as_str(), meta.node.as_deref(), meta.epoch), ("k", Some("n1"), Some(6)));
+    assert_eq!(meta.reply.as_deref(), Some(&rmp_serde::to_vec(&1u64).unwrap()[..]), "retryable: reply remembered");
+}
+
+#[test]
+fn snapshots_fall_due_every_n_events_and_never_at_zero() {
+    let cases = [(0, 100, false), (99, 100, false), (100, 100, true), (250, 100, true), (5, 0, false)];
+    for (since, every, due) in cases {
+        assert_eq!(step::snapshot_due(since, every), due, "{since} events, every {every}");
+    }
+}
+
+#[test]
+fn lru_eviction_takes_the_oldest_tenth() {
+    let idle: Vec<(u32, &str)> = vec![(5, "e"), (50, "a"), (1, "z"), (20, "b"), (9, "c")];
+    assert_eq!(step::lru_victims(idle.clone(), 20), vec!["a", "b"], "a tenth of 20 = 2, oldest first");
+    assert_eq!(step::lru_victims(idle.clone(), 3), vec!["a"], "at least one");
+    assert!(step::lru_victims(Vec::<(u32, &str)>::new(), 100).is_empty(), "nothing idle: nothing evicted");
+}
+
+// The state machine.
+
+fn machine(
+    budget: usize,
+    queue_limit: usize,
+    snapshot_every: u64,
+    fence: Option<Arc<tessera_cluster::Ownership>>,
+) -> Machine {
+    let ctx = ShardContext {
+        journal: Arc::new(MemoryJournal::default()),
+        metrics: Metrics::new(),
+        dedup: LIMITS,
+        entity_queue_limit: queue_limit,
+        snapshot_every,
+        idle_timeout: Duration::from_secs(60),
+        shard_budget: budget,
+        node_id: fence.as_ref().map(|_| "n1".to_owned()),
+        fence,
+    };
+    Machine::new(0, Arc::new(ctx), 4)
+}
+
+type Reply = oneshot::Receiver<Result<CommandReply, InvokeError>>;
+
+fn command(m: &mut Machine, id: &str, name: &str) -> Reply {
+    let (tx, rx) = oneshot::channel();
+    let key = EntityKey::new("tally", id);
+    let req = CommandRequest {
+        key: key.clone(),
+        entity: tally(),
+        command: tally().decode_command(name, b"null", Format::Json).unwrap(),
+        invocation_id: format!("inv-{id}-{name}"),
+        retryable: false,
+        span: tracing::Span::none(),
+        reply: tx.into(),
+    };
+    m.enqueue(key, tally(), Work::Command(req), NOW);
+    rx
+}
+
+fn read(m: &mut Machine, id: &str) -> oneshot::Receiver<Result<StateView, InvokeError>> {
+    let (tx, rx) = oneshot::channel();
+    let key = EntityKey::new("tally", id);
+    m.enqueue(key.clone(), tally(), Work::State(StateRequest { key, entity: tally(), reply: tx.into() }), NOW);
+    rx
+}
+
+fn rebuilt(seq: u64) -> Rebuilt {
+    Rebuilt { state: tally().initial_state(), seq, dedup: DedupWindow::default(), events_since_snapshot: 0 }
+}
+
+/// Answers the one activation asked for with an entity at `seq`; returns its incarnation.
+fn activate(m: &mut Machine, id: &str, seq: u64) -> u64 {
+    let io = m.take_io();
+    let [Io::Activate { incarnation, .. }] = io.as_slice() else { panic!("one activation asked for") };
+    let inc = *incarnation;
+    m.activated(EntityKey::new("tally", id), inc, Ok(rebuilt(seq)), NOW);
+    inc
+}
+
+fn ack(seq: u64) -> Result<AppendAck, InvokeError> {
+    Ok(AppendAck { first_seq: seq, last_seq: seq, timestamp_ms: NOW })
+}
+
+fn appends(io: &[Io]) -> Vec<(u64, u64)> {
+    io.iter()
+        .filter_map(|i| match i {
+            Io::Append { incarnation, request, .. } => Some((*incarnation, request.expected_seq)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn one_command_at_a_time_and_a_bounded_queue() {
+    let mut m = machine(100, 2, 0, None);
+    let first = command(&mut m, "a", "add");
+    let inc = activate(&mut m, "a", 0);
+    let io = m.take_io();
+    assert_eq!(appends(&io), vec![(inc, 0)], "the first command appends after seq 0");
+    let (mut second, mut third) = (command(&mut m, "a", "add"), command(&mut m, "a", "add"));
+    let mut refused = command(&mut m, "a", "add");
+    assert!(m.take_io().is_empty(), "queued behind the append, nothing asked");
+    assert!(
+        matches!(refused.try_recv(), Ok(Err(InvokeError::EntityBusy(_)))),
+        "queue limit 2: the third waits no more"
+    );
+    m.appended(EntityKey::new("tally", "a"), inc, ack(1), NOW);
+    assert_eq!(first.blocking_recv().unwrap().unwrap().seq, 1);
+    assert_eq!(appends(&m.take_io()), vec![(inc, 1)], "then the next queued command");
+    assert!(second.try_recv().is_err() && third.try_recv().is_err(), "still waiting");
+}
+
+#[test]
+fn stale_outcomes_of_an_earlier_incarnation_are_ignored() {
+    let mut m = machine(100, 10, 0, None);
+    let failed = command(&mut m, "a", "add");
+    let old = activate(&mut m, "a", 0);
+    m.take_io();
+    let queued = command(&mut m, "a", "add");
+    // The append fails: the entity resets and is rebuilt for the queued command.
+    m.appended(EntityKey::new("tally", "a"), old, Err(InvokeError::Unavailable("journal down".into())), NOW);
+    assert!(matches!(failed.blocking_recv().unwrap(), Err(InvokeError::Unavailable(_))));
+    let new = activate(&mut m, "a", 4);
+    assert_ne!(new, old);
+    assert_eq!(appends(&m.take_io()), vec![(new, 4)], "the queued command runs on the rebuilt entity");
+    // A late outcome for the old incarnation changes nothing.
+    m.appended(EntityKey::new("tally", "a"), old, ack(1), NOW);
+    m.activated(EntityKey::new("tally", "a"), old, Ok(rebuilt(0)), NOW);
+    assert!(m.take_io().is_empty());
+    m.appended(EntityKey::new("tally", "a"), new, ack(5), NOW);
+    assert_eq!(queued.blocking_recv().unwrap().unwrap().seq, 5);
+}
+
+#[test]
+fn a_panicking_handler_resets_only_its_entity() {
+    let mut m = machine(100, 10, 0, None);
+    let boom = command(&mut m, "a", "boom");
+    let after = command(&mut m, "a", "get");
+    activate(&mut m, "a", 2);
+    assert!(matches!(boom.blocking_recv().unwrap(), Err(InvokeError::HandlerPanicked(_))));
+    let io = m.take_io();
+    assert!(matches!(io.as_slice(), [Io::Activate { .. }]), "reset: rebuilt for the queued read");
+    let get = command(&mut m, "b", "get");
+    activate(&mut m, "b", 0);
+    assert_eq!(get.blocking_recv().unwrap().unwrap().seq, 0, "another entity is untouched");
+    drop(after);
+}
+
+#[test]
+fn a_lost_lease_refuses_writes_and_activations() {
+    let own = Arc::new(tessera_cluster::Ownership::new(vec!["tally".into()], 1));
+    let unit = tessera_cluster::Unit { entity_type: "tally".into(), shard: 0 };
+    own.hold(&unit, 12, Instant::now() + Duration::from_secs(60), true);
+    let mut m = machine(100, 10, 0, Some(own.clone()));
+    let r = command(&mut m, "a", "add");
+    let io = m.take_io();
+    assert!(matches!(io.as_slice(), [Io::Activate { fence: Some(12), .. }]), "activated under the lease epoch");
+    let [Io::Activate { incarnation, .. }] = io.as_slice() else { unreachable!() };
+    m.activated(EntityKey::new("tally", "a"), *incarnation, Ok(rebuilt(0)), NOW);
+    let io = m.take_io();
+    assert!(matches!(io.as_slice(), [Io::Append { epoch: Some(12), .. }]));
+    m.appended(EntityKey::new("tally", "a"), *incarnation, ack(1), NOW);
+    assert!(r.blocking_recv().unwrap().is_ok());
+    own.drop_unit(&unit);
+    let refused = command(&mut m, "a", "add");
+    assert!(matches!(refused.blocking_recv().unwrap(), Err(InvokeError::ShardMoved(_))), "no commit without the lease");
+    let other = command(&mut m, "b", "add");
+    assert!(matches!(other.blocking_recv().unwrap(), Err(InvokeError::ShardMoved(_))), "nor an activation");
+    assert!(m.take_io().is_empty());
+}
+
+#[test]
+fn releasing_a_slice_refuses_new_work_until_it_is_acquired_again() {
+    let mut m = machine(100, 10, 0, None);
+    let busy = command(&mut m, "a", "add");
+    let inc = activate(&mut m, "a", 0);
+    m.take_io();
+    let idle = command(&mut m, "b", "get");
+    activate(&mut m, "b", 0);
+    assert!(idle.blocking_recv().unwrap().is_ok());
+    assert_eq!(m.release("tally", false), 1, "one entity still busy; the idle one is passivated");
+    assert_eq!(m.active(), 1);
+    assert!(matches!(read(&mut m, "b").blocking_recv().unwrap(), Err(InvokeError::ShardMoved(_))));
+    m.appended(EntityKey::new("tally", "a"), inc, ack(1), NOW);
+    assert!(busy.blocking_recv().unwrap().is_ok(), "in-flight work finishes during a hand-off");
+    assert_eq!(m.release("tally", false), 0);
+    m.acquire("tally");
+    assert_eq!(m.active(), 0, "acquire forgets what was cached");
+    let _again = read(&mut m, "b");
+    assert!(matches!(m.take_io().as_slice(), [Io::Activate { .. }]), "accepted again, rebuilt from the journal");
+}
+
+#[test]
+fn over_budget_the_least_recently_used_idle_entities_go() {
+    let mut m = machine(3, 10, 0, None);
+    for id in ["a", "b", "c"] {
+        let r = read(&mut m, id);
+        activate(&mut m, id, 0);
+        assert!(r.blocking_recv().unwrap().is_ok());
+        m.tick();
+    }
+    let _a = read(&mut m, "a"); // a is used again: b is now the oldest
+    let _d = read(&mut m, "d");
+    m.take_io();
+    assert_eq!(m.active(), 3, "one passivated to make room");
+    let _b = read(&mut m, "b");
+    assert!(matches!(m.take_io().as_slice(), [Io::Activate { .. }]), "b was the one passivated");
+}
+
+#[test]
+fn a_snapshot_is_asked_for_when_due() {
+    let mut m = machine(100, 10, 2, None);
+    let first = command(&mut m, "a", "add");
+    let inc = activate(&mut m, "a", 0);
+    m.take_io();
+    m.appended(EntityKey::new("tally", "a"), inc, ack(1), NOW);
+    assert!(first.blocking_recv().is_ok());
+    assert!(m.take_io().iter().all(|io| !matches!(io, Io::Snapshot { .. })), "one event: not yet");
+    let _second = command(&mut m, "a", "add");
+    m.take_io();
+    m.appended(EntityKey::new("tally", "a"), inc, ack(2), NOW);
+    let io = m.take_io();
+    assert!(matches!(io.as_slice(), [Io::Snapshot { snapshot, .. }] if snapshot.seq == 2), "two events: snapshot at 2");
+}
