@@ -4,35 +4,13 @@
 //! streamed replay of a million events.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::TryStreamExt;
 use tessera_journal::conformance::TestBackend;
 use tessera_journal::scylla::MigrateOptions;
 use tessera_journal::{AppendError, AppendRequest, EntityKey, Journal, NewEvent, ScyllaJournal};
 
-/// `scylla://host:port` of the test server.
-fn server() -> String {
-    if let Ok(url) = std::env::var("TESSERA_SCYLLA_URL") {
-        return url.trim_end_matches('/').to_owned();
-    }
-    static STARTED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    STARTED
-        .get_or_init(|| {
-            let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/cassandra.sh");
-            let status =
-                std::process::Command::new("bash").arg(&script).arg("start").status().expect("run cassandra.sh");
-            assert!(status.success(), "deploy/local/cassandra.sh start failed");
-            "scylla://cassandra:cassandra@127.0.0.1:9042".to_owned()
-        })
-        .clone()
-}
-
-fn unique_keyspace() -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_micros();
-    format!("t{}_{}_{}", t % 10_000_000_000, std::process::id(), N.fetch_add(1, Ordering::Relaxed))
-}
+use tessera_test_support::servers::{cassandra_script, scylla_server as server, unique_keyspace};
 
 /// A fresh keyspace migrated with `bucket_size`.
 async fn fresh(bucket_size: i64, options: &str) -> (ScyllaJournal, String) {
@@ -281,7 +259,7 @@ async fn a_million_events_replay_as_a_stream() {
 /// clearly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_connections() {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/cassandra.sh");
+    let script = cassandra_script();
     let data = tempfile::tempdir().unwrap();
     let run = |action: &str| {
         std::process::Command::new("bash")

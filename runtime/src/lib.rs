@@ -16,7 +16,6 @@
 //! ```
 
 pub mod autoscaler;
-pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::NodeProcess;
+use common::{NodeProcess, TestNode};
 use serde_json::Value;
 
 const ENTITIES: usize = 8;

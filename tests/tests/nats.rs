@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{NodeProcess, get, nats_url, post, unique_prefix, wait_result};
+use common::{NodeProcess, TestNode, get, nats_url, post, unique_prefix, wait_result};
 use futures::StreamExt;
 use serde_json::json;
 use tessera_entities::Format;

@@ -40,7 +40,7 @@ where
     F: Fn(u64) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
 {
-    let (elapsed, latency) = tessera_runtime::bench::concurrently(calls, callers, f).await?;
+    let (elapsed, latency) = tessera_bench::concurrently(calls, callers, f).await?;
     Ok((calls as f64 / elapsed.as_secs_f64(), latency))
 }
 

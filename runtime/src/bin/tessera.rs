@@ -18,9 +18,5 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     tessera_runtime::cli::init_tracing();
     let cli = Cli::parse();
-    let registry = match &cli.command {
-        tessera_runtime::cli::Command::Bench(_) => tessera_runtime::bench::registry(),
-        _ => tessera_entities::Registry::default(),
-    };
-    tessera_runtime::cli::run(cli.command, registry).await
+    tessera_runtime::cli::run(cli.command, tessera_entities::Registry::default()).await
 }

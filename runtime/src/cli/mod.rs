@@ -32,8 +32,9 @@ pub enum Command {
     /// Inspect journals: on a data dir (node stopped) or through a node's HTTP address.
     #[command(subcommand)]
     Journal(JournalCmd),
-    /// Run the benchmarks and write their figures as JSON.
-    Bench(crate::bench::BenchArgs),
+    /// Run the benchmarks and write their figures as JSON (runs the
+    /// `tessera-bench` binary next to this one; `tessera bench --help`).
+    Bench(BenchFront),
     /// Persist the results nodes publish on NATS and serve them over HTTP.
     ResultStore(ResultStoreArgs),
     /// Inspect a cluster (NATS KV): `status`, `locate TYPE ID`.
@@ -47,6 +48,30 @@ pub enum Command {
 /// Runs a shared subcommand.
 pub async fn run(cmd: Command, registry: Registry) -> anyhow::Result<()> {
     run_with(cmd, registry, Layers::default()).await
+}
+
+/// `bench ARGS...`: hands its arguments to `tessera-bench` (the benchmarks
+/// are their own crate, so that a node ships none of them).
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchFront {
+    /// Arguments of `tessera-bench` (`--out`, `--only`, `--quick`, …).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<String>,
+}
+
+impl BenchFront {
+    fn run(&self) -> anyhow::Result<()> {
+        let exe = std::env::current_exe()?;
+        let bench = exe.with_file_name(format!("tessera-bench{}", std::env::consts::EXE_SUFFIX));
+        anyhow::ensure!(
+            bench.exists(),
+            "{} not found: build it with `cargo build --release -p tessera-bench` (or run `cargo run --release -p tessera-bench -- ...`)",
+            bench.display()
+        );
+        let status = std::process::Command::new(&bench).args(&self.args).status()?;
+        anyhow::ensure!(status.success(), "tessera-bench failed: {status}");
+        Ok(())
+    }
 }
 
 /// Layers `serve` wraps around the stores it opens (e.g. a test node that
@@ -66,7 +91,7 @@ pub async fn run_with(cmd: Command, registry: Registry, layers: Layers) -> anyho
         Command::Send(a) => send::send(a).await,
         Command::Call(a) => send::call(a).await,
         Command::Journal(c) => journal::run(c, registry).await,
-        Command::Bench(a) => crate::bench::run(a).await,
+        Command::Bench(a) => a.run(),
         Command::ResultStore(a) => result_store::run(a).await,
         Command::Cluster(c) => cluster::run(c).await,
         Command::Autoscaler(c) => autoscaler::run(c),

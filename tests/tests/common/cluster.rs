@@ -182,18 +182,10 @@ pub fn spawn_load(
     })
 }
 
+/// Every event of a `flaky` entity, as JSON.
 pub async fn all_events(base: &str, entity: &str) -> Vec<Value> {
-    let mut out = Vec::new();
-    let mut from = 1u64;
-    loop {
-        let (s, v) = get(&format!("{base}/v1/entities/flaky/{entity}/events?from={from}&limit=10000")).await;
-        assert_eq!(s, 200, "{v}");
-        out.extend(v["events"].as_array().cloned().unwrap_or_default());
-        match v["next_from"].as_u64() {
-            Some(n) => from = n,
-            None => return out,
-        }
-    }
+    let events = tessera_test_support::http::all_events(base, "flaky", entity).await;
+    events.into_iter().map(|e| serde_json::to_value(e).expect("JSON")).collect()
 }
 
 /// Every acknowledged command's event is in the journal exactly once, seqs
@@ -293,9 +285,7 @@ pub async fn wait_owner(c: &Cluster, entity_type: &str, shard: u32, node: &str, 
 
 /// Sends a signal (`STOP`, `CONT`, `TERM`, ...) to a node process.
 pub fn signal(node: &NodeProcess, sig: &str) {
-    let pid = node.child.id().expect("pid");
-    let ok = std::process::Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().expect("kill");
-    assert!(ok.success(), "kill -{sig} {pid}");
+    node.signal(sig);
 }
 
 pub async fn members(c: &Cluster) -> Vec<String> {

@@ -12,8 +12,8 @@ use tessera_journal::scylla::MigrateOptions;
 use tessera_journal::{AppendRequest, EntityKey, Journal, NewEvent, ScyllaJournal};
 
 use super::{Sizes, registry};
-use crate::NodeBuilder;
-use crate::config::{JournalKind, NodeConfig};
+use tessera_runtime::NodeBuilder;
+use tessera_runtime::config::{JournalKind, NodeConfig};
 
 fn ratio(a: f64, b: f64) -> f64 {
     if b > 0.0 { (a / b * 1000.0).round() / 1000.0 } else { 0.0 }
@@ -76,7 +76,7 @@ pub(super) async fn run(s: Sizes, server: &str) -> anyhow::Result<Value> {
     let server = server.trim_end_matches('/');
     let ks = format!("bench_{}", std::process::id());
     let url = format!("{server}/{ks}");
-    let other_tables = vec![crate::results::ScyllaResultStore::table()];
+    let other_tables = vec![tessera_runtime::results::ScyllaResultStore::table()];
     ScyllaJournal::migrate(&url, &MigrateOptions { other_tables, ..MigrateOptions::default() }).await?;
     let n = (s.commands / 40).max(200);
 

@@ -1,8 +1,18 @@
-//! `tessera bench`: the runtime's throughput, latency, replay speed and
-//! memory per entity, each measured next to a baseline in the same process
-//! (raw fjall writes, raw ractor calls, raw journal reads, raw ractor actors),
-//! so the ratio means something on a noisy machine. Figures are written as
-//! JSON, one file per benchmark; latency summaries come from hdrhistogram.
+//! The benchmarks (`tessera-bench`, also reached as `tessera bench`): the
+//! runtime's throughput, latency, replay speed and memory per entity, each
+//! measured next to a baseline in the same process (raw fjall writes, raw
+//! ractor calls, raw journal reads, raw ractor actors, raw driver inserts,
+//! raw NATS echo), so the ratio means something on a noisy machine.
+//! Figures are written as JSON, one file per benchmark; latency summaries
+//! come from hdrhistogram. Kept out of the runtime library: a node ships
+//! none of this.
+//!
+//! ```no_run
+//! # async fn f() -> anyhow::Result<()> {
+//! let (took, latency) = tessera_bench::concurrently(1000, 8, |_| async { Ok(()) }).await?;
+//! println!("{took:?} {latency}");
+//! # Ok(()) }
+//! ```
 
 mod counter;
 mod nats;

@@ -1,13 +1,11 @@
-//! `bench --quick` runs every benchmark end to end and writes its JSON (the
-//! figures are not checked: timings are measured, never asserted).
-
-mod common;
+//! `tessera-bench --quick` runs every benchmark end to end and writes its
+//! JSON (the figures are not checked: timings are measured, never asserted).
 
 #[test]
 fn quick_bench_writes_json_for_every_benchmark() {
     let out = tempfile::tempdir().unwrap();
-    let status = std::process::Command::new(common::test_node_bin())
-        .args(["bench", "--quick", "--out"])
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_tessera-bench"))
+        .args(["--quick", "--out"])
         .arg(out.path())
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())

@@ -11,9 +11,9 @@ use tessera_entities::Format;
 use tessera_journal::{Durability, EntityKey, Journal, LocalJournal, NewEvent};
 
 use super::{Sizes, concurrently, registry, rss_bytes};
-use crate::NodeBuilder;
-use crate::config::{JournalKind, NodeConfig};
-use crate::node::{Invocation, Node};
+use tessera_runtime::NodeBuilder;
+use tessera_runtime::config::{JournalKind, NodeConfig};
+use tessera_runtime::{Invocation, Node};
 
 fn ratio(a: f64, b: f64) -> f64 {
     if b > 0.0 { (a / b * 1000.0).round() / 1000.0 } else { 0.0 }
@@ -225,7 +225,7 @@ pub(super) async fn replay(s: Sizes, scratch: &Path) -> anyhow::Result<Value> {
 }
 
 /// Memory per active entity and activations/s, vs raw idle ractor actors.
-/// Each figure is taken in a fresh child process (`bench --probe ...`) so
+/// Each figure is taken in a fresh child process (`tessera-bench --probe ...`) so
 /// that memory freed by one measurement and kept by the allocator cannot
 /// hide the growth of the next.
 pub(super) async fn entities(s: Sizes) -> anyhow::Result<Value> {
@@ -250,7 +250,7 @@ pub(super) async fn entities(s: Sizes) -> anyhow::Result<Value> {
 async fn probe(kind: &str, n: u64, callers: u64) -> anyhow::Result<Value> {
     let exe = std::env::current_exe()?;
     let out = tokio::process::Command::new(&exe)
-        .args(["bench", "--probe", kind, "--probe-count", &n.to_string(), "--probe-callers", &callers.to_string()])
+        .args(["--probe", kind, "--probe-count", &n.to_string(), "--probe-callers", &callers.to_string()])
         .env("RUST_LOG", "warn")
         .output()
         .await?;

@@ -10,9 +10,9 @@ use serde_json::{Value, json};
 use tessera_entities::Format;
 
 use super::{Sizes, concurrently, registry};
-use crate::NodeBuilder;
-use crate::client::NatsClient;
-use crate::config::{JournalKind, NodeConfig};
+use tessera_runtime::NodeBuilder;
+use tessera_runtime::client::NatsClient;
+use tessera_runtime::config::{JournalKind, NodeConfig};
 
 fn ratio(a: f64, b: f64) -> f64 {
     if b > 0.0 { (a / b * 1000.0).round() / 1000.0 } else { 0.0 }

@@ -1,0 +1,79 @@
+//! A node binary running as a child process.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// A node running as a child process, serving HTTP at `base`.
+pub struct NodeProcess {
+    /// The process.
+    pub child: tokio::process::Child,
+    /// `http://ADDR` it serves.
+    pub base: String,
+}
+
+impl NodeProcess {
+    /// Runs `bin serve --data-dir DIR --http 127.0.0.1:0 EXTRA...` with
+    /// extra environment variables, and waits until it serves.
+    pub async fn serve(bin: &str, dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let dir = dir.to_str().unwrap_or_default();
+        let mut args = vec!["serve", "--data-dir", dir, "--http", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        Self::command(bin, &args, env).await
+    }
+
+    /// Runs `bin ARGS...` and waits for its `serving http://ADDR` line (30 s).
+    /// Its log goes to this test's stderr when `TESSERA_TEST_NODE_LOGS` is set.
+    pub async fn command(bin: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let mut child = tokio::process::Command::new(bin)
+            .args(args)
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "warn")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stderr = child.stderr.take().expect("piped");
+        let mut lines = BufReader::new(stderr).lines();
+        let base = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(rest) = line.split("serving http://").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or_default().to_owned();
+                    return Ok(format!("http://{addr}"));
+                }
+                eprintln!("node: {line}");
+            }
+            anyhow::bail!("node exited before serving")
+        })
+        .await??;
+        let echo = std::env::var_os("TESSERA_TEST_NODE_LOGS").is_some();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if echo {
+                    eprintln!("node: {line}");
+                }
+            }
+        });
+        Ok(Self { child, base })
+    }
+
+    /// SIGKILL, then wait for the process to be gone.
+    pub async fn kill(mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// Waits for the process to exit by itself.
+    pub async fn wait(mut self) -> std::process::ExitStatus {
+        self.child.wait().await.expect("wait")
+    }
+
+    /// Sends a signal (`STOP`, `CONT`, `TERM`, ...).
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.id().expect("pid");
+        let ok =
+            std::process::Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().expect("kill");
+        assert!(ok.success(), "kill -{sig} {pid}");
+    }
+}
