@@ -1,6 +1,6 @@
 //! A NATS client for Tessera: computes an entity's shard from its key and
 //! sends commands to `{prefix}.cmd.{type}.{shard}`, calls functions sync or
-//! async, and turns the reply headers into a result.
+//! async, and turns the reply headers into a result. May import: `wire`.
 //!
 //! ```no_run
 //! # async fn f() -> Result<(), tessera_runtime::client::ClientError> {

@@ -1,6 +1,8 @@
 //! What the runtime stores around the user's bytes: per-event metadata (the
 //! invocation id and, for retryable invocations, the reply) and the snapshot
 //! envelope (state + idempotency window).
+//!
+//! May import nothing of the runtime (serde types only).
 
 use serde::{Deserialize, Serialize};
 

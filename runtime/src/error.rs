@@ -1,5 +1,7 @@
 //! The errors an invocation can end with, each with its HTTP status (NATS
 //! replies carry the same code in `Tessera-Status`).
+//!
+//! May import: `wire` (the error body). Every layer returns it.
 
 use tessera_entities::{CommandError, FunctionError, Rejection};
 use tessera_journal::{AppendError, JournalError};

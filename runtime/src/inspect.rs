@@ -1,6 +1,8 @@
 //! Journal records as JSON, for the HTTP API and the CLI: any tool can show
 //! events without the user's Rust types, because payloads are self-describing
 //! MessagePack.
+//!
+//! May import: `envelope`, `wire`.
 
 use serde_json::{Value, json};
 use tessera_entities::codec;

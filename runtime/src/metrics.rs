@@ -1,4 +1,6 @@
 //! Prometheus metrics of one node (its own registry, rendered at `/metrics`).
+//!
+//! May import nothing of the runtime: every layer records into it.
 
 use prometheus::{
     CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,

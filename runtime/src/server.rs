@@ -11,6 +11,8 @@
 //! (joins with the HTTP address), HTTP serving. Stop order: hand every
 //! shard off (edges still serve and forward meanwhile), NATS ingress,
 //! services, HTTP, node core (shard actors, executors), journal.
+//!
+//! May import everything: it is the only module that knows all the parts.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

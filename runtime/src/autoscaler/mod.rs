@@ -4,6 +4,10 @@
 //! the policy's window, runs the pure policy
 //! (`tessera_cluster::autoscaler::decide`) every second and hands decisions to
 //! a [`Scaler`]. When the leader dies the singleton (and so the actor) moves.
+//!
+//! A service. May import: the NATS link (to publish and subscribe),
+//! `metrics`, `wire`, the cluster's policy. The node core does not import it;
+//! `server` wires it to the `leader` singleton.
 
 pub mod scaler;
 

@@ -115,7 +115,6 @@ pub(crate) async fn run(args: ServeArgs, registry: Registry, layers: super::Laye
         return Ok(());
     }
     let config = args.to_config()?;
-    super::set_log_filter(&config.observability.log);
     let data_dir = config.journal.data_dir.clone();
     let mut builder = NodeBuilder::new(registry.clone()).config(config);
     if let Some(layer) = layers.journal {

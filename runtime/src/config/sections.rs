@@ -163,7 +163,7 @@ section! {
 section! {
     /// `[observability]`: logs (metrics are always at `GET /metrics`).
     ObservabilitySection "observability" {
-        /// The log filter (`tracing` directives), unless `RUST_LOG` is set.
+        /// The log filter (`tracing` directives), unless `RUST_LOG` is set; read when logging starts.
         log: String = "info,fjall=warn,lsm_tree=warn".into(), flag "log";
     }
 }

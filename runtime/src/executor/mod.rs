@@ -7,6 +7,8 @@
 //! waiting at most `max_wait` for a batch to fill when idle and starting
 //! the next batch at once with whatever queued meanwhile; a watchdog fails
 //! the calls of a batch that runs past its deadline.
+//!
+//! May import: the entities, `metrics`, `error`. Not the node, not an edge.
 
 pub mod devices;
 

@@ -11,6 +11,10 @@
 //! | `GET /v1/invocations/{id}` | an async call's result (202 while pending, 404 unknown/expired) |
 //! | `GET /v1/registry` | entity types, their commands, functions |
 //! | `GET /healthz`, `GET /metrics` | liveness, Prometheus |
+//!
+//! An edge. May import: the node core, `wire`, `contract`, `config`, the
+//! autoscaler's status (for `GET /v1/autoscaler`). Nothing imports it but
+//! `server` and the result-store process.
 
 mod handlers;
 

@@ -5,6 +5,9 @@
 //! JetStream call queue ([`JetStreamQueue`]), and what serving a shard
 //! means in a cluster ([`NatsShardHost`]). The wire contract is
 //! [`crate::wire`] (and docs/protocol.md).
+//!
+//! An edge. May import: the node core and its ports, `wire`, `contract`,
+//! `client`, `results` (row publishing). Nothing imports it but `server`.
 
 mod forward;
 mod ingress;

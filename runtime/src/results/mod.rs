@@ -6,6 +6,9 @@
 //! One [`ResultStore`] trait, backends [`MemoryResultStore`] and
 //! [`LocalResultStore`] (fjall), [`ScyllaResultStore`] (the journal's
 //! keyspace), and a [`conformance`] suite all pass.
+//!
+//! May import: the journal (the Scylla session) and the entities (codecs).
+//! Not the node, not an edge.
 
 pub mod conformance;
 mod local;

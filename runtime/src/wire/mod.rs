@@ -3,6 +3,9 @@
 //! the NATS ingress and client, the CLI, the result-store process and the
 //! tests all use these types; nothing builds or reads a body by string key.
 //! The NATS contract is written up in docs/protocol.md.
+//!
+//! May import: `results` (the row type) and the cluster's value types. No
+//! node, no edge: everything else imports it.
 
 mod bodies;
 mod headers;
