@@ -9,7 +9,7 @@
 #
 # Settings: TESSERA_CASSANDRA_DIR (default ~/.cache/tessera/cassandra),
 # TESSERA_CASSANDRA_PORT (CQL, default 9042), TESSERA_CASSANDRA_DATA (data
-# directory, default DIR/data-PORT), TESSERA_CASSANDRA_HEAP (default 1G),
+# directory, default DIR/data-PORT), TESSERA_CASSANDRA_HEAP (default 2G),
 # TESSERA_CASSANDRA_TLS=1 (clients must use TLS; a self-signed certificate for
 # 127.0.0.1 is made with keytool, its PEM at DIR/tls-PORT/ca.pem).
 set -euo pipefail
@@ -19,7 +19,7 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 DIR="${TESSERA_CASSANDRA_DIR:-$HOME/.cache/tessera/cassandra}"
 PORT="${TESSERA_CASSANDRA_PORT:-9042}"
 DATA="${TESSERA_CASSANDRA_DATA:-$DIR/data-$PORT}"
-HEAP="${TESSERA_CASSANDRA_HEAP:-1G}"
+HEAP="${TESSERA_CASSANDRA_HEAP:-2G}"
 LIB="$DIR/lib-$VERSION"
 PIDFILE="$DIR/cassandra-$PORT.pid"
 LOG="$DIR/cassandra-$PORT.log"
@@ -87,7 +87,7 @@ auto_snapshot: false
 memtable_heap_space: 128MiB
 # Every test keyspace prepares its own statements; the default cache
 # (max(10 MiB, heap/256)) evicts them under a full test run.
-prepared_statements_cache_size: 128MiB
+prepared_statements_cache_size: 64MiB
 disk_access_mode: standard
 concurrent_compactors: 1
 cdc_enabled: false

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use futures::TryStreamExt;
 
-use crate::error::AppendError;
+use crate::error::{AppendError, JournalError};
 use crate::journal::Journal;
 use crate::memory::MemoryJournal;
 use crate::types::{AppendRequest, EntityKey, NewEvent, PersistedEvent, Snapshot};
@@ -28,6 +28,12 @@ pub trait TestBackend: Send {
     async fn reopen(&mut self) -> Arc<dyn Journal> {
         self.open().await
     }
+    /// A fresh store whose feed keeps entries only for `retention` (`None`:
+    /// the backend cannot be configured so; the retention test is skipped).
+    async fn open_with_feed_retention(&mut self, retention: std::time::Duration) -> Option<Arc<dyn Journal>> {
+        let _ = retention;
+        None
+    }
 }
 
 /// The memory backend: "reopening" returns the same store.
@@ -38,6 +44,9 @@ pub struct MemoryBackend(Option<MemoryJournal>);
 impl TestBackend for MemoryBackend {
     async fn open(&mut self) -> Arc<dyn Journal> {
         Arc::new(self.0.get_or_insert_with(MemoryJournal::default).clone())
+    }
+    async fn open_with_feed_retention(&mut self, retention: std::time::Duration) -> Option<Arc<dyn Journal>> {
+        Some(Arc::new(MemoryJournal::default().with_feed_retention(retention)))
     }
 }
 
@@ -186,35 +195,158 @@ pub async fn snapshots(b: &mut dyn TestBackend) {
     assert_eq!(j.last_seq(&e).await.unwrap(), 5);
 }
 
-/// The shard feed: every event of the shard, in commit order, resumable by offset.
+/// The feed of a type in a shard: every event once, offsets from 1 without
+/// gaps, in commit order, resumable by offset; other types and shards apart.
 pub async fn shard_feed(b: &mut dyn TestBackend) {
     let j = b.open().await;
     let shards = j.shards();
     let a = key("feed-a");
     let shard = a.shard(shards);
-    let mut b_id = 0;
-    let other = loop {
-        let k = key(&format!("feed-b{b_id}"));
-        if k.shard(shards) == shard {
-            break k;
-        }
-        b_id += 1;
-    };
-    let baseline: Vec<_> = j.events_by_shard(shard, 0).try_collect().await.unwrap();
-    let start = baseline.last().map_or(0, |e| e.offset);
+    let other = same_shard(shards, shard, "feed-b", 1).remove(0);
     j.append(&a, 0, events(1..=2)).await.unwrap();
     j.append(&other, 0, events(1..=1)).await.unwrap();
     j.append(&a, 2, events(3..=3)).await.unwrap();
-    let feed: Vec<_> = j.events_by_shard(shard, start).try_collect().await.unwrap();
-    let got: Vec<_> = feed.iter().map(|f| (f.entity.entity_id.clone(), f.event.seq)).collect();
+    let other_type = EntityKey::new("conf-other", other.entity_id.clone());
+    j.append(&other_type, 0, events(1..=1)).await.unwrap();
+    let feed = feed_of(&*j, "conf", shard, 0, 4).await;
+    let got: Vec<_> = feed.iter().map(|f| (f.offset, f.entity.entity_id.clone(), f.event.seq)).collect();
     let (ai, oi) = (a.entity_id.clone(), other.entity_id.clone());
-    assert_eq!(got, vec![(ai.clone(), 1), (ai.clone(), 2), (oi, 1), (ai.clone(), 3)]);
-    assert!(feed.windows(2).all(|w| w[0].offset < w[1].offset), "offsets increase");
+    assert_eq!(got, vec![(1, ai.clone(), 1), (2, ai.clone(), 2), (3, oi, 1), (4, ai.clone(), 3)]);
     assert_eq!(feed[3].event.payload, event(3).payload);
-    let rest: Vec<_> = j.events_by_shard(shard, feed[1].offset).try_collect().await.unwrap();
-    assert_eq!(rest.len(), 2, "resuming after an offset skips what was seen");
-    let elsewhere: Vec<_> = j.events_by_shard((shard + 1) % shards, start).try_collect().await.unwrap();
+    let rest: Vec<_> = j.events_by_shard("conf", shard, 2).try_collect().await.unwrap();
+    assert_eq!(rest.iter().map(|f| f.offset).collect::<Vec<_>>(), vec![3, 4], "resuming after an offset");
+    let elsewhere: Vec<_> = j.events_by_shard("conf", (shard + 1) % shards, 0).try_collect().await.unwrap();
     assert!(elsewhere.iter().all(|f| f.entity != a));
+    let typed = feed_of(&*j, "conf-other", other_type.shard(shards), 0, 1).await;
+    assert_eq!(typed.iter().map(|f| (f.offset, &f.entity)).collect::<Vec<_>>(), vec![(1, &other_type)]);
+    let bounds = j.feed_bounds("conf", shard).await.unwrap();
+    assert_eq!((bounds.last, bounds.expired_to), (4, 0));
+    assert_eq!(j.feed_bounds("conf", (shard + 7) % shards).await.unwrap().last, 0, "an empty feed");
+}
+
+/// The feed after `after`, read until it holds `n` entries (a backend may
+/// make a commit visible to feed readers a few ms after acknowledging it).
+async fn feed_of(
+    j: &dyn Journal,
+    entity_type: &str,
+    shard: u32,
+    after: u64,
+    n: usize,
+) -> Vec<crate::types::ShardEvent> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let feed: Vec<_> = j.events_by_shard(entity_type, shard, after).try_collect().await.expect("feed");
+        if feed.len() >= n || std::time::Instant::now() > deadline {
+            return feed;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// `n` ids with prefix `p` whose entities fall in `shard`.
+fn same_shard(shards: u32, shard: u32, p: &str, n: usize) -> Vec<EntityKey> {
+    (0..).map(|i| key(&format!("{p}{i}"))).filter(|k| k.shard(shards) == shard).take(n).collect()
+}
+
+/// Many entities of one shard appending at once (group commits, in-flight
+/// appends): the feed is still 1..=n without gaps, each entity's events in
+/// seq order; after a restart offsets continue where they stopped.
+pub async fn feed_offsets_are_gapless_under_concurrency_and_restarts(b: &mut dyn TestBackend) {
+    let j = b.open().await;
+    let shard = key("gapless").shard(j.shards());
+    let ids = same_shard(j.shards(), shard, "gapless-", 12);
+    let mut tasks = Vec::new();
+    for e in ids.clone() {
+        let j = j.clone();
+        tasks.push(tokio::spawn(async move {
+            for seq in 0..6 {
+                j.append(&e, seq, vec![event(seq + 1)]).await.expect("append");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let check = |feed: &[crate::types::ShardEvent], n: u64| {
+        assert_eq!(feed.iter().map(|f| f.offset).collect::<Vec<_>>(), (1..=n).collect::<Vec<_>>(), "gapless");
+        for e in &ids {
+            let seqs: Vec<u64> = feed.iter().filter(|f| &f.entity == e).map(|f| f.event.seq).collect();
+            assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{e}: seq order in the feed");
+        }
+    };
+    check(&feed_of(&*j, "conf", shard, 0, 72).await, 72);
+    drop(j);
+    let j = b.reopen().await;
+    j.append(&ids[0], 6, events(7..=8)).await.unwrap();
+    check(&feed_of(&*j, "conf", shard, 0, 74).await, 74);
+    assert_eq!(j.feed_bounds("conf", shard).await.unwrap().last, 74);
+}
+
+/// A retried idempotency key is refused however many appends came since,
+/// after a restart too, until its retention passes; a refused append
+/// records no key.
+pub async fn idempotency_keys_are_remembered_by_time_not_count(b: &mut dyn TestBackend) {
+    use std::time::Duration;
+    let j = b.open().await;
+    let e = key("idem");
+    let day = Duration::from_secs(86_400);
+    j.commit(&e, AppendRequest::new(0, events(1..=1)).with_key("first", day)).await.unwrap();
+    for seq in 1..150 {
+        j.commit(&e, AppendRequest::new(seq, events(seq + 1..=seq + 1)).with_key(format!("k{seq}"), day))
+            .await
+            .unwrap();
+    }
+    match j.commit(&e, AppendRequest::new(150, events(999..=999)).with_key("first", day)).await {
+        Err(AppendError::Duplicate { key, seq: 1, .. }) => assert_eq!(key, "first"),
+        other => panic!("a retry of the first key after 149 newer ones is a duplicate, got {other:?}"),
+    }
+    assert_eq!(j.last_seq(&e).await.unwrap(), 150, "nothing written");
+    assert_eq!(j.find_key(&e, "first").await.unwrap(), Some(1));
+    assert_eq!(j.find_key(&e, "k149").await.unwrap(), Some(150));
+    assert_eq!(j.find_key(&e, "never").await.unwrap(), None);
+    assert_eq!(j.find_key(&key("idem-other"), "first").await.unwrap(), None, "keys are per entity");
+    // A refused append (a conflict) records nothing.
+    assert!(j.commit(&e, AppendRequest::new(3, events(1..=1)).with_key("refused", day)).await.is_err());
+    assert_eq!(j.find_key(&e, "refused").await.unwrap(), None);
+    // A key past its retention is forgotten.
+    j.commit(&e, AppendRequest::new(150, events(151..=151)).with_key("brief", Duration::from_millis(1))).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(j.find_key(&e, "brief").await.unwrap(), None);
+    j.commit(&e, AppendRequest::new(151, events(152..=152)).with_key("brief", day)).await.expect("runs again");
+    drop(j);
+    let j = b.reopen().await;
+    assert!(matches!(
+        j.commit(&e, AppendRequest::new(152, events(1..=1)).with_key("first", day)).await,
+        Err(AppendError::Duplicate { seq: 1, .. })
+    ));
+}
+
+/// A reader that fell behind the feed's retention gets `FeedExpired`, not a
+/// silent skip; from the expired point on it reads on.
+pub async fn a_reader_behind_retention_gets_an_error(b: &mut dyn TestBackend) {
+    use std::time::Duration;
+    let Some(j) = b.open_with_feed_retention(Duration::from_millis(500)).await else { return };
+    let e = key("retained");
+    let shard = e.shard(j.shards());
+    j.append(&e, 0, events(1..=3)).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let expired_to = loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Appends drive the memory backend's expiry; the others sweep on a timer.
+        let seq = j.last_seq(&e).await.unwrap();
+        j.append(&e, seq, vec![event(seq + 1)]).await.unwrap();
+        let b = j.feed_bounds("conf", shard).await.unwrap();
+        if b.expired_to >= 3 {
+            break b.expired_to;
+        }
+        assert!(std::time::Instant::now() < deadline, "entries never expired: {b:?}");
+    };
+    match j.events_by_shard("conf", shard, 0).try_collect::<Vec<_>>().await {
+        Err(JournalError::FeedExpired { after: 0, expired_to: to, .. }) => assert!(to >= 3),
+        other => panic!("behind retention: an error, got {other:?}"),
+    }
+    let rest: Vec<_> = j.events_by_shard("conf", shard, expired_to).try_collect().await.unwrap();
+    assert!(rest.iter().all(|f| f.offset > expired_to));
 }
 
 /// `delete_to` removes a prefix; seqs are never reused.
@@ -257,7 +389,7 @@ pub async fn reopen_keeps_everything(b: &mut dyn TestBackend) {
         j.append(&e, 0, events(1..=3)).await.unwrap();
         let s = Snapshot { seq: 3, version: 1, timestamp_ms: 1, payload: b"s".to_vec() };
         j.save_snapshot(&e, s).await.unwrap();
-        let feed: Vec<_> = j.events_by_shard(e.shard(j.shards()), 0).try_collect().await.unwrap();
+        let feed = feed_of(&*j, "conf", e.shard(j.shards()), 0, 3).await;
         ids.extend(feed.iter().map(|f| f.offset));
     }
     let j = b.reopen().await;
@@ -266,7 +398,7 @@ pub async fn reopen_keeps_everything(b: &mut dyn TestBackend) {
     assert_eq!(j.load_snapshot(&e).await.unwrap().map(|s| s.seq), Some(3));
     assert!(matches!(j.append(&e, 0, events(1..=1)).await, Err(AppendError::Conflict { actual: 3, .. })));
     j.append(&e, 3, events(4..=4)).await.unwrap();
-    let feed: Vec<_> = j.events_by_shard(e.shard(j.shards()), 0).try_collect().await.unwrap();
+    let feed = feed_of(&*j, "conf", e.shard(j.shards()), 0, 4).await;
     let new: Vec<_> = feed.iter().filter(|f| !ids.contains(&f.offset)).collect();
     assert_eq!(new.len(), 1, "feed offsets are not reused after a restart");
     assert_eq!(new[0].event.seq, 4);
@@ -341,7 +473,9 @@ macro_rules! journal_conformance_tests {
         $crate::journal_conformance_tests!(@suite $name, $backend;
             append_and_read_in_order, conflict_writes_nothing, racing_writers_one_winner,
             concurrent_entities, ranges_and_paging, snapshots, shard_feed, delete_prefix,
-            lists_entities, reopen_keeps_everything, fence_refuses_stale_writers, fence_survives_reopen);
+            lists_entities, reopen_keeps_everything, fence_refuses_stale_writers, fence_survives_reopen,
+            feed_offsets_are_gapless_under_concurrency_and_restarts, idempotency_keys_are_remembered_by_time_not_count,
+            a_reader_behind_retention_gets_an_error);
     };
     (@suite $name:ident, $backend:expr; $($test:ident),*) => {
         mod $name {

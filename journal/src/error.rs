@@ -25,6 +25,21 @@ pub enum JournalError {
     /// The journal was closed.
     #[error("journal closed")]
     Closed,
+    /// A feed read starts behind the shard's retention: the entries after
+    /// `after` up to `expired_to` are gone (a reader that fell behind).
+    #[error(
+        "the feed of {entity_type}/{shard} after offset {after} has expired (retention removed it up to {expired_to})"
+    )]
+    FeedExpired {
+        /// The entity type.
+        entity_type: String,
+        /// The shard.
+        shard: u32,
+        /// The offset the read started after.
+        after: u64,
+        /// The last offset removed.
+        expired_to: u64,
+    },
 }
 
 /// Why an append failed. Nothing was written unless the error is
@@ -57,6 +72,17 @@ pub enum AppendError {
         epoch: u64,
         /// The entity's fence (0: never raised).
         current: u64,
+    },
+    /// The entity already committed this idempotency key (within its
+    /// retention), at `seq` (the last event of that append). Nothing was written.
+    #[error("{entity} already committed idempotency key `{key}` (at seq {seq})")]
+    Duplicate {
+        /// The entity, `type/id`.
+        entity: String,
+        /// The key.
+        key: String,
+        /// The last seq of the append that committed it.
+        seq: u64,
     },
     /// Any other failure.
     #[error(transparent)]

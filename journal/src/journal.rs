@@ -5,7 +5,9 @@ use std::ops::RangeInclusive;
 use futures::stream::BoxStream;
 
 use crate::error::{AppendError, JournalError};
-use crate::types::{AppendAck, AppendRequest, EntityInfo, EntityKey, NewEvent, PersistedEvent, ShardEvent, Snapshot};
+use crate::types::{
+    AppendAck, AppendRequest, EntityInfo, EntityKey, FeedBounds, NewEvent, PersistedEvent, ShardEvent, Snapshot,
+};
 
 /// A stream of one entity's events, read page by page as it is polled.
 pub type EventStream = BoxStream<'static, Result<PersistedEvent, JournalError>>;
@@ -28,6 +30,12 @@ pub type EntityStream = BoxStream<'static, Result<EntityInfo, JournalError>>;
 ///   the entity's fence equals the writer's epoch, so once a new owner has
 ///   raised the fence ([`Journal::raise_fence`]) no write of an older owner
 ///   lands, however late it arrives; unfenced appends ignore the fence;
+/// - an append with an idempotency key the entity already committed (within
+///   the key's retention) fails with [`AppendError::Duplicate`] and writes
+///   nothing, however many appends came since;
+/// - the shard feed holds every committed event once, at an offset assigned
+///   at commit: gapless per shard, per entity in seq order, never appearing
+///   at or below an offset a reader has already been given;
 /// - reads are streamed in pages, so replaying millions of events holds one
 ///   page in memory.
 #[async_trait::async_trait]
@@ -79,9 +87,18 @@ pub trait Journal: Send + Sync + 'static {
     /// The latest snapshot, if any.
     async fn load_snapshot(&self, entity: &EntityKey) -> Result<Option<Snapshot>, JournalError>;
 
-    /// The shard's feed after `after_offset` (0 for the start), in commit order,
-    /// up to what is committed now. Poll again with the last offset to follow.
-    fn events_by_shard(&self, shard: u32, after_offset: u64) -> ShardStream;
+    /// The feed of one entity type in one shard (the unit a node holds a
+    /// lease on) after `after_offset` (0 for the start), in offset order, up
+    /// to what is committed now. Poll again with the last offset to follow.
+    /// Starting behind the retention fails with [`JournalError::FeedExpired`].
+    fn events_by_shard(&self, entity_type: &str, shard: u32, after_offset: u64) -> ShardStream;
+
+    /// The extent of a feed: what retention removed, and the last committed offset.
+    async fn feed_bounds(&self, entity_type: &str, shard: u32) -> Result<FeedBounds, JournalError>;
+
+    /// The seq at which the entity committed idempotency key `key` (the last
+    /// event of that append), if it is still remembered.
+    async fn find_key(&self, entity: &EntityKey, key: &str) -> Result<Option<u64>, JournalError>;
 
     /// Deletes the entity's events up to `seq` (clamped to its last seq). Seqs
     /// are never reused: later appends continue after the last seq.

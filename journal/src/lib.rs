@@ -36,4 +36,7 @@ pub use local::{Durability, LocalJournal};
 pub use memory::MemoryJournal;
 pub use scylla::ScyllaJournal;
 pub use shard::{DEFAULT_SHARDS, shard_of, token};
-pub use types::{AppendAck, AppendRequest, EntityInfo, EntityKey, NewEvent, PersistedEvent, ShardEvent, Snapshot};
+pub use types::{
+    AppendAck, AppendRequest, EntityInfo, EntityKey, FeedBounds, IdempotencyKey, LeaseCheck, NewEvent, PersistedEvent,
+    ShardEvent, Snapshot,
+};

@@ -5,13 +5,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::RangeInclusive;
 use std::sync::{Arc, Mutex};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 
 use crate::error::{AppendError, JournalError};
 use crate::journal::{EntityStream, EventStream, Journal, ShardStream};
 use crate::paging::paged;
 use crate::shard::DEFAULT_SHARDS;
-use crate::types::{AppendAck, AppendRequest, EntityInfo, EntityKey, PersistedEvent, ShardEvent, Snapshot};
+use crate::types::{AppendAck, AppendRequest, EntityInfo, EntityKey, FeedBounds, PersistedEvent, ShardEvent, Snapshot};
 
 const PAGE: usize = 1024;
 
@@ -27,8 +27,12 @@ struct Log {
 #[derive(Default)]
 struct Store {
     logs: HashMap<EntityKey, Log>,
-    feed: BTreeMap<(u32, u64), (EntityKey, u64)>,
-    next_offset: u64,
+    /// (type, shard, offset) → (entity, seq, commit time).
+    feed: BTreeMap<(String, u32, u64), (EntityKey, u64, i64)>,
+    /// Per feed (type, shard): the last offset assigned, the last removed by retention.
+    heads: HashMap<(String, u32), FeedBounds>,
+    /// (entity, key) → (seq, expires at ms).
+    keys: HashMap<(EntityKey, String), (u64, i64)>,
 }
 
 /// The in-memory journal.
@@ -36,6 +40,7 @@ struct Store {
 pub struct MemoryJournal {
     store: Arc<Mutex<Store>>,
     shards: u32,
+    retention_ms: Option<i64>,
 }
 
 impl Default for MemoryJournal {
@@ -47,7 +52,12 @@ impl Default for MemoryJournal {
 impl MemoryJournal {
     /// An empty journal whose feed has `shards` shards.
     pub fn new(shards: u32) -> Self {
-        Self { store: Arc::default(), shards }
+        Self { store: Arc::default(), shards, retention_ms: None }
+    }
+    /// Feed entries older than `retention` are removed (on the next append).
+    pub fn with_feed_retention(mut self, retention: std::time::Duration) -> Self {
+        self.retention_ms = Some(retention.as_millis().min(i64::MAX as u128) as i64);
+        self
     }
     fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
         self.store.lock().unwrap_or_else(|p| p.into_inner())
@@ -61,14 +71,22 @@ pub(crate) fn now_ms() -> i64 {
 #[async_trait::async_trait]
 impl Journal for MemoryJournal {
     async fn commit(&self, entity: &EntityKey, request: AppendRequest) -> Result<AppendAck, AppendError> {
-        let AppendRequest { expected_seq, events, snapshot, fence } = request;
+        let lease_held = request.lease_held();
+        let AppendRequest { expected_seq, events, snapshot, fence, key, .. } = request;
         if events.is_empty() {
             return Err(JournalError::Invalid("append of no events".into()).into());
         }
+        let timestamp_ms = now_ms();
         let mut store = self.lock();
         let store = &mut *store;
+        if let Some(k) = &key
+            && let Some((seq, expires)) = store.keys.get(&(entity.clone(), k.key.clone()))
+            && *expires > timestamp_ms
+        {
+            return Err(AppendError::Duplicate { entity: entity.to_string(), key: k.key.clone(), seq: *seq });
+        }
         let log = store.logs.entry(entity.clone()).or_default();
-        if let Some(epoch) = fence.filter(|e| *e != log.fence) {
+        if let Some(epoch) = fence.filter(|e| *e != log.fence || !lease_held) {
             return Err(AppendError::Fenced { entity: entity.to_string(), epoch, current: log.fence });
         }
         if log.last_seq != expected_seq {
@@ -82,8 +100,9 @@ impl Journal for MemoryJournal {
         if let Some(s) = snapshot.as_ref().filter(|s| s.seq > last_seq) {
             return Err(JournalError::Invalid(format!("snapshot seq {} is past {last_seq}", s.seq)).into());
         }
-        let timestamp_ms = now_ms();
         let shard = entity.shard(self.shards);
+        let t = entity.entity_type.clone();
+        let head = store.heads.entry((t.clone(), shard)).or_default();
         for (i, e) in events.into_iter().enumerate() {
             let seq = expected_seq + 1 + i as u64;
             log.events.insert(
@@ -97,12 +116,25 @@ impl Journal for MemoryJournal {
                     metadata: e.metadata,
                 },
             );
-            store.next_offset += 1;
-            store.feed.insert((shard, store.next_offset), (entity.clone(), seq));
+            head.last += 1;
+            store.feed.insert((t.clone(), shard, head.last), (entity.clone(), seq, timestamp_ms));
         }
         log.last_seq = last_seq;
         if snapshot.is_some() {
             log.snapshot = snapshot;
+        }
+        if let Some(k) = key {
+            store.keys.insert((entity.clone(), k.key), (last_seq, timestamp_ms.saturating_add(k.retain_ms)));
+        }
+        if let Some(r) = self.retention_ms {
+            let cutoff = timestamp_ms - r;
+            let expired: Vec<(String, u32, u64)> =
+                store.feed.iter().filter(|(_, (_, _, ts))| *ts < cutoff).map(|(k, _)| k.clone()).collect();
+            for (t, shard, offset) in expired {
+                store.feed.remove(&(t.clone(), shard, offset));
+                let h = store.heads.entry((t, shard)).or_default();
+                h.expired_to = h.expired_to.max(offset);
+            }
         }
         Ok(AppendAck { first_seq: expected_seq + 1, last_seq, timestamp_ms })
     }
@@ -159,22 +191,39 @@ impl Journal for MemoryJournal {
         Ok(self.lock().logs.get(entity).and_then(|l| l.snapshot.clone()))
     }
 
-    fn events_by_shard(&self, shard: u32, after_offset: u64) -> ShardStream {
+    fn events_by_shard(&self, entity_type: &str, shard: u32, after_offset: u64) -> ShardStream {
         let me = self.clone();
+        let first = after_offset;
+        let t = entity_type.to_owned();
         paged(after_offset, move |after: u64| {
             let store = me.lock();
-            let mut page = Vec::new();
-            let mut last = None;
-            for ((_, offset), (entity, seq)) in store.feed.range((shard, after + 1)..=(shard, u64::MAX)).take(PAGE) {
-                last = Some(*offset);
+            let expired_to = store.heads.get(&(t.clone(), shard)).map_or(0, |h| h.expired_to);
+            if after == first && after < expired_to {
+                let e = JournalError::FeedExpired { entity_type: t.clone(), shard, after, expired_to };
+                return futures::future::ready(Err(e)).left_future();
+            }
+            let (mut page, mut last, mut scanned) = (Vec::new(), None, 0);
+            let range = (t.clone(), shard, after + 1)..=(t.clone(), shard, u64::MAX);
+            for ((_, _, offset), (entity, seq, _)) in store.feed.range(range).take(PAGE) {
+                (last, scanned) = (Some(*offset), scanned + 1);
                 if let Some(event) = store.logs.get(entity).and_then(|l| l.events.get(seq)) {
                     page.push(ShardEvent { offset: *offset, entity: entity.clone(), event: event.clone() });
                 }
             }
-            let next = last.filter(|_| page.len() == PAGE);
-            async move { Ok((page, next)) }
+            let next = last.filter(|_| scanned == PAGE);
+            futures::future::ready(Ok((page, next))).right_future()
         })
         .boxed()
+    }
+
+    async fn feed_bounds(&self, entity_type: &str, shard: u32) -> Result<FeedBounds, JournalError> {
+        Ok(self.lock().heads.get(&(entity_type.to_owned(), shard)).copied().unwrap_or_default())
+    }
+
+    async fn find_key(&self, entity: &EntityKey, key: &str) -> Result<Option<u64>, JournalError> {
+        let store = self.lock();
+        let hit = store.keys.get(&(entity.clone(), key.to_owned()));
+        Ok(hit.filter(|(_, expires)| *expires > now_ms()).map(|(seq, _)| *seq))
     }
 
     async fn delete_to(&self, entity: &EntityKey, seq: u64) -> Result<(), JournalError> {

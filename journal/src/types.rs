@@ -81,7 +81,7 @@ pub struct Snapshot {
 /// let req = AppendRequest::new(4, vec![ev]).fenced(17);
 /// assert_eq!((req.expected_seq, req.fence), (4, Some(17)));
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct AppendRequest {
     /// The entity's current last seq (0 for a new entity).
     pub expected_seq: u64,
@@ -93,12 +93,68 @@ pub struct AppendRequest {
     /// entity's fence (see [`crate::Journal::raise_fence`]) equals it.
     /// `None`: an unfenced writer (one node owns everything).
     pub fence: Option<u64>,
+    /// The invocation's idempotency key: the append commits only if the
+    /// entity has not committed it within its retention (else
+    /// [`crate::AppendError::Duplicate`], nothing written), and records it.
+    pub key: Option<IdempotencyKey>,
+    /// The writer's lease, asked right before the commit is sent (after
+    /// anything written ahead of it, such as a feed entry, is durable):
+    /// `false` fails the append with [`crate::AppendError::Fenced`], nothing written.
+    pub lease: Option<LeaseCheck>,
+}
+
+/// Whether the writer still holds its lease (see [`AppendRequest::lease`]).
+pub type LeaseCheck = std::sync::Arc<dyn Fn() -> bool + Send + Sync>;
+
+impl std::fmt::Debug for AppendRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppendRequest")
+            .field("expected_seq", &self.expected_seq)
+            .field("events", &self.events.len())
+            .field("snapshot", &self.snapshot.as_ref().map(|s| s.seq))
+            .field("fence", &self.fence)
+            .field("key", &self.key)
+            .field("lease", &self.lease.is_some())
+            .finish()
+    }
+}
+
+/// An idempotency key recorded with an append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    /// The key (the invocation id the caller gave).
+    pub key: String,
+    /// How long it is remembered after the commit, ms.
+    pub retain_ms: i64,
+}
+
+/// The extent of a shard's feed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FeedBounds {
+    /// Entries up to this offset were removed by retention (0: none).
+    pub expired_to: u64,
+    /// The last committed offset (0: none yet).
+    pub last: u64,
 }
 
 impl AppendRequest {
     /// Events after `expected_seq`, no snapshot, unfenced.
     pub fn new(expected_seq: u64, events: Vec<NewEvent>) -> Self {
-        Self { expected_seq, events, snapshot: None, fence: None }
+        Self { expected_seq, events, snapshot: None, fence: None, key: None, lease: None }
+    }
+    /// Asks `check` whether the lease is still held right before the commit.
+    pub fn with_lease(mut self, check: LeaseCheck) -> Self {
+        self.lease = Some(check);
+        self
+    }
+    /// Whether the lease (if any) is still held.
+    pub fn lease_held(&self) -> bool {
+        self.lease.as_ref().is_none_or(|l| l())
+    }
+    /// Records (and checks) an idempotency key, remembered for `retain`.
+    pub fn with_key(mut self, key: impl Into<String>, retain: std::time::Duration) -> Self {
+        self.key = Some(IdempotencyKey { key: key.into(), retain_ms: retain.as_millis().min(i64::MAX as u128) as i64 });
+        self
     }
     /// Writes `snapshot` atomically with the events.
     pub fn with_snapshot(mut self, snapshot: Option<Snapshot>) -> Self {
@@ -128,10 +184,11 @@ pub struct AppendAck {
     pub timestamp_ms: i64,
 }
 
-/// One entry of a shard's time-ordered feed.
+/// One entry of a shard's feed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardEvent {
-    /// Position in the shard's feed; strictly increasing in commit order.
+    /// Position in the shard's feed: assigned at commit by the shard's
+    /// single writer, gapless per shard (1, 2, 3, …), per entity in seq order.
     pub offset: u64,
     /// The entity the event belongs to.
     pub entity: EntityKey,

@@ -8,11 +8,12 @@ use tessera_journal::{Journal, LocalJournal};
 /// A local journal in a temporary directory; reopening opens the same directory.
 struct LocalBackend {
     dir: tempfile::TempDir,
+    extra: Vec<tempfile::TempDir>,
 }
 
 impl LocalBackend {
     fn new() -> Self {
-        Self { dir: tempfile::tempdir().expect("tempdir") }
+        Self { dir: tempfile::tempdir().expect("tempdir"), extra: Vec::new() }
     }
 }
 
@@ -30,6 +31,12 @@ impl TestBackend for LocalBackend {
             }
         }
         panic!("journal stayed locked")
+    }
+    async fn open_with_feed_retention(&mut self, retention: std::time::Duration) -> Option<Arc<dyn Journal>> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let j = LocalJournal::builder(dir.path()).feed_retention(retention).open().expect("open");
+        self.extra.push(dir);
+        Some(Arc::new(j))
     }
 }
 

@@ -248,8 +248,22 @@ impl tessera_journal::Journal for StallingJournal {
     ) -> Result<Option<tessera_journal::Snapshot>, tessera_journal::JournalError> {
         self.inner.load_snapshot(entity).await
     }
-    fn events_by_shard(&self, shard: u32, after_offset: u64) -> tessera_journal::ShardStream {
-        self.inner.events_by_shard(shard, after_offset)
+    fn events_by_shard(&self, entity_type: &str, shard: u32, after_offset: u64) -> tessera_journal::ShardStream {
+        self.inner.events_by_shard(entity_type, shard, after_offset)
+    }
+    async fn feed_bounds(
+        &self,
+        entity_type: &str,
+        shard: u32,
+    ) -> Result<tessera_journal::FeedBounds, tessera_journal::JournalError> {
+        self.inner.feed_bounds(entity_type, shard).await
+    }
+    async fn find_key(
+        &self,
+        entity: &tessera_journal::EntityKey,
+        key: &str,
+    ) -> Result<Option<u64>, tessera_journal::JournalError> {
+        self.inner.find_key(entity, key).await
     }
     async fn delete_to(
         &self,

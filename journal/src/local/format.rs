@@ -36,12 +36,25 @@ pub(crate) fn index_key(key: &EntityKey) -> Vec<u8> {
     out
 }
 
-/// `[shard u32][offset u64]`: one feed entry's key.
-pub(crate) fn feed_key(shard: u32, offset: u64) -> [u8; 12] {
-    let mut out = [0u8; 12];
-    out[..4].copy_from_slice(&shard.to_be_bytes());
-    out[4..].copy_from_slice(&offset.to_be_bytes());
+/// `[type len u16][type][shard u32]`: the prefix of one feed (the events
+/// of one entity type in one shard: the unit a node holds a lease on).
+pub(crate) fn unit_prefix(entity_type: &str, shard: u32) -> Vec<u8> {
+    let mut out = type_prefix(entity_type);
+    out.extend_from_slice(&shard.to_be_bytes());
     out
+}
+
+/// The unit prefix plus a big-endian offset: one feed entry's key.
+pub(crate) fn feed_key(unit: &[u8], offset: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(unit.len() + 8);
+    out.extend_from_slice(unit);
+    out.extend_from_slice(&offset.to_be_bytes());
+    out
+}
+
+/// The offset at the end of a feed entry's key.
+pub(crate) fn feed_offset(key: &[u8]) -> u64 {
+    key.len().checked_sub(8).and_then(|i| key[i..].try_into().ok()).map_or(0, u64::from_be_bytes)
 }
 
 /// Parses an entity prefix back into its key; also returns the bytes after it.
@@ -158,16 +171,65 @@ pub(crate) fn decode_snapshot(record: &[u8]) -> Result<Snapshot, String> {
     Ok(Snapshot { seq, version, timestamp_ms, payload: r.0.to_vec() })
 }
 
-/// A feed entry: the event's entity prefix and seq.
-pub(crate) fn encode_feed_ref(prefix: &[u8], seq: u64) -> Vec<u8> {
-    seal(event_key(prefix, seq))
+/// A feed entry: the event's entity prefix and seq, and its commit time.
+pub(crate) fn encode_feed_ref(prefix: &[u8], seq: u64, ts: i64) -> Vec<u8> {
+    let mut b = event_key(prefix, seq);
+    b.extend_from_slice(&ts.to_be_bytes());
+    seal(b)
 }
 
-pub(crate) fn decode_feed_ref(record: &[u8]) -> Result<(EntityKey, u64), String> {
+/// A feed entry's entity, seq and commit time (entries written before
+/// feeds kept time read as time 0).
+pub(crate) fn decode_feed_ref(record: &[u8]) -> Result<(EntityKey, u64, i64), String> {
     let body = unseal(record)?;
     let (key, rest) = parse_entity_prefix(body).ok_or("bad feed entry")?;
-    let seq = Reader(rest).u64().ok_or("bad feed entry seq")?;
-    Ok((key, seq))
+    let mut r = Reader(rest);
+    let seq = r.u64().ok_or("bad feed entry seq")?;
+    let ts = r.u64().map_or(0, |t| t as i64);
+    Ok((key, seq, ts))
+}
+
+/// `feed_expired_to/{unit}` in the meta keyspace: the last offset
+/// retention removed from the unit's feed.
+pub(crate) fn expired_key(unit: &[u8]) -> Vec<u8> {
+    let mut k = b"feed_expired_to/".to_vec();
+    k.extend_from_slice(unit);
+    k
+}
+
+/// `feed_unit/{unit}` in the meta keyspace: a feed that exists (the sweep's list).
+pub(crate) const UNIT_MARK: &[u8] = b"feed_unit/";
+
+/// An idempotency key of an entity: `[entity prefix][key]`.
+pub(crate) fn key_key(entity: &EntityKey, key: &str) -> Vec<u8> {
+    let mut k = entity_prefix(entity);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+/// `[expires at BE][entity prefix][key]`: the sweep's order of keys.
+pub(crate) fn key_expiry(expires_ms: i64, key_key: &[u8]) -> Vec<u8> {
+    let mut k = (expires_ms.max(0) as u64).to_be_bytes().to_vec();
+    k.extend_from_slice(key_key);
+    k
+}
+
+/// A remembered key: the seq of its append's last event, when it expires.
+pub(crate) fn encode_key_record(seq: u64, expires_ms: i64) -> Vec<u8> {
+    let mut b = seq.to_be_bytes().to_vec();
+    b.extend_from_slice(&expires_ms.to_be_bytes());
+    seal(b)
+}
+
+pub(crate) fn decode_key_record(record: &[u8]) -> Result<(u64, i64), String> {
+    let mut r = Reader(unseal(record)?);
+    let bad = || "truncated key record".to_owned();
+    Ok((r.u64().ok_or_else(bad)?, r.u64().ok_or_else(bad)? as i64))
+}
+
+/// An 8-byte big-endian number (meta records).
+pub(crate) fn decode_u64(v: &[u8]) -> Option<u64> {
+    v.try_into().ok().map(u64::from_be_bytes)
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -214,6 +276,16 @@ mod tests {
         assert_eq!(decode_meta(&encode_meta(old)).unwrap(), old);
         let fenced = EntityMeta { fence: 41, ..old };
         assert_eq!(decode_meta(&encode_meta(fenced)).unwrap(), fenced);
+    }
+
+    #[test]
+    fn feed_refs_carry_their_time_and_old_ones_read_as_zero() {
+        let p = entity_prefix(&EntityKey::new("t", "a"));
+        let (k, seq, ts) = decode_feed_ref(&encode_feed_ref(&p, 3, 1_700)).unwrap();
+        assert_eq!((k, seq, ts), (EntityKey::new("t", "a"), 3, 1_700));
+        let old = seal(event_key(&p, 3));
+        assert_eq!(decode_feed_ref(&old).unwrap().2, 0);
+        assert_eq!(decode_key_record(&encode_key_record(9, 42)).unwrap(), (9, 42));
     }
 
     #[test]

@@ -22,13 +22,13 @@ use futures::StreamExt;
 use tokio::sync::oneshot;
 
 pub use writer::CommitObserver;
-use writer::{Keyspaces, Op, Writer, unavailable};
+use writer::{Keyspaces, Op, Writer, WriterOptions, unavailable};
 
 use crate::error::{AppendError, JournalError, OpenError};
 use crate::journal::{EntityStream, EventStream, Journal, ShardStream};
 use crate::paging::paged;
 use crate::shard::DEFAULT_SHARDS;
-use crate::types::{AppendAck, AppendRequest, EntityInfo, EntityKey, PersistedEvent, ShardEvent, Snapshot};
+use crate::types::{AppendAck, AppendRequest, EntityInfo, EntityKey, FeedBounds, PersistedEvent, ShardEvent, Snapshot};
 
 /// Name of the format marker file.
 pub const MARKER_FILE: &str = "tessera-journal.json";
@@ -36,6 +36,8 @@ pub const MARKER_FILE: &str = "tessera-journal.json";
 pub const FORMAT_NAME: &str = "tessera-local-journal";
 /// The newest on-disk format version this build reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
+/// How long feed entries are kept unless configured: 7 days.
+pub const DEFAULT_FEED_RETENTION: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 const PAGE: usize = 1024;
 
 /// When an append is acknowledged relative to the disk.
@@ -59,6 +61,7 @@ pub struct LocalJournalBuilder {
     max_batch: usize,
     shards: u32,
     cache_bytes: u64,
+    feed_retention: std::time::Duration,
     observer: Option<CommitObserver>,
 }
 
@@ -76,6 +79,11 @@ impl LocalJournalBuilder {
     /// Shards of the feed (default 1024; must match the cluster's).
     pub fn shards(mut self, n: u32) -> Self {
         self.shards = n;
+        self
+    }
+    /// How long feed entries are kept (default 7 days).
+    pub fn feed_retention(mut self, d: std::time::Duration) -> Self {
+        self.feed_retention = d;
         self
     }
     /// Block cache size in bytes (default 64 MiB).
@@ -101,6 +109,8 @@ struct Inner {
     index: fjall::Keyspace,
     snapshots: fjall::Keyspace,
     feed: fjall::Keyspace,
+    meta: fjall::Keyspace,
+    keys: fjall::Keyspace,
     shards: u32,
     path: PathBuf,
     _db: Database,
@@ -178,6 +188,7 @@ impl LocalJournal {
             max_batch: 4096,
             shards: DEFAULT_SHARDS,
             cache_bytes: 64 << 20,
+            feed_retention: DEFAULT_FEED_RETENTION,
             observer: None,
         }
     }
@@ -216,12 +227,11 @@ impl LocalJournal {
             events: open_ks("events")?,
             index: open_ks("entities")?,
             snapshots: open_ks("snapshots")?,
-            feed: open_ks("feed")?,
+            // Feeds per (entity type, shard); `feed` held the per-shard feed of format 1.
+            feed: open_ks("unit_feed")?,
             meta: open_ks("meta")?,
-        };
-        let next_offset = match ks.meta.get(writer::FEED_OFFSET_KEY).map_err(|e| io_err(&path, e))? {
-            Some(v) => u64::from_be_bytes(v.as_ref().try_into().map_err(|_| io_err(&path, "bad feed offset record"))?),
-            None => 0,
+            keys: open_ks("keys")?,
+            key_expiry: open_ks("key_expiry")?,
         };
         let durability = match b.durability {
             Durability::SyncData => Some(PersistMode::SyncData),
@@ -229,9 +239,22 @@ impl LocalJournal {
             Durability::Buffered => Some(PersistMode::Buffer),
         };
         let (tx, rx) = std::sync::mpsc::channel();
-        let (events, index, snapshots, feed) =
-            (ks.events.clone(), ks.index.clone(), ks.snapshots.clone(), ks.feed.clone());
-        let writer = Writer::new(db.clone(), ks, durability, b.max_batch, b.shards, next_offset, b.observer);
+        let (events, index, snapshots, feed, meta, keys) = (
+            ks.events.clone(),
+            ks.index.clone(),
+            ks.snapshots.clone(),
+            ks.feed.clone(),
+            ks.meta.clone(),
+            ks.keys.clone(),
+        );
+        let options = WriterOptions {
+            durability,
+            max_batch: b.max_batch,
+            shards: b.shards,
+            feed_retention: b.feed_retention,
+            observer: b.observer,
+        };
+        let writer = Writer::new(db.clone(), ks, options);
         let thread = std::thread::Builder::new()
             .name("tessera-journal-writer".into())
             .spawn(move || writer.run(rx))
@@ -245,6 +268,8 @@ impl LocalJournal {
                 index,
                 snapshots,
                 feed,
+                meta,
+                keys,
                 shards: b.shards,
                 path,
                 _db: db,
@@ -338,22 +363,31 @@ impl Journal for LocalJournal {
         .await
     }
 
-    fn events_by_shard(&self, shard: u32, after_offset: u64) -> ShardStream {
+    fn events_by_shard(&self, entity_type: &str, shard: u32, after_offset: u64) -> ShardStream {
         let me = self.clone();
+        let first = after_offset;
+        let unit = format::unit_prefix(entity_type, shard);
+        let entity_type = entity_type.to_owned();
         paged(after_offset, move |after: u64| {
-            let me = me.clone();
+            let (me, unit, entity_type) = (me.clone(), unit.clone(), entity_type.clone());
             async move {
                 me.blocking(move |inner| {
+                    if after == first {
+                        let expired_to = writer::expired_to(&inner.meta, &unit)?;
+                        if after < expired_to {
+                            return Err(JournalError::FeedExpired { entity_type, shard, after, expired_to });
+                        }
+                    }
                     let mut page = Vec::new();
                     let mut last = None;
                     let mut scanned = 0;
-                    let range = format::feed_key(shard, after.saturating_add(1))..=format::feed_key(shard, u64::MAX);
+                    let range = format::feed_key(&unit, after.saturating_add(1))..=format::feed_key(&unit, u64::MAX);
                     for item in inner.feed.range(range).take(PAGE) {
                         scanned += 1;
                         let (k, v) = item.into_inner().map_err(unavailable)?;
-                        let offset = u64::from_be_bytes(k[4..12].try_into().unwrap_or_default());
+                        let offset = format::feed_offset(&k);
                         last = Some(offset);
-                        let (entity, seq) = format::decode_feed_ref(&v).map_err(|d| JournalError::Corrupt {
+                        let (entity, seq, _) = format::decode_feed_ref(&v).map_err(|d| JournalError::Corrupt {
                             entity: "-".into(),
                             seq: 0,
                             detail: format!("feed offset {offset}: {d}"),
@@ -372,6 +406,26 @@ impl Journal for LocalJournal {
             }
         })
         .boxed()
+    }
+
+    async fn feed_bounds(&self, entity_type: &str, shard: u32) -> Result<FeedBounds, JournalError> {
+        let unit = format::unit_prefix(entity_type, shard);
+        self.blocking(move |inner| {
+            let expired_to = writer::expired_to(&inner.meta, &unit)?;
+            let last = writer::last_offset(&inner.feed, &unit)?;
+            Ok(FeedBounds { expired_to, last: last.max(expired_to) })
+        })
+        .await
+    }
+
+    async fn find_key(&self, entity: &EntityKey, key: &str) -> Result<Option<u64>, JournalError> {
+        let (entity, key) = (entity.clone(), key.to_owned());
+        self.blocking(move |inner| {
+            let Some(v) = inner.keys.get(format::key_key(&entity, &key)).map_err(unavailable)? else { return Ok(None) };
+            let (seq, expires) = format::decode_key_record(&v).map_err(|d| corrupt(&entity, 0, d))?;
+            Ok((expires > crate::memory::now_ms()).then_some(seq))
+        })
+        .await
     }
 
     async fn delete_to(&self, entity: &EntityKey, seq: u64) -> Result<(), JournalError> {

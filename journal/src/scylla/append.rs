@@ -12,7 +12,7 @@ use super::rows::{Named, Statics, lwt_outcome};
 use super::session::unavailable;
 use crate::error::{AppendError, JournalError};
 use crate::memory::now_ms;
-use crate::types::{EntityKey, NewEvent, Snapshot};
+use crate::types::{AppendRequest, EntityKey, IdempotencyKey, NewEvent, Snapshot};
 
 /// The condition of one head write.
 #[derive(Clone, Copy)]
@@ -33,6 +33,10 @@ pub(crate) struct Append<'a> {
     pub(crate) snapshot: Option<&'a Snapshot>,
     pub(crate) fence: Option<u64>,
     pub(crate) ts: i64,
+    /// The feed offset of the first event (the others follow).
+    pub(crate) first_offset: u64,
+    /// The idempotency key, stored on the last event.
+    pub(crate) key: Option<&'a str>,
 }
 
 impl ScyllaJournal {
@@ -77,8 +81,10 @@ impl ScyllaJournal {
         batch.append_statement(head_stmt.clone());
         let mut values = Vec::with_capacity(a.events.len() + 1);
         values.push(head);
+        let n = a.events.len();
         for (i, e) in a.events.iter().enumerate() {
             batch.append_statement(st.insert_event.clone());
+            let idem = a.key.filter(|_| i + 1 == n).map_or(CqlValue::Empty, |k| CqlValue::Text(k.to_owned()));
             values.push(
                 Named::partition(&key.entity_type, &key.entity_id, bucket)
                     .big("seq", (a.expected + 1 + i as u64) as i64)
@@ -86,7 +92,9 @@ impl ScyllaJournal {
                     .text("type_name", &e.type_name)
                     .with("version", CqlValue::Int(e.version as i32))
                     .with("payload", CqlValue::Blob(e.payload.clone()))
-                    .with("metadata", CqlValue::Blob(e.metadata.clone())),
+                    .with("metadata", CqlValue::Blob(e.metadata.clone()))
+                    .big("feed_offset", (a.first_offset + i as u64) as i64)
+                    .with("idem_key", idem),
             );
         }
         let r = self.inner.session.batch(&batch, values).await.map_err(unavailable)?;
@@ -136,15 +144,84 @@ impl ScyllaJournal {
         Ok(lwt_outcome(r)?.0)
     }
 
+    /// The seq at which the entity committed `idem` (within its retention):
+    /// the key's row, confirmed by the event it names (a row written ahead
+    /// of an append that then failed names an event of another invocation).
+    pub(crate) async fn remembered(&self, key: &EntityKey, idem: &str) -> Result<Option<u64>, JournalError> {
+        let v = Named::new().text("entity_type", &key.entity_type).text("entity_id", &key.entity_id).text("key", idem);
+        let Some((Some(seq),)) = self.first_row::<(Option<i64>,)>(&self.inner.st.key_get, v).await? else {
+            return Ok(None);
+        };
+        let seq = seq.max(0) as u64;
+        let at = Named::partition(&key.entity_type, &key.entity_id, bucket::bucket_of(seq, self.inner.bucket))
+            .big("seq", seq as i64);
+        let stored = self.first_row::<(Option<String>,)>(&self.inner.st.event_key, at).await?;
+        Ok(stored.and_then(|(k,)| k).filter(|k| k == idem).map(|_| seq))
+    }
+
+    /// Records a key ahead of its append (its own partition, so not in the
+    /// append's transaction; `remembered` confirms it against the event).
+    async fn remember(&self, key: &EntityKey, k: &IdempotencyKey, seq: u64) -> Result<(), JournalError> {
+        let ttl = (k.retain_ms / 1000).clamp(1, i32::MAX as i64) as i32;
+        let v = Named::new()
+            .text("entity_type", &key.entity_type)
+            .text("entity_id", &key.entity_id)
+            .text("key", &k.key)
+            .big("seq", seq as i64)
+            .with("ttl", CqlValue::Int(ttl));
+        self.inner.session.execute_unpaged(&self.inner.st.key_put, v).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Commits one append with its feed entries and key: the key checked
+    /// and recorded, the feed entries written, the lease asked, then the
+    /// conditional append; its offsets resolved when the outcome is known.
+    pub(crate) async fn commit_fed(&self, key: &EntityKey, req: AppendRequest) -> Result<(u64, i64), AppendError> {
+        let AppendRequest { expected_seq: expected, events, snapshot, fence, key: idem, lease } = req;
+        if events.is_empty() {
+            return Err(JournalError::Invalid("append of no events".into()).into());
+        }
+        let n = events.len() as u64;
+        if let Some(k) = &idem {
+            if let Some(seq) = self.remembered(key, &k.key).await? {
+                return Err(AppendError::Duplicate { entity: key.to_string(), key: k.key.clone(), seq });
+            }
+            self.remember(key, k, expected + n).await?;
+        }
+        let unit = (key.entity_type.clone(), key.shard(self.inner.shards));
+        let feed = self.unit_feed(unit, fence).await?;
+        let ts = now_ms();
+        let target = bucket::target(expected, self.inner.bucket);
+        let first = self.intend(&feed, key, target, expected + 1, n, ts).await?;
+        // The lease, asked now that the entries are durable: an append sent
+        // after this has its entries where a successor's settle finds them.
+        if lease.as_ref().is_some_and(|l| !l()) {
+            self.resolved(&feed, first, n);
+            let epoch = fence.unwrap_or(feed.epoch());
+            return Err(AppendError::Fenced { entity: key.to_string(), epoch, current: epoch });
+        }
+        let a = Append {
+            expected,
+            events: &events,
+            snapshot: snapshot.as_ref(),
+            fence,
+            ts,
+            first_offset: first,
+            key: idem.as_ref().map(|k| k.key.as_str()),
+        };
+        let r = self.append_inner(key, &a).await;
+        match &r {
+            Err(AppendError::Journal(JournalError::Unavailable(_))) => {
+                self.settle_unknown(feed, key.clone(), target, expected + 1, first, n);
+            }
+            _ => self.resolved(&feed, first, n),
+        }
+        r
+    }
+
     /// Commits one append; returns the partition it went to and its commit time.
-    pub(crate) async fn append_inner(
-        &self,
-        key: &EntityKey,
-        expected: u64,
-        events: &[NewEvent],
-        snapshot: Option<&Snapshot>,
-        fence: Option<u64>,
-    ) -> Result<(u64, i64), AppendError> {
+    pub(crate) async fn append_inner(&self, key: &EntityKey, a: &Append<'_>) -> Result<(u64, i64), AppendError> {
+        let Append { expected, events, snapshot, fence, .. } = *a;
         if events.is_empty() {
             return Err(JournalError::Invalid("append of no events".into()).into());
         }
@@ -160,16 +237,15 @@ impl ScyllaJournal {
             return Err(JournalError::Invalid(format!("snapshot seq {} is past {last}", s.seq)).into());
         }
         let target = bucket::target(expected, self.inner.bucket);
-        let a = Append { expected, events, snapshot, fence, ts: now_ms() };
         let done = Ok((target, a.ts));
         if !self.inner.config.conditional {
-            self.write(key, target, Cond::Plain, &a).await?;
+            self.write(key, target, Cond::Plain, a).await?;
             return done;
         }
         // An unfenced writer's first append creates partition 0; a fenced
         // writer's partition exists already (its fence raise opened it).
         if expected == 0 && fence.is_none() {
-            let (applied, seen) = self.write(key, target, Cond::New, &a).await?;
+            let (applied, seen) = self.write(key, target, Cond::New, a).await?;
             if applied {
                 return done;
             }
@@ -178,7 +254,7 @@ impl ScyllaJournal {
             }
             // Partition 0 was opened empty by a fence raise: append after seq 0.
         }
-        let (applied, seen) = self.write(key, target, Cond::Eq, &a).await?;
+        let (applied, seen) = self.write(key, target, Cond::Eq, a).await?;
         if applied {
             return done;
         }
@@ -195,13 +271,13 @@ impl ScyllaJournal {
         if !self.seal(key, target, expected, fence).await? {
             return Err(self.refusal(key, expected, fence).await);
         }
-        let (applied, seen) = self.write(key, target, Cond::New, &a).await?;
+        let (applied, seen) = self.write(key, target, Cond::New, a).await?;
         if applied {
             return done;
         }
         if fence.is_none() && seen.last_seq == Some(expected as i64) {
             // A fence raise opened it empty since: append after `expected` there.
-            if self.write(key, target, Cond::Eq, &a).await?.0 {
+            if self.write(key, target, Cond::Eq, a).await?.0 {
                 return done;
             }
         }

@@ -7,7 +7,8 @@
 //! policy retries idempotent reads), `conditional` (`true` default; `false` is the documented unsafe fast
 //! mode, see [`ScyllaConfig::conditional`]), `tls` (`true`: connect with
 //! TLS), `tls_ca` (PEM file of the certificate authorities to trust; required
-//! with `tls=true`).
+//! with `tls=true`), `feed_ttl_secs` (how long feed entries are kept,
+//! default 7 days).
 
 use std::time::Duration;
 
@@ -35,6 +36,12 @@ pub struct ScyllaConfig {
     pub conditional: bool,
     /// TLS: the PEM file of trusted certificate authorities (`None`: plain TCP).
     pub tls_ca: Option<std::path::PathBuf>,
+    /// How long feed entries are kept (a TTL on each row).
+    pub feed_ttl: Duration,
+}
+
+fn anyhow_positive(secs: u64) -> Result<(), &'static str> {
+    if secs == 0 { Err("feed_ttl_secs must be at least 1") } else { Ok(()) }
 }
 
 /// A malformed journal URL.
@@ -96,6 +103,7 @@ impl ScyllaConfig {
             timeout: Duration::from_millis(5000),
             conditional: true,
             tls_ca: None,
+            feed_ttl: Duration::from_secs(super::schema::FEED_TTL_SECS as u64),
         };
         let mut tls = false;
         for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -125,6 +133,11 @@ impl ScyllaConfig {
                 "conditional" => c.conditional = v.parse().map_err(|_| err("conditional must be true or false"))?,
                 "tls" => tls = v.parse().map_err(|_| err("tls must be true or false"))?,
                 "tls_ca" => c.tls_ca = Some(std::path::PathBuf::from(v)),
+                "feed_ttl_secs" => {
+                    let secs: u64 = v.parse().map_err(|_| err("feed_ttl_secs must be a number"))?;
+                    anyhow_positive(secs).map_err(&err)?;
+                    c.feed_ttl = Duration::from_secs(secs);
+                }
                 other => return Err(err(&format!("unknown option `{other}`"))),
             }
         }

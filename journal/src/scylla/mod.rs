@@ -47,7 +47,6 @@ mod statements;
 
 use std::collections::HashMap;
 use std::ops::RangeInclusive;
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use scylla::client::session::Session;
@@ -59,7 +58,7 @@ use statements::Statements;
 
 use crate::error::{AppendError, JournalError, OpenError};
 use crate::journal::{EntityStream, EventStream, Journal, ShardStream};
-use crate::types::{AppendAck, AppendRequest, EntityKey, Snapshot};
+use crate::types::{AppendAck, AppendRequest, EntityKey, FeedBounds, Snapshot};
 
 /// Rows per page of every paged read.
 const PAGE: usize = 1024;
@@ -78,7 +77,8 @@ struct Inner {
     shards: u32,
     /// Known head partition per entity (a lower bound: partitions only move forward).
     heads: Mutex<HashMap<EntityKey, u64>>,
-    counter: AtomicU64,
+    /// The feeds this node writes.
+    units: feed::Units,
 }
 
 impl ScyllaJournal {
@@ -129,7 +129,7 @@ impl ScyllaJournal {
                 bucket: bucket.max(1) as u64,
                 shards,
                 heads: Mutex::new(HashMap::new()),
-                counter: AtomicU64::new(0),
+                units: feed::Units::default(),
                 config,
             }),
         })
@@ -172,15 +172,14 @@ impl ScyllaJournal {
 #[async_trait::async_trait]
 impl Journal for ScyllaJournal {
     async fn commit(&self, entity: &EntityKey, request: AppendRequest) -> Result<AppendAck, AppendError> {
-        let AppendRequest { expected_seq, events, snapshot, fence } = request;
-        let (bucket, ts) = self.append_inner(entity, expected_seq, &events, snapshot.as_ref(), fence).await?;
+        let (expected_seq, n) = (request.expected_seq, request.events.len() as u64);
+        let (bucket, ts) = self.commit_fed(entity, request).await?;
         self.learn_head(entity, bucket);
-        // The feed and the entity index are derived views, written after the commit.
-        self.write_feed(entity, bucket, expected_seq + 1, events.len() as u64).await;
+        // The entity index is a derived view, written after the commit.
         if expected_seq == 0 {
             self.index_entity(entity, entity.shard(self.inner.shards) as i32).await;
         }
-        Ok(AppendAck { first_seq: expected_seq + 1, last_seq: expected_seq + events.len() as u64, timestamp_ms: ts })
+        Ok(AppendAck { first_seq: expected_seq + 1, last_seq: expected_seq + n, timestamp_ms: ts })
     }
 
     async fn raise_fence(&self, entity: &EntityKey, epoch: u64) -> Result<(), AppendError> {
@@ -203,8 +202,16 @@ impl Journal for ScyllaJournal {
         self.load_snapshot_inner(entity).await
     }
 
-    fn events_by_shard(&self, shard: u32, after_offset: u64) -> ShardStream {
-        self.feed(shard, after_offset)
+    fn events_by_shard(&self, entity_type: &str, shard: u32, after_offset: u64) -> ShardStream {
+        self.feed(entity_type, shard, after_offset)
+    }
+
+    async fn feed_bounds(&self, entity_type: &str, shard: u32) -> Result<FeedBounds, JournalError> {
+        self.bounds(entity_type, shard).await
+    }
+
+    async fn find_key(&self, entity: &EntityKey, key: &str) -> Result<Option<u64>, JournalError> {
+        self.remembered(entity, key).await
     }
 
     async fn delete_to(&self, entity: &EntityKey, seq: u64) -> Result<(), JournalError> {

@@ -105,17 +105,6 @@ impl ScyllaJournal {
         Ok(out)
     }
 
-    /// One event, if it exists (the feed resolves its references with it).
-    pub(crate) async fn read_one(
-        &self,
-        key: &EntityKey,
-        bucket: u64,
-        seq: u64,
-    ) -> Result<Option<PersistedEvent>, JournalError> {
-        let v = Self::pk(key, bucket).big("seq", seq as i64);
-        Ok(self.first_row::<EventRow>(&self.inner.st.read_one, v).await?.map(to_event))
-    }
-
     /// Events in `range`, walking partitions from the one before `from`'s to the head.
     pub(crate) fn read_events(&self, entity: &EntityKey, range: RangeInclusive<u64>) -> EventStream {
         let me = self.clone();

@@ -14,7 +14,14 @@ use crate::error::JournalError;
 ///   migration: one owner per table).
 /// - 2: the static `fence` of each events partition: the lease epoch a
 ///   writer's conditional appends must carry.
-pub const SCHEMA_VERSION: i32 = 2;
+/// - 3: the feed per (entity type, shard) with owner-assigned offsets
+///   (`feed`, `feed_segments`, each event row's `feed_offset`), and
+///   idempotency keys by time (`idempotency`, each event row's `idem_key`).
+///   The wall-clock feed `events_by_shard` of version 1 is no longer written.
+pub const SCHEMA_VERSION: i32 = 3;
+
+/// Offsets per partition of the `feed` table.
+pub const FEED_BLOCK: u64 = 100_000;
 
 /// Events per partition of the events table, unless the migration chose
 /// another: 100k events of ~200 B is ~20 MB per partition, well under the
@@ -86,6 +93,34 @@ fn migrations(ks: &str) -> Vec<(i32, Vec<String>)> {
         ],
         ),
         (2, vec![format!("ALTER TABLE {ks}.events ADD fence bigint STATIC")]),
+        (
+            3,
+            vec![
+                format!("ALTER TABLE {ks}.events ADD feed_offset bigint"),
+                format!("ALTER TABLE {ks}.events ADD idem_key text"),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {ks}.feed (
+                        entity_type text, shard int, block bigint, offset bigint, epoch bigint,
+                        entity_id text, bucket bigint, seq bigint, ts bigint, void boolean,
+                        PRIMARY KEY ((entity_type, shard, block), offset, epoch)
+                    ) WITH CLUSTERING ORDER BY (offset ASC, epoch ASC)
+                      AND compaction = {{'class': 'TimeWindowCompactionStrategy', 'compaction_window_unit': 'HOURS', 'compaction_window_size': 1}}
+                      AND default_time_to_live = {FEED_TTL_SECS}"
+                ),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {ks}.feed_segments (
+                        entity_type text, shard int, epoch bigint, start bigint, watermark bigint, sealed_end bigint,
+                        PRIMARY KEY ((entity_type, shard), epoch)
+                    ) WITH CLUSTERING ORDER BY (epoch ASC)"
+                ),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {ks}.idempotency (
+                        entity_type text, entity_id text, key text, seq bigint,
+                        PRIMARY KEY ((entity_type, entity_id), key)
+                    )"
+                ),
+            ],
+        ),
     ]
 }
 

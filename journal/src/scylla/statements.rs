@@ -36,11 +36,26 @@ pub(crate) struct Statements {
     pub(crate) statics_of: PreparedStatement,
     pub(crate) snap_of: PreparedStatement,
     pub(crate) read: PreparedStatement,
-    pub(crate) read_one: PreparedStatement,
     pub(crate) save_snapshot: PreparedStatement,
     pub(crate) load_snapshot: PreparedStatement,
-    pub(crate) feed_insert: PreparedStatement,
-    pub(crate) feed_read: PreparedStatement,
+    /// The feed (per entity type and shard, owner-assigned offsets).
+    pub(crate) feed_put: PreparedStatement,
+    pub(crate) feed_void: PreparedStatement,
+    pub(crate) feed_range: PreparedStatement,
+    pub(crate) feed_first: PreparedStatement,
+    pub(crate) segments: PreparedStatement,
+    pub(crate) segment_open: PreparedStatement,
+    pub(crate) segment_watermark: PreparedStatement,
+    pub(crate) segment_seal: PreparedStatement,
+    /// An event's feed offset, read at serial consistency (settles a
+    /// conditional append whose outcome was unknown).
+    pub(crate) event_offset_serial: PreparedStatement,
+    /// An event with its feed offset (the feed's readers check the entry is the event's).
+    pub(crate) read_fed: PreparedStatement,
+    /// Idempotency keys by time.
+    pub(crate) key_get: PreparedStatement,
+    pub(crate) key_put: PreparedStatement,
+    pub(crate) event_key: PreparedStatement,
     pub(crate) index_insert: PreparedStatement,
     pub(crate) index_read: PreparedStatement,
     pub(crate) delete_to: PreparedStatement,
@@ -92,8 +107,9 @@ impl Statements {
                 .await?,
             insert_event: prep(
                 format!(
-                    "INSERT INTO {ks}.events (entity_type, entity_id, bucket, seq, ts, type_name, version, payload, metadata) \
-                     VALUES (:entity_type, :entity_id, :bucket, :seq, :ts, :type_name, :version, :payload, :metadata)"
+                    "INSERT INTO {ks}.events (entity_type, entity_id, bucket, seq, ts, type_name, version, payload, metadata, \
+                     feed_offset, idem_key) VALUES (:entity_type, :entity_id, :bucket, :seq, :ts, :type_name, :version, \
+                     :payload, :metadata, :feed_offset, :idem_key)"
                 ),
                 false,
                 false,
@@ -122,10 +138,6 @@ impl Statements {
                  WHERE {PK} AND seq >= :from_seq AND seq <= :to_seq LIMIT 1024"
             ))
             .await?,
-            read_one: idem(format!(
-                "SELECT seq, ts, type_name, version, payload, metadata FROM {ks}.events WHERE {PK} AND seq = :seq"
-            ))
-            .await?,
             save_snapshot: idem(format!(
                 "INSERT INTO {ks}.snapshots (entity_type, entity_id, seq, version, ts, payload) \
                  VALUES (:entity_type, :entity_id, :seq, :version, :ts, :payload)"
@@ -135,16 +147,68 @@ impl Statements {
                 "SELECT seq, version, ts, payload FROM {ks}.snapshots WHERE entity_type = :entity_type AND entity_id = :entity_id"
             ))
             .await?,
-            feed_insert: idem(format!(
-                "INSERT INTO {ks}.events_by_shard (shard, hour, offset, entity_type, entity_id, bucket, seq) \
-                 VALUES (:shard, :hour, :offset, :entity_type, :entity_id, :bucket, :seq)"
+            feed_put: idem(format!(
+                "INSERT INTO {ks}.feed (entity_type, shard, block, offset, epoch, entity_id, bucket, seq, ts, void) \
+                 VALUES (:entity_type, :shard, :block, :offset, :epoch, :entity_id, :bucket, :seq, :ts, false) USING TTL :ttl"
             ))
             .await?,
-            feed_read: idem(format!(
-                "SELECT offset, entity_type, entity_id, bucket, seq FROM {ks}.events_by_shard \
-                 WHERE shard = :shard AND hour = :hour AND offset > :after LIMIT 1024"
+            feed_void: idem(format!(
+                "UPDATE {ks}.feed USING TTL :ttl SET void = true \
+                 WHERE entity_type = :entity_type AND shard = :shard AND block = :block AND offset = :offset AND epoch = :epoch"
             ))
             .await?,
+            feed_range: idem(format!(
+                "SELECT offset, epoch, entity_id, bucket, seq, void FROM {ks}.feed \
+                 WHERE entity_type = :entity_type AND shard = :shard AND block = :block AND offset > :after AND offset <= :upto \
+                 LIMIT 1024"
+            ))
+            .await?,
+            feed_first: idem(format!(
+                "SELECT offset FROM {ks}.feed WHERE entity_type = :entity_type AND shard = :shard AND block = :block LIMIT 1"
+            ))
+            .await?,
+            segments: idem(format!(
+                "SELECT epoch, start, watermark, sealed_end FROM {ks}.feed_segments \
+                 WHERE entity_type = :entity_type AND shard = :shard"
+            ))
+            .await?,
+            segment_open: idem(format!(
+                "INSERT INTO {ks}.feed_segments (entity_type, shard, epoch, start, watermark) \
+                 VALUES (:entity_type, :shard, :epoch, :start, :watermark)"
+            ))
+            .await?,
+            segment_watermark: idem(format!(
+                "UPDATE {ks}.feed_segments SET watermark = :watermark \
+                 WHERE entity_type = :entity_type AND shard = :shard AND epoch = :epoch"
+            ))
+            .await?,
+            segment_seal: idem(format!(
+                "UPDATE {ks}.feed_segments SET sealed_end = :sealed_end \
+                 WHERE entity_type = :entity_type AND shard = :shard AND epoch = :epoch"
+            ))
+            .await?,
+            event_offset_serial: {
+                let mut p = idem(format!("SELECT feed_offset FROM {ks}.events WHERE {PK} AND seq = :seq")).await?;
+                p.set_consistency(match c.serial_consistency {
+                    scylla::statement::SerialConsistency::Serial => scylla::statement::Consistency::Serial,
+                    scylla::statement::SerialConsistency::LocalSerial => scylla::statement::Consistency::LocalSerial,
+                });
+                p
+            },
+            read_fed: idem(format!(
+                "SELECT seq, ts, type_name, version, payload, metadata, feed_offset FROM {ks}.events WHERE {PK} AND seq = :seq"
+            ))
+            .await?,
+            key_get: idem(format!(
+                "SELECT seq FROM {ks}.idempotency WHERE entity_type = :entity_type AND entity_id = :entity_id AND key = :key"
+            ))
+            .await?,
+            key_put: idem(format!(
+                "INSERT INTO {ks}.idempotency (entity_type, entity_id, key, seq) \
+                 VALUES (:entity_type, :entity_id, :key, :seq) USING TTL :ttl"
+            ))
+            .await?,
+            event_key: idem(format!("SELECT idem_key FROM {ks}.events WHERE {PK} AND seq = :seq")).await?,
             index_insert: idem(format!(
                 "INSERT INTO {ks}.entity_ids (entity_type, shard, entity_id) VALUES (:entity_type, :shard, :entity_id)"
             ))

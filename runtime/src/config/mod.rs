@@ -170,6 +170,13 @@ impl NodeConfig {
                 "autoscaler: need 1 ≤ min_nodes ≤ max_nodes and a positive target_request_concurrency".into(),
             ));
         }
+        for pair in self.limits.idempotency_retention_by_type.split(',').filter(|p| !p.trim().is_empty()) {
+            if pair.split_once('=').is_none_or(|(_, v)| v.trim().parse::<u64>().is_err()) {
+                return Err(ConfigError::Invalid(format!(
+                    "limits.idempotency_retention_by_type: `{pair}` is not TYPE=SECONDS"
+                )));
+            }
+        }
         if self.cluster.lease_ttl_ms < 300 {
             return Err(ConfigError::Invalid(format!(
                 "cluster.lease_ttl_ms must be at least 300, got {}",
@@ -186,6 +193,19 @@ impl NodeConfig {
             ClusterMode::On => self.nats.url.is_some(),
             ClusterMode::Auto => self.nats.url.is_some() && matches!(self.journal.kind, JournalKind::Scylla(_)),
         }
+    }
+
+    /// How long keyed commands of `entity_type` are remembered.
+    pub fn idempotency_retention(&self, entity_type: &str) -> Duration {
+        let secs = self
+            .limits
+            .idempotency_retention_by_type
+            .split(',')
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(t, _)| t.trim() == entity_type)
+            .and_then(|(_, v)| v.trim().parse().ok())
+            .unwrap_or(self.limits.idempotency_retention_secs);
+        Duration::from_secs(secs)
     }
 
     /// The idle timeout.

@@ -149,10 +149,12 @@ section! {
         max_active_entities: usize = 1_000_000, flag "max-active-entities";
         /// Passivate an entity idle this long, seconds.
         idle_timeout_secs: u64 = 300, flag "idle-timeout-secs";
-        /// Idempotency window per entity: most remembered invocations.
+        /// Recent idempotency keys kept in memory per active entity (older ones are looked up in the journal).
         dedup_max_entries: usize = 64, flag "dedup-max-entries";
-        /// Idempotency window per entity: forget invocations older than this, seconds.
-        dedup_max_age_secs: u64 = 24 * 3600, flag "dedup-max-age-secs";
+        /// How long a keyed command's reply is remembered (however many commands come after), seconds.
+        idempotency_retention_secs: u64 = 24 * 3600, flag "idempotency-retention-secs";
+        /// Per entity type retention overrides, `type=secs,type=secs` (e.g. `stock=3600`).
+        idempotency_retention_by_type: String = String::new(), flag "idempotency-retention-by-type";
         /// How long async results are kept, seconds.
         result_ttl_secs: u64 = 24 * 3600, flag "result-ttl-secs";
         /// Largest reply kept inline in a result row, bytes (larger ones keep only their size).

@@ -163,7 +163,11 @@ impl Node {
             metrics: p.metrics.clone(),
             dedup: DedupLimits {
                 max_entries: c.limits.dedup_max_entries,
-                max_age_ms: (c.limits.dedup_max_age_secs as i64).saturating_mul(1000),
+                max_age_ms: (c.limits.idempotency_retention_secs as i64).saturating_mul(1000),
+            },
+            key_retention: {
+                let config = c.clone();
+                Arc::new(move |t: &str| config.idempotency_retention(t))
             },
             entity_queue_limit: c.limits.entity_queue_limit,
             snapshot_every: u64::from(c.journal.snapshot_every),

@@ -226,8 +226,14 @@ mod tests {
         async fn load_snapshot(&self, e: &EntityKey) -> Result<Option<Snapshot>, JournalError> {
             self.inner.load_snapshot(e).await
         }
-        fn events_by_shard(&self, shard: u32, after: u64) -> ShardStream {
-            self.inner.events_by_shard(shard, after)
+        fn events_by_shard(&self, t: &str, shard: u32, after: u64) -> ShardStream {
+            self.inner.events_by_shard(t, shard, after)
+        }
+        async fn feed_bounds(&self, t: &str, shard: u32) -> Result<tessera_journal::FeedBounds, JournalError> {
+            self.inner.feed_bounds(t, shard).await
+        }
+        async fn find_key(&self, e: &EntityKey, key: &str) -> Result<Option<u64>, JournalError> {
+            self.inner.find_key(e, key).await
         }
         async fn delete_to(&self, e: &EntityKey, seq: u64) -> Result<(), JournalError> {
             self.inner.delete_to(e, seq).await

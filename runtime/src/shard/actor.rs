@@ -8,8 +8,12 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::Instrument;
 
+use futures::TryStreamExt;
+use tessera_journal::{AppendError, EntityKey};
+
 use super::machine::{Io, Machine, Work};
-use super::{ShardContext, ShardMsg, activation};
+use super::{Committed, ShardContext, ShardMsg, activation};
+use crate::envelope::EventMeta;
 use crate::error::InvokeError;
 use crate::now_ms;
 
@@ -117,8 +121,21 @@ fn run(io: Io, me: &ActorRef<ShardMsg>, ctx: &Arc<ShardContext>, shard: u32) {
                         let _ = me.send_message(ShardMsg::Appended { key, incarnation, result: Err(e) });
                         return;
                     }
+                    let request = match (&ctx.fence, epoch) {
+                        // The lease, asked again by the journal right before
+                        // the commit is sent (after what it writes ahead of it).
+                        (Some(f), Some(e)) => {
+                            let (f, t) = (f.clone(), key.entity_type.clone());
+                            request.with_lease(Arc::new(move || f.fence(&t, shard) == Some(e)))
+                        }
+                        _ => request,
+                    };
                     ctx.metrics.journal_in_flight.inc();
-                    let result = ctx.journal.commit(&key, request).await.map_err(InvokeError::from);
+                    let result = match ctx.journal.commit(&key, request).await {
+                        Ok(ack) => Ok(Committed::Appended(ack)),
+                        Err(AppendError::Duplicate { seq, .. }) => remembered(&ctx, &key, seq).await,
+                        Err(e) => Err(InvokeError::from(e)),
+                    };
                     ctx.metrics.journal_in_flight.dec();
                     let _ = me.send_message(ShardMsg::Appended { key, incarnation, result });
                 }
@@ -133,5 +150,18 @@ fn run(io: Io, me: &ActorRef<ShardMsg>, ctx: &Arc<ShardContext>, shard: u32) {
                 }
             });
         }
+    }
+}
+
+/// The reply of the append that committed a key at `seq` (the last event
+/// of that append carries it in its metadata).
+async fn remembered(ctx: &ShardContext, key: &EntityKey, seq: u64) -> Result<Committed, InvokeError> {
+    let events: Vec<_> = ctx.journal.read(key, seq..=seq).try_collect().await?;
+    let reply = events.first().and_then(|e| EventMeta::decode(&e.metadata).reply);
+    match reply {
+        Some(reply) => Ok(Committed::Remembered { seq, reply }),
+        None => Err(InvokeError::Internal(format!(
+            "{key}: the idempotency key was committed at seq {seq}, but that event holds no reply"
+        ))),
     }
 }

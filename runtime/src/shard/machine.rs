@@ -17,12 +17,12 @@ use std::sync::Arc;
 
 use ractor::RpcReplyPort;
 use tessera_entities::{DynEntity, DynState};
-use tessera_journal::{AppendAck, AppendRequest, EntityKey, Snapshot};
+use tessera_journal::{AppendRequest, EntityKey, Snapshot};
 
 use super::activation::{self, Rebuilt};
 use super::dedup::DedupWindow;
 use super::step::{self, Decision, Lease, Record};
-use super::{CommandReply, CommandRequest, ShardContext, StateRequest, StateView};
+use super::{CommandReply, CommandRequest, Committed, ShardContext, StateRequest, StateView};
 use crate::envelope::{DedupEntry, SNAPSHOT_FORMAT};
 use crate::error::InvokeError;
 
@@ -261,7 +261,8 @@ impl Machine {
             let CommandRequest { command, invocation_id, retryable, span, reply: port, .. } = c;
             let cmd = step::Command { command, invocation_id: invocation_id.clone(), retryable };
             let node_id = self.ctx.node_id.as_deref();
-            match step::decide(&record, cmd, now_ms, lease, node_id, self.ctx.dedup) {
+            let retain = (self.ctx.key_retention)(&key.entity_type);
+            match step::decide(&record, cmd, now_ms, lease, node_id, self.ctx.dedup, retain) {
                 Decision::Remembered(r) => {
                     tracing::debug!(invocation = %r.invocation_id, seq = r.seq, "answered from the idempotency window");
                     let _ = port.send(Ok(r));
@@ -304,7 +305,7 @@ impl Machine {
         &mut self,
         key: EntityKey,
         incarnation: u64,
-        result: Result<AppendAck, InvokeError>,
+        result: Result<Committed, InvokeError>,
         now_ms: i64,
     ) {
         let Some(slot) = self.slots.get_mut(&key).filter(|s| s.incarnation == incarnation) else { return };
@@ -312,7 +313,17 @@ impl Machine {
         let InFlight { typed, reply, port, invocation_id, retryable, events, span } = *f;
         let _guard = span.enter();
         let ack = match result {
-            Ok(ack) => ack,
+            Ok(Committed::Appended(ack)) => ack,
+            Ok(Committed::Remembered { seq, reply }) => {
+                // A retry the journal remembered: the original reply, nothing applied.
+                tracing::debug!(invocation = %invocation_id, seq, "answered from the journal's idempotency index");
+                let entry = DedupEntry { id: invocation_id.clone(), seq, at_ms: now_ms, reply: reply.clone() };
+                slot.dedup.get_or_insert_with(Box::default).insert(entry, self.ctx.dedup);
+                let _ = port.send(Ok(CommandReply { reply, seq, invocation_id, deduplicated: true }));
+                drop(_guard);
+                self.drain(&key, None, now_ms);
+                return;
+            }
             Err(e) => {
                 // Correct whether or not the failed write landed: the entity
                 // is rebuilt from what the journal holds.

@@ -61,6 +61,8 @@ pub(crate) struct ShardContext {
     pub(crate) journal: Arc<dyn Journal>,
     pub(crate) metrics: Metrics,
     pub(crate) dedup: DedupLimits,
+    /// How long keyed commands are remembered in the journal, per entity type.
+    pub(crate) key_retention: Arc<dyn Fn(&str) -> Duration + Send + Sync>,
     pub(crate) entity_queue_limit: usize,
     pub(crate) snapshot_every: u64,
     pub(crate) idle_timeout: Duration,
@@ -89,6 +91,16 @@ pub(crate) struct StateRequest {
     pub(crate) reply: RpcReplyPort<Result<StateView, InvokeError>>,
 }
 
+/// What became of an append.
+pub(crate) enum Committed {
+    /// The events are durable.
+    Appended(AppendAck),
+    /// The journal already held this idempotency key (a retry that arrived
+    /// after the in-memory window forgot it): nothing was written; this is
+    /// the original reply, at the seq of the original append.
+    Remembered { seq: u64, reply: Vec<u8> },
+}
+
 /// Messages of a shard actor.
 pub(crate) enum ShardMsg {
     Command(CommandRequest),
@@ -101,7 +113,7 @@ pub(crate) enum ShardMsg {
     Appended {
         key: EntityKey,
         incarnation: u64,
-        result: Result<AppendAck, InvokeError>,
+        result: Result<Committed, InvokeError>,
     },
     /// This node is handing off (or lost) an entity type's slice of the
     /// shard: refuse its new commands, passivate its idle entities (all of

@@ -74,6 +74,8 @@ pub(crate) enum Decision {
 }
 
 /// Decides one command.
+/// `key_retention`: how long the journal remembers the command's
+/// idempotency key (when the caller gave one).
 pub(crate) fn decide(
     r: &Record<'_>,
     c: Command,
@@ -81,6 +83,7 @@ pub(crate) fn decide(
     lease: Lease,
     node_id: Option<&str>,
     limits: DedupLimits,
+    key_retention: std::time::Duration,
 ) -> Decision {
     if c.retryable
         && let Some(hit) = r.dedup.and_then(|d| d.get(&c.invocation_id, now_ms, limits))
@@ -134,7 +137,12 @@ pub(crate) fn decide(
             metadata: if i + 1 == n { last_meta.clone() } else { meta.clone() },
         })
         .collect();
-    let request = AppendRequest::new(r.seq, events).with_fence(r.fence);
+    let mut request = AppendRequest::new(r.seq, events).with_fence(r.fence);
+    if c.retryable {
+        // The journal refuses the key if the entity committed it before,
+        // however long ago within the retention (`Duplicate`), and records it.
+        request = request.with_key(c.invocation_id.clone(), key_retention);
+    }
     Decision::Append(request, Pending { typed: effect.typed, reply: effect.reply, events: n as u64, epoch })
 }
 

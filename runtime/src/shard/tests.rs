@@ -59,6 +59,7 @@ fn tally() -> Arc<dyn DynEntity> {
 }
 
 const LIMITS: DedupLimits = DedupLimits { max_entries: 64, max_age_ms: 60_000 };
+const DAY: Duration = Duration::from_secs(86_400);
 const NOW: i64 = 1_000_000;
 
 fn cmd(name: &str, key: Option<&str>) -> step::Command {
@@ -121,14 +122,14 @@ fn decisions_for_one_command() {
         ),
     ];
     for (name, c, lease, check) in cases {
-        let d = step::decide(&record, c, NOW, lease, Some("n1"), LIMITS);
+        let d = step::decide(&record, c, NOW, lease, Some("n1"), LIMITS, DAY);
         assert!(check(&d), "{name}");
     }
     // A remembered key past the window's age runs again.
     let mut aged = DedupWindow::default();
     aged.insert(DedupEntry { id: "old".into(), seq: 1, at_ms: NOW - 120_000, reply: vec![] }, LIMITS);
     let r = Record { dedup: Some(&aged), ..record };
-    assert!(matches!(step::decide(&r, cmd("add", Some("old")), NOW, held, None, LIMITS), Decision::Append(..)));
+    assert!(matches!(step::decide(&r, cmd("add", Some("old")), NOW, held, None, LIMITS, DAY), Decision::Append(..)));
 }
 
 #[test]
@@ -137,10 +138,15 @@ fn an_append_carries_the_fence_the_epoch_and_the_reply_to_remember() {
     let state = entity.initial_state();
     let record = Record { key: &key, entity: &entity, state: &state, seq: 9, dedup: None, fence: Some(5) };
     let Decision::Append(req, pending) =
-        step::decide(&record, cmd("add", Some("k")), NOW, Lease::Held(6), Some("n1"), LIMITS)
+        step::decide(&record, cmd("add", Some("k")), NOW, Lease::Held(6), Some("n1"), LIMITS, DAY)
     else {
         panic!("an append")
     };
+    assert_eq!(
+        req.key.as_ref().map(|k| (k.key.as_str(), k.retain_ms)),
+        Some(("k", 86_400_000)),
+        "the key goes to the journal"
+    );
     assert_eq!((req.expected_seq, req.fence, req.events.len()), (9, Some(5), 1), "fenced with the activation epoch");
     assert_eq!(pending.epoch, Some(6), "checked against the lease epoch right before the commit");
     let meta = EventMeta::decode(&req.events[0].metadata);
@@ -176,6 +182,7 @@ fn machine(
         journal: Arc::new(MemoryJournal::default()),
         metrics: Metrics::new(),
         dedup: LIMITS,
+        key_retention: Arc::new(|_| DAY),
         entity_queue_limit: queue_limit,
         snapshot_every,
         idle_timeout: Duration::from_secs(60),
@@ -224,8 +231,8 @@ fn activate(m: &mut Machine, id: &str, seq: u64) -> u64 {
     inc
 }
 
-fn ack(seq: u64) -> Result<AppendAck, InvokeError> {
-    Ok(AppendAck { first_seq: seq, last_seq: seq, timestamp_ms: NOW })
+fn ack(seq: u64) -> Result<super::Committed, InvokeError> {
+    Ok(super::Committed::Appended(AppendAck { first_seq: seq, last_seq: seq, timestamp_ms: NOW }))
 }
 
 fn appends(io: &[Io]) -> Vec<(u64, u64)> {

@@ -39,6 +39,14 @@ impl Subjects {
     pub fn dead_letter(&self, function: &str) -> String {
         format!("{}.dlq.{function}", self.prefix)
     }
+    /// `{p}.events.{type}.{shard}`: the events the JetStream sink publishes.
+    pub fn events(&self, entity_type: &str, shard: u32) -> String {
+        format!("{}.events.{entity_type}.{shard}", self.prefix)
+    }
+    /// The stream of published events.
+    pub fn events_stream(&self) -> String {
+        format!("{}_EVENTS", self.stream_base())
+    }
     /// The stream of async invocations.
     pub fn invoke_stream(&self) -> String {
         format!("{}_INVOKE", self.stream_base())
