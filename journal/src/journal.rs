@@ -96,6 +96,15 @@ pub trait Journal: Send + Sync + 'static {
     /// The extent of a feed: what retention removed, and the last committed offset.
     async fn feed_bounds(&self, entity_type: &str, shard: u32) -> Result<FeedBounds, JournalError>;
 
+    /// The lease of the unit was acquired under `epoch`: settle what earlier
+    /// owners left unresolved in its feed, so that every committed event
+    /// becomes visible without waiting for the new owner's first append
+    /// (Scylla); a no-op where offsets are final at commit (local, memory).
+    async fn open_feed(&self, entity_type: &str, shard: u32, epoch: u64) -> Result<(), JournalError> {
+        let _ = (entity_type, shard, epoch);
+        Ok(())
+    }
+
     /// The seq at which the entity committed idempotency key `key` (the last
     /// event of that append), if it is still remembered.
     async fn find_key(&self, entity: &EntityKey, key: &str) -> Result<Option<u64>, JournalError>;

@@ -36,6 +36,10 @@ pub use local::{Durability, LocalJournal};
 pub use memory::MemoryJournal;
 pub use scylla::ScyllaJournal;
 pub use shard::{DEFAULT_SHARDS, shard_of, token};
+
+/// Entity types the runtime keeps for itself (e.g. projection checkpoints)
+/// start with this; the Scylla journal writes no feed for them.
+pub const INTERNAL_TYPE_PREFIX: &str = "tessera.";
 pub use types::{
     AppendAck, AppendRequest, EntityInfo, EntityKey, FeedBounds, IdempotencyKey, LeaseCheck, NewEvent, PersistedEvent,
     ShardEvent, Snapshot,

@@ -64,13 +64,27 @@ pub enum InvokeError {
     /// Anything else (500).
     #[error("internal error: {0}")]
     Internal(String),
+    /// A feed read below what the retention kept.
+    #[error("feed expired: {0}")]
+    FeedExpired(String),
+    /// An offset past the end of a feed.
+    #[error("out of range: {0}")]
+    OutOfRange(String),
+    /// No projection of that name on the node.
+    #[error("unknown projection `{0}`")]
+    UnknownProjection(String),
 }
 
 impl InvokeError {
     /// The HTTP status code.
     pub fn status(&self) -> u16 {
         match self {
-            Self::UnknownEntityType(_) | Self::UnknownCommand(_) | Self::UnknownFunction(_) => 404,
+            Self::UnknownEntityType(_)
+            | Self::UnknownCommand(_)
+            | Self::UnknownFunction(_)
+            | Self::UnknownProjection(_) => 404,
+            Self::FeedExpired(_) => 410,
+            Self::OutOfRange(_) => 416,
             Self::Malformed(_) => 400,
             Self::UnsupportedMediaType(_) => 415,
             Self::TooLarge { .. } => 413,
@@ -101,6 +115,9 @@ impl InvokeError {
             Self::HandlerPanicked(_) => "handler_panicked",
             Self::Replay(_) => "replay_failed",
             Self::Internal(_) => "internal",
+            Self::FeedExpired(_) => "feed_expired",
+            Self::OutOfRange(_) => "out_of_range",
+            Self::UnknownProjection(_) => "unknown_projection",
         }
     }
 
@@ -125,7 +142,10 @@ impl InvokeError {
             | Self::Timeout(s)
             | Self::HandlerPanicked(s)
             | Self::Replay(s)
-            | Self::Internal(s) => s.clone(),
+            | Self::Internal(s)
+            | Self::FeedExpired(s)
+            | Self::OutOfRange(s)
+            | Self::UnknownProjection(s) => s.clone(),
             Self::TooLarge { limit } => limit.to_string(),
             Self::Rejected(r) => r.message.clone(),
         }
@@ -173,6 +193,9 @@ impl InvokeError {
             (_, "handler_panicked") => Self::HandlerPanicked(detail),
             (_, "replay_failed") => Self::Replay(detail),
             (_, "internal") => Self::Internal(detail),
+            (_, "feed_expired") => Self::FeedExpired(detail),
+            (_, "out_of_range") => Self::OutOfRange(detail),
+            (_, "unknown_projection") => Self::UnknownProjection(detail),
             (503, _) => Self::Unavailable(detail),
             (504, _) => Self::Timeout(detail),
             _ => Self::Internal(format!("status {status}: {}", e.message)),
@@ -203,6 +226,7 @@ impl From<JournalError> for InvokeError {
     fn from(e: JournalError) -> Self {
         match e {
             JournalError::Corrupt { .. } => Self::Replay(e.to_string()),
+            JournalError::FeedExpired { .. } => Self::FeedExpired(e.to_string()),
             _ => Self::Unavailable(e.to_string()),
         }
     }
@@ -243,6 +267,9 @@ mod tests {
             InvokeError::Timeout("slow".into()),
             InvokeError::Replay("stock/a: bad".into()),
             InvokeError::Internal("oops".into()),
+            InvokeError::FeedExpired("stock/3: offsets up to 9 expired".into()),
+            InvokeError::OutOfRange("offset 99 is past the end".into()),
+            InvokeError::UnknownProjection("nope".into()),
         ] {
             let back = InvokeError::from_body(e.status(), &e.to_body());
             assert_eq!(back, e);

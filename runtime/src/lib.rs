@@ -28,6 +28,7 @@ pub mod inspect;
 pub mod metrics;
 pub mod nats;
 mod node;
+pub mod projection;
 pub mod results;
 mod server;
 mod shard;

@@ -61,6 +61,16 @@ pub struct Metrics {
     pub autoscaler_target_nodes: IntGauge,
     /// Scaling decisions, by direction.
     pub autoscaler_decisions: IntCounterVec,
+    /// Events a projection is behind its unit's feed, by projection, entity type and shard.
+    pub projection_lag: IntGaugeVec,
+    /// A projection's checkpoint (feed offset) per unit.
+    pub projection_checkpoint: IntGaugeVec,
+    /// Events handled by a projection.
+    pub projection_events: IntCounterVec,
+    /// Failed batches and feed reads of a projection.
+    pub projection_errors: IntCounterVec,
+    /// Seconds from an event's commit to its handling by a projection.
+    pub projection_delay: HistogramVec,
 }
 
 fn latency_buckets() -> Vec<f64> {
@@ -141,8 +151,32 @@ impl Metrics {
         let autoscaler_decisions =
             IntCounterVec::new(Opts::new("tessera_autoscaler_decisions_total", "Scaling decisions"), &["direction"])
                 .expect("metric");
+        let unit_gauge = |n: &str, h: &str| {
+            IntGaugeVec::new(Opts::new(n, h), &["projection", "entity_type", "shard"]).expect("metric")
+        };
+        let projection_lag = unit_gauge("tessera_projection_lag", "Events a projection is behind its unit's feed");
+        let projection_checkpoint = unit_gauge("tessera_projection_checkpoint", "A projection's checkpoint per unit");
+        let projection_events =
+            IntCounterVec::new(Opts::new("tessera_projection_events_total", "Events handled"), &["projection"])
+                .expect("metric");
+        let projection_errors = IntCounterVec::new(
+            Opts::new("tessera_projection_errors_total", "Failed batches and feed reads"),
+            &["projection"],
+        )
+        .expect("metric");
+        let projection_delay = HistogramVec::new(
+            HistogramOpts::new("tessera_projection_delay_seconds", "Commit to projection handling")
+                .buckets(latency_buckets()),
+            &["projection"],
+        )
+        .expect("metric");
         for c in [
             Box::new(cluster_leases.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(projection_lag.clone()),
+            Box::new(projection_checkpoint.clone()),
+            Box::new(projection_events.clone()),
+            Box::new(projection_errors.clone()),
+            Box::new(projection_delay.clone()),
             Box::new(request_rate.clone()),
             Box::new(autoscaler_leader.clone()),
             Box::new(autoscaler_target_nodes.clone()),
@@ -197,6 +231,11 @@ impl Metrics {
             autoscaler_leader,
             autoscaler_target_nodes,
             autoscaler_decisions,
+            projection_lag,
+            projection_checkpoint,
+            projection_events,
+            projection_errors,
+            projection_delay,
         }
     }
 

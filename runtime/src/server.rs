@@ -27,9 +27,10 @@ use crate::config::{ConfigError, JournalKind, NodeConfig};
 use crate::executor::{ExecutorSettings, Executors};
 use crate::http::HttpServer;
 use crate::metrics::Metrics;
-use crate::nats::{JetStreamQueue, NatsError, NatsForwarder, NatsIngress, NatsLink, NatsShardHost};
+use crate::nats::{JetStreamQueue, JetStreamSink, NatsError, NatsForwarder, NatsIngress, NatsLink, NatsShardHost};
 use crate::node::{CallQueue, Forwarder, LocalQueue, Node, NodeParts, new_invocation_id};
 use crate::now_ms;
+use crate::projection::Projection;
 use crate::results::{LocalResultStore, MemoryResultStore, ResultStore, ResultStoreError, ScyllaResultStore};
 
 /// Wraps the journal a node opens (e.g. to observe or delay its calls in
@@ -92,6 +93,7 @@ pub struct NodeBuilder {
     results: Option<Arc<dyn ResultStore>>,
     results_layer: Option<ResultsLayer>,
     scaler: Option<Arc<dyn Scaler>>,
+    projections: Vec<Arc<dyn Projection>>,
 }
 
 impl NodeBuilder {
@@ -105,6 +107,7 @@ impl NodeBuilder {
             results: None,
             results_layer: None,
             scaler: None,
+            projections: Vec::new(),
         }
     }
     /// Replaces the configuration.
@@ -131,6 +134,11 @@ impl NodeBuilder {
     /// Wraps the result store the node uses in `layer`.
     pub fn results_layer(mut self, layer: ResultsLayer) -> Self {
         self.results_layer = Some(layer);
+        self
+    }
+    /// Runs `projection` on the units this node owns (see [`crate::projection`]).
+    pub fn projection(mut self, projection: Arc<dyn Projection>) -> Self {
+        self.projections.push(projection);
         self
     }
     /// Uses this scaler for the autoscaler instead of the one the config names.
@@ -191,6 +199,21 @@ impl NodeBuilder {
                 Arc::new(q)
             }
         };
+        let mut projections = self.projections;
+        let sink_types = config.jetstream_types();
+        if !sink_types.is_empty() {
+            let Some(link) = &nats else {
+                return Err(ConfigError::Invalid("projections.jetstream_types needs NATS (--nats)".into()).into());
+            };
+            let format = config.jetstream_format().unwrap_or(Format::Json);
+            let max_age = Duration::from_secs(config.projections.jetstream_max_age_secs);
+            projections.push(Arc::new(JetStreamSink::new(link.clone(), sink_types, format, max_age).await?));
+        }
+        let mut names: Vec<&str> = projections.iter().map(|p| p.name()).collect();
+        names.sort_unstable();
+        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+            return Err(ConfigError::Invalid(format!("two projections are called `{}`", w[0])).into());
+        }
         let scaler = make_scaler(self.scaler, &config)?;
         if scaler.is_some() && !clustered {
             tracing::warn!("an autoscaler needs a cluster (NATS and a shared journal); it will not run");
@@ -206,6 +229,7 @@ impl NodeBuilder {
             node_id: node_id.clone(),
             forwarder,
             queue,
+            projections,
         };
         let node = Node::start(parts).await.map_err(NodeError::Spawn)?;
         let c = node.config();
@@ -274,6 +298,7 @@ async fn open_journal(
                 .shards(config.journal.shards)
                 .durability(config.journal.durability)
                 .max_batch(config.journal.max_commit_batch)
+                .feed_retention(Duration::from_secs(config.journal.feed_retention_secs))
                 .on_commit(move |n, d| {
                     batch.observe(n as f64);
                     latency.observe(d.as_secs_f64());

@@ -140,6 +140,28 @@ pub fn registry() -> Registry {
         .expect("valid registry")
 }
 
+/// Events per unit of the test registry's entity types, kept with the
+/// checkpoint: every committed event counted exactly once.
+pub struct EventCount;
+
+impl tessera_runtime::projection::View for EventCount {
+    type State = u64;
+    fn name(&self) -> &str {
+        "event-count"
+    }
+    fn entity_types(&self) -> Vec<String> {
+        vec!["flaky".into(), "stock".into()]
+    }
+    fn apply(&self, state: &mut u64, _: &tessera_runtime::projection::FeedEvent) {
+        *state += 1;
+    }
+}
+
+/// The projections the test node runs when `TESSERA_TEST_PROJECTIONS` is set.
+pub fn projections() -> Vec<std::sync::Arc<dyn tessera_runtime::projection::Projection>> {
+    vec![tessera_runtime::projection::view(EventCount)]
+}
+
 /// A result-store layer for fault tests: the process aborts right after a
 /// final row was stored, as a crash between storing an async call's result
 /// and acknowledging its message would.
@@ -257,6 +279,9 @@ impl tessera_journal::Journal for StallingJournal {
         shard: u32,
     ) -> Result<tessera_journal::FeedBounds, tessera_journal::JournalError> {
         self.inner.feed_bounds(entity_type, shard).await
+    }
+    async fn open_feed(&self, entity_type: &str, shard: u32, epoch: u64) -> Result<(), tessera_journal::JournalError> {
+        self.inner.open_feed(entity_type, shard, epoch).await
     }
     async fn find_key(
         &self,

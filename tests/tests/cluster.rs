@@ -24,9 +24,12 @@ async fn failover_join_and_graceful_leave_lose_nothing() {
     let _serial = SERIAL.lock().await;
     let c = Cluster::new().await;
     let nats = nats_url();
-    let n1 = c.start("n1", &nats, &[]).await;
-    let n2 = c.start("n2", &nats, &[]).await;
-    let n3 = c.start("n3", &nats, &[]).await;
+    // Every node runs the exactly-once event count (a projection whose
+    // state is kept with its checkpoints): checked against the journal below.
+    let env = [("TESSERA_TEST_PROJECTIONS", "1")];
+    let n1 = c.start_with_env("n1", &nats, &[], &env).await;
+    let n2 = c.start_with_env("n2", &nats, &[], &env).await;
+    let n3 = c.start_with_env("n3", &nats, &[], &env).await;
     c.wait_even(&["n1", "n2", "n3"], Duration::from_secs(30)).await;
     let (spread, _) = c.spread(&["n1", "n2", "n3"]).await;
     assert!(spread.values().all(|n| (10..=11).contains(n)), "32 shards spread evenly: {spread:?}");
@@ -83,7 +86,7 @@ async fn failover_join_and_graceful_leave_lose_nothing() {
 
     // A fourth node joins: shards move to it in capped rounds, load goes on.
     let joined = Instant::now();
-    let n4 = c.start("n4", &nats, &[]).await;
+    let n4 = c.start_with_env("n4", &nats, &[], &env).await;
     let mut max_in_progress = 0;
     let mut first_seen = None;
     loop {
@@ -132,6 +135,34 @@ async fn failover_join_and_graceful_leave_lose_nothing() {
     let checked = verify_journal(&n2.base, &load).await;
     assert_eq!(checked, load.acked.lock().map(|a| a.len()).unwrap_or(0));
     eprintln!("verified {checked} acknowledged commands in the journal");
+
+    // The projection followed the feed through the kill -9, the join and the
+    // leave: its count equals the journal's, never more.
+    let mut in_journal = 0u64;
+    for e in 0..ENTITIES {
+        in_journal += all_events(&n2.base, &format!("e{e}")).await.len() as u64;
+    }
+    let journal: Arc<dyn tessera_journal::Journal> =
+        Arc::new(tessera_journal::ScyllaJournal::connect(&c.journal, SHARDS).await.expect("journal"));
+    let counted_started = Instant::now();
+    let counted = loop {
+        let mut counted = 0u64;
+        for shard in 0..SHARDS {
+            let s = tessera_runtime::projection::view_state::<u64>(journal.clone(), "event-count", "flaky", shard);
+            counted += s.await.expect("view state").unwrap_or(0);
+        }
+        assert!(counted <= in_journal, "the projection counted {counted} of {in_journal} events: some twice");
+        if counted == in_journal || counted_started.elapsed() > Duration::from_secs(60) {
+            break counted;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    report(
+        "projection",
+        json!({"events": in_journal, "counted": counted,
+        "caught_up_ms": counted_started.elapsed().as_millis() as u64}),
+    );
+    assert_eq!(counted, in_journal, "the exactly-once count equals the journal");
     n2.kill().await;
     n4.kill().await;
 }

@@ -188,6 +188,19 @@ impl ScyllaJournal {
             }
             self.remember(key, k, expected + n).await?;
         }
+        if key.entity_type.starts_with(crate::INTERNAL_TYPE_PREFIX) {
+            // Runtime bookkeeping (e.g. projection checkpoints): no feed.
+            let a = Append {
+                expected,
+                events: &events,
+                snapshot: snapshot.as_ref(),
+                fence,
+                ts: now_ms(),
+                first_offset: 0,
+                key: idem.as_ref().map(|k| k.key.as_str()),
+            };
+            return self.append_inner(key, &a).await;
+        }
         let unit = (key.entity_type.clone(), key.shard(self.inner.shards));
         let feed = self.unit_feed(unit, fence).await?;
         let ts = now_ms();

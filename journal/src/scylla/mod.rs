@@ -210,6 +210,15 @@ impl Journal for ScyllaJournal {
         self.bounds(entity_type, shard).await
     }
 
+    async fn open_feed(&self, entity_type: &str, shard: u32, epoch: u64) -> Result<(), JournalError> {
+        match self.unit_feed((entity_type.to_owned(), shard), Some(epoch)).await {
+            // A newer owner opened it already: nothing left for us to settle.
+            Ok(_) | Err(AppendError::Fenced { .. }) => Ok(()),
+            Err(AppendError::Journal(e)) => Err(e),
+            Err(e) => Err(JournalError::Invalid(e.to_string())),
+        }
+    }
+
     async fn find_key(&self, entity: &EntityKey, key: &str) -> Result<Option<u64>, JournalError> {
         self.remembered(entity, key).await
     }

@@ -1,5 +1,5 @@
 //! The command line every node binary shares: `serve`, `send`, `call`,
-//! `journal ...`, `cluster ...` and `bench`. The `tessera` binary runs it with an empty
+//! `journal ...`, `cluster ...`, `feed tail`, `projection ...` and `bench`. The `tessera` binary runs it with an empty
 //! registry; an application binary (e.g. `inventory`) runs it with its own,
 //! so `journal state` can replay through the real entity types.
 //!
@@ -7,6 +7,7 @@
 
 mod autoscaler;
 mod cluster;
+mod feed;
 mod journal;
 mod result_store;
 mod send;
@@ -17,6 +18,7 @@ use tessera_entities::Registry;
 
 pub use autoscaler::{AutoscalerCmd, SimulateArgs};
 pub use cluster::{ClusterCmd, ClusterConn};
+pub use feed::{FeedCmd, ProjectionCmd};
 pub use journal::{JournalCmd, Source};
 pub use result_store::ResultStoreArgs;
 pub use send::{CallArgs, SendArgs};
@@ -45,6 +47,12 @@ pub enum Command {
     /// The autoscaler's policy offline: `simulate --trace FILE...`.
     #[command(subcommand)]
     Autoscaler(AutoscalerCmd),
+    /// Follow the shard feed through a node: `tail`.
+    #[command(subcommand)]
+    Feed(FeedCmd),
+    /// Projections through a node: `list`, `status`, `rewind`, `reset`.
+    #[command(subcommand)]
+    Projection(ProjectionCmd),
 }
 
 /// Runs a shared subcommand.
@@ -84,6 +92,8 @@ pub struct Layers {
     pub journal: Option<crate::JournalLayer>,
     /// Around the result store.
     pub results: Option<crate::ResultsLayer>,
+    /// Projections the node runs.
+    pub projections: Vec<std::sync::Arc<dyn crate::projection::Projection>>,
 }
 
 /// Runs a shared subcommand; `serve` wraps its stores in `layers`.
@@ -97,6 +107,8 @@ pub async fn run_with(cmd: Command, registry: Registry, layers: Layers) -> anyho
         Command::ResultStore(a) => result_store::run(a).await,
         Command::Cluster(c) => cluster::run(c).await,
         Command::Autoscaler(c) => autoscaler::run(c),
+        Command::Feed(c) => feed::feed(c).await,
+        Command::Projection(c) => feed::projection(c).await,
     }
 }
 

@@ -123,6 +123,9 @@ pub(crate) async fn run(args: ServeArgs, registry: Registry, layers: super::Laye
     if let Some(layer) = layers.results {
         builder = builder.results_layer(layer);
     }
+    for p in layers.projections {
+        builder = builder.projection(p);
+    }
     let node = builder.build().await.context("starting the node")?;
     let addr = node.http_addr().map(|a| a.to_string()).unwrap_or_else(|| "-".into());
     let types: Vec<_> = registry.entities().map(|e| e.type_name()).collect();

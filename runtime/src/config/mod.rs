@@ -28,7 +28,7 @@ pub use kinds::{AutoscalerKind, ClusterMode, JournalKind};
 pub use knob::{Knob, Source};
 pub use sections::{
     AutoscalerSection, ClusterSection, ExecutorsSection, HttpSection, JournalSection, LimitsSection, NatsSection,
-    ObservabilitySection,
+    ObservabilitySection, ProjectionsSection,
 };
 
 /// Everything a node can be configured with.
@@ -51,6 +51,8 @@ pub struct NodeConfig {
     pub limits: LimitsSection,
     /// Logs.
     pub observability: ObservabilitySection,
+    /// Projections and the JetStream sink.
+    pub projections: ProjectionsSection,
 }
 
 /// Why a configuration is unusable.
@@ -102,6 +104,7 @@ impl NodeConfig {
             ExecutorsSection::KNOBS,
             LimitsSection::KNOBS,
             ObservabilitySection::KNOBS,
+            ProjectionsSection::KNOBS,
         ]
         .into_iter()
         .flatten()
@@ -130,6 +133,7 @@ impl NodeConfig {
             "executors" => self.executors.set(field, raw),
             "limits" => self.limits.set(field, raw),
             "observability" => self.observability.set(field, raw),
+            "projections" => self.projections.set(field, raw),
             other => Err(format!("no section [{other}]")),
         }
     }
@@ -177,6 +181,17 @@ impl NodeConfig {
                 )));
             }
         }
+        if self.projections.batch == 0 || self.journal.feed_retention_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "projections.batch and journal.feed_retention_secs must be positive".into(),
+            ));
+        }
+        if self.jetstream_format().is_none() {
+            return Err(ConfigError::Invalid(format!(
+                "projections.jetstream_format must be `json` or `msgpack`, not `{}`",
+                self.projections.jetstream_format
+            )));
+        }
         if self.cluster.lease_ttl_ms < 300 {
             return Err(ConfigError::Invalid(format!(
                 "cluster.lease_ttl_ms must be at least 300, got {}",
@@ -192,6 +207,26 @@ impl NodeConfig {
             ClusterMode::Off => false,
             ClusterMode::On => self.nats.url.is_some(),
             ClusterMode::Auto => self.nats.url.is_some() && matches!(self.journal.kind, JournalKind::Scylla(_)),
+        }
+    }
+
+    /// The entity types the JetStream sink publishes.
+    pub fn jetstream_types(&self) -> Vec<String> {
+        self.projections
+            .jetstream_types
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The format of published events (`None`: not `json` or `msgpack`).
+    pub fn jetstream_format(&self) -> Option<tessera_entities::Format> {
+        match self.projections.jetstream_format.as_str() {
+            "json" => Some(tessera_entities::Format::Json),
+            "msgpack" => Some(tessera_entities::Format::MsgPack),
+            _ => None,
         }
     }
 

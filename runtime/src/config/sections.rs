@@ -23,6 +23,26 @@ section! {
         shards: u32 = tessera_journal::DEFAULT_SHARDS, flag "shards";
         /// Snapshot every this many events of an entity (0: never).
         snapshot_every: u32 = 100, flag "snapshot-every";
+        /// How long the embedded journal keeps shard-feed entries, seconds (Scylla: `?feed_ttl_secs=` on its URL).
+        feed_retention_secs: u64 = 7 * 24 * 3600, flag "feed-retention-secs";
+    }
+}
+
+section! {
+    /// `[projections]`: read models and sinks that follow the shard feed.
+    ProjectionsSection "projections" {
+        /// Most events per projection batch.
+        batch: usize = 512, flag "projection-batch";
+        /// How often an idle projection looks at its feed and checkpoint, ms.
+        idle_poll_ms: u64 = 30_000, flag "projection-idle-poll-ms";
+        /// Longest a handled batch waits for its checkpoint to be stored, ms (a crash redelivers what was handled since).
+        checkpoint_every_ms: u64 = 250, flag "projection-checkpoint-every-ms";
+        /// Entity types the JetStream sink publishes to `{prefix}.events.{type}.{shard}`, comma-separated (empty: no sink; needs NATS).
+        jetstream_types: String = String::new(), flag "events-to-jetstream";
+        /// Body of each published event: `json` or `msgpack`.
+        jetstream_format: String = "json".into(), flag "events-format";
+        /// How long the events stream keeps messages, seconds.
+        jetstream_max_age_secs: u64 = 7 * 24 * 3600, flag "events-max-age-secs";
     }
 }
 

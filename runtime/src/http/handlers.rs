@@ -18,7 +18,7 @@ use crate::results::InvocationResult;
 use crate::wire::{self, AcceptedBody, EntitiesBody, EntityBody, ErrorBody, EventsBody, InvocationBody, StateBody};
 
 /// An error answered in the request's format.
-pub(crate) struct ApiError(InvokeError, Format);
+pub(crate) struct ApiError(pub(crate) InvokeError, pub(crate) Format);
 
 impl From<InvokeError> for ApiError {
     fn from(e: InvokeError) -> Self {
@@ -111,7 +111,7 @@ pub(crate) struct StateQuery {
     read: Option<String>,
 }
 
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+pub(crate) fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     q.map(|Query(q)| q).map_err(|e| ApiError(InvokeError::Malformed(format!("bad query string: {e}")), Format::Json))
 }
 

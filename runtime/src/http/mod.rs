@@ -10,12 +10,17 @@
 //! | `POST /v1/functions/{name}` | call a stateless function (`?mode=async`: 202 + invocation id) |
 //! | `GET /v1/invocations/{id}` | an async call's result (202 while pending, 404 unknown/expired) |
 //! | `GET /v1/registry` | entity types, their commands, functions |
+//! | `GET /v1/feed/{type}/{shard}?from=&limit=` | a unit's shard feed (JSON page; SSE with `Accept: text/event-stream`) |
+//! | `GET /v1/feed/{type}?from=start\|end` | every shard of a type, live (SSE) |
+//! | `GET /v1/projections`, `GET /v1/projections/{name}` | projections, their checkpoints and lag |
+//! | `POST /v1/projections/{name}/rewind`, `…/reset` | move checkpoints back (`{"to", "entity_type", "shard"}`) |
 //! | `GET /healthz`, `GET /metrics` | liveness, Prometheus |
 //!
 //! An edge. May import: the node core, `wire`, `contract`, `config`, the
 //! autoscaler's status (for `GET /v1/autoscaler`). Nothing imports it but
 //! `server` and the result-store process.
 
+mod feed;
 mod handlers;
 
 pub(crate) use handlers::invocation_response;
@@ -74,6 +79,12 @@ fn routes(state: AppState) -> Router {
         .route("/v1/invocations/{id}", get(handlers::invocation))
         .route("/v1/registry", get(handlers::registry))
         .route("/v1/autoscaler", get(handlers::autoscaler))
+        .route("/v1/feed/{entity_type}/{shard}", get(feed::shard_feed))
+        .route("/v1/feed/{entity_type}", get(feed::type_feed))
+        .route("/v1/projections", get(feed::projections))
+        .route("/v1/projections/{name}", get(feed::projection))
+        .route("/v1/projections/{name}/rewind", post(feed::rewind))
+        .route("/v1/projections/{name}/reset", post(feed::reset))
         .route("/healthz", get(handlers::healthz))
         .route("/metrics", get(handlers::metrics))
         .fallback(handlers::not_found)

@@ -13,6 +13,7 @@ mod forward;
 mod ingress;
 mod queue;
 mod shard_host;
+mod sink;
 
 use std::time::Duration;
 
@@ -22,6 +23,8 @@ pub(crate) use forward::NatsForwarder;
 pub(crate) use ingress::NatsIngress;
 pub(crate) use queue::JetStreamQueue;
 pub(crate) use shard_host::NatsShardHost;
+pub(crate) use sink::JetStreamSink;
+pub use sink::{EventMessage, SINK_NAME};
 
 use crate::wire::Subjects;
 

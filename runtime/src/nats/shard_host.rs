@@ -94,7 +94,7 @@ impl NatsShardHost {
 #[async_trait::async_trait]
 impl ShardHost for NatsShardHost {
     async fn acquired(&self, unit: &Unit, epoch: u64) {
-        self.node.acquire_slice(&unit.entity_type, unit.shard);
+        self.node.acquire_slice(&unit.entity_type, unit.shard, epoch);
         self.subscribe(unit).await;
         self.node.metrics().cluster_leases.inc();
         tracing::debug!(%unit, epoch, "serving shard");

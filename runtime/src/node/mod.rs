@@ -27,6 +27,7 @@ use crate::config::NodeConfig;
 use crate::error::InvokeError;
 use crate::executor::Executors;
 use crate::metrics::Metrics;
+use crate::projection::{Projection, Projections};
 use crate::results::ResultStore;
 use crate::shard::{
     CommandReply, CommandRequest, DedupLimits, ShardContext, ShardMsg, ShardRefs, ShardSupervisor, StateRequest,
@@ -97,6 +98,8 @@ pub(crate) struct NodeParts {
     pub(crate) forwarder: Option<Arc<dyn Forwarder>>,
     /// Where async calls wait.
     pub(crate) queue: Arc<dyn CallQueue>,
+    /// Projections run on this node's units.
+    pub(crate) projections: Vec<Arc<dyn Projection>>,
 }
 
 pub(crate) struct NodeInner {
@@ -114,6 +117,9 @@ pub(crate) struct NodeInner {
     results: Arc<dyn ResultStore>,
     node_id: String,
     executors: Executors,
+    projections: Projections,
+    /// Bounds the feed settlements running after lease acquisitions.
+    feed_openings: Semaphore,
 }
 
 /// The node core: cheap to clone, shared by every edge.
@@ -156,7 +162,24 @@ impl Node {
     pub(crate) async fn start(p: NodeParts) -> Result<Self, String> {
         let clustered = p.ownership.is_some();
         let c = &p.config;
+        let settings = crate::projection::ProjectionSettings {
+            batch: c.projections.batch,
+            idle_poll: std::time::Duration::from_millis(c.projections.idle_poll_ms.max(1)),
+            checkpoint_every: std::time::Duration::from_millis(c.projections.checkpoint_every_ms),
+        };
+        let projections = Projections::new(p.journal.clone(), p.projections, p.metrics.clone(), settings);
+        let on_commit: Option<crate::shard::CommitHook> = if projections.list().is_empty() {
+            None
+        } else {
+            let p = projections.clone();
+            Some(Arc::new(move |t: &str, shard: u32| p.committed(t, shard)))
+        };
+        if !clustered {
+            // Outside a cluster this node owns every unit.
+            projections.start_all();
+        }
         let ctx = Arc::new(ShardContext {
+            on_commit,
             fence: p.ownership.clone(),
             node_id: clustered.then(|| p.node_id.clone()),
             journal: p.journal.clone(),
@@ -194,6 +217,8 @@ impl Node {
                 node_id: p.node_id,
                 executors: p.executors,
                 config: p.config,
+                projections,
+                feed_openings: Semaphore::new(16),
             }),
         })
     }
@@ -201,24 +226,44 @@ impl Node {
     /// Stops the executors and the shard actors (in-flight appends complete
     /// in the journal). The edges must have stopped first.
     pub(crate) async fn stop(&self) {
+        self.inner.projections.stop();
         self.inner.executors.stop();
         let sup = &self.inner.supervisor;
         sup.stop_children_and_wait(Some("shutdown".into()), Some(std::time::Duration::from_secs(10))).await;
         let _ = sup.stop_and_wait(Some("shutdown".into()), Some(std::time::Duration::from_secs(10))).await;
     }
 
-    /// This node just acquired the lease of `entity_type` in `shard`: its
-    /// shard actor forgets anything cached for it and takes its commands.
-    pub(crate) fn acquire_slice(&self, entity_type: &str, shard: u32) {
+    /// This node just acquired the lease of `entity_type` in `shard` under
+    /// `epoch`: its shard actor forgets anything cached for it and takes its
+    /// commands; in the background, the unit's feed is settled (what a
+    /// previous owner left becomes visible) and its projections start.
+    pub(crate) fn acquire_slice(&self, entity_type: &str, shard: u32, epoch: u64) {
         if let Some(actor) = self.inner.refs.get(shard) {
             let _ = actor.send_message(ShardMsg::Acquire { entity_type: entity_type.to_owned() });
         }
+        let (me, t) = (self.clone(), entity_type.to_owned());
+        tokio::spawn(async move {
+            let Ok(_permit) = me.inner.feed_openings.acquire().await else { return };
+            let mut wait = std::time::Duration::from_millis(200);
+            while let Err(e) = me.inner.journal.open_feed(&t, shard, epoch).await {
+                if me.inner.ownership.as_ref().is_some_and(|o| o.fence(&t, shard) != Some(epoch)) {
+                    return;
+                }
+                tracing::warn!(entity_type = %t, shard, error = %e, "cannot settle the unit's feed; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(10));
+            }
+            if me.inner.ownership.as_ref().is_none_or(|o| o.fence(&t, shard) == Some(epoch)) {
+                me.inner.projections.start_unit(&t, shard);
+            }
+        });
     }
 
     /// This node hands off (or lost, `force`) the lease of `entity_type` in
     /// `shard`: its new commands are refused, its idle entities (all, when
     /// forced) passivated; returns how many are still busy.
     pub(crate) async fn release_slice(&self, entity_type: &str, shard: u32, force: bool) -> usize {
+        self.inner.projections.stop_unit(entity_type, shard);
         let Some(actor) = self.inner.refs.get(shard) else { return 0 };
         let entity_type = entity_type.to_owned();
         ractor::call!(actor, |reply| ShardMsg::Release { entity_type, force, reply }).unwrap_or(0)
@@ -534,5 +579,75 @@ impl Node {
             .take(limit)
             .try_collect()
             .await?)
+    }
+}
+
+/// The shard feed and the projections.
+impl Node {
+    fn check_unit(&self, entity_type: &str, shard: u32) -> Result<(), InvokeError> {
+        self.inner.registry.entity(entity_type).ok_or_else(|| InvokeError::UnknownEntityType(entity_type.into()))?;
+        let shards = self.inner.config.journal.shards;
+        if shard >= shards {
+            return Err(InvokeError::Malformed(format!("shard {shard} does not exist (shards 0..{shards})")));
+        }
+        Ok(())
+    }
+
+    /// The extent of a unit's feed.
+    pub async fn feed_bounds(&self, entity_type: &str, shard: u32) -> Result<tessera_journal::FeedBounds, InvokeError> {
+        self.check_unit(entity_type, shard)?;
+        Ok(self.inner.journal.feed_bounds(entity_type, shard).await?)
+    }
+
+    /// Up to `limit` entries of a unit's feed after offset `after`; an
+    /// offset that expired is `feed_expired`.
+    pub async fn feed(
+        &self,
+        entity_type: &str,
+        shard: u32,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<tessera_journal::ShardEvent>, InvokeError> {
+        self.check_unit(entity_type, shard)?;
+        Ok(self.inner.journal.events_by_shard(entity_type, shard, after).take(limit).try_collect().await?)
+    }
+
+    /// The projections of this node.
+    pub(crate) fn projections(&self) -> &Projections {
+        &self.inner.projections
+    }
+
+    /// The projection called `name`.
+    pub(crate) fn projection(&self, name: &str) -> Result<&Arc<dyn Projection>, InvokeError> {
+        self.inner.projections.get(name).ok_or_else(|| InvokeError::UnknownProjection(name.into()))
+    }
+
+    /// Moves the checkpoints of a projection that keeps no state back to
+    /// `to` (in one type or shard, or everywhere); returns how many moved.
+    pub async fn rewind_projection(
+        &self,
+        name: &str,
+        to: u64,
+        entity_type: Option<&str>,
+        shard: Option<u32>,
+    ) -> Result<usize, InvokeError> {
+        let p = self.projection(name)?;
+        if p.keeps_state() && to > 0 {
+            return Err(InvokeError::Malformed(format!(
+                "projection `{name}` keeps state with its checkpoints: it can be reset, not rewound to an offset"
+            )));
+        }
+        Ok(self.inner.projections.rewind(name, to, entity_type, shard).await?)
+    }
+
+    /// Moves a projection's checkpoints to 0 and drops its kept state.
+    pub async fn reset_projection(
+        &self,
+        name: &str,
+        entity_type: Option<&str>,
+        shard: Option<u32>,
+    ) -> Result<usize, InvokeError> {
+        self.projection(name)?;
+        Ok(self.inner.projections.rewind(name, 0, entity_type, shard).await?)
     }
 }

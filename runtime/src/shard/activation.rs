@@ -232,6 +232,9 @@ mod tests {
         async fn feed_bounds(&self, t: &str, shard: u32) -> Result<tessera_journal::FeedBounds, JournalError> {
             self.inner.feed_bounds(t, shard).await
         }
+        async fn open_feed(&self, t: &str, shard: u32, epoch: u64) -> Result<(), JournalError> {
+            self.inner.open_feed(t, shard, epoch).await
+        }
         async fn find_key(&self, e: &EntityKey, key: &str) -> Result<Option<u64>, JournalError> {
             self.inner.find_key(e, key).await
         }

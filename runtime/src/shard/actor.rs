@@ -132,7 +132,12 @@ fn run(io: Io, me: &ActorRef<ShardMsg>, ctx: &Arc<ShardContext>, shard: u32) {
                     };
                     ctx.metrics.journal_in_flight.inc();
                     let result = match ctx.journal.commit(&key, request).await {
-                        Ok(ack) => Ok(Committed::Appended(ack)),
+                        Ok(ack) => {
+                            if let Some(hook) = &ctx.on_commit {
+                                hook(&key.entity_type, shard);
+                            }
+                            Ok(Committed::Appended(ack))
+                        }
                         Err(AppendError::Duplicate { seq, .. }) => remembered(&ctx, &key, seq).await,
                         Err(e) => Err(InvokeError::from(e)),
                     };

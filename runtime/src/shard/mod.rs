@@ -56,6 +56,9 @@ pub struct StateView {
     pub seq: u64,
 }
 
+/// Told (entity type, shard) after an append committed.
+pub(crate) type CommitHook = Arc<dyn Fn(&str, u32) + Send + Sync>;
+
 /// What every shard actor shares.
 pub(crate) struct ShardContext {
     pub(crate) journal: Arc<dyn Journal>,
@@ -72,6 +75,9 @@ pub(crate) struct ShardContext {
     pub(crate) fence: Option<Arc<tessera_cluster::Ownership>>,
     /// In a cluster: this node's id, recorded in each event's metadata.
     pub(crate) node_id: Option<String>,
+    /// Told after each append that committed (entity type, shard): wakes
+    /// the projections that follow the unit.
+    pub(crate) on_commit: Option<CommitHook>,
 }
 
 pub(crate) struct CommandRequest {

@@ -189,6 +189,7 @@ fn machine(
         shard_budget: budget,
         node_id: fence.as_ref().map(|_| "n1".to_owned()),
         fence,
+        on_commit: None,
     };
     Machine::new(0, Arc::new(ctx), 4)
 }

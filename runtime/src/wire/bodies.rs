@@ -291,3 +291,100 @@ pub struct LocateBody {
     /// The owner's HTTP address.
     pub owner_http: Option<String>,
 }
+
+/// One entry of a unit's feed (`GET /v1/feed/{type}/{shard}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeedEntryBody {
+    /// Its offset in the unit's feed.
+    pub offset: u64,
+    /// The entity type.
+    pub entity_type: String,
+    /// The entity id.
+    pub entity_id: String,
+    /// The event, as in an entity's journal.
+    #[serde(flatten)]
+    pub event: EventBody,
+}
+
+impl From<&tessera_journal::ShardEvent> for FeedEntryBody {
+    fn from(e: &tessera_journal::ShardEvent) -> Self {
+        Self {
+            offset: e.offset,
+            entity_type: e.entity.entity_type.clone(),
+            entity_id: e.entity.entity_id.clone(),
+            event: crate::inspect::event_body(&e.event),
+        }
+    }
+}
+
+/// A page of a unit's feed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeedBody {
+    /// The unit's entity type.
+    pub entity_type: String,
+    /// The unit's shard.
+    pub shard: u32,
+    /// Entries in offset order.
+    pub events: Vec<FeedEntryBody>,
+    /// The `from` of the next page.
+    pub next_from: u64,
+    /// The feed's last visible offset.
+    pub last: u64,
+    /// Offsets up to here expired.
+    pub expired_to: u64,
+}
+
+/// A projection (`GET /v1/projections/{name}`; in the list, without units).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProjectionBody {
+    /// Its name.
+    pub name: String,
+    /// The entity types it reads.
+    pub entity_types: Vec<String>,
+    /// True when it keeps state with its checkpoints (reset only).
+    pub keeps_state: bool,
+    /// Events it is behind, summed over the units listed (or run here).
+    pub lag: u64,
+    /// Units whose last batch failed.
+    pub errors: usize,
+    /// Units this node runs.
+    pub running_here: usize,
+    /// Per unit: checkpoint, feed end, lag, last error.
+    #[serde(default)]
+    pub units: Vec<crate::projection::UnitStatus>,
+}
+
+/// `GET /v1/projections`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProjectionsBody {
+    /// The node answering.
+    pub node_id: String,
+    /// Its projections.
+    pub projections: Vec<ProjectionBody>,
+}
+
+/// The body of `POST /v1/projections/{name}/rewind` (and `reset`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RewindBody {
+    /// The offset to deliver after (0: from the start).
+    #[serde(default)]
+    pub to: u64,
+    /// Only this entity type's units.
+    #[serde(default)]
+    pub entity_type: Option<String>,
+    /// Only this shard's units.
+    #[serde(default)]
+    pub shard: Option<u32>,
+}
+
+/// What a rewind or reset moved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RewoundBody {
+    /// The projection.
+    pub projection: String,
+    /// The offset its checkpoints are at now.
+    pub to: u64,
+    /// How many units' checkpoints moved.
+    pub units: usize,
+}

@@ -30,5 +30,9 @@ async fn main() -> anyhow::Result<()> {
                 as std::sync::Arc<dyn tessera_runtime::results::ResultStore>
         }));
     }
+    // Projection tests: run the exactly-once event count (`EventCount`).
+    if std::env::var_os("TESSERA_TEST_PROJECTIONS").is_some() {
+        layers.projections = tessera_tests::projections();
+    }
     tessera_runtime::cli::run_with(Cli::parse().command, tessera_tests::registry(), layers).await
 }

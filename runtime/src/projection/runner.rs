@@ -1,0 +1,477 @@
+//! Runs projections: one worker per (projection, unit) this node owns. A
+//! worker reads the unit's feed after its checkpoint, hands the events to
+//! the projection in batches and writes the new checkpoint (and state)
+//! conditionally on the one it read. Commits on this node wake it (the
+//! shard actor signals every commit); an idle poll catches what others
+//! wrote (a rewind, a previous owner's tail).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tessera_journal::{AppendError, Journal, JournalError};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use super::checkpoint::{Checkpoint, Checkpoints};
+use super::{FeedEvent, Projection, ProjectionBatch};
+use crate::metrics::Metrics;
+use crate::now_ms;
+
+/// How workers read and wait.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ProjectionSettings {
+    /// Most events per batch.
+    pub(crate) batch: usize,
+    /// How often an idle worker looks at the feed and its checkpoint.
+    pub(crate) idle_poll: Duration,
+    /// Longest time handled events wait for their checkpoint to be stored.
+    pub(crate) checkpoint_every: Duration,
+}
+
+/// Where one projection stands in one unit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct UnitStatus {
+    /// The projection.
+    pub projection: String,
+    /// The unit's entity type.
+    pub entity_type: String,
+    /// The unit's shard.
+    pub shard: u32,
+    /// Handled up to this offset.
+    pub checkpoint: u64,
+    /// The feed's last visible offset when last looked at.
+    pub feed_last: u64,
+    /// `feed_last - checkpoint`.
+    pub lag: u64,
+    /// Commit time of the last event handled, ms since the Unix epoch.
+    pub last_event_ms: Option<i64>,
+    /// The last error, until a batch succeeds.
+    pub error: Option<String>,
+    /// True when this node runs it (it owns the unit).
+    pub running: bool,
+}
+
+type Unit = (String, u32);
+
+struct Worker {
+    wake: Arc<Notify>,
+    /// Set (then `wake`) when the stored checkpoint was moved under it.
+    reload: Arc<AtomicBool>,
+    status: Arc<Mutex<UnitStatus>>,
+    task: JoinHandle<()>,
+}
+
+struct Inner {
+    checkpoints: Checkpoints,
+    journal: Arc<dyn Journal>,
+    list: Vec<Arc<dyn Projection>>,
+    /// Entity type → the projections reading it.
+    by_type: HashMap<String, Vec<usize>>,
+    workers: Mutex<HashMap<Unit, Vec<(usize, Worker)>>>,
+    metrics: Metrics,
+    settings: ProjectionSettings,
+    shards: u32,
+}
+
+/// The projections of a node and their workers.
+#[derive(Clone)]
+pub(crate) struct Projections {
+    inner: Arc<Inner>,
+}
+
+impl Projections {
+    pub(crate) fn new(
+        journal: Arc<dyn Journal>,
+        list: Vec<Arc<dyn Projection>>,
+        metrics: Metrics,
+        settings: ProjectionSettings,
+    ) -> Self {
+        let mut by_type: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, p) in list.iter().enumerate() {
+            for t in p.entity_types() {
+                by_type.entry(t).or_default().push(i);
+            }
+        }
+        let shards = journal.shards();
+        Self {
+            inner: Arc::new(Inner {
+                checkpoints: Checkpoints::new(journal.clone()),
+                journal,
+                list,
+                by_type,
+                workers: Mutex::new(HashMap::new()),
+                metrics,
+                settings,
+                shards,
+            }),
+        }
+    }
+
+    /// The projections, in registration order.
+    pub(crate) fn list(&self) -> &[Arc<dyn Projection>] {
+        &self.inner.list
+    }
+
+    /// The projection called `name`.
+    pub(crate) fn get(&self, name: &str) -> Option<&Arc<dyn Projection>> {
+        self.inner.list.iter().find(|p| p.name() == name)
+    }
+
+    /// True when some projection reads `entity_type`.
+    pub(crate) fn reads(&self, entity_type: &str) -> bool {
+        self.inner.by_type.contains_key(entity_type)
+    }
+
+    /// Starts the workers of every unit (a node outside a cluster owns them all).
+    pub(crate) fn start_all(&self) {
+        let types: Vec<String> = self.inner.by_type.keys().cloned().collect();
+        for t in types {
+            for shard in 0..self.inner.shards {
+                self.start_unit(&t, shard);
+            }
+        }
+    }
+
+    /// This node owns the unit now: run its projections.
+    pub(crate) fn start_unit(&self, entity_type: &str, shard: u32) {
+        let Some(indices) = self.inner.by_type.get(entity_type) else { return };
+        let mut workers = self.inner.workers.lock().unwrap_or_else(|p| p.into_inner());
+        let unit = (entity_type.to_owned(), shard);
+        let running = workers.entry(unit.clone()).or_default();
+        for &i in indices {
+            if running.iter().any(|(j, w)| *j == i && !w.task.is_finished()) {
+                continue;
+            }
+            running.retain(|(j, _)| *j != i);
+            let p = &self.inner.list[i];
+            let status = Arc::new(Mutex::new(UnitStatus {
+                projection: p.name().to_owned(),
+                entity_type: entity_type.to_owned(),
+                shard,
+                running: true,
+                ..Default::default()
+            }));
+            let (wake, reload) = (Arc::new(Notify::new()), Arc::new(AtomicBool::new(false)));
+            let signals = Signals { wake: wake.clone(), reload: reload.clone() };
+            let task = tokio::spawn(work(self.inner.clone(), i, unit.clone(), signals, status.clone()));
+            running.push((i, Worker { wake, reload, status, task }));
+        }
+    }
+
+    /// This node no longer owns the unit: stop its projections (a batch in
+    /// flight is delivered again by the next owner).
+    pub(crate) fn stop_unit(&self, entity_type: &str, shard: u32) {
+        let mut workers = self.inner.workers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ws) = workers.remove(&(entity_type.to_owned(), shard)) {
+            for (_, w) in ws {
+                w.task.abort();
+            }
+        }
+    }
+
+    /// Stops every worker.
+    pub(crate) fn stop(&self) {
+        let mut workers = self.inner.workers.lock().unwrap_or_else(|p| p.into_inner());
+        for (_, ws) in workers.drain() {
+            for (_, w) in ws {
+                w.task.abort();
+            }
+        }
+    }
+
+    /// Events of the unit were committed on this node.
+    pub(crate) fn committed(&self, entity_type: &str, shard: u32) {
+        if !self.reads(entity_type) {
+            return;
+        }
+        let workers = self.inner.workers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ws) = workers.get(&(entity_type.to_owned(), shard)) {
+            for (_, w) in ws {
+                w.wake.notify_one();
+            }
+        }
+    }
+
+    /// The status of the units of `name` this node runs.
+    pub(crate) fn running(&self, name: &str) -> Vec<UnitStatus> {
+        let workers = self.inner.workers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<UnitStatus> = workers
+            .values()
+            .flatten()
+            .filter(|(i, _)| self.inner.list[*i].name() == name)
+            .map(|(_, w)| w.status.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .collect();
+        out.sort_by(|a, b| (&a.entity_type, a.shard).cmp(&(&b.entity_type, b.shard)));
+        out
+    }
+
+    /// The status of every unit of `name` with a checkpoint or a worker:
+    /// from this node's workers where it runs them, from the journal elsewhere.
+    pub(crate) async fn status(&self, name: &str) -> Result<Vec<UnitStatus>, JournalError> {
+        let mut by_unit: HashMap<Unit, UnitStatus> =
+            self.running(name).into_iter().map(|s| ((s.entity_type.clone(), s.shard), s)).collect();
+        for (p, t, shard) in self.inner.checkpoints.list().await? {
+            if p != name || by_unit.contains_key(&(t.clone(), shard)) {
+                continue;
+            }
+            let stored = self.inner.checkpoints.load(name, &t, shard).await?;
+            let feed_last = self.inner.journal.feed_bounds(&t, shard).await?.last;
+            let checkpoint = stored.checkpoint.offset;
+            by_unit.insert(
+                (t.clone(), shard),
+                UnitStatus {
+                    projection: name.to_owned(),
+                    entity_type: t,
+                    shard,
+                    checkpoint,
+                    feed_last,
+                    lag: feed_last.saturating_sub(checkpoint),
+                    last_event_ms: None,
+                    error: None,
+                    running: false,
+                },
+            );
+        }
+        let mut out: Vec<UnitStatus> = by_unit.into_values().collect();
+        out.sort_by(|a, b| (&a.entity_type, a.shard).cmp(&(&b.entity_type, b.shard)));
+        Ok(out)
+    }
+
+    /// Moves the checkpoint of `name` to `to` (0 and no state: a reset) in
+    /// the chosen units (all that have one, or one type, or one shard);
+    /// returns how many were moved. Workers pick it up at once on this
+    /// node, at their next batch or idle poll on others.
+    pub(crate) async fn rewind(
+        &self,
+        name: &str,
+        to: u64,
+        entity_type: Option<&str>,
+        shard: Option<u32>,
+    ) -> Result<usize, JournalError> {
+        let mut units: Vec<Unit> = self
+            .inner
+            .checkpoints
+            .list()
+            .await?
+            .into_iter()
+            .filter(|(p, _, _)| p == name)
+            .map(|(_, t, s)| (t, s))
+            .collect();
+        units.extend(self.running(name).into_iter().map(|s| (s.entity_type, s.shard)));
+        units.sort();
+        units.dedup();
+        units.retain(|(t, s)| entity_type.is_none_or(|x| x == t) && shard.is_none_or(|x| x == *s));
+        let mut moved = 0;
+        for (t, s) in &units {
+            loop {
+                let stored = self.inner.checkpoints.load(name, t, *s).await?;
+                let next = Checkpoint { offset: to, state: None, written_ms: now_ms(), rewound: true };
+                match self.inner.checkpoints.store(name, t, *s, stored.seq, &next).await {
+                    Ok(_) => break,
+                    Err(AppendError::Conflict { .. }) => continue,
+                    Err(AppendError::Journal(e)) => return Err(e),
+                    Err(e) => return Err(JournalError::Invalid(e.to_string())),
+                }
+            }
+            moved += 1;
+            let workers = self.inner.workers.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(ws) = workers.get(&(t.clone(), *s)) {
+                for (i, w) in ws {
+                    if self.inner.list[*i].name() == name {
+                        w.reload.store(true, Ordering::Release);
+                        w.wake.notify_one();
+                    }
+                }
+            }
+        }
+        Ok(moved)
+    }
+}
+
+impl Inner {
+    fn record(&self, name: &str, unit: &Unit, status: &Mutex<UnitStatus>, f: impl FnOnce(&mut UnitStatus)) {
+        let mut s = status.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut s);
+        let shard = unit.1.to_string();
+        self.metrics.projection_lag.with_label_values(&[name, &unit.0, &shard]).set(s.lag as i64);
+        self.metrics.projection_checkpoint.with_label_values(&[name, &unit.0, &shard]).set(s.checkpoint as i64);
+    }
+}
+
+/// How a worker is told to look again.
+struct Signals {
+    /// Events were committed (or a rewind happened).
+    wake: Arc<Notify>,
+    /// The stored checkpoint moved: drop what is in memory.
+    reload: Arc<AtomicBool>,
+}
+
+/// A worker's progress: what it has handled (in memory) and what is stored.
+struct Progress {
+    /// The checkpoint as handled so far (offset and kept state).
+    current: Checkpoint,
+    /// The seq of the stored checkpoint (the next store expects it).
+    stored_seq: u64,
+    /// Handled but not stored yet: since when, and how many events.
+    unsaved: Option<(tokio::time::Instant, usize)>,
+}
+
+/// A worker: follows one unit's feed for one projection until aborted.
+/// Batches are handled as they come; the checkpoint (with the kept state)
+/// is stored at most every `checkpoint_every`, or after `batch` events, or
+/// when caught up — a crash redelivers what was handled since.
+async fn work(inner: Arc<Inner>, index: usize, unit: Unit, signals: Signals, status: Arc<Mutex<UnitStatus>>) {
+    let Signals { wake, reload } = signals;
+    let p = inner.list[index].clone();
+    let name = p.name().to_owned();
+    let (entity_type, shard) = (unit.0.clone(), unit.1);
+    let every = inner.settings.checkpoint_every;
+    let mut progress: Option<Progress> = None;
+    let mut failures = 0u32;
+    // Woken by a commit whose events were not visible yet (a journal whose
+    // feed lags its acks): look again soon, a few times.
+    let mut hinted = 0u32;
+    loop {
+        let backoff = Duration::from_millis(100 * 2u64.pow(failures.min(8))).min(Duration::from_secs(30));
+        if reload.swap(false, Ordering::AcqRel) {
+            progress = None;
+        }
+        let pr = match progress.as_mut() {
+            Some(pr) => pr,
+            None => match inner.checkpoints.load(&name, &entity_type, shard).await {
+                Ok(s) => progress.insert(Progress { current: s.checkpoint, stored_seq: s.seq, unsaved: None }),
+                Err(e) => {
+                    failures += 1;
+                    inner.record(&name, &unit, &status, |st| st.error = Some(format!("checkpoint: {e}")));
+                    tokio::time::sleep(backoff).await;
+                    continue;
+                }
+            },
+        };
+        // Store the checkpoint when due.
+        if let Some((since, n)) = pr.unsaved
+            && (since.elapsed() >= every || n >= inner.settings.batch)
+        {
+            match inner.checkpoints.store(&name, &entity_type, shard, pr.stored_seq, &pr.current).await {
+                Ok(seq) => {
+                    pr.stored_seq = seq;
+                    pr.unsaved = None;
+                }
+                // Another writer moved the checkpoint (a rewind, or the other
+                // side of a move): start again from what it wrote.
+                Err(AppendError::Conflict { .. }) => {
+                    progress = None;
+                    continue;
+                }
+                Err(e) => {
+                    failures += 1;
+                    inner.record(&name, &unit, &status, |st| st.error = Some(format!("checkpoint: {e}")));
+                    progress = None;
+                    tokio::time::sleep(backoff).await;
+                    continue;
+                }
+            }
+        }
+        let after = pr.current.offset;
+        let read: Result<Vec<_>, JournalError> =
+            inner.journal.events_by_shard(&entity_type, shard, after).take(inner.settings.batch).try_collect().await;
+        let events = match read {
+            Ok(e) => e,
+            Err(e) => {
+                failures += 1;
+                if matches!(e, JournalError::FeedExpired { .. }) {
+                    tracing::error!(projection = %name, entity_type, shard, error = %e,
+                        "projection is behind the feed's retention; reset or rewind it");
+                }
+                inner.metrics.projection_errors.with_label_values(&[&name]).inc();
+                inner.record(&name, &unit, &status, |st| st.error = Some(e.to_string()));
+                // Wait for a rewind (it wakes) or the backoff.
+                let _ = tokio::time::timeout(backoff, wake.notified()).await;
+                progress = None;
+                continue;
+            }
+        };
+        if events.is_empty() {
+            inner.record(&name, &unit, &status, |st| {
+                st.checkpoint = after;
+                st.feed_last = st.feed_last.max(after);
+                st.lag = st.feed_last - after;
+            });
+            // Caught up with unsaved progress: store it once it is due.
+            let wait = match pr.unsaved {
+                Some((since, _)) => every.saturating_sub(since.elapsed()),
+                None if hinted > 0 => {
+                    hinted -= 1;
+                    Duration::from_millis(20 << (5 - hinted.min(5)))
+                }
+                None => inner.settings.idle_poll,
+            };
+            let unsaved = pr.unsaved.is_some();
+            match tokio::time::timeout(wait, wake.notified()).await {
+                Ok(()) => hinted = 5,
+                // Idle: look at the stored checkpoint again (a rewind by another node).
+                Err(_) if !unsaved && hinted == 0 => progress = None,
+                Err(_) => {}
+            }
+            continue;
+        }
+        let full = events.len() == inner.settings.batch;
+        let batch: Vec<FeedEvent> = events.into_iter().map(|e| FeedEvent::from_shard_event(e, shard)).collect();
+        let mut state = pr.current.state.clone();
+        let handled = p.handle(ProjectionBatch { entity_type: &entity_type, shard, events: &batch }, &mut state).await;
+        if let Err(e) = handled {
+            failures += 1;
+            tracing::warn!(projection = %name, entity_type, shard, error = %e, "projection batch failed; retrying");
+            inner.metrics.projection_errors.with_label_values(&[&name]).inc();
+            inner.record(&name, &unit, &status, |st| st.error = Some(e.to_string()));
+            tokio::time::sleep(backoff).await;
+            continue;
+        }
+        failures = 0;
+        let last = batch.last().map_or(after, |e| e.offset);
+        pr.current = Checkpoint { offset: last, state, written_ms: now_ms(), rewound: false };
+        let (since, n) = pr.unsaved.unwrap_or((tokio::time::Instant::now(), 0));
+        pr.unsaved = Some((since, n + batch.len()));
+        let now = now_ms();
+        for e in &batch {
+            inner
+                .metrics
+                .projection_delay
+                .with_label_values(&[&name])
+                .observe((now - e.timestamp_ms).max(0) as f64 / 1000.0);
+        }
+        inner.metrics.projection_events.with_label_values(&[&name]).inc_by(batch.len() as u64);
+        let last_ms = batch.last().map(|e| e.timestamp_ms);
+        let feed_last = if full {
+            inner.journal.feed_bounds(&entity_type, shard).await.map(|b| b.last).unwrap_or(last)
+        } else {
+            last
+        };
+        inner.record(&name, &unit, &status, |st| {
+            st.checkpoint = last;
+            st.feed_last = feed_last.max(last);
+            st.lag = st.feed_last - last;
+            st.last_event_ms = last_ms;
+            st.error = None;
+        });
+    }
+}
+
+/// The state a [`super::View`] keeps in one unit, as stored with its checkpoint.
+pub async fn view_state<S: DeserializeOwned>(
+    journal: Arc<dyn Journal>,
+    name: &str,
+    entity_type: &str,
+    shard: u32,
+) -> Result<Option<S>, JournalError> {
+    let stored = Checkpoints::new(journal).load(name, entity_type, shard).await?;
+    match stored.checkpoint.state {
+        None => Ok(None),
+        Some(b) => rmp_serde::from_slice(&b).map(Some).map_err(|e| JournalError::Invalid(e.to_string())),
+    }
+}
