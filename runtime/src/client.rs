@@ -291,4 +291,39 @@ impl NatsClient {
         })?;
         Ok(id)
     }
+
+    /// Queues an entity command in JetStream (fire and forget) on its unit's
+    /// subject `{prefix}.acmd.{type}.{shard}`; returns its invocation id.
+    /// The unit's owner runs it once, in publish order per entity; its
+    /// outcome appears at `GET /v1/invocations/{id}` and on `{prefix}.result.{id}`.
+    pub async fn send_async(
+        &self,
+        entity_type: &str,
+        entity_id: &str,
+        command: &str,
+        body: Vec<u8>,
+        format: Format,
+        invocation_id: Option<&str>,
+    ) -> Result<String, ClientError> {
+        let id = invocation_id.map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned);
+        if !protocol::subject_safe(&id) {
+            return Err(ClientError::Other(format!("invocation id `{id}` must be letters, digits, `-`, `_` or `:`")));
+        }
+        let mut h = HeaderMap::new();
+        h.insert(protocol::INVOCATION_ID, id.as_str());
+        h.insert(protocol::NATS_MSG_ID, id.as_str());
+        h.insert(protocol::CONTENT_TYPE, format.content_type());
+        h.insert(protocol::ENTITY, entity_id);
+        h.insert(protocol::COMMAND, command);
+        let shard = tessera_journal::shard_of(entity_type, entity_id, self.shards);
+        let js = async_nats::jetstream::new(self.client.clone());
+        let ack = js
+            .publish_with_headers(self.subjects.entity_command(entity_type, shard), h, body.into())
+            .await
+            .map_err(|e| ClientError::Other(e.to_string()))?;
+        ack.await.map_err(|e| {
+            ClientError::Other(format!("JetStream did not store the command (is a node running with --nats?): {e}"))
+        })?;
+        Ok(id)
+    }
 }

@@ -43,7 +43,7 @@ pub(crate) fn now_ms() -> i64 {
 pub use error::InvokeError;
 pub use node::{
     AsyncCall, AsyncDecision, CallQueue, Forwarder, Invocation, LocalQueue, LocalQueueRunner, Node, QueuedCall,
-    ReadFrom,
+    QueuedCommand, ReadFrom,
 };
 pub use server::{JournalLayer, NodeBuilder, NodeError, ResultsLayer, Server};
 pub use shard::{CommandReply, Replay, StateView, replay};

@@ -220,3 +220,49 @@ async fn finish(
     node.shutdown().await;
     Ok(())
 }
+
+/// `?mode=async` without NATS: 202 and an invocation id, run in order per
+/// entity, the outcome (reply or rejection) in the result store; a retry
+/// with the key returns the same invocation; bad input is refused at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_commands_run_in_order_and_leave_their_outcome() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (node, base) = common::node(dir.path(), |_| {}).await;
+    let url = |c: &str| format!("{base}/v1/entities/stock/s1:a/{c}?mode=async");
+    let mut ids = Vec::new();
+    for qty in 1..=50u32 {
+        let (s, _, b) = common::post(&url("restock"), &json!({ "qty": qty }).to_string(), None).await;
+        assert_eq!(s, 202, "{b}");
+        assert_eq!(b["status"], "pending");
+        ids.push(b["invocation_id"].as_str().unwrap_or_default().to_owned());
+    }
+    // More than on hand: a rejection, stored as the outcome.
+    let (s, _, b) = common::post(&url("purchase"), r#"{"qty": 100000}"#, Some("too-many")).await;
+    assert_eq!(s, 202, "{b}");
+    let (s, _, again) = common::post(&url("purchase"), r#"{"qty": 100000}"#, Some("too-many")).await;
+    assert!(s == 200 || s == 202, "{again}");
+    assert_eq!(again["invocation_id"], "too-many", "the same invocation");
+    for id in &ids {
+        let r = common::wait_result(&base, id, Duration::from_secs(20)).await;
+        assert_eq!(r["status"], "ok", "{r}");
+    }
+    let r = common::wait_result(&base, "too-many", Duration::from_secs(20)).await;
+    assert_eq!((r["status"].as_str(), r["status_code"].as_u64()), (Some("error"), Some(409)), "{r}");
+    assert_eq!(r["body"]["error"]["code"], "insufficient_stock", "{r}");
+    // In order: the journal's restocks are 1, 2, …, 50.
+    let events = tessera_test_support::http::all_events(&base, "stock", "s1:a").await;
+    let qty: Vec<u64> = events.iter().map(|e| e.event["Restocked"]["qty"].as_u64().unwrap_or(0)).collect();
+    assert_eq!(qty, (1..=50).collect::<Vec<u64>>());
+
+    // Bad input: unknown type, unknown command, malformed body: at once.
+    let (s, _, e) = common::post(&format!("{base}/v1/entities/nope/x/restock?mode=async"), "{}", None).await;
+    assert_eq!((s, e["error"]["kind"].as_str()), (404, Some("unknown_entity_type")), "{e}");
+    let (s, _, e) = common::post(&url("steal"), "{}", None).await;
+    assert_eq!((s, e["error"]["kind"].as_str()), (404, Some("unknown_command")), "{e}");
+    let (s, _, e) = common::post(&url("restock"), "{not json", None).await;
+    assert_eq!((s, e["error"]["kind"].as_str()), (400, Some("malformed")), "{e}");
+    let (s, _, e) = common::post(&format!("{base}/v1/entities/stock/s1:a/restock?mode=later"), "{}", None).await;
+    assert_eq!((s, e["error"]["kind"].as_str()), (400, Some("malformed")), "{e}");
+    node.shutdown().await;
+    Ok(())
+}

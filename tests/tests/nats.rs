@@ -429,3 +429,83 @@ async fn the_jetstream_sink_publishes_each_event_once_with_its_key() {
     assert_eq!(again.len(), expected.len(), "republished events were deduplicated by Nats-Msg-Id");
     node.shutdown().await;
 }
+
+/// 10 000 fire-and-forget purchases over JetStream (100 entities × 100, in
+/// publish order per entity), some republished with the same message id
+/// (JetStream drops them) and some with a new message id but the same
+/// invocation id (the entity's idempotency record answers them), and the
+/// node killed with SIGKILL mid-stream and restarted: every purchase is
+/// applied exactly once, in publish order, and every outcome is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_thousand_async_purchases_survive_duplicates_and_a_kill() {
+    const ENTITIES: usize = 100;
+    const EACH: u64 = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = unique_prefix();
+    let nats = nats_url();
+    let args =
+        ["--nats", nats.as_str(), "--nats-prefix", prefix.as_str(), "--shards", "16", "--command-ack-wait-ms", "2000"];
+    let node = NodeProcess::start(dir.path(), &args).await.unwrap();
+    for e in 0..ENTITIES {
+        let (s, _, b) =
+            post(&format!("{}/v1/entities/stock/s1:p{e}/restock", node.base), r#"{"qty": 1000000}"#, None).await;
+        assert_eq!(s, 200, "{b}");
+    }
+    let c = client(&prefix).await.with_shards(16);
+    let js = async_nats::jetstream::new(async_nats::connect(&nats).await.unwrap());
+    let subjects = tessera_runtime::wire::Subjects::new(&prefix);
+    let mut publishers = Vec::new();
+    for part in 0..4usize {
+        let (c, js, subjects) = (c.clone(), js.clone(), subjects.clone());
+        publishers.push(tokio::spawn(async move {
+            for n in 1..=EACH {
+                for e in (part..ENTITIES).step_by(4) {
+                    let (entity, id) = (format!("s1:p{e}"), format!("buy-{e}-{n}"));
+                    let body = serde_json::to_vec(&json!({ "qty": n })).unwrap();
+                    c.send_async("stock", &entity, "purchase", body.clone(), Format::Json, Some(&id)).await.unwrap();
+                    if n % 10 == 0 {
+                        // The same message again: JetStream's duplicate window drops it.
+                        c.send_async("stock", &entity, "purchase", body.clone(), Format::Json, Some(&id))
+                            .await
+                            .unwrap();
+                    }
+                    if n % 7 == 0 {
+                        // A new message, the same invocation: the entity answers from its record.
+                        let mut h = async_nats::HeaderMap::new();
+                        h.insert("Nats-Msg-Id", format!("{id}-again").as_str());
+                        h.insert("Tessera-Invocation-Id", id.as_str());
+                        h.insert("Tessera-Entity", entity.as_str());
+                        h.insert("Tessera-Command", "purchase");
+                        h.insert("Content-Type", "application/json");
+                        let shard = tessera_journal::shard_of("stock", &entity, 16);
+                        let ack = js.publish_with_headers(subjects.entity_command("stock", shard), h, body.into());
+                        ack.await.unwrap().await.unwrap();
+                    }
+                }
+            }
+        }));
+    }
+    // Mid-stream: the first purchases ran, the publishers are still going.
+    wait_result(&node.base, "buy-0-1", Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(publishers.iter().any(|p| !p.is_finished()), "killed while purchases are still coming");
+    node.kill().await;
+    let node = NodeProcess::start(dir.path(), &args).await.unwrap();
+    for p in publishers {
+        p.await.unwrap();
+    }
+    // Every outcome is stored, each an `ok`.
+    for e in 0..ENTITIES {
+        for n in 1..=EACH {
+            let r = wait_result(&node.base, &format!("buy-{e}-{n}"), Duration::from_secs(120)).await;
+            assert_eq!(r["status"], "ok", "{r}");
+        }
+    }
+    // Applied once each, in publish order.
+    for e in 0..ENTITIES {
+        let events = tessera_test_support::http::all_events(&node.base, "stock", &format!("s1:p{e}")).await;
+        let sold: Vec<u64> = events.iter().filter_map(|ev| ev.event["Purchased"]["qty"].as_u64()).collect();
+        assert_eq!(sold, (1..=EACH).collect::<Vec<u64>>(), "s1:p{e}: each purchase once, in publish order");
+    }
+    node.kill().await;
+}

@@ -67,6 +67,8 @@ section! {
         async_max_deliver: i64 = 5, flag "async-max-deliver";
         /// How long an async call may run before JetStream redelivers it, ms.
         async_ack_wait_ms: u64 = 30_000, flag "async-ack-wait-ms";
+        /// How long an async entity command may run before JetStream redelivers it, ms (after a crash, the unit's next owner waits this long before taking newer commands).
+        command_ack_wait_ms: u64 = 5_000, flag "command-ack-wait-ms";
     }
 }
 

@@ -84,6 +84,7 @@ fn reply_response(reply: &[u8], format: Format) -> Result<Response, ApiError> {
 pub(crate) async fn command(
     State(node): State<Node>,
     Path((entity_type, entity_id, command)): Path<(String, String, String)>,
+    q: Result<Query<FunctionQuery>, QueryRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -91,6 +92,16 @@ pub(crate) async fn command(
     let body = body_of(body, node.config().http.max_body_bytes, format)?;
     let idempotency_key = key_of(&headers, format)?;
     let inv = Invocation { entity_type, entity_id, command, body: body.to_vec(), format, idempotency_key };
+    match query(q)?.mode.as_deref() {
+        None | Some("sync") => {}
+        Some("async") => {
+            let row = node.invoke_async(inv).await.map_err(|e| ApiError(e, format))?;
+            return Ok(accepted(row));
+        }
+        Some(other) => {
+            return Err(ApiError(InvokeError::Malformed(format!("mode must be sync or async, not `{other}`")), format));
+        }
+    }
     let r = node.invoke(inv).await.map_err(|e| ApiError(e, format))?;
     let mut resp = reply_response(&r.reply, format)?;
     let h = resp.headers_mut();
@@ -201,19 +212,24 @@ pub(crate) async fn function(
             let key = key_of(&headers, format)?;
             let request_id = header_str(&headers, wire::X_REQUEST_ID, format)?.map(str::to_owned);
             let row = node.call_async(&name, &body, format, key, request_id).await.map_err(|e| ApiError(e, format))?;
-            let url = format!("/v1/invocations/{}", row.invocation_id);
-            let status = if row.status.is_final() { StatusCode::OK } else { StatusCode::ACCEPTED };
-            let body = AcceptedBody { invocation_id: row.invocation_id, status: row.status, result_url: url.clone() };
-            let mut resp = (status, Json(body)).into_response();
-            if let Ok(v) = HeaderValue::from_str(&url) {
-                resp.headers_mut().insert(header::LOCATION, v);
-            }
-            Ok(resp)
+            Ok(accepted(row))
         }
         Some(other) => {
             Err(ApiError(InvokeError::Malformed(format!("mode must be sync or async, not `{other}`")), format))
         }
     }
+}
+
+/// 202 (200 when already final) with where the result will be.
+fn accepted(row: InvocationResult) -> Response {
+    let url = format!("/v1/invocations/{}", row.invocation_id);
+    let status = if row.status.is_final() { StatusCode::OK } else { StatusCode::ACCEPTED };
+    let body = AcceptedBody { invocation_id: row.invocation_id, status: row.status, result_url: url.clone() };
+    let mut resp = (status, Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&url) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
 }
 
 /// The answer to `GET /v1/invocations/{id}`, on a node and on the

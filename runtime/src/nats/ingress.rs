@@ -76,6 +76,8 @@ impl NatsIngress {
                 tokio::spawn(async move { call(&n, &l, msg).await });
             }
         }));
+        let command_ack_wait = Duration::from_millis(node.config().nats.command_ack_wait_ms);
+        tasks.push(super::commands::start(node.clone(), link.clone(), command_ack_wait, max_deliver));
         let permits = Arc::new(Semaphore::new(node.config().executors.function_concurrency));
         tasks.push(tokio::spawn(async move {
             loop {

@@ -9,6 +9,7 @@
 //! An edge. May import: the node core and its ports, `wire`, `contract`,
 //! `client`, `results` (row publishing). Nothing imports it but `server`.
 
+mod commands;
 mod forward;
 mod ingress;
 mod queue;
@@ -67,6 +68,15 @@ impl NatsLink {
         })
         .await
         .map_err(|e| err(format!("cannot create the invocation stream: {e}")))?;
+        js.get_or_create_stream(stream::Config {
+            name: subjects.commands_stream(),
+            subjects: vec![format!("{}.acmd.>", subjects.prefix())],
+            retention: stream::RetentionPolicy::WorkQueue,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| err(format!("cannot create the entity command stream: {e}")))?;
         js.get_or_create_stream(stream::Config {
             name: subjects.result_stream(),
             subjects: vec![subjects.result(">"), subjects.dead_letter(">")],

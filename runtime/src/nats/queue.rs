@@ -1,23 +1,26 @@
 //! The JetStream call queue: async calls go to the work-queue stream
 //! `{P}_INVOKE` (de-duplicated by invocation id), final rows are published
-//! on `{p}.result.{id}`, dead letters on `{p}.dlq.{function}`.
+//! on `{p}.result.{id}`, dead letters on `{p}.dlq.{function}`. Async entity
+//! commands go to `{p}.acmd.{type}.{shard}` on `{P}_COMMANDS` (see
+//! `commands.rs` for how owners consume them).
 
 use async_nats::HeaderMap;
 
 use super::NatsLink;
 use crate::error::InvokeError;
-use crate::node::{CallQueue, QueuedCall};
+use crate::node::{CallQueue, QueuedCall, QueuedCommand};
 use crate::results::InvocationResult;
 use crate::wire;
 
 /// The node core's [`CallQueue`] port on JetStream.
 pub(crate) struct JetStreamQueue {
     link: NatsLink,
+    shards: u32,
 }
 
 impl JetStreamQueue {
-    pub(crate) fn new(link: NatsLink) -> Self {
-        Self { link }
+    pub(crate) fn new(link: NatsLink, shards: u32) -> Self {
+        Self { link, shards }
     }
 }
 
@@ -38,6 +41,25 @@ impl CallQueue for JetStreamQueue {
             .await
             .map_err(|e| InvokeError::Unavailable(format!("cannot queue the call: {e}")))?;
         ack.await.map_err(|e| InvokeError::Unavailable(format!("JetStream did not store the call: {e}")))?;
+        Ok(())
+    }
+
+    async fn enqueue_command(&self, cmd: QueuedCommand) -> Result<(), InvokeError> {
+        let mut h = HeaderMap::new();
+        h.insert(wire::INVOCATION_ID, cmd.id.as_str());
+        h.insert(wire::NATS_MSG_ID, cmd.id.as_str());
+        h.insert(wire::CONTENT_TYPE, cmd.format.content_type());
+        h.insert(wire::ENTITY, cmd.entity_id.as_str());
+        h.insert(wire::COMMAND, cmd.command.as_str());
+        let shard = tessera_journal::shard_of(&cmd.entity_type, &cmd.entity_id, self.shards);
+        let subject = self.link.subjects.entity_command(&cmd.entity_type, shard);
+        let ack = self
+            .link
+            .js
+            .publish_with_headers(subject, h, cmd.body.into())
+            .await
+            .map_err(|e| InvokeError::Unavailable(format!("cannot queue the command: {e}")))?;
+        ack.await.map_err(|e| InvokeError::Unavailable(format!("JetStream did not store the command: {e}")))?;
         Ok(())
     }
 

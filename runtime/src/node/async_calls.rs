@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tessera_entities::Format;
 
-use super::ports::{CallQueue, QueuedCall};
+use super::ports::{CallQueue, QueuedCall, QueuedCommand};
 use super::{Node, new_invocation_id};
 use crate::error::InvokeError;
 use crate::now_ms;
@@ -149,17 +149,22 @@ impl Node {
     /// Stores a final error row for a queued call that breaks the
     /// invocation contract (it is not run); retries while the store is down.
     pub async fn refuse_async(&self, id: &str, function: &str, e: &InvokeError) -> AsyncDecision {
+        self.refuse_queued(id, format!("function:{function}"), e).await
+    }
+
+    /// Stores a final error row for a queued invocation of `target` that is
+    /// not run; retries while the store is down.
+    pub(crate) async fn refuse_queued(&self, id: &str, target: String, e: &InvokeError) -> AsyncDecision {
         let n = &self.inner;
         let (now, ttl) = (now_ms(), (n.config.limits.result_ttl_secs as i64).saturating_mul(1000));
-        let mut row =
-            InvocationResult::pending(id, format!("function:{function}"), Format::Json.content_type(), now, ttl);
+        let mut row = InvocationResult::pending(id, target.clone(), Format::Json.content_type(), now, ttl);
         row.status = ResultStatus::Error;
         row.status_code = e.status();
         row.error = Some(e.to_string());
         row.node_id = n.node_id.clone();
         row.completed_ms = Some(now);
         row.set_body(rmp_serde::to_vec_named(&e.to_body()).unwrap_or_default(), n.config.limits.result_inline_bytes);
-        tracing::warn!(invocation = %id, function, error = %e, "queued call refused");
+        tracing::warn!(invocation = %id, %target, error = %e, "queued invocation refused");
         match n.results.put(row.clone()).await {
             Ok(_) => {
                 n.queue.finished(&row).await;
@@ -181,12 +186,17 @@ impl Node {
 /// a background task, retried like redeliveries; not durable (a crash
 /// loses queued calls, whose rows stay `pending`).
 pub struct LocalQueue {
-    tx: tokio::sync::mpsc::UnboundedSender<QueuedCall>,
+    tx: tokio::sync::mpsc::UnboundedSender<Queued>,
+}
+
+enum Queued {
+    Call(QueuedCall),
+    Command(QueuedCommand),
 }
 
 /// Runs what a [`LocalQueue`] takes; `crate::server` drives it.
 pub struct LocalQueueRunner {
-    rx: tokio::sync::mpsc::UnboundedReceiver<QueuedCall>,
+    rx: tokio::sync::mpsc::UnboundedReceiver<Queued>,
     max_deliver: u32,
 }
 
@@ -201,7 +211,10 @@ impl LocalQueue {
 #[async_trait::async_trait]
 impl CallQueue for LocalQueue {
     async fn enqueue(&self, call: QueuedCall) -> Result<(), InvokeError> {
-        self.tx.send(call).map_err(|_| InvokeError::Unavailable("node shutting down".into()))
+        self.tx.send(Queued::Call(call)).map_err(|_| InvokeError::Unavailable("node shutting down".into()))
+    }
+    async fn enqueue_command(&self, cmd: QueuedCommand) -> Result<(), InvokeError> {
+        self.tx.send(Queued::Command(cmd)).map_err(|_| InvokeError::Unavailable("node shutting down".into()))
     }
     async fn finished(&self, _: &InvocationResult) {}
     async fn dead_letter(&self, _: &QueuedCall, _: &InvokeError) {}
@@ -211,7 +224,15 @@ impl LocalQueueRunner {
     /// Runs every queued call on `node`, each in its own task, until the
     /// queue is dropped.
     pub async fn run(mut self, node: Node) {
-        while let Some(c) = self.rx.recv().await {
+        let commands = super::async_commands::LocalCommands::default();
+        while let Some(q) = self.rx.recv().await {
+            let c = match q {
+                Queued::Call(c) => c,
+                Queued::Command(cmd) => {
+                    commands.push(&node, cmd, self.max_deliver);
+                    continue;
+                }
+            };
             let (node, max) = (node.clone(), self.max_deliver);
             tokio::spawn(async move {
                 for attempt in 1..=max {

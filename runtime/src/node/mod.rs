@@ -6,6 +6,7 @@
 //! node → shard → journal.
 
 mod async_calls;
+mod async_commands;
 mod functions;
 pub mod ports;
 
@@ -21,7 +22,7 @@ use tokio::sync::{Semaphore, oneshot};
 use tracing::Instrument;
 
 pub use async_calls::{AsyncCall, AsyncDecision, LocalQueue, LocalQueueRunner};
-pub use ports::{CallQueue, Forwarder, QueuedCall};
+pub use ports::{CallQueue, Forwarder, QueuedCall, QueuedCommand};
 
 use crate::config::NodeConfig;
 use crate::error::InvokeError;

@@ -39,12 +39,33 @@ pub struct QueuedCall {
     pub request_id: Option<String>,
 }
 
+/// An async entity command handed to the queue: delivered (at least once,
+/// in order per entity) to the owner's `Node::run_async_command`.
+#[derive(Debug, Clone)]
+pub struct QueuedCommand {
+    /// The invocation id: the queue's de-duplication key and the command's idempotency key.
+    pub id: String,
+    /// The entity type.
+    pub entity_type: String,
+    /// The entity id.
+    pub entity_id: String,
+    /// The command.
+    pub command: String,
+    /// The body.
+    pub body: Vec<u8>,
+    /// The body's format.
+    pub format: Format,
+}
+
 /// Where async calls wait to run, and where their outcomes are announced.
 #[async_trait::async_trait]
 pub trait CallQueue: Send + Sync + 'static {
     /// Stores the call durably (or, in-process, hands it to the runner);
     /// returns once it will be delivered.
     async fn enqueue(&self, call: QueuedCall) -> Result<(), InvokeError>;
+    /// Stores an async entity command durably (or hands it to the
+    /// in-process runner); returns once it will be delivered.
+    async fn enqueue_command(&self, cmd: QueuedCommand) -> Result<(), InvokeError>;
     /// Announces a final result row (e.g. publishes it for subscribers).
     async fn finished(&self, row: &InvocationResult);
     /// Sets aside a call that failed its last delivery.

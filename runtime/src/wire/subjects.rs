@@ -47,6 +47,18 @@ impl Subjects {
     pub fn events_stream(&self) -> String {
         format!("{}_EVENTS", self.stream_base())
     }
+    /// `{p}.acmd.{type}.{shard}`: async entity commands of one unit (JetStream).
+    pub fn entity_command(&self, entity_type: &str, shard: u32) -> String {
+        format!("{}.acmd.{entity_type}.{shard}", self.prefix)
+    }
+    /// The stream of async entity commands.
+    pub fn commands_stream(&self) -> String {
+        format!("{}_COMMANDS", self.stream_base())
+    }
+    /// The durable consumer of one unit's async commands (its owner pulls it).
+    pub fn command_consumer(&self, entity_type: &str, shard: u32) -> String {
+        format!("{}-acmd-{entity_type}-{shard}", self.prefix).replace(['.', '*', '>', ' '], "-")
+    }
     /// The stream of async invocations.
     pub fn invoke_stream(&self) -> String {
         format!("{}_INVOKE", self.stream_base())
