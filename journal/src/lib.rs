@@ -22,6 +22,7 @@
 
 pub mod conformance;
 mod error;
+pub mod fault;
 mod journal;
 pub mod local;
 mod memory;

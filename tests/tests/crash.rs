@@ -126,3 +126,144 @@ async fn sigkill_during_load_loses_no_acknowledged_command() -> anyhow::Result<(
     node.kill().await;
     Ok(())
 }
+
+/// The shard feed through a crash at each named fault point of the append
+/// (see `tessera_journal::fault`): concurrent commands on 12 entities of one
+/// shard, the process aborts at the point, restarts; then the unit's feed
+/// holds every event of the journal exactly once, offsets strictly
+/// increasing (gapless on the local journal), per entity in seq order, and
+/// every acknowledged command is in the journal.
+async fn feed_survives_a_crash_at(point: &str, after: u32, journal: &[&str]) -> anyhow::Result<()> {
+    const SHARDS: u32 = 16;
+    const SHARD: u32 = 3;
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let mut args = vec!["--shards", "16"];
+    args.extend_from_slice(journal);
+    let after_s = after.to_string();
+    let env = [("TESSERA_FAULT_POINT", point), ("TESSERA_FAULT_AFTER", after_s.as_str())];
+    let node = NodeProcess::start_with_env(&data, &args, &env).await?;
+    let ids: Vec<String> = (0..1000)
+        .map(|i| format!("f{i}"))
+        .filter(|id| tessera_journal::shard_of("flaky", id, SHARDS) == SHARD)
+        .take(12)
+        .collect();
+    let mut clients = Vec::new();
+    for c in 0..12usize {
+        let (base, ids) = (node.base.clone(), ids.clone());
+        clients.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut acked = Vec::new();
+            for k in 0..100_000usize {
+                let (entity, key) = (&ids[(c + k) % ids.len()], format!("c{c}-{k}"));
+                let r = http
+                    .post(format!("{base}/v1/entities/flaky/{entity}/batch"))
+                    .header("idempotency-key", &key)
+                    .json(&serde_json::json!({ "n": 1 + k % 3 }))
+                    .timeout(Duration::from_secs(10))
+                    .send()
+                    .await;
+                match r {
+                    Ok(resp) if resp.status().as_u16() == 200 => acked.push(key),
+                    _ => break, // the process is gone
+                }
+            }
+            acked
+        }));
+    }
+    let mut acked = HashSet::new();
+    for c in clients {
+        acked.extend(tokio::time::timeout(Duration::from_secs(60), c).await??);
+    }
+    let status = node.wait().await;
+    assert!(!status.success(), "{point}: the process aborted at the fault point ({status:?})");
+    assert!(!acked.is_empty(), "{point}: commands were acknowledged before the crash");
+
+    let node = NodeProcess::start(&data, &args).await?;
+    let mut in_journal: HashSet<(String, u64)> = HashSet::new();
+    let mut invocations = HashSet::new();
+    for id in &ids {
+        for e in all_events(&node.base, id).await {
+            in_journal.insert((id.clone(), e["seq"].as_u64().unwrap_or(0)));
+            invocations.insert(e["invocation_id"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    for key in &acked {
+        assert!(invocations.contains(key), "{point}: acknowledged {key} is in the journal");
+    }
+    // The feed (on Scylla it becomes visible once settled: poll a while).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let feed = loop {
+        let mut feed: Vec<(u64, String, u64)> = Vec::new();
+        let mut from = 1;
+        loop {
+            let (s, page) = common::get(&format!("{}/v1/feed/flaky/{SHARD}?from={from}&limit=1000", node.base)).await;
+            assert_eq!(s, 200, "{page}");
+            let events = page["events"].as_array().cloned().unwrap_or_default();
+            for e in &events {
+                let (o, id, seq) = (e["offset"].as_u64(), e["entity_id"].as_str(), e["seq"].as_u64());
+                feed.push((o.unwrap_or(0), id.unwrap_or_default().to_owned(), seq.unwrap_or(0)));
+            }
+            if events.is_empty() {
+                break;
+            }
+            from = page["next_from"].as_u64().unwrap_or(from + 1);
+        }
+        if feed.len() >= in_journal.len() || tokio::time::Instant::now() > deadline {
+            break feed;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let in_feed: HashSet<(String, u64)> = feed.iter().map(|(_, id, seq)| (id.clone(), *seq)).collect();
+    assert_eq!(in_feed.len(), feed.len(), "{point}: no event twice in the feed");
+    assert_eq!(in_feed, in_journal, "{point}: the feed holds exactly the journal's events");
+    assert!(feed.windows(2).all(|w| w[0].0 < w[1].0), "{point}: offsets strictly increase");
+    if journal.is_empty() {
+        let offsets: Vec<u64> = feed.iter().map(|f| f.0).collect();
+        assert_eq!(offsets, (1..=feed.len() as u64).collect::<Vec<_>>(), "{point}: gapless on the local journal");
+    }
+    let mut last_seq: HashMap<&str, u64> = HashMap::new();
+    for (_, id, seq) in &feed {
+        let prev = last_seq.insert(id, *seq).unwrap_or(0);
+        assert_eq!(*seq, prev + 1, "{point}: {id} in seq order in the feed");
+    }
+    eprintln!("{point}: {} acknowledged, {} events, feed exactly once", acked.len(), feed.len());
+    node.kill().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_feed_survives_a_crash_before_the_group_commit() -> anyhow::Result<()> {
+    feed_survives_a_crash_at("local.before_commit", 150, &[]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_feed_survives_a_crash_after_the_group_commit() -> anyhow::Result<()> {
+    feed_survives_a_crash_at("local.after_commit", 150, &[]).await
+}
+
+/// A fresh keyspace on the test Cassandra, migrated.
+async fn scylla_journal() -> String {
+    let url = format!("{}/{}", common::scylla_server(), common::unique_keyspace());
+    let u = url.clone();
+    tokio::task::spawn_blocking(move || common::cluster::migrate(&u)).await.expect("migrate");
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scylla_feed_survives_a_crash_after_the_feed_entries() -> anyhow::Result<()> {
+    let url = scylla_journal().await;
+    feed_survives_a_crash_at("scylla.after_intent", 150, &["--journal", &url]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scylla_feed_survives_a_crash_after_the_event_commit() -> anyhow::Result<()> {
+    let url = scylla_journal().await;
+    feed_survives_a_crash_at("scylla.after_append", 150, &["--journal", &url]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scylla_feed_survives_a_crash_after_a_watermark() -> anyhow::Result<()> {
+    let url = scylla_journal().await;
+    feed_survives_a_crash_at("scylla.after_watermark", 60, &["--journal", &url]).await
+}

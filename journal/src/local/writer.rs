@@ -315,8 +315,10 @@ impl Writer {
 
         if !batch.is_empty() {
             let n = done.len();
+            crate::fault::point("local.before_commit");
             match batch.commit() {
                 Ok(()) => {
+                    crate::fault::point("local.after_commit");
                     self.cache.extend(pending);
                     self.feed_last.extend(feed_pending);
                     for d in done {

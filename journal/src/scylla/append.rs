@@ -206,6 +206,7 @@ impl ScyllaJournal {
         let ts = now_ms();
         let target = bucket::target(expected, self.inner.bucket);
         let first = self.intend(&feed, key, target, expected + 1, n, ts).await?;
+        crate::fault::point("scylla.after_intent");
         // The lease, asked now that the entries are durable: an append sent
         // after this has its entries where a successor's settle finds them.
         if lease.as_ref().is_some_and(|l| !l()) {
@@ -223,6 +224,9 @@ impl ScyllaJournal {
             key: idem.as_ref().map(|k| k.key.as_str()),
         };
         let r = self.append_inner(key, &a).await;
+        if r.is_ok() {
+            crate::fault::point("scylla.after_append");
+        }
         match &r {
             Err(AppendError::Journal(JournalError::Unavailable(_))) => {
                 self.settle_unknown(feed, key.clone(), target, expected + 1, first, n);

@@ -397,6 +397,7 @@ impl ScyllaJournal {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
+            crate::fault::point("scylla.after_watermark");
             let now = feed.state.lock().unwrap_or_else(|p| p.into_inner()).watermark;
             if now == w {
                 feed.flushing.store(false, Ordering::Release);

@@ -202,7 +202,7 @@ impl Node {
         let (supervisor, _) = Actor::spawn(None, ShardSupervisor, (ctx, refs.clone(), c.journal.shards))
             .await
             .map_err(|e| e.to_string())?;
-        Ok(Self {
+        let node = Self {
             inner: Arc::new(NodeInner {
                 functions: Semaphore::new(c.executors.function_concurrency),
                 ownership: p.ownership,
@@ -221,7 +221,17 @@ impl Node {
                 projections,
                 feed_openings: Semaphore::new(16),
             }),
-        })
+        };
+        if !clustered {
+            // This node owns every unit: settle what a previous run left
+            // unresolved in their feeds (Scylla), in the background.
+            for t in node.inner.registry.entities().map(|e| e.type_name().to_owned()).collect::<Vec<_>>() {
+                for shard in 0..node.inner.config.journal.shards {
+                    node.open_unit_feed(t.clone(), shard, 0);
+                }
+            }
+        }
+        Ok(node)
     }
 
     /// Stops the executors and the shard actors (in-flight appends complete
@@ -242,7 +252,14 @@ impl Node {
         if let Some(actor) = self.inner.refs.get(shard) {
             let _ = actor.send_message(ShardMsg::Acquire { entity_type: entity_type.to_owned() });
         }
-        let (me, t) = (self.clone(), entity_type.to_owned());
+        self.open_unit_feed(entity_type.to_owned(), shard, epoch);
+    }
+
+    /// Settles the unit's feed under `epoch` in the background (retrying
+    /// while the journal is down), then — in a cluster, if the lease is
+    /// still this epoch's — starts its projections.
+    fn open_unit_feed(&self, t: String, shard: u32, epoch: u64) {
+        let me = self.clone();
         tokio::spawn(async move {
             let Ok(_permit) = me.inner.feed_openings.acquire().await else { return };
             let mut wait = std::time::Duration::from_millis(200);
@@ -254,7 +271,7 @@ impl Node {
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(std::time::Duration::from_secs(10));
             }
-            if me.inner.ownership.as_ref().is_none_or(|o| o.fence(&t, shard) == Some(epoch)) {
+            if me.inner.ownership.as_ref().is_some_and(|o| o.fence(&t, shard) == Some(epoch)) {
                 me.inner.projections.start_unit(&t, shard);
             }
         });
