@@ -54,6 +54,25 @@ async fn failover_join_and_graceful_leave_lose_nothing() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("members (3)") && text.contains("leader: n"), "{text}");
 
+    // Idempotency by time across a move: 1000 keyed purchases on one stock
+    // entity whose shard n3 owns (n3 is about to die), retried at the end.
+    let status = c.status().await;
+    let hot = (0..10_000)
+        .map(|i| format!("s1:hot{i}"))
+        .find(|id| {
+            let shard = tessera_journal::shard_of("stock", id, SHARDS);
+            status.owner("stock", shard).is_some_and(|l| l.owner == "n3")
+        })
+        .expect("an entity n3 owns");
+    let (s, _, b) = post(&format!("{}/v1/entities/stock/{hot}/restock", n1.base), r#"{"qty": 5000}"#, None).await;
+    assert_eq!(s, 200, "{b}");
+    for i in 0..1000 {
+        let (s, _, b) =
+            post(&format!("{}/v1/entities/stock/{hot}/purchase", n1.base), r#"{"qty": 1}"#, Some(&format!("hot-{i}")))
+                .await;
+        assert_eq!(s, 200, "{b}");
+    }
+
     // Steady load through n1 and n2 (n3 is about to die; its shards are
     // reached by forwarding).
     let targets = Arc::new(std::sync::Mutex::new(vec![n1.base.clone(), n2.base.clone()]));
@@ -135,6 +154,20 @@ async fn failover_join_and_graceful_leave_lose_nothing() {
     let checked = verify_journal(&n2.base, &load).await;
     assert_eq!(checked, load.acked.lock().map(|a| a.len()).unwrap_or(0));
     eprintln!("verified {checked} acknowledged commands in the journal");
+
+    // The first of the 1000 keys, retried after its owner died and its shard
+    // moved (and more moved since): answered from the journal, nothing appended.
+    let now_owner =
+        c.status().await.owner("stock", tessera_journal::shard_of("stock", &hot, SHARDS)).map(|l| l.owner.clone());
+    assert_ne!(now_owner.as_deref(), Some("n3"), "the entity moved");
+    for base in [&n2.base, &n4.base] {
+        let (s, h, b) = post(&format!("{base}/v1/entities/stock/{hot}/purchase"), r#"{"qty": 1}"#, Some("hot-0")).await;
+        assert_eq!(s, 200, "{b}");
+        assert_eq!(h.get("tessera-deduplicated").and_then(|v| v.to_str().ok()), Some("true"), "{b}");
+        assert_eq!(h.get("tessera-seq").and_then(|v| v.to_str().ok()), Some("2"), "the original seq");
+    }
+    let (_, state) = get(&format!("{}/v1/entities/stock/{hot}?read=owner", n2.base)).await;
+    assert_eq!((state["seq"].as_u64(), state["state"]["on_hand"].as_i64()), (Some(1001), Some(4000)), "{state}");
 
     // The projection followed the feed through the kill -9, the join and the
     // leave: its count equals the journal's, never more.

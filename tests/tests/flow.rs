@@ -266,3 +266,48 @@ async fn async_commands_run_in_order_and_leave_their_outcome() -> anyhow::Result
     node.shutdown().await;
     Ok(())
 }
+
+/// A reader behind the feed's retention gets `feed_expired` (410) naming
+/// what is left, over JSON and over SSE; never a silent skip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_behind_the_retention_is_told_so() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (node, base) = common::node(dir.path(), |c| {
+        c.journal.shards = 1;
+        c.journal.feed_retention_secs = 1;
+    })
+    .await;
+    restock(&base, "s1:old", 1).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    restock(&base, "s1:new", 1).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let (s, err) = loop {
+        let (s, err) = common::get(&format!("{base}/v1/feed/stock/0?from=1")).await;
+        if s != 200 || tokio::time::Instant::now() > deadline {
+            break (s, err);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!((s, err["error"]["kind"].as_str()), (410, Some("feed_expired")), "{err}");
+    let (s, page) = common::get(&format!("{base}/v1/feed/stock/0?from=2")).await;
+    assert_eq!(s, 200, "{page}");
+    assert_eq!(page["expired_to"], 1);
+    assert_eq!(page["events"][0]["entity_id"], "s1:new");
+    let mut resp = common::client()
+        .get(format!("{base}/v1/feed/stock/0?from=1"))
+        .header("accept", "text/event-stream")
+        .send()
+        .await?;
+    let status = resp.status().as_u16();
+    let mut text = String::new();
+    while let Ok(Ok(Some(chunk))) = tokio::time::timeout(Duration::from_secs(5), resp.chunk()).await {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        if text.contains("feed_expired") {
+            break;
+        }
+    }
+    assert!(status == 410 || text.contains("event: error") && text.contains("feed_expired"), "{status} {text}");
+    drop(resp);
+    node.shutdown().await;
+    Ok(())
+}
