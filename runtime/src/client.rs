@@ -92,6 +92,7 @@ pub struct NatsClient {
     client: async_nats::Client,
     subjects: Subjects,
     shards: u32,
+    command_groups: u32,
     timeout: Duration,
     accept: Option<Format>,
 }
@@ -113,6 +114,7 @@ impl NatsClient {
             client,
             subjects: Subjects::new("tessera"),
             shards: tessera_journal::DEFAULT_SHARDS,
+            command_groups: 64,
             timeout: Duration::from_secs(30),
             accept: None,
         }
@@ -127,7 +129,13 @@ impl NatsClient {
         self.subjects = Subjects::new(prefix);
         self
     }
-    /// Uses another shard count (must match the nodes').
+    /// Uses another count of async command groups (must match the nodes' `nats.command_groups`).
+    pub fn with_command_groups(mut self, groups: u32) -> Self {
+        self.command_groups = groups.max(1);
+        self
+    }
+
+    /// Sets the shard count (must match the nodes').
     pub fn with_shards(mut self, shards: u32) -> Self {
         self.shards = shards;
         self
@@ -318,7 +326,7 @@ impl NatsClient {
         let shard = tessera_journal::shard_of(entity_type, entity_id, self.shards);
         let js = async_nats::jetstream::new(self.client.clone());
         let ack = js
-            .publish_with_headers(self.subjects.entity_command(entity_type, shard), h, body.into())
+            .publish_with_headers(self.subjects.entity_command(entity_type, shard, self.command_groups), h, body.into())
             .await
             .map_err(|e| ClientError::Other(e.to_string()))?;
         ack.await.map_err(|e| {

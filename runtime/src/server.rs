@@ -192,7 +192,9 @@ impl NodeBuilder {
         };
         let mut local_runner = None;
         let queue: Arc<dyn CallQueue> = match &nats {
-            Some(link) => Arc::new(JetStreamQueue::new(link.clone(), config.journal.shards)),
+            Some(link) => {
+                Arc::new(JetStreamQueue::new(link.clone(), config.journal.shards, config.nats.command_groups))
+            }
             None => {
                 let (q, runner) = LocalQueue::new(config.nats.async_max_deliver.max(1) as u32);
                 local_runner = Some(runner);

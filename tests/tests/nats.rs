@@ -478,7 +478,7 @@ async fn ten_thousand_async_purchases_survive_duplicates_and_a_kill() {
                         h.insert("Tessera-Command", "purchase");
                         h.insert("Content-Type", "application/json");
                         let shard = tessera_journal::shard_of("stock", &entity, 16);
-                        let ack = js.publish_with_headers(subjects.entity_command("stock", shard), h, body.into());
+                        let ack = js.publish_with_headers(subjects.entity_command("stock", shard, 64), h, body.into());
                         ack.await.unwrap().await.unwrap();
                     }
                 }

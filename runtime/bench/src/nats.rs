@@ -90,6 +90,30 @@ pub(super) async fn run(s: Sizes, url: &str) -> anyhow::Result<Value> {
     }
     let async_rate = m as f64 / started.elapsed().as_secs_f64();
     eprintln!("async invocations: {async_rate:.0}/s");
+
+    // Async entity commands: published to their units' subjects, run by
+    // the owner in per-entity order, outcome stored and published.
+    let done_before = node.metrics().requests.with_label_values(&["command", "200"]).get();
+    let c = client.clone().with_shards(node.config().journal.shards);
+    let ids3 = ids.clone();
+    let started = Instant::now();
+    concurrently(m, s.callers, move |i| {
+        let (c, ids) = (c.clone(), ids3.clone());
+        async move {
+            let id = &ids[(i % ids.len() as u64) as usize];
+            c.send_async("bench-counter", id, "add", br#"{"by":1}"#.to_vec(), Format::Json, None).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    let published = started.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while node.metrics().requests.with_label_values(&["command", "200"]).get() - done_before < m {
+        anyhow::ensure!(Instant::now() < deadline, "async entity commands did not finish");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let async_cmd_rate = m as f64 / started.elapsed().as_secs_f64();
+    eprintln!("async entity commands: {async_cmd_rate:.0}/s (all published after {published:?})");
     node.shutdown().await;
 
     let js = jetstream::new(client.nats().clone());
@@ -140,15 +164,21 @@ pub(super) async fn run(s: Sizes, url: &str) -> anyhow::Result<Value> {
     consume.await??;
     let raw_async = m as f64 / started.elapsed().as_secs_f64();
     eprintln!("raw JetStream publish + consume: {raw_async:.0}/s");
-    for stream in [name, format!("{}_INVOKE", prefix.to_uppercase()), format!("{}_RESULTS", prefix.to_uppercase())] {
+    for stream in [
+        name,
+        format!("{}_INVOKE", prefix.to_uppercase()),
+        format!("{}_RESULTS", prefix.to_uppercase()),
+        format!("{}_COMMANDS", prefix.to_uppercase()),
+    ] {
         let _ = js.delete_stream(stream).await;
     }
     Ok(json!({
-        "description": "entity commands over NATS request/reply (memory journal, 1 event each) vs a raw async-nats request/reply echo; async function invocations (JetStream work queue, result stored and published) vs raw JetStream publish + consume with acks",
+        "description": "entity commands over NATS request/reply (memory journal, 1 event each) vs a raw async-nats request/reply echo; async function invocations and async entity commands (JetStream, result stored and published) vs raw JetStream publish + consume with acks",
         "commands": n, "callers": s.callers, "async_invocations": m,
-        "runtime": { "commands_per_sec": rate.round(), "latency": latency, "async_invocations_per_sec": async_rate.round() },
+        "runtime": { "commands_per_sec": rate.round(), "latency": latency, "async_invocations_per_sec": async_rate.round(), "async_entity_commands_per_sec": async_cmd_rate.round() },
         "baseline_raw_nats": { "requests_per_sec": raw_rate.round(), "latency": raw_latency, "jetstream_publish_consume_per_sec": raw_async.round() },
         "ratio_runtime_to_baseline": ratio(rate, raw_rate),
         "ratio_async_to_raw_jetstream": ratio(async_rate, raw_async),
+        "ratio_async_commands_to_raw_jetstream": ratio(async_cmd_rate, raw_async),
     }))
 }

@@ -12,10 +12,15 @@ fn quick_bench_writes_json_for_every_benchmark() {
         .status()
         .unwrap();
     assert!(status.success());
-    for name in ["durable", "memory", "replay", "entities"] {
+    for name in ["durable", "memory", "replay", "entities", "projection"] {
         let v: serde_json::Value =
             serde_json::from_slice(&std::fs::read(out.path().join(format!("{name}.json"))).unwrap()).unwrap();
         assert_eq!(v["bench"], name);
-        assert!(v["ratio_runtime_to_baseline"].is_number() || v["ratio_entity_to_actor_memory"].is_number(), "{v}");
+        assert!(
+            v["ratio_runtime_to_baseline"].is_number()
+                || v["ratio_entity_to_actor_memory"].is_number()
+                || v["ratio_catch_up_to_raw_scan"].is_number(),
+            "{v}"
+        );
     }
 }

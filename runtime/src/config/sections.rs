@@ -37,6 +37,8 @@ section! {
         idle_poll_ms: u64 = 30_000, flag "projection-idle-poll-ms";
         /// Longest a handled batch waits for its checkpoint to be stored, ms (a crash redelivers what was handled since).
         checkpoint_every_ms: u64 = 250, flag "projection-checkpoint-every-ms";
+        /// How long a projection woken by a commit waits before it reads, ms (more events per read).
+        linger_ms: u64 = 5, flag "projection-linger-ms";
         /// Entity types the JetStream sink publishes to `{prefix}.events.{type}.{shard}`, comma-separated (empty: no sink; needs NATS).
         jetstream_types: String = String::new(), flag "events-to-jetstream";
         /// Body of each published event: `json` or `msgpack`.
@@ -69,6 +71,8 @@ section! {
         async_ack_wait_ms: u64 = 30_000, flag "async-ack-wait-ms";
         /// How long an async entity command may run before JetStream redelivers it, ms (after a crash, the unit's next owner waits this long before taking newer commands).
         command_ack_wait_ms: u64 = 5_000, flag "command-ack-wait-ms";
+        /// Consumer groups per entity type for async entity commands (shard mod groups; the same on every node).
+        command_groups: u32 = 64, flag "command-groups";
     }
 }
 

@@ -1,12 +1,15 @@
 //! Async entity commands from JetStream, consumed by each unit's owner.
 //!
-//! Commands wait on `{p}.acmd.{type}.{shard}` in the work-queue stream
-//! `{P}_COMMANDS` (de-duplicated by `Nats-Msg-Id`, the invocation id). Each
-//! unit has its own durable consumer; a node pulls the consumers of the
-//! units it serves — and only while they have messages: a watcher looks at
-//! the stream's subjects with messages every 200 ms and starts a puller for
-//! each unit this node serves that has none. So consumers follow shard
-//! ownership.
+//! Commands wait on `{p}.acmd.{type}.{group}.{shard}` in the work-queue stream
+//! `{P}_COMMANDS` (de-duplicated by `Nats-Msg-Id`, the invocation id). The
+//! shards of a type are split into `G` groups (shard mod G, `G` =
+//! `nats.command_groups`, 64 by default): one durable consumer per group
+//! (`{p}.acmd.{type}.{g}.*`: one filter, cheap for the server), pulled by the owner of the group's
+//! first unit (type, g), with one pull request waiting server-side while
+//! idle. So consumers follow shard ownership, and a stream holds
+//! `types × G` consumers, not one per unit (JetStream limits consumers per
+//! stream). A command of a unit the puller
+//! does not own is forwarded to its owner, one at a time per entity.
 //!
 //! Order: a puller takes a batch, runs each entity's commands one after
 //! another (entities in parallel), and fetches the next batch only when the
@@ -37,43 +40,45 @@ const BATCH: usize = 256;
 
 type Unit = (String, u32);
 
-/// Starts the watcher; it runs until aborted.
+/// Starts the manager: it keeps a puller running for every group this
+/// node leads; it runs until aborted.
 pub(crate) fn start(node: Node, link: NatsLink, ack_wait: Duration, max_deliver: i64) -> tokio::task::JoinHandle<()> {
+    let groups = node.config().nats.command_groups.clamp(1, node.config().journal.shards);
     tokio::spawn(async move {
         let pulling: Arc<Mutex<HashSet<Unit>>> = Arc::default();
-        let filter = format!("{}.acmd.>", link.subjects.prefix());
+        let types: Vec<String> = node.registry().entities().map(|e| e.type_name().to_owned()).collect();
         loop {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let Ok(stream) = link.js.get_stream(link.subjects.commands_stream()).await else { continue };
-            let Ok(subjects) = stream.info_with_subjects(&filter).await else { continue };
-            let subjects: Vec<(String, usize)> = subjects.filter_map(|s| async { s.ok() }).collect().await;
-            for (subject, count) in subjects {
-                let Some(unit) = parse_subject(&link, &subject) else { continue };
-                if count == 0 || !node.serves(&unit.0, unit.1) {
-                    continue;
-                }
-                if !pulling.lock().unwrap_or_else(|p| p.into_inner()).insert(unit.clone()) {
-                    continue;
-                }
-                let (node, link, pulling) = (node.clone(), link.clone(), pulling.clone());
-                tokio::spawn(async move {
-                    if let Err(e) = pull(&node, &link, &unit, ack_wait, max_deliver).await {
-                        tracing::warn!(entity_type = %unit.0, shard = unit.1, error = %e, "async command puller stopped");
+            for t in &types {
+                for g in 0..groups {
+                    let unit = (t.clone(), g);
+                    if !node.serves(t, g) || !pulling.lock().unwrap_or_else(|p| p.into_inner()).insert(unit.clone()) {
+                        continue;
                     }
-                    pulling.lock().unwrap_or_else(|p| p.into_inner()).remove(&unit);
-                });
+                    let (node, link, pulling) = (node.clone(), link.clone(), pulling.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = pull(&node, &link, &unit, ack_wait, max_deliver).await {
+                            tracing::warn!(entity_type = %unit.0, group = unit.1, error = %e, "async command puller stopped");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                        pulling.lock().unwrap_or_else(|p| p.into_inner()).remove(&unit);
+                    });
+                }
             }
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     })
 }
 
+/// (type, shard) of `{p}.acmd.{type}.{group}.{shard}`.
 fn parse_subject(link: &NatsLink, subject: &str) -> Option<Unit> {
     let rest = subject.strip_prefix(link.subjects.prefix())?.strip_prefix(".acmd.")?;
-    let (t, shard) = rest.rsplit_once('.')?;
+    let (rest, shard) = rest.rsplit_once('.')?;
+    let (t, _group) = rest.rsplit_once('.')?;
     Some((t.to_owned(), shard.parse().ok()?))
 }
 
-/// Pulls one unit's consumer while this node serves the unit and it has messages.
+/// Pulls one group's consumer (`unit` is its leader: the type and the
+/// group) while this node serves the leader unit and it has messages.
 async fn pull(
     node: &Node,
     link: &NatsLink,
@@ -88,7 +93,7 @@ async fn pull(
             &name,
             consumer::pull::Config {
                 durable_name: Some(name.clone()),
-                filter_subject: link.subjects.entity_command(&unit.0, unit.1),
+                filter_subject: link.subjects.entity_command_group(&unit.0, unit.1),
                 ack_policy: consumer::AckPolicy::Explicit,
                 ack_wait,
                 inactive_threshold: Duration::from_secs(3600),
@@ -98,21 +103,27 @@ async fn pull(
         .await?;
     // A previous owner's fetched-but-unacknowledged commands come back after
     // the ack wait: let them, so they are not overtaken by newer ones.
-    if consumer.info().await?.num_ack_pending > 0 {
+    let pending = consumer.info().await?.num_ack_pending;
+    if pending > 0 {
+        tracing::info!(entity_type = %unit.0, group = unit.1, pending, "commands a previous puller took are unacknowledged: waiting for their redelivery");
         tokio::time::sleep(ack_wait).await;
     }
-    let mut idle = 0;
-    while node.serves(&unit.0, unit.1) && idle < 10 {
-        let mut batch = consumer.fetch().max_messages(BATCH).expires(Duration::from_secs(1)).messages().await?;
+    // Wait (server side) for one command, then take what else is there at
+    // once: no prefetching — a batch is run before the next is taken, which
+    // keeps per-entity order.
+    while node.serves(&unit.0, unit.1) {
+        let mut first = consumer.batch().max_messages(1).expires(Duration::from_secs(2)).messages().await?;
         let mut msgs = Vec::new();
-        while let Some(m) = batch.next().await {
+        while let Some(m) = first.next().await {
             msgs.push(m?);
         }
         if msgs.is_empty() {
-            idle += 1;
             continue;
         }
-        idle = 0;
+        let mut rest = consumer.fetch().max_messages(BATCH - 1).messages().await?;
+        while let Some(m) = rest.next().await {
+            msgs.push(m?);
+        }
         run_batch(node, link, unit, msgs, max_deliver).await;
     }
     Ok(())
@@ -212,12 +223,13 @@ fn check(
     let command = header(wire::COMMAND).ok_or_else(|| InvokeError::Malformed(format!("missing {}", wire::COMMAND)))?;
     contract::body_size(m.payload.len(), node.config().http.max_body_bytes)?;
     let shard = tessera_journal::shard_of(&unit.0, &entity_id, node.config().journal.shards);
-    if shard != unit.1 {
+    let published = parse_subject(link, m.subject.as_str()).map(|u| u.1);
+    if published != Some(shard) {
         return Err(InvokeError::Misdirected(format!(
-            "{}/{entity_id} is in shard {shard}, not {}: publish it to {}",
+            "{}/{entity_id} is in shard {shard}, not the one of {}: publish it to {}",
             unit.0,
-            unit.1,
-            link.subjects.entity_command(&unit.0, shard)
+            m.subject,
+            link.subjects.entity_command(&unit.0, shard, node.config().nats.command_groups)
         )));
     }
     Ok(QueuedCommand {

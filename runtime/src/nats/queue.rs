@@ -16,11 +16,12 @@ use crate::wire;
 pub(crate) struct JetStreamQueue {
     link: NatsLink,
     shards: u32,
+    groups: u32,
 }
 
 impl JetStreamQueue {
-    pub(crate) fn new(link: NatsLink, shards: u32) -> Self {
-        Self { link, shards }
+    pub(crate) fn new(link: NatsLink, shards: u32, groups: u32) -> Self {
+        Self { link, shards, groups }
     }
 }
 
@@ -52,7 +53,7 @@ impl CallQueue for JetStreamQueue {
         h.insert(wire::ENTITY, cmd.entity_id.as_str());
         h.insert(wire::COMMAND, cmd.command.as_str());
         let shard = tessera_journal::shard_of(&cmd.entity_type, &cmd.entity_id, self.shards);
-        let subject = self.link.subjects.entity_command(&cmd.entity_type, shard);
+        let subject = self.link.subjects.entity_command(&cmd.entity_type, shard, self.groups);
         let ack = self
             .link
             .js

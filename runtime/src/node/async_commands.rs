@@ -86,7 +86,8 @@ impl Node {
             format: cmd.format,
             idempotency_key: Some(cmd.id.clone()),
         };
-        let outcome = if self.clustered() { self.invoke_here(inv).await } else { self.invoke(inv).await };
+        // Routed to the owner (the puller of a group may not own every unit of it).
+        let outcome = self.invoke(inv).await;
         row.attempts = attempt;
         row.node_id = n.node_id.clone();
         row.started_ms.get_or_insert(now);

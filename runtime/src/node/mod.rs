@@ -167,6 +167,7 @@ impl Node {
             batch: c.projections.batch,
             idle_poll: std::time::Duration::from_millis(c.projections.idle_poll_ms.max(1)),
             checkpoint_every: std::time::Duration::from_millis(c.projections.checkpoint_every_ms),
+            linger: std::time::Duration::from_millis(c.projections.linger_ms),
         };
         let projections = Projections::new(p.journal.clone(), p.projections, p.metrics.clone(), settings);
         let on_commit: Option<crate::shard::CommitHook> = if projections.list().is_empty() {

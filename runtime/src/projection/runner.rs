@@ -31,6 +31,8 @@ pub(crate) struct ProjectionSettings {
     pub(crate) idle_poll: Duration,
     /// Longest time handled events wait for their checkpoint to be stored.
     pub(crate) checkpoint_every: Duration,
+    /// How long a woken worker waits before it reads (more commits per read).
+    pub(crate) linger: Duration,
 }
 
 /// Where one projection stands in one unit.
@@ -336,9 +338,11 @@ async fn work(inner: Arc<Inner>, index: usize, unit: Unit, signals: Signals, sta
     // Woken by a commit whose events were not visible yet (a journal whose
     // feed lags its acks): look again soon, a few times.
     let mut hinted = 0u32;
+    let mut read_to_end = false;
     loop {
         let backoff = Duration::from_millis(100 * 2u64.pow(failures.min(8))).min(Duration::from_secs(30));
         if reload.swap(false, Ordering::AcqRel) {
+            tracing::debug!(projection = %name, entity_type, shard, "checkpoint moved: reloading");
             progress = None;
         }
         let pr = match progress.as_mut() {
@@ -378,8 +382,13 @@ async fn work(inner: Arc<Inner>, index: usize, unit: Unit, signals: Signals, sta
             }
         }
         let after = pr.current.offset;
-        let read: Result<Vec<_>, JournalError> =
-            inner.journal.events_by_shard(&entity_type, shard, after).take(inner.settings.batch).try_collect().await;
+        // After a batch that was not full the feed was read to its end: wait
+        // for the next commit (its wake is kept if it came meanwhile).
+        let read: Result<Vec<_>, JournalError> = if std::mem::take(&mut read_to_end) {
+            Ok(Vec::new())
+        } else {
+            inner.journal.events_by_shard(&entity_type, shard, after).take(inner.settings.batch).try_collect().await
+        };
         let events = match read {
             Ok(e) => e,
             Err(e) => {
@@ -413,7 +422,11 @@ async fn work(inner: Arc<Inner>, index: usize, unit: Unit, signals: Signals, sta
             };
             let unsaved = pr.unsaved.is_some();
             match tokio::time::timeout(wait, wake.notified()).await {
-                Ok(()) => hinted = 5,
+                Ok(()) => {
+                    hinted = 5;
+                    // Let a few more commits land: one read takes them all.
+                    tokio::time::sleep(inner.settings.linger).await;
+                }
                 // Idle: look at the stored checkpoint again (a rewind by another node).
                 Err(_) if !unsaved && hinted == 0 => progress = None,
                 Err(_) => {}
@@ -433,6 +446,7 @@ async fn work(inner: Arc<Inner>, index: usize, unit: Unit, signals: Signals, sta
             continue;
         }
         failures = 0;
+        read_to_end = !full;
         let last = batch.last().map_or(after, |e| e.offset);
         pr.current = Checkpoint { offset: last, state, written_ms: now_ms(), rewound: false };
         let (since, n) = pr.unsaved.unwrap_or((tokio::time::Instant::now(), 0));

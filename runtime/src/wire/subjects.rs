@@ -47,17 +47,24 @@ impl Subjects {
     pub fn events_stream(&self) -> String {
         format!("{}_EVENTS", self.stream_base())
     }
-    /// `{p}.acmd.{type}.{shard}`: async entity commands of one unit (JetStream).
-    pub fn entity_command(&self, entity_type: &str, shard: u32) -> String {
-        format!("{}.acmd.{entity_type}.{shard}", self.prefix)
+    /// `{p}.acmd.{type}.{group}.{shard}`: async entity commands of one unit
+    /// (JetStream), `group` = `shard % groups` (`nats.command_groups`, 64 by
+    /// default: one consumer per group).
+    pub fn entity_command(&self, entity_type: &str, shard: u32, groups: u32) -> String {
+        format!("{}.acmd.{entity_type}.{}.{shard}", self.prefix, shard % groups.max(1))
+    }
+    /// What the consumer of one group of a type's async commands takes.
+    pub fn entity_command_group(&self, entity_type: &str, group: u32) -> String {
+        format!("{}.acmd.{entity_type}.{group}.*", self.prefix)
     }
     /// The stream of async entity commands.
     pub fn commands_stream(&self) -> String {
         format!("{}_COMMANDS", self.stream_base())
     }
-    /// The durable consumer of one unit's async commands (its owner pulls it).
-    pub fn command_consumer(&self, entity_type: &str, shard: u32) -> String {
-        format!("{}-acmd-{entity_type}-{shard}", self.prefix).replace(['.', '*', '>', ' '], "-")
+    /// The durable consumer of one group of a type's async commands (the
+    /// owner of the group's first unit pulls it).
+    pub fn command_consumer(&self, entity_type: &str, group: u32) -> String {
+        format!("{}-acmd-{entity_type}-g{group}", self.prefix).replace(['.', '*', '>', ' '], "-")
     }
     /// The stream of async invocations.
     pub fn invoke_stream(&self) -> String {
