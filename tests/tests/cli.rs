@@ -181,3 +181,87 @@ async fn readme_curl_examples_work_as_written() {
     }
     node.shutdown().await;
 }
+
+/// `feed tail` prints committed events as JSON lines (and a clear error
+/// for a reader behind nothing it can see); `projection list|status|rewind|reset`
+/// through a node that runs a projection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feed_tail_and_projection_commands_through_a_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, base) = tessera_test_support::node::node_with(
+        tessera_tests::registry(),
+        dir.path(),
+        |c| c.journal.shards = 4,
+        |b| {
+            let mut b = b;
+            for p in tessera_tests::projections() {
+                b = b.projection(p);
+            }
+            b
+        },
+    )
+    .await;
+    let addr = base.trim_start_matches("http://").to_owned();
+    for i in 0..3 {
+        let (s, _, _) = common::post(&format!("{base}/v1/entities/stock/s1:t{i}/restock"), r#"{"qty": 1}"#, None).await;
+        assert_eq!(s, 200);
+    }
+    let shard = tessera_journal::shard_of("stock", "s1:t0", 4).to_string();
+
+    // Tail one shard from its start: the events already there, then stop it.
+    let mut tail = tokio::process::Command::new(common::test_node_bin())
+        .args(["feed", "tail", "--http", &addr, "--type", "stock", "--shard", &shard, "--from", "1"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = tail.stdout.take().unwrap();
+    let mut reader = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let line = tokio::time::timeout(std::time::Duration::from_secs(10), reader.next_line()).await.unwrap().unwrap();
+    let first: Value = serde_json::from_str(&line.expect("a line")).unwrap();
+    assert_eq!((first["offset"].as_u64(), first["entity_type"].as_str()), (Some(1), Some("stock")), "{first}");
+    assert_eq!(first["type"], "Restocked");
+    let _ = tail.kill().await;
+
+    let out = tokio::task::spawn_blocking({
+        let addr = addr.clone();
+        move || {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            let status = loop {
+                let s = run(&["projection", "status", "--http", &addr, "event-count"]);
+                let text = String::from_utf8_lossy(&s.stdout).to_string();
+                if text.contains("stock") || std::time::Instant::now() > deadline {
+                    break s;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            };
+            (
+                run(&["projection", "list", "--http", &addr]),
+                status,
+                run(&["projection", "rewind", "--http", &addr, "event-count", "--to", "1"]),
+                run(&["projection", "reset", "--http", &addr, "event-count", "--type", "stock"]),
+                run(&["projection", "status", "--http", &addr, "nope"]),
+            )
+        }
+    })
+    .await
+    .unwrap();
+    let text = |o: &Output| String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(out.0.status.success() && text(&out.0).contains("event-count"), "{}", text(&out.0));
+    assert!(out.1.status.success() && text(&out.1).contains("stock"), "{}", text(&out.1));
+    assert!(!out.2.status.success(), "a projection that keeps state cannot be rewound");
+    assert!(
+        String::from_utf8_lossy(&out.2.stderr).contains("reset, not rewound"),
+        "{}",
+        String::from_utf8_lossy(&out.2.stderr)
+    );
+    assert!(out.3.status.success() && text(&out.3).contains("reset"), "{}", text(&out.3));
+    assert!(!out.4.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.4.stderr).contains("unknown_projection"),
+        "{}",
+        String::from_utf8_lossy(&out.4.stderr)
+    );
+    node.shutdown().await;
+}
