@@ -73,6 +73,36 @@ async fn failover_join_and_graceful_leave_lose_nothing() {
         assert_eq!(s, 200, "{b}");
     }
 
+    // Async commands to another entity n3 owns, through n1, spanning the
+    // kill -9, the join and the moves: each runs once, in order.
+    let hot2 = (0..10_000)
+        .map(|i| format!("s1:async{i}"))
+        .find(|id| {
+            let shard = tessera_journal::shard_of("stock", id, SHARDS);
+            status.owner("stock", shard).is_some_and(|l| l.owner == "n3")
+        })
+        .expect("an entity n3 owns");
+    const ASYNC: u64 = 300;
+    let async_sender = {
+        let (base, hot2) = (n1.base.clone(), hot2.clone());
+        tokio::spawn(async move {
+            for n in 1..=ASYNC {
+                let url = format!("{base}/v1/entities/stock/{hot2}/restock?mode=async");
+                let body = json!({ "qty": n }).to_string();
+                let deadline = Instant::now() + Duration::from_secs(30);
+                loop {
+                    let (s, _, b) = post(&url, &body, Some(&format!("arestock-{n}"))).await;
+                    if s == 202 || s == 200 {
+                        break;
+                    }
+                    assert!(Instant::now() < deadline, "async restock {n} not accepted: {s} {b}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        })
+    };
+
     // Steady load through n1 and n2 (n3 is about to die; its shards are
     // reached by forwarding).
     let targets = Arc::new(std::sync::Mutex::new(vec![n1.base.clone(), n2.base.clone()]));
@@ -154,6 +184,16 @@ async fn failover_join_and_graceful_leave_lose_nothing() {
     let checked = verify_journal(&n2.base, &load).await;
     assert_eq!(checked, load.acked.lock().map(|a| a.len()).unwrap_or(0));
     eprintln!("verified {checked} acknowledged commands in the journal");
+
+    // Every async restock ran once, in the order it was accepted.
+    async_sender.await.expect("async sender");
+    for n in 1..=ASYNC {
+        let r = wait_result(&n2.base, &format!("arestock-{n}"), Duration::from_secs(60)).await;
+        assert_eq!(r["status"], "ok", "{r}");
+    }
+    let events = tessera_test_support::http::all_events(&n2.base, "stock", &hot2).await;
+    let restocks: Vec<u64> = events.iter().filter_map(|e| e.event["Restocked"]["qty"].as_u64()).collect();
+    assert_eq!(restocks, (1..=ASYNC).collect::<Vec<_>>(), "async commands once each, in order, across the moves");
 
     // The first of the 1000 keys, retried after its owner died and its shard
     // moved (and more moved since): answered from the journal, nothing appended.
