@@ -188,7 +188,9 @@ pub struct AppendAck {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardEvent {
     /// Position in the shard's feed: assigned at commit by the shard's
-    /// single writer, gapless per shard (1, 2, 3, …), per entity in seq order.
+    /// single writer, strictly increasing per unit (1, 2, 3, …; gapless on
+    /// the local and memory journals, holes on Scylla where an append
+    /// failed), per entity in seq order.
     pub offset: u64,
     /// The entity the event belongs to.
     pub entity: EntityKey,
