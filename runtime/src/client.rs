@@ -281,28 +281,12 @@ impl NatsClient {
         format: Format,
         invocation_id: Option<&str>,
     ) -> Result<String, ClientError> {
-        let id = invocation_id.map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned);
-        if !protocol::subject_safe(&id) {
-            return Err(ClientError::Other(format!("invocation id `{id}` must be letters, digits, `-`, `_` or `:`")));
-        }
-        let mut h = HeaderMap::new();
-        h.insert(protocol::INVOCATION_ID, id.as_str());
-        h.insert(protocol::NATS_MSG_ID, id.as_str());
-        h.insert(protocol::CONTENT_TYPE, format.content_type());
-        let js = async_nats::jetstream::new(self.client.clone());
-        let ack = js
-            .publish_with_headers(self.subjects.invoke(function), h, body.into())
-            .await
-            .map_err(|e| ClientError::Other(e.to_string()))?;
-        ack.await.map_err(|e| {
-            ClientError::Other(format!("JetStream did not store the call (is a node running with --nats?): {e}"))
-        })?;
-        Ok(id)
+        self.queue(self.subjects.invoke(function), HeaderMap::new(), body, format, invocation_id, "call").await
     }
 
     /// Queues an entity command in JetStream (fire and forget) on its unit's
-    /// subject `{prefix}.acmd.{type}.{shard}`; returns its invocation id.
-    /// The unit's owner runs it once, in publish order per entity; its
+    /// subject `{prefix}.acmd.{type}.{group}.{shard}`; returns its invocation
+    /// id. The unit's owner runs it once, in publish order per entity; its
     /// outcome appears at `GET /v1/invocations/{id}` and on `{prefix}.result.{id}`.
     pub async fn send_async(
         &self,
@@ -313,24 +297,37 @@ impl NatsClient {
         format: Format,
         invocation_id: Option<&str>,
     ) -> Result<String, ClientError> {
+        let mut h = HeaderMap::new();
+        h.insert(protocol::ENTITY, entity_id);
+        h.insert(protocol::COMMAND, command);
+        let shard = tessera_journal::shard_of(entity_type, entity_id, self.shards);
+        let subject = self.subjects.entity_command(entity_type, shard, self.command_groups);
+        self.queue(subject, h, body, format, invocation_id, "command").await
+    }
+
+    /// Publishes an invocation to JetStream under its id (also the message
+    /// id, so a republish is dropped) and waits until it is stored.
+    async fn queue(
+        &self,
+        subject: String,
+        mut h: HeaderMap,
+        body: Vec<u8>,
+        format: Format,
+        invocation_id: Option<&str>,
+        what: &str,
+    ) -> Result<String, ClientError> {
         let id = invocation_id.map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned);
         if !protocol::subject_safe(&id) {
             return Err(ClientError::Other(format!("invocation id `{id}` must be letters, digits, `-`, `_` or `:`")));
         }
-        let mut h = HeaderMap::new();
         h.insert(protocol::INVOCATION_ID, id.as_str());
         h.insert(protocol::NATS_MSG_ID, id.as_str());
         h.insert(protocol::CONTENT_TYPE, format.content_type());
-        h.insert(protocol::ENTITY, entity_id);
-        h.insert(protocol::COMMAND, command);
-        let shard = tessera_journal::shard_of(entity_type, entity_id, self.shards);
         let js = async_nats::jetstream::new(self.client.clone());
-        let ack = js
-            .publish_with_headers(self.subjects.entity_command(entity_type, shard, self.command_groups), h, body.into())
-            .await
-            .map_err(|e| ClientError::Other(e.to_string()))?;
+        let ack =
+            js.publish_with_headers(subject, h, body.into()).await.map_err(|e| ClientError::Other(e.to_string()))?;
         ack.await.map_err(|e| {
-            ClientError::Other(format!("JetStream did not store the command (is a node running with --nats?): {e}"))
+            ClientError::Other(format!("JetStream did not store the {what} (is a node running with --nats?): {e}"))
         })?;
         Ok(id)
     }

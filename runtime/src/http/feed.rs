@@ -26,6 +26,7 @@ use serde::Deserialize;
 use super::handlers::{ApiError, query};
 use crate::error::InvokeError;
 use crate::node::Node;
+use crate::projection::{Projection, UnitStatus};
 use crate::wire::{FeedBody, FeedEntryBody, ProjectionBody, ProjectionsBody, RewindBody, RewoundBody};
 
 #[derive(Deserialize)]
@@ -150,21 +151,27 @@ fn follow(node: Node, entity_type: String, cursors: Vec<(u32, u64)>) -> impl Str
     )
 }
 
-pub(crate) async fn projections(State(node): State<Node>) -> Json<ProjectionsBody> {
-    let mut out = Vec::new();
-    for p in node.projections().list() {
-        let units = node.projections().running(p.name());
-        out.push(ProjectionBody {
-            name: p.name().to_owned(),
-            entity_types: p.entity_types(),
-            keeps_state: p.keeps_state(),
-            lag: units.iter().map(|u| u.lag).sum(),
-            errors: units.iter().filter(|u| u.error.is_some()).count(),
-            units: Vec::new(),
-            running_here: units.len(),
-        });
+/// A projection's body: its totals over `units` (and the units, when `with_units`).
+fn projection_body(p: &dyn Projection, units: Vec<UnitStatus>, with_units: bool) -> ProjectionBody {
+    ProjectionBody {
+        name: p.name().to_owned(),
+        entity_types: p.entity_types(),
+        keeps_state: p.keeps_state(),
+        lag: units.iter().map(|u| u.lag).sum(),
+        errors: units.iter().filter(|u| u.error.is_some()).count(),
+        running_here: units.iter().filter(|u| u.running).count(),
+        units: if with_units { units } else { Vec::new() },
     }
-    Json(ProjectionsBody { node_id: node.node_id().to_owned(), projections: out })
+}
+
+pub(crate) async fn projections(State(node): State<Node>) -> Json<ProjectionsBody> {
+    let projections = node
+        .projections()
+        .list()
+        .iter()
+        .map(|p| projection_body(p.as_ref(), node.projections().running(p.name()), false))
+        .collect();
+    Json(ProjectionsBody { node_id: node.node_id().to_owned(), projections })
 }
 
 pub(crate) async fn projection(
@@ -173,15 +180,7 @@ pub(crate) async fn projection(
 ) -> Result<Json<ProjectionBody>, ApiError> {
     let p = node.projection(&name)?;
     let units = node.projections().status(&name).await.map_err(InvokeError::from)?;
-    Ok(Json(ProjectionBody {
-        name: p.name().to_owned(),
-        entity_types: p.entity_types(),
-        keeps_state: p.keeps_state(),
-        lag: units.iter().map(|u| u.lag).sum(),
-        errors: units.iter().filter(|u| u.error.is_some()).count(),
-        running_here: units.iter().filter(|u| u.running).count(),
-        units,
-    }))
+    Ok(Json(projection_body(p.as_ref(), units, true)))
 }
 
 fn rewind_body(body: &Bytes) -> Result<RewindBody, ApiError> {
