@@ -60,7 +60,28 @@ impl ClusterStatus {
         let mut members = Vec::new();
         let mut leases = Vec::new();
         let mut singletons = Vec::new();
-        for e in store.snapshot().await? {
+        let mut entries = store.snapshot().await?;
+        // A key listing taken while leases are renewed can come back short
+        // (the server's pending count races the updates: nats-server
+        // #4824), so every shard the members serve that the listing missed
+        // is asked for directly before it is called unowned.
+        let listed: std::collections::HashSet<String> = entries.iter().map(|e| e.key.clone()).collect();
+        let mut expected = Vec::new();
+        for e in &entries {
+            if let Value::Member(m) = &e.value {
+                for t in &m.entity_types {
+                    expected.extend((0..m.shards).map(|s| crate::store::shard_key(t, s)));
+                }
+            }
+        }
+        expected.sort();
+        expected.dedup();
+        for key in expected.into_iter().filter(|k| !listed.contains(k)) {
+            if let Some(e) = store.entry(&key).await? {
+                entries.push(e);
+            }
+        }
+        for e in entries {
             let epoch = e.epoch().unwrap_or_default();
             match e.value {
                 Value::Member(m) => members.push(m),

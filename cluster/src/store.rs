@@ -233,7 +233,11 @@ impl ClusterStore {
         self.kv.delete(member_key(node)).await.map_err(unavailable)
     }
 
-    /// Every live entry now, read once (for the CLI and tests).
+    /// Every live entry now, read once (for the CLI and tests). The key
+    /// listing under it may miss keys that are updated meanwhile
+    /// (nats-server #4824): a reader that knows which keys to expect asks
+    /// for the missing ones with [`ClusterStore::entry`], as
+    /// [`crate::ClusterStatus::read`] does.
     pub async fn snapshot(&self) -> Result<Vec<Entry>, ClusterError> {
         let mut keys = self.kv.keys().await.map_err(unavailable)?;
         let mut out = Vec::new();
@@ -247,6 +251,11 @@ impl ClusterStore {
         }
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
+    }
+
+    /// The current value of one key (`None`: absent or deleted).
+    pub async fn entry(&self, key: &str) -> Result<Option<Entry>, ClusterError> {
+        Ok(self.kv.entry(key).await.map_err(unavailable)?.and_then(decode))
     }
 
     /// A watch of every key: the current value of each, then every change.

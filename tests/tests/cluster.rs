@@ -138,9 +138,20 @@ async fn failover_join_and_graceful_leave_lose_nothing() {
     let n4 = c.start_with_env("n4", &nats, &[], &env).await;
     let mut max_in_progress = 0;
     let mut first_seen = None;
+    let mut over_cap = None;
     loop {
         let (m, in_progress) = c.spread(&["n1", "n2", "n4"]).await;
         max_in_progress = max_in_progress.max(in_progress);
+        if in_progress > 2 * CAP && over_cap.is_none() {
+            let leases: Vec<String> = c
+                .status()
+                .await
+                .leases
+                .iter()
+                .map(|l| format!("{}/{}={}:{:?}", l.entity_type, l.shard, l.owner, l.state))
+                .collect();
+            over_cap = Some(format!("{in_progress} in progress; leases {leases:?}"));
+        }
         let n4_has = m.get("n4").copied().unwrap_or(0);
         if n4_has > 0 && first_seen.is_none() {
             first_seen = Some(n4_has);
@@ -158,7 +169,10 @@ async fn failover_join_and_graceful_leave_lose_nothing() {
         json!({"balanced_after_ms": join_ms, "cap_per_round": CAP, "max_moves_in_progress_seen": max_in_progress, "first_share_seen": first_seen}),
     );
     assert!(first_seen.is_some_and(|n| n <= 2 * CAP), "the new node took shards gradually, first {first_seen:?}");
-    assert!(max_in_progress <= 2 * CAP, "at most the cap in flight (with view lag): {max_in_progress}");
+    if max_in_progress > 2 * CAP {
+        let logs: Vec<String> = [&n1, &n2, &n4].iter().flat_map(|n| n.log_tail()).collect();
+        panic!("at most the cap in flight (with view lag): {over_cap:?}\nnode logs:\n{}", logs.join("\n"));
+    }
     targets.lock().unwrap_or_else(|p| p.into_inner()).push(n4.base.clone());
 
     // n1 leaves gracefully (SIGTERM) while the load goes through n2 and n4.

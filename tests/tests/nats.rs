@@ -509,3 +509,54 @@ async fn ten_thousand_async_purchases_survive_duplicates_and_a_kill() {
     }
     node.kill().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_status_sees_every_lease_while_they_are_renewed() {
+    // A key listing of the bucket comes back short while keys are updated
+    // (nats-server #4824): the status read must not call those shards unowned.
+    use tessera_cluster::store::{LeaseValue, shard_key};
+    use tessera_cluster::{ClusterStatus, ClusterStore, LeaseState, MemberInfo};
+    const SHARDS: u32 = 48;
+    let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());
+    let store = ClusterStore::open(&js, &unique_prefix(), Duration::from_secs(30)).await.unwrap();
+    let member = MemberInfo {
+        node_id: "n1".into(),
+        http: None,
+        shards: SHARDS,
+        entity_types: vec!["stock".into()],
+        started_ms: 0,
+        heartbeat_ms: 0,
+        draining: false,
+        leases: SHARDS as usize,
+    };
+    store.heartbeat(&member).await.unwrap();
+    let value = LeaseValue { owner: "n1".into(), epoch: 1, state: LeaseState::Owned, since_ms: 0 };
+    let mut revisions = Vec::new();
+    for s in 0..SHARDS {
+        revisions.push(store.create(&shard_key("stock", s), &value).await.unwrap().expect("created"));
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let renewers: Vec<_> = (0..3u32)
+        .map(|w| {
+            let (store, value, stop) = (store.clone(), value.clone(), stop.clone());
+            let mut mine: Vec<(u32, u64)> = (w..SHARDS).step_by(3).map(|s| (s, revisions[s as usize])).collect();
+            tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    for (s, rev) in &mut mine {
+                        *rev = store.update(&shard_key("stock", *s), &value, *rev).await.expect("renew");
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+        })
+        .collect();
+    for _ in 0..100 {
+        let st = ClusterStatus::read(&store).await.unwrap();
+        assert!(st.unowned.is_empty(), "called unowned while held: {:?}", st.unowned);
+        assert_eq!(st.leases.len(), SHARDS as usize);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for r in renewers {
+        r.await.unwrap();
+    }
+}

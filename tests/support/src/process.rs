@@ -1,7 +1,9 @@
 //! A node binary running as a child process.
 
+use std::collections::VecDeque;
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -12,7 +14,13 @@ pub struct NodeProcess {
     pub child: tokio::process::Child,
     /// `http://ADDR` it serves.
     pub base: String,
+    /// The last lines it logged (warnings and errors: it runs with
+    /// `RUST_LOG=warn`), for a test to show when it fails.
+    log: Arc<Mutex<VecDeque<String>>>,
 }
+
+/// How many of a node's last log lines are kept.
+const LOG_TAIL: usize = 400;
 
 impl NodeProcess {
     /// Runs `bin serve --data-dir DIR --http 127.0.0.1:0 EXTRA...` with
@@ -49,14 +57,26 @@ impl NodeProcess {
         })
         .await??;
         let echo = std::env::var_os("TESSERA_TEST_NODE_LOGS").is_some();
+        let log = Arc::new(Mutex::new(VecDeque::with_capacity(LOG_TAIL)));
+        let tail = log.clone();
         tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
                 if echo {
                     eprintln!("node: {line}");
                 }
+                let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
+                if t.len() == LOG_TAIL {
+                    t.pop_front();
+                }
+                t.push_back(line);
             }
         });
-        Ok(Self { child, base })
+        Ok(Self { child, base, log })
+    }
+
+    /// The last lines the node logged (at most 400).
+    pub fn log_tail(&self) -> Vec<String> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
     }
 
     /// SIGKILL, then wait for the process to be gone.
