@@ -282,6 +282,52 @@ pub async fn feed_offsets_are_gapless_under_concurrency_and_restarts(b: &mut dyn
     assert_eq!(j.feed_bounds("conf", shard).await.unwrap().last, 74);
 }
 
+/// Appends that are refused — a conflict, a duplicate key, a stale fence —
+/// take no offsets: the feed stays 1, 2, 3, ... around them, when the unit
+/// passes to a new owner epoch, and after a restart.
+pub async fn refused_appends_leave_no_hole_in_the_feed(b: &mut dyn TestBackend) {
+    use std::time::Duration;
+    let j = b.open().await;
+    let shard = key("holes").shard(j.shards());
+    let ids = same_shard(j.shards(), shard, "holes-", 3);
+    let (a, c, d) = (&ids[0], &ids[1], &ids[2]);
+    let day = Duration::from_secs(86_400);
+    j.commit(a, AppendRequest::new(0, events(1..=2)).with_key("k1", day)).await.expect("append");
+    assert!(matches!(j.append(a, 0, events(9..=9)).await, Err(AppendError::Conflict { .. })));
+    assert!(matches!(
+        j.commit(a, AppendRequest::new(2, events(9..=9)).with_key("k1", day)).await,
+        Err(AppendError::Duplicate { .. })
+    ));
+    j.append(c, 0, events(1..=1)).await.expect("append");
+    j.raise_fence(d, 5).await.expect("raise");
+    assert!(matches!(
+        j.commit(d, AppendRequest::new(0, events(1..=1)).fenced(3)).await,
+        Err(AppendError::Fenced { .. })
+    ));
+    j.append(a, 2, events(3..=3)).await.expect("append");
+    let offsets = |f: &[crate::types::ShardEvent]| f.iter().map(|e| e.offset).collect::<Vec<_>>();
+    assert_eq!(offsets(&feed_of(&*j, "conf", shard, 0, 4).await), vec![1, 2, 3, 4], "no holes");
+    // A new owner epoch takes the unit over: offsets go on from 5.
+    j.open_feed("conf", shard, 7).await.expect("open under epoch 7");
+    for e in [a, c, d] {
+        j.raise_fence(e, 7).await.expect("raise");
+    }
+    j.commit(d, AppendRequest::new(0, events(1..=1)).fenced(7)).await.expect("fenced append");
+    assert!(matches!(
+        j.commit(c, AppendRequest::new(1, events(2..=2)).fenced(6)).await,
+        Err(AppendError::Fenced { .. })
+    ));
+    j.commit(c, AppendRequest::new(1, events(2..=2)).fenced(7)).await.expect("fenced append");
+    assert_eq!(offsets(&feed_of(&*j, "conf", shard, 0, 6).await), (1..=6).collect::<Vec<_>>());
+    drop(j);
+    let j = b.reopen().await;
+    j.open_feed("conf", shard, 7).await.expect("reopen under epoch 7");
+    j.commit(a, AppendRequest::new(3, events(4..=4)).fenced(7)).await.expect("append after reopen");
+    let feed = feed_of(&*j, "conf", shard, 0, 7).await;
+    assert_eq!(offsets(&feed), (1..=7).collect::<Vec<_>>());
+    assert_eq!((&feed[6].entity, feed[6].event.seq), (a, 4));
+}
+
 /// A retried idempotency key is refused however many appends came since,
 /// after a restart too, until its retention passes; a refused append
 /// records no key.
@@ -474,8 +520,8 @@ macro_rules! journal_conformance_tests {
             append_and_read_in_order, conflict_writes_nothing, racing_writers_one_winner,
             concurrent_entities, ranges_and_paging, snapshots, shard_feed, delete_prefix,
             lists_entities, reopen_keeps_everything, fence_refuses_stale_writers, fence_survives_reopen,
-            feed_offsets_are_gapless_under_concurrency_and_restarts, idempotency_keys_are_remembered_by_time_not_count,
-            a_reader_behind_retention_gets_an_error);
+            feed_offsets_are_gapless_under_concurrency_and_restarts, refused_appends_leave_no_hole_in_the_feed,
+            idempotency_keys_are_remembered_by_time_not_count, a_reader_behind_retention_gets_an_error);
     };
     (@suite $name:ident, $backend:expr; $($test:ident),*) => {
         mod $name {

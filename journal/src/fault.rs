@@ -7,8 +7,9 @@
 //! |---|---|
 //! | `local.before_commit` | a group commit is built (events, feed entries, heads), not written |
 //! | `local.after_commit` | the group commit is durable, no append acknowledged yet |
-//! | `scylla.after_intent` | the feed entries of an append are written, the conditional append not sent |
-//! | `scylla.after_append` | the conditional append committed, its feed offsets not resolved |
+//! | `scylla.after_intent` | an append's feed intent is written, the conditional append not sent |
+//! | `scylla.after_append` | the conditional append committed, no feed offsets given to it yet |
+//! | `scylla.after_entries` | a committed append's feed entries are written, the watermark not moved over them |
 //! | `scylla.after_watermark` | a unit's watermark was written |
 
 use std::sync::OnceLock;

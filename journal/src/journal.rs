@@ -34,10 +34,9 @@ pub type EntityStream = BoxStream<'static, Result<EntityInfo, JournalError>>;
 ///   the key's retention) fails with [`AppendError::Duplicate`] and writes
 ///   nothing, however many appends came since;
 /// - the shard feed holds every committed event once, at an offset assigned
-///   at commit: strictly increasing per unit (gapless on the local and
-///   memory journals; on Scylla a failed append's offsets are skipped), per
-///   entity in seq order, never appearing at or below an offset a reader
-///   has already been given;
+///   by the unit's owner to committed appends only: 1, 2, 3, … per unit
+///   without gaps, per entity in seq order, never appearing at or below an
+///   offset a reader has already been given;
 /// - reads are streamed in pages, so replaying millions of events holds one
 ///   page in memory.
 #[async_trait::async_trait]

@@ -187,10 +187,9 @@ pub struct AppendAck {
 /// One entry of a shard's feed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardEvent {
-    /// Position in the shard's feed: assigned at commit by the shard's
-    /// single writer, strictly increasing per unit (1, 2, 3, …; gapless on
-    /// the local and memory journals, holes on Scylla where an append
-    /// failed), per entity in seq order.
+    /// Position in the unit's feed: assigned by the unit's owner to
+    /// committed appends only, 1, 2, 3, … without gaps, per entity in seq
+    /// order.
     pub offset: u64,
     /// The entity the event belongs to.
     pub entity: EntityKey,

@@ -33,8 +33,8 @@ pub(crate) struct Append<'a> {
     pub(crate) snapshot: Option<&'a Snapshot>,
     pub(crate) fence: Option<u64>,
     pub(crate) ts: i64,
-    /// The feed offset of the first event (the others follow).
-    pub(crate) first_offset: u64,
+    /// The feed intent the event rows carry (none: a type without a feed).
+    pub(crate) intent: Option<u64>,
     /// The idempotency key, stored on the last event.
     pub(crate) key: Option<&'a str>,
 }
@@ -93,7 +93,7 @@ impl ScyllaJournal {
                     .with("version", CqlValue::Int(e.version as i32))
                     .with("payload", CqlValue::Blob(e.payload.clone()))
                     .with("metadata", CqlValue::Blob(e.metadata.clone()))
-                    .big("feed_offset", (a.first_offset + i as u64) as i64)
+                    .big_or_null("feed_intent", a.intent.map(|id| id as i64))
                     .with("idem_key", idem),
             );
         }
@@ -173,9 +173,10 @@ impl ScyllaJournal {
         Ok(())
     }
 
-    /// Commits one append with its feed entries and key: the key checked
-    /// and recorded, the feed entries written, the lease asked, then the
-    /// conditional append; its offsets resolved when the outcome is known.
+    /// Commits one append with its feed intent and key: the key checked
+    /// and recorded, the intent written, the lease asked, then the
+    /// conditional append; offsets are given to it once it is known to have
+    /// committed (`feed`).
     pub(crate) async fn commit_fed(&self, key: &EntityKey, req: AppendRequest) -> Result<(u64, i64), AppendError> {
         let AppendRequest { expected_seq: expected, events, snapshot, fence, key: idem, lease } = req;
         if events.is_empty() {
@@ -196,21 +197,21 @@ impl ScyllaJournal {
                 snapshot: snapshot.as_ref(),
                 fence,
                 ts: now_ms(),
-                first_offset: 0,
+                intent: None,
                 key: idem.as_ref().map(|k| k.key.as_str()),
             };
             return self.append_inner(key, &a).await;
         }
         let unit = (key.entity_type.clone(), key.shard(self.inner.shards));
         let feed = self.unit_feed(unit, fence).await?;
-        let ts = now_ms();
+        self.wait_settled(&feed, key).await?;
         let target = bucket::target(expected, self.inner.bucket);
-        let first = self.intend(&feed, key, target, expected + 1, n, ts).await?;
+        let intent = self.intend(&feed, key, target, expected + 1, n).await?;
         crate::fault::point("scylla.after_intent");
-        // The lease, asked now that the entries are durable: an append sent
-        // after this has its entries where a successor's settle finds them.
+        // The lease, asked now that the intent is durable: an append sent
+        // after this has its intent where a successor's settle finds it.
         if lease.as_ref().is_some_and(|l| !l()) {
-            self.resolved(&feed, first, n);
+            self.refused(&feed, &intent);
             let epoch = fence.unwrap_or(feed.epoch());
             return Err(AppendError::Fenced { entity: key.to_string(), epoch, current: epoch });
         }
@@ -219,19 +220,19 @@ impl ScyllaJournal {
             events: &events,
             snapshot: snapshot.as_ref(),
             fence,
-            ts,
-            first_offset: first,
+            ts: now_ms(),
+            intent: Some(intent.id),
             key: idem.as_ref().map(|k| k.key.as_str()),
         };
         let r = self.append_inner(key, &a).await;
-        if r.is_ok() {
-            crate::fault::point("scylla.after_append");
-        }
         match &r {
-            Err(AppendError::Journal(JournalError::Unavailable(_))) => {
-                self.settle_unknown(feed, key.clone(), target, expected + 1, first, n);
+            Ok(_) => {
+                crate::fault::point("scylla.after_append");
+                self.committed(&feed, intent);
             }
-            _ => self.resolved(&feed, first, n),
+            // The driver could not tell whether it applied.
+            Err(AppendError::Journal(JournalError::Unavailable(_))) => self.settle_unknown(feed, intent),
+            Err(_) => self.refused(&feed, &intent),
         }
         r
     }

@@ -18,7 +18,7 @@ use crate::types::PersistedEvent;
 /// whatever order the statement names them; a marker without a value is a
 /// serialization error naming it. No statement binds by position.
 #[derive(Debug, Default, Clone)]
-pub(crate) struct Named(Vec<(&'static str, CqlValue)>);
+pub(crate) struct Named(Vec<(&'static str, Option<CqlValue>)>);
 
 impl Named {
     pub(crate) fn new() -> Self {
@@ -26,7 +26,12 @@ impl Named {
     }
     /// Adds a value for the marker `name`.
     pub(crate) fn with(mut self, name: &'static str, value: CqlValue) -> Self {
-        self.0.push((name, value));
+        self.0.push((name, Some(value)));
+        self
+    }
+    /// Binds `name` to a BIGINT, or to null.
+    pub(crate) fn big_or_null(mut self, name: &'static str, v: Option<i64>) -> Self {
+        self.0.push((name, v.map(CqlValue::BigInt)));
         self
     }
     pub(crate) fn big(self, name: &'static str, v: i64) -> Self {

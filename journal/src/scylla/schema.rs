@@ -18,7 +18,14 @@ use crate::error::JournalError;
 ///   (`feed`, `feed_segments`, each event row's `feed_offset`), and
 ///   idempotency keys by time (`idempotency`, each event row's `idem_key`).
 ///   The wall-clock feed `events_by_shard` of version 1 is no longer written.
-pub const SCHEMA_VERSION: i32 = 3;
+/// - 4: a gapless feed: offsets are given only to committed appends. An
+///   append first records an *intent* (`feed_intents`, per unit and owner
+///   epoch), each event row carries its intent (`feed_intent`) and each feed
+///   entry the intent it numbers (`intent`); a segment records how far its
+///   intents are settled (`intent_floor`, `floor_offset`) and which owner
+///   closed it (`closed_by`). Segments written by version 3 are settled the
+///   version-3 way.
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// Offsets per partition of the `feed` table.
 pub const FEED_BLOCK: u64 = 100_000;
@@ -118,6 +125,24 @@ fn migrations(ks: &str) -> Vec<(i32, Vec<String>)> {
                         entity_type text, entity_id text, key text, seq bigint,
                         PRIMARY KEY ((entity_type, entity_id), key)
                     )"
+                ),
+            ],
+        ),
+        (
+            4,
+            vec![
+                format!("ALTER TABLE {ks}.events ADD feed_intent bigint"),
+                format!("ALTER TABLE {ks}.feed ADD intent bigint"),
+                format!("ALTER TABLE {ks}.feed_segments ADD intent_floor bigint"),
+                format!("ALTER TABLE {ks}.feed_segments ADD floor_offset bigint"),
+                format!("ALTER TABLE {ks}.feed_segments ADD closed_by bigint"),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {ks}.feed_intents (
+                        entity_type text, shard int, epoch bigint, block bigint, id bigint,
+                        entity_id text, bucket bigint, first_seq bigint, n int,
+                        PRIMARY KEY ((entity_type, shard, epoch, block), id)
+                    ) WITH CLUSTERING ORDER BY (id ASC)
+                      AND default_time_to_live = {FEED_TTL_SECS}"
                 ),
             ],
         ),

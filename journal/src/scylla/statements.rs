@@ -45,11 +45,19 @@ pub(crate) struct Statements {
     pub(crate) feed_first: PreparedStatement,
     pub(crate) segments: PreparedStatement,
     pub(crate) segment_open: PreparedStatement,
+    /// The watermark and intent floor, written while nobody closed the segment.
     pub(crate) segment_watermark: PreparedStatement,
     pub(crate) segment_seal: PreparedStatement,
-    /// An event's feed offset, read at serial consistency (settles a
-    /// conditional append whose outcome was unknown).
-    pub(crate) event_offset_serial: PreparedStatement,
+    /// A successor closes a segment before it settles it (no more watermark moves).
+    pub(crate) segment_close: PreparedStatement,
+    /// A segment's watermark and intent floor, read at serial consistency.
+    pub(crate) segment_serial: PreparedStatement,
+    /// The intents of a unit's appends, per owner epoch.
+    pub(crate) intent_put: PreparedStatement,
+    pub(crate) intent_range: PreparedStatement,
+    /// An event's intent, read at serial consistency (settles a conditional
+    /// append whose outcome was unknown, or a crashed owner's).
+    pub(crate) event_intent_serial: PreparedStatement,
     /// An event with its feed offset (the feed's readers check the entry is the event's).
     pub(crate) read_fed: PreparedStatement,
     /// Idempotency keys by time.
@@ -99,6 +107,13 @@ impl Statements {
                 .await?,
             })
         };
+        let serial = |mut p: PreparedStatement| {
+            p.set_consistency(match c.serial_consistency {
+                scylla::statement::SerialConsistency::Serial => scylla::statement::Consistency::Serial,
+                scylla::statement::SerialConsistency::LocalSerial => scylla::statement::Consistency::LocalSerial,
+            });
+            p
+        };
         Ok(Self {
             head: head(false).await?,
             head_fenced: head(true).await?,
@@ -108,8 +123,8 @@ impl Statements {
             insert_event: prep(
                 format!(
                     "INSERT INTO {ks}.events (entity_type, entity_id, bucket, seq, ts, type_name, version, payload, metadata, \
-                     feed_offset, idem_key) VALUES (:entity_type, :entity_id, :bucket, :seq, :ts, :type_name, :version, \
-                     :payload, :metadata, :feed_offset, :idem_key)"
+                     feed_intent, idem_key) VALUES (:entity_type, :entity_id, :bucket, :seq, :ts, :type_name, :version, \
+                     :payload, :metadata, :feed_intent, :idem_key)"
                 ),
                 false,
                 false,
@@ -148,8 +163,9 @@ impl Statements {
             ))
             .await?,
             feed_put: idem(format!(
-                "INSERT INTO {ks}.feed (entity_type, shard, block, offset, epoch, entity_id, bucket, seq, ts, void) \
-                 VALUES (:entity_type, :shard, :block, :offset, :epoch, :entity_id, :bucket, :seq, :ts, false) USING TTL :ttl"
+                "INSERT INTO {ks}.feed (entity_type, shard, block, offset, epoch, entity_id, bucket, seq, ts, void, intent) \
+                 VALUES (:entity_type, :shard, :block, :offset, :epoch, :entity_id, :bucket, :seq, :ts, false, :intent) \
+                 USING TTL :ttl"
             ))
             .await?,
             feed_void: idem(format!(
@@ -158,7 +174,7 @@ impl Statements {
             ))
             .await?,
             feed_range: idem(format!(
-                "SELECT offset, epoch, entity_id, bucket, seq, void FROM {ks}.feed \
+                "SELECT offset, epoch, entity_id, bucket, seq, void, intent FROM {ks}.feed \
                  WHERE entity_type = :entity_type AND shard = :shard AND block = :block AND offset > :after AND offset <= :upto \
                  LIMIT 1024"
             ))
@@ -168,18 +184,19 @@ impl Statements {
             ))
             .await?,
             segments: idem(format!(
-                "SELECT epoch, start, watermark, sealed_end FROM {ks}.feed_segments \
+                "SELECT epoch, start, watermark, sealed_end, intent_floor, floor_offset FROM {ks}.feed_segments \
                  WHERE entity_type = :entity_type AND shard = :shard"
             ))
             .await?,
             segment_open: idem(format!(
-                "INSERT INTO {ks}.feed_segments (entity_type, shard, epoch, start, watermark) \
-                 VALUES (:entity_type, :shard, :epoch, :start, :watermark)"
+                "INSERT INTO {ks}.feed_segments (entity_type, shard, epoch, start, watermark, intent_floor, floor_offset) \
+                 VALUES (:entity_type, :shard, :epoch, :start, :watermark, :intent_floor, :floor_offset)"
             ))
             .await?,
-            segment_watermark: idem(format!(
-                "UPDATE {ks}.feed_segments SET watermark = :watermark \
-                 WHERE entity_type = :entity_type AND shard = :shard AND epoch = :epoch"
+            segment_watermark: lwt(format!(
+                "UPDATE {ks}.feed_segments SET watermark = :watermark, intent_floor = :intent_floor, \
+                 floor_offset = :floor_offset WHERE entity_type = :entity_type AND shard = :shard AND epoch = :epoch \
+                 IF closed_by = null"
             ))
             .await?,
             segment_seal: idem(format!(
@@ -187,14 +204,32 @@ impl Statements {
                  WHERE entity_type = :entity_type AND shard = :shard AND epoch = :epoch"
             ))
             .await?,
-            event_offset_serial: {
-                let mut p = idem(format!("SELECT feed_offset FROM {ks}.events WHERE {PK} AND seq = :seq")).await?;
-                p.set_consistency(match c.serial_consistency {
-                    scylla::statement::SerialConsistency::Serial => scylla::statement::Consistency::Serial,
-                    scylla::statement::SerialConsistency::LocalSerial => scylla::statement::Consistency::LocalSerial,
-                });
-                p
-            },
+            segment_close: lwt(format!(
+                "UPDATE {ks}.feed_segments SET closed_by = :closed_by \
+                 WHERE entity_type = :entity_type AND shard = :shard AND epoch = :epoch IF closed_by = null"
+            ))
+            .await?,
+            segment_serial: serial(
+                idem(format!(
+                    "SELECT watermark, intent_floor, floor_offset FROM {ks}.feed_segments \
+                     WHERE entity_type = :entity_type AND shard = :shard AND epoch = :epoch"
+                ))
+                .await?,
+            ),
+            intent_put: idem(format!(
+                "INSERT INTO {ks}.feed_intents (entity_type, shard, epoch, block, id, entity_id, bucket, first_seq, n) \
+                 VALUES (:entity_type, :shard, :epoch, :block, :id, :entity_id, :bucket, :first_seq, :n) USING TTL :ttl"
+            ))
+            .await?,
+            intent_range: idem(format!(
+                "SELECT id, entity_id, bucket, first_seq, n FROM {ks}.feed_intents \
+                 WHERE entity_type = :entity_type AND shard = :shard AND epoch = :epoch AND block = :block AND id >= :from_id \
+                 LIMIT 1024"
+            ))
+            .await?,
+            event_intent_serial: serial(
+                idem(format!("SELECT feed_intent FROM {ks}.events WHERE {PK} AND seq = :seq")).await?,
+            ),
             read_fed: idem(format!(
                 "SELECT seq, ts, type_name, version, payload, metadata, feed_offset FROM {ks}.events WHERE {PK} AND seq = :seq"
             ))
