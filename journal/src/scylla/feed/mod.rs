@@ -11,7 +11,10 @@
 //!   entries; a refused append gives nothing up, so there are no holes.
 //!   An outcome the driver could not tell is settled by a serial read of the
 //!   event row (its intent says whose it is); the entity's next append waits
-//!   for that, so per entity feed order stays seq order.
+//!   for that, so per entity feed order stays seq order. (Per entity order
+//!   assumes one writer per entity at a time, as the runtime's single
+//!   activation per entity gives: two writers racing on one entity could
+//!   number their commits in the order their acknowledgements arrive.)
 //! - **The watermark.** Readers see offsets up to the unit's watermark, the
 //!   contiguous prefix whose entries are durable. It is written with the
 //!   *intent floor*: every intent below it is decided and visible, and those
