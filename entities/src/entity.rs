@@ -3,6 +3,8 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::action::{self, Action, EntityRef, FunctionCall};
+use crate::codec::CodecError;
 use crate::event::{OldEvent, UpcastError};
 
 /// An event-sourced entity type: a virtual actor addressed by an id, whose state
@@ -85,29 +87,86 @@ impl Ctx {
     pub fn now_ms(&self) -> i64 {
         self.now_ms
     }
+    /// The time `after` from now, for [`Effect::and_schedule`].
+    pub fn after(&self, after: std::time::Duration) -> i64 {
+        action::after_ms(self.now_ms, after)
+    }
 }
 
-/// What a handler decided: events to persist (possibly none) and the reply.
+/// What a handler decided: events to persist (possibly none), the reply,
+/// and actions — commands to other entities, timers, function calls —
+/// that the runtime stores in the same append as the events and carries
+/// out once they are durable.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Effect<Ev, R> {
     /// Events to persist, in order, before the reply is sent.
     pub events: Vec<Ev>,
     /// The reply sent once the events are durable.
     pub reply: R,
+    /// Messages, timers and calls, in the order they were added.
+    pub actions: Vec<Action>,
+    /// An action that did not encode (reported when the effect is stored).
+    error: Option<CodecError>,
 }
 
 impl<Ev, R> Effect<Ev, R> {
     /// Reply without persisting anything.
     pub fn reply(reply: R) -> Self {
-        Self { events: Vec::new(), reply }
+        Self { events: Vec::new(), reply, actions: Vec::new(), error: None }
     }
     /// Persist one event, then reply.
     pub fn persist(event: Ev, reply: R) -> Self {
-        Self { events: vec![event], reply }
+        Self { events: vec![event], reply, actions: Vec::new(), error: None }
     }
     /// Persist several events atomically, then reply.
     pub fn persist_all(events: Vec<Ev>, reply: R) -> Self {
-        Self { events, reply }
+        Self { events, reply, actions: Vec::new(), error: None }
+    }
+
+    fn and(mut self, action: Result<Action, CodecError>) -> Self {
+        match action {
+            Ok(a) => self.actions.push(a),
+            Err(e) => self.error = self.error.or(Some(e)),
+        }
+        self
+    }
+    /// Also send `command` to `target` (exactly once, after the events are
+    /// durable; messages from one entity to another arrive in send order).
+    pub fn and_send<C: Serialize>(self, target: EntityRef, command: &C) -> Self {
+        self.and(action::message(target, command, None))
+    }
+    /// Also send `command` to `target`, and have its reply or rejection come
+    /// back to this entity as the command `reply_to` with a
+    /// [`crate::Response`] payload (a request/response that never blocks).
+    pub fn and_ask<C: Serialize>(self, target: EntityRef, command: &C, reply_to: &str) -> Self {
+        self.and(action::message(target, command, Some(reply_to)))
+    }
+    /// Also schedule the timer `id`: at `at_ms` (see [`Ctx::after`]) the
+    /// entity receives `command`. Scheduling an id again replaces it.
+    pub fn and_schedule<C: Serialize>(self, id: &str, at_ms: i64, command: &C) -> Self {
+        self.and(action::timer(id, at_ms, command))
+    }
+    /// Also cancel the pending timer `id` (nothing if there is none).
+    pub fn and_cancel(self, timer_id: &str) -> Self {
+        self.and(Ok(Action::Cancel { timer_id: timer_id.to_owned() }))
+    }
+    /// Also call the stateless `function` with `input`; its output (or
+    /// error) comes back as the command `reply_to` with a
+    /// [`crate::Response`] payload.
+    pub fn and_call<I: Serialize>(self, function: &str, input: &I, reply_to: &str) -> Self {
+        let call = crate::codec::to_msgpack(input).map(|input| {
+            Action::Call(FunctionCall {
+                function: function.to_owned(),
+                input,
+                reply_to: reply_to.to_owned(),
+                correlation: Some(function.to_owned()),
+            })
+        });
+        self.and(call)
+    }
+    /// The first action that did not encode, if any.
+    pub fn encode_error(&self) -> Option<&CodecError> {
+        self.error.as_ref()
     }
 }
 

@@ -47,7 +47,14 @@
 //! assert_eq!(kit.journal()[0].type_name, "Added");
 //! assert_eq!(kit.replayed_state().value, 2);
 //! ```
+//!
+//! A handler may also ask for [`Action`]s — commands to other entities
+//! ([`Effect::and_send`], [`Effect::and_ask`] with a [`Response`] coming
+//! back), durable timers ([`Effect::and_schedule`], [`Effect::and_cancel`])
+//! and function calls ([`Effect::and_call`]); the test kit records them and
+//! [`TestKit::advance`] fires due timers in virtual time.
 
+mod action;
 pub mod codec;
 mod entity;
 pub mod event;
@@ -55,6 +62,7 @@ mod function;
 mod registry;
 mod testkit;
 
+pub use action::{Action, CommandCall, EntityRef, FunctionCall, Message, Response, Timer};
 pub use codec::{CodecError, Format};
 pub use entity::{Ctx, Effect, Entity, Rejection};
 pub use event::{EncodedEvent, OldEvent, ReplayError, StoredEvent, UpcastError};

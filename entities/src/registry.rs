@@ -52,11 +52,17 @@ pub struct DynEffect {
     pub typed: Box<dyn Any + Send>,
     /// The reply, MessagePack.
     pub reply: Vec<u8>,
+    /// Messages, timers and calls to store with the events.
+    pub actions: Vec<crate::Action>,
 }
 
 impl std::fmt::Debug for DynEffect {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DynEffect").field("events", &self.events).field("reply_len", &self.reply.len()).finish()
+        f.debug_struct("DynEffect")
+            .field("events", &self.events)
+            .field("reply_len", &self.reply.len())
+            .field("actions", &self.actions)
+            .finish()
     }
 }
 
@@ -142,7 +148,10 @@ impl<E: Entity> DynEntity for EntityAdapter<E> {
         let effect = self.entity.handle(state_ref::<E>(state), command, ctx)?;
         let events = effect.events.iter().map(event::encode_event::<E>).collect::<Result<Vec<_>, _>>()?;
         let reply = codec::to_msgpack(&effect.reply)?;
-        Ok(DynEffect { events, typed: Box::new(effect.events), reply })
+        if let Some(e) = effect.encode_error() {
+            return Err(e.clone().into());
+        }
+        Ok(DynEffect { events, typed: Box::new(effect.events), reply, actions: effect.actions })
     }
     fn apply_effect(&self, state: &mut DynState, typed: Box<dyn Any + Send>) {
         let events = typed.downcast::<Vec<E::Event>>().expect("events of another entity type");

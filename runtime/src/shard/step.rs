@@ -102,6 +102,17 @@ pub(crate) fn decide(
         Ok(Err(e)) => return Decision::Refuse(InvokeError::Internal(e.to_string())),
         Ok(Ok(effect)) => effect,
     };
+    if !effect.actions.is_empty() {
+        // Never drop what a handler asked for: until the runtime delivers
+        // messages, timers and calls, an effect carrying them is refused
+        // whole (nothing written).
+        return Decision::Refuse(InvokeError::Internal(format!(
+            "{}: the handler asked for {} message(s), timer(s) or call(s); this runtime does not carry them out \
+             yet, so nothing was written",
+            r.key,
+            effect.actions.len()
+        )));
+    }
     if effect.events.is_empty() {
         let reply =
             CommandReply { reply: effect.reply, seq: r.seq, invocation_id: c.invocation_id, deduplicated: false };

@@ -30,6 +30,7 @@ enum Cmd {
     Refuse,
     Boom,
     Get,
+    Ping,
 }
 #[derive(Serialize, Deserialize)]
 enum Ev {
@@ -47,6 +48,8 @@ impl Entity for Tally {
             Cmd::Refuse => Err(Rejection::new("no", "refused")),
             Cmd::Boom => panic!("boom"),
             Cmd::Get => Ok(Effect::reply(s.n)),
+            Cmd::Ping => Ok(Effect::persist(Ev::Added, s.n + 1)
+                .and_send(tessera_entities::EntityRef::new("tally", "other"), &serde_json::json!("add"))),
         }
     }
     fn apply(&self, s: &mut Count, _: &Ev) {
@@ -114,6 +117,12 @@ fn decisions_for_one_command() {
             matches!(d, Decision::Refuse(InvokeError::ShardMoved(_)))
         }),
         ("a lost lease still answers reads", cmd("get", None), Lease::Lost, |d| matches!(d, Decision::Reply(_))),
+        (
+            "messages are not carried out yet: the whole effect is refused, nothing written",
+            cmd("ping", None),
+            held,
+            |d| matches!(d, Decision::Refuse(InvokeError::Internal(m)) if m.contains("does not carry them out")),
+        ),
         (
             "unfenced (no cluster): appends carry no epoch",
             cmd("add", None),
