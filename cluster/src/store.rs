@@ -234,15 +234,19 @@ impl ClusterStore {
     }
 
     /// Every live entry now, read once (for the CLI and tests). The key
-    /// listing under it may miss keys that are updated meanwhile
-    /// (nats-server #4824): a reader that knows which keys to expect asks
+    /// listing under it may miss keys that are updated meanwhile, or name
+    /// one twice (nats-server #4824; each key is read once): a reader that knows which keys to expect asks
     /// for the missing ones with [`ClusterStore::entry`], as
     /// [`crate::ClusterStatus::read`] does.
     pub async fn snapshot(&self) -> Result<Vec<Entry>, ClusterError> {
-        let mut keys = self.kv.keys().await.map_err(unavailable)?;
+        let mut listing = self.kv.keys().await.map_err(unavailable)?;
+        // The same listing race can also name a key twice.
+        let mut keys = std::collections::BTreeSet::new();
+        while let Some(key) = listing.next().await {
+            keys.insert(key.map_err(unavailable)?);
+        }
         let mut out = Vec::new();
-        while let Some(key) = keys.next().await {
-            let key = key.map_err(unavailable)?;
+        for key in keys {
             if let Some(e) = self.kv.entry(key).await.map_err(unavailable)?
                 && let Some(e) = decode(e)
             {
