@@ -228,7 +228,7 @@ impl ScyllaJournal {
         match &r {
             Ok(_) => {
                 crate::fault::point("scylla.after_append");
-                self.committed(&feed, intent);
+                self.committed(&feed, intent).await;
             }
             // The driver could not tell whether it applied.
             Err(AppendError::Journal(JournalError::Unavailable(_))) => self.settle_unknown(feed, intent),

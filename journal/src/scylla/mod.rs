@@ -79,6 +79,9 @@ struct Inner {
     heads: Mutex<HashMap<EntityKey, u64>>,
     /// The feeds this node writes.
     units: feed::Units,
+    /// Feed entry writes in flight (after their commits): an append waits
+    /// for a slot, so the background writes cannot pile up on the server.
+    entry_writes: Arc<tokio::sync::Semaphore>,
 }
 
 impl ScyllaJournal {
@@ -130,6 +133,7 @@ impl ScyllaJournal {
                 shards,
                 heads: Mutex::new(HashMap::new()),
                 units: feed::Units::default(),
+                entry_writes: Arc::new(tokio::sync::Semaphore::new(feed::MAX_ENTRY_WRITES)),
                 config,
             }),
         })

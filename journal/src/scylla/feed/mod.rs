@@ -56,6 +56,9 @@ use crate::types::{EntityKey, FeedBounds, PersistedEvent, ShardEvent};
 /// watermark) per unit; an append waits beyond it.
 pub(crate) const MAX_PENDING: usize = 4096;
 
+/// Most feed entry writes in flight per journal (each after its commit).
+pub(crate) const MAX_ENTRY_WRITES: usize = 32;
+
 /// A unit: an entity type in a shard.
 pub(crate) type Unit = (String, u32);
 

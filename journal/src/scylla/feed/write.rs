@@ -85,10 +85,14 @@ impl ScyllaJournal {
 
     /// The intent's append committed: it takes the unit's next offsets now
     /// (commit order), and its entries are written in the background.
-    pub(crate) fn committed(&self, feed: &Arc<UnitFeed>, intent: Intended) {
+    /// Waits for a slot among the entry writes in flight (backpressure on
+    /// the appends).
+    pub(crate) async fn committed(&self, feed: &Arc<UnitFeed>, intent: Intended) {
         let first = feed.offsets().number(intent.id, intent.n);
+        let slot = self.inner.entry_writes.clone().acquire_owned().await.ok();
         let (me, feed) = (self.clone(), feed.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             let mut wait = Duration::from_millis(50);
             loop {
                 match me.write_entries(&feed.unit, feed.epoch, first, &intent, Some(intent.id)).await {
@@ -161,7 +165,7 @@ impl ScyllaJournal {
             };
             let entity_id = intent.entity_id.clone();
             if committed {
-                me.committed(&feed, intent);
+                me.committed(&feed, intent).await;
             } else {
                 me.refused(&feed, &intent);
             }
