@@ -235,9 +235,9 @@ impl ClusterStore {
 
     /// Every live entry now, read once (for the CLI and tests). The key
     /// listing under it may miss keys that are updated meanwhile, or name
-    /// one twice (nats-server #4824; each key is read once): a reader that knows which keys to expect asks
-    /// for the missing ones with [`ClusterStore::entry`], as
-    /// [`crate::ClusterStatus::read`] does.
+    /// one twice (nats-server #4824; each key is read once): a reader that
+    /// knows which keys to expect asks for the missing ones with
+    /// [`ClusterStore::entry`], as [`crate::ClusterStatus::read`] does.
     pub async fn snapshot(&self) -> Result<Vec<Entry>, ClusterError> {
         let mut listing = self.kv.keys().await.map_err(unavailable)?;
         // The same listing race can also name a key twice.

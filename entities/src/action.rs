@@ -143,7 +143,7 @@ pub struct Response<T> {
     pub result: Result<T, Rejection>,
 }
 
-/// A builder of actions, for [`crate::Effect`]'s `and_*` methods.
+/// Builders of actions, for [`crate::Effect`]'s `and_*` methods.
 pub(crate) fn message<C: Serialize>(
     target: EntityRef,
     command: &C,
@@ -160,6 +160,15 @@ pub(crate) fn message<C: Serialize>(
 
 pub(crate) fn timer<C: Serialize>(id: &str, at_ms: i64, command: &C) -> Result<Action, CodecError> {
     Ok(Action::Schedule(Timer { id: id.to_owned(), at_ms, command: CommandCall::of(command)? }))
+}
+
+pub(crate) fn call<I: Serialize>(function: &str, input: &I, reply_to: &str) -> Result<Action, CodecError> {
+    Ok(Action::Call(FunctionCall {
+        function: function.to_owned(),
+        input: codec::to_msgpack(input)?,
+        reply_to: reply_to.to_owned(),
+        correlation: Some(function.to_owned()),
+    }))
 }
 
 pub(crate) fn after_ms(now_ms: i64, after: Duration) -> i64 {

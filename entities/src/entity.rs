@@ -3,7 +3,7 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::action::{self, Action, EntityRef, FunctionCall};
+use crate::action::{self, Action, EntityRef};
 use crate::codec::CodecError;
 use crate::event::{OldEvent, UpcastError};
 
@@ -154,15 +154,7 @@ impl<Ev, R> Effect<Ev, R> {
     /// error) comes back as the command `reply_to` with a
     /// [`crate::Response`] payload.
     pub fn and_call<I: Serialize>(self, function: &str, input: &I, reply_to: &str) -> Self {
-        let call = crate::codec::to_msgpack(input).map(|input| {
-            Action::Call(FunctionCall {
-                function: function.to_owned(),
-                input,
-                reply_to: reply_to.to_owned(),
-                correlation: Some(function.to_owned()),
-            })
-        });
-        self.and(call)
+        self.and(action::call(function, input, reply_to))
     }
     /// The first action that did not encode, if any.
     pub fn encode_error(&self) -> Option<&CodecError> {

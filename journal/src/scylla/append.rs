@@ -189,17 +189,17 @@ impl ScyllaJournal {
             }
             self.remember(key, k, expected + n).await?;
         }
+        let mut a = Append {
+            expected,
+            events: &events,
+            snapshot: snapshot.as_ref(),
+            fence,
+            ts: now_ms(),
+            intent: None,
+            key: idem.as_ref().map(|k| k.key.as_str()),
+        };
         if key.entity_type.starts_with(crate::INTERNAL_TYPE_PREFIX) {
             // Runtime bookkeeping (e.g. projection checkpoints): no feed.
-            let a = Append {
-                expected,
-                events: &events,
-                snapshot: snapshot.as_ref(),
-                fence,
-                ts: now_ms(),
-                intent: None,
-                key: idem.as_ref().map(|k| k.key.as_str()),
-            };
             return self.append_inner(key, &a).await;
         }
         let unit = (key.entity_type.clone(), key.shard(self.inner.shards));
@@ -215,15 +215,7 @@ impl ScyllaJournal {
             let epoch = fence.unwrap_or(feed.epoch());
             return Err(AppendError::Fenced { entity: key.to_string(), epoch, current: epoch });
         }
-        let a = Append {
-            expected,
-            events: &events,
-            snapshot: snapshot.as_ref(),
-            fence,
-            ts: now_ms(),
-            intent: Some(intent.id),
-            key: idem.as_ref().map(|k| k.key.as_str()),
-        };
+        (a.ts, a.intent) = (now_ms(), Some(intent.id));
         let r = self.append_inner(key, &a).await;
         match &r {
             Ok(_) => {

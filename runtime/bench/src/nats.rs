@@ -83,11 +83,7 @@ pub(super) async fn run(s: Sizes, url: &str) -> anyhow::Result<Value> {
         }
     })
     .await?;
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while node.metrics().requests.with_label_values(&["function", "200"]).get() - done_before < m {
-        anyhow::ensure!(Instant::now() < deadline, "async invocations did not finish");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    finished(&node, "function", done_before + m, "async invocations").await?;
     let async_rate = m as f64 / started.elapsed().as_secs_f64();
     eprintln!("async invocations: {async_rate:.0}/s");
 
@@ -107,11 +103,7 @@ pub(super) async fn run(s: Sizes, url: &str) -> anyhow::Result<Value> {
     })
     .await?;
     let published = started.elapsed();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while node.metrics().requests.with_label_values(&["command", "200"]).get() - done_before < m {
-        anyhow::ensure!(Instant::now() < deadline, "async entity commands did not finish");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    finished(&node, "command", done_before + m, "async entity commands").await?;
     let async_cmd_rate = m as f64 / started.elapsed().as_secs_f64();
     eprintln!("async entity commands: {async_cmd_rate:.0}/s (all published after {published:?})");
     node.shutdown().await;
@@ -181,4 +173,14 @@ pub(super) async fn run(s: Sizes, url: &str) -> anyhow::Result<Value> {
         "ratio_async_to_raw_jetstream": ratio(async_rate, raw_async),
         "ratio_async_commands_to_raw_jetstream": ratio(async_cmd_rate, raw_async),
     }))
+}
+
+/// Waits (5 min at most) until the node answered `total` requests of `kind` with 200.
+async fn finished(node: &tessera_runtime::Node, kind: &str, total: u64, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while node.metrics().requests.with_label_values(&[kind, "200"]).get() < total {
+        anyhow::ensure!(Instant::now() < deadline, "{what} did not finish");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
 }

@@ -91,14 +91,16 @@ struct Segment {
     floor: Option<(u64, u64)>,
 }
 
-/// One intent row: an append that may have committed.
+/// One intent: an append of `n` events of an entity into partition
+/// `bucket` from `first_seq`, recorded before it is sent (so it may have
+/// committed).
 #[derive(Debug, Clone)]
-struct Intent {
-    id: u64,
-    entity_id: String,
-    bucket: u64,
-    first_seq: u64,
-    n: u64,
+pub(crate) struct Intent {
+    pub(crate) id: u64,
+    pub(crate) entity_id: String,
+    pub(crate) bucket: u64,
+    pub(crate) first_seq: u64,
+    pub(crate) n: u64,
 }
 
 /// The owner's state of one unit's feed on this node.

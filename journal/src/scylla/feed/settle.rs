@@ -10,7 +10,6 @@ use scylla::value::CqlValue;
 use super::super::ScyllaJournal;
 use super::super::rows::lwt_outcome;
 use super::super::session::unavailable;
-use super::write::Intended;
 use super::{Entry, Intent, Segment, Unit, UnitFeed, at_least_0, block};
 use crate::error::{AppendError, JournalError};
 use crate::types::EntityKey;
@@ -20,7 +19,7 @@ struct Settled {
     /// The last visible offset.
     watermark: u64,
     /// Committed appends not visible yet, in the order they are numbered.
-    carry: Vec<Intended>,
+    carry: Vec<Intent>,
     /// The highest intent id seen (a writer continuing the epoch goes on after it).
     max_intent: u64,
 }
@@ -130,27 +129,9 @@ impl ScyllaJournal {
         Ok(())
     }
 
-    /// Writes a segment's watermark and floor while nobody closed it.
-    async fn write_watermark(
-        &self,
-        unit: &Unit,
-        epoch: u64,
-        w: u64,
-        floor: u64,
-        floor_offset: u64,
-    ) -> Result<bool, JournalError> {
-        let v = Self::unit_pk(unit)
-            .big("epoch", epoch as i64)
-            .big("watermark", w as i64)
-            .big("intent_floor", floor as i64)
-            .big("floor_offset", floor_offset as i64);
-        let r = self.inner.session.execute_unpaged(&self.inner.st.segment_watermark, v).await.map_err(unavailable)?;
-        Ok(lwt_outcome(r)?.0)
-    }
-
     /// Numbers `carry` from `after + 1` under `epoch` (entries only; the
     /// caller's segment write makes them visible); returns the last offset.
-    async fn carry(&self, unit: &Unit, epoch: u64, after: u64, carry: &[Intended]) -> Result<u64, JournalError> {
+    async fn carry(&self, unit: &Unit, epoch: u64, after: u64, carry: &[Intent]) -> Result<u64, JournalError> {
         let mut next = after + 1;
         for c in carry {
             self.write_entries(unit, epoch, next, c, None).await?;
@@ -192,20 +173,33 @@ impl ScyllaJournal {
         let mut fenced = HashSet::new();
         let mut carry = Vec::new();
         for i in intents.into_iter().filter(|i| !seen.contains(&i.id)) {
-            let key = EntityKey::new(unit.0.clone(), i.entity_id.clone());
-            if epoch > 0 && epoch != s.epoch && fenced.insert(key.clone()) {
-                match self.raise_fence_inner(&key, epoch).await {
-                    Ok(()) | Err(AppendError::Fenced { .. }) => {}
-                    Err(e) => return Err(e),
-                }
+            if epoch != s.epoch {
+                self.fence_once(&mut fenced, unit, &i.entity_id, epoch).await?;
             }
-            let intent =
-                Intended { id: i.id, entity_id: i.entity_id, bucket: i.bucket, first_seq: i.first_seq, n: i.n };
-            if self.intent_committed(unit, &intent).await? {
-                carry.push(intent);
+            if self.intent_committed(unit, &i).await? {
+                carry.push(i);
             }
         }
         Ok(Settled { watermark: w, carry, max_intent })
+    }
+
+    /// Raises the fence of entity `id` to `epoch` unless `fenced` holds it
+    /// already (or `epoch` is 0: an unfenced writer); a newer fence is
+    /// fine — an older owner's append cannot land either way.
+    async fn fence_once(
+        &self,
+        fenced: &mut HashSet<String>,
+        unit: &Unit,
+        id: &str,
+        epoch: u64,
+    ) -> Result<(), AppendError> {
+        if epoch == 0 || !fenced.insert(id.to_owned()) {
+            return Ok(());
+        }
+        match self.raise_fence_inner(&EntityKey::new(unit.0.clone(), id), epoch).await {
+            Ok(()) | Err(AppendError::Fenced { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// The intents of `unit` under `epoch` from id `from`, in id order.
@@ -263,13 +257,7 @@ impl ScyllaJournal {
         let present: BTreeSet<u64> = entries.iter().map(|e| e.offset).collect();
         let mut fenced = HashSet::new();
         for e in entries.iter().filter(|e| !e.void) {
-            let key = EntityKey::new(unit.0.clone(), e.entity_id.clone());
-            if epoch > 0 && fenced.insert(key.clone()) {
-                match self.raise_fence_inner(&key, epoch).await {
-                    Ok(()) | Err(AppendError::Fenced { .. }) => {}
-                    Err(e) => return Err(e),
-                }
-            }
+            self.fence_once(&mut fenced, unit, &e.entity_id, epoch).await?;
         }
         for o in (from + 1..=max).filter(|o| !present.contains(o)) {
             let v = Self::unit_pk(unit)

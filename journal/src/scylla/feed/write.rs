@@ -12,20 +12,10 @@ use tokio::sync::watch;
 use super::super::ScyllaJournal;
 use super::super::rows::{Named, lwt_outcome};
 use super::super::session::unavailable;
-use super::{MAX_PENDING, Unit, UnitFeed, block};
+use super::{Intent, MAX_PENDING, Unit, UnitFeed, block};
 use crate::error::JournalError;
 use crate::memory::now_ms;
 use crate::types::EntityKey;
-
-/// What an intent names: the append's entity, partition and seqs.
-#[derive(Debug, Clone)]
-pub(crate) struct Intended {
-    pub(crate) id: u64,
-    pub(crate) entity_id: String,
-    pub(crate) bucket: u64,
-    pub(crate) first_seq: u64,
-    pub(crate) n: u64,
-}
 
 impl ScyllaJournal {
     /// Waits while the entity's previous append has an outcome still being
@@ -50,7 +40,7 @@ impl ScyllaJournal {
         bucket: u64,
         first_seq: u64,
         n: u64,
-    ) -> Result<Intended, JournalError> {
+    ) -> Result<Intent, JournalError> {
         let id = loop {
             {
                 let mut st = feed.offsets();
@@ -75,11 +65,11 @@ impl ScyllaJournal {
             feed.offsets().drop_intent(id);
             return Err(unavailable(e));
         }
-        Ok(Intended { id, entity_id: key.entity_id.clone(), bucket, first_seq, n })
+        Ok(Intent { id, entity_id: key.entity_id.clone(), bucket, first_seq, n })
     }
 
     /// The intent's append was refused: it takes no offsets.
-    pub(crate) fn refused(&self, feed: &UnitFeed, intent: &Intended) {
+    pub(crate) fn refused(&self, feed: &UnitFeed, intent: &Intent) {
         feed.offsets().drop_intent(intent.id);
     }
 
@@ -87,7 +77,7 @@ impl ScyllaJournal {
     /// (commit order), and its entries are written in the background.
     /// Waits for a slot among the entry writes in flight (backpressure on
     /// the appends).
-    pub(crate) async fn committed(&self, feed: &Arc<UnitFeed>, intent: Intended) {
+    pub(crate) async fn committed(&self, feed: &Arc<UnitFeed>, intent: Intent) {
         let first = feed.offsets().number(intent.id, intent.n);
         let slot = self.inner.entry_writes.clone().acquire_owned().await.ok();
         let (me, feed) = (self.clone(), feed.clone());
@@ -115,7 +105,7 @@ impl ScyllaJournal {
         unit: &Unit,
         epoch: u64,
         first: u64,
-        intent: &Intended,
+        intent: &Intent,
         id: Option<u64>,
     ) -> Result<(), JournalError> {
         let mut batch = Batch::new(BatchType::Unlogged);
@@ -144,7 +134,7 @@ impl ScyllaJournal {
     /// Whether the append of `intent` committed: its first event row carries
     /// the intent's id. Read at serial consistency, so an unfinished round
     /// is finished or superseded first and cannot commit afterwards.
-    pub(crate) async fn intent_committed(&self, unit: &Unit, intent: &Intended) -> Result<bool, JournalError> {
+    pub(crate) async fn intent_committed(&self, unit: &Unit, intent: &Intent) -> Result<bool, JournalError> {
         let v = Named::partition(&unit.0, &intent.entity_id, intent.bucket).big("seq", intent.first_seq as i64);
         let row: Option<(Option<i64>,)> = self.first_row(&self.inner.st.event_intent_serial, v).await?;
         Ok(row.and_then(|(i,)| i) == Some(intent.id as i64))
@@ -152,7 +142,7 @@ impl ScyllaJournal {
 
     /// The append's outcome is unknown (the driver timed out): settled by a
     /// serial read in the background; the entity's next append waits.
-    pub(crate) fn settle_unknown(&self, feed: Arc<UnitFeed>, intent: Intended) {
+    pub(crate) fn settle_unknown(&self, feed: Arc<UnitFeed>, intent: Intent) {
         let (tx, rx) = watch::channel(false);
         feed.unsettled.lock().unwrap_or_else(|p| p.into_inner()).insert(intent.entity_id.clone(), rx);
         let me = self.clone();
@@ -183,6 +173,24 @@ impl ScyllaJournal {
         }
     }
 
+    /// Writes a segment's watermark and floor while nobody closed it.
+    pub(super) async fn write_watermark(
+        &self,
+        unit: &Unit,
+        epoch: u64,
+        w: u64,
+        floor: u64,
+        floor_offset: u64,
+    ) -> Result<bool, JournalError> {
+        let v = Self::unit_pk(unit)
+            .big("epoch", epoch as i64)
+            .big("watermark", w as i64)
+            .big("intent_floor", floor as i64)
+            .big("floor_offset", floor_offset as i64);
+        let r = self.inner.session.execute_unpaged(&self.inner.st.segment_watermark, v).await.map_err(unavailable)?;
+        Ok(lwt_outcome(r)?.0)
+    }
+
     /// Writes the unit's watermark (with the intent floor) until it stops
     /// moving, or until a successor closed the segment.
     async fn flush_watermark(&self, feed: Arc<UnitFeed>) {
@@ -193,15 +201,9 @@ impl ScyllaJournal {
                 let (f, fo) = st.floor(w);
                 (w, f, fo)
             };
-            let v = Self::unit_pk(&feed.unit)
-                .big("epoch", feed.epoch as i64)
-                .big("watermark", w as i64)
-                .big("intent_floor", floor as i64)
-                .big("floor_offset", floor_offset as i64);
-            let r = self.inner.session.execute_unpaged(&self.inner.st.segment_watermark, v).await;
-            match r.map_err(unavailable).and_then(lwt_outcome) {
-                Ok((true, _)) => {}
-                Ok((false, _)) => {
+            match self.write_watermark(&feed.unit, feed.epoch, w, floor, floor_offset).await {
+                Ok(true) => {}
+                Ok(false) => {
                     // A successor closed the segment: what is not below the
                     // watermark now, it numbers.
                     tracing::info!(unit = ?feed.unit, epoch = feed.epoch, "feed segment closed by a successor");
