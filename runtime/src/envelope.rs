@@ -2,7 +2,7 @@
 //! invocation id and, for retryable invocations, the reply) and the snapshot
 //! envelope (state + idempotency window).
 //!
-//! May import nothing of the runtime (serde types only).
+//! May import nothing of the runtime but `flow::records` (serde types only).
 
 use serde::{Deserialize, Serialize};
 
@@ -67,6 +67,9 @@ pub struct SnapshotEnvelope {
     /// The idempotency window at that seq.
     #[serde(default)]
     pub dedup: Vec<DedupEntry>,
+    /// The entity's pending timers at that seq.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub timers: Vec<crate::flow::PendingTimer>,
 }
 
 mod serde_bytes_vec {
@@ -121,8 +124,18 @@ mod tests {
             state_version: 1,
             state: vec![1, 2, 3],
             dedup: vec![DedupEntry { id: "a".into(), seq: 2, at_ms: 9, reply: vec![0xc0] }],
+            timers: vec![crate::flow::PendingTimer {
+                id: "expire".into(),
+                seq: 2,
+                at_ms: 10,
+                command: tessera_entities::CommandCall::named("expire", &()).unwrap(),
+            }],
         };
         let bytes = rmp_serde::to_vec_named(&s).unwrap();
         assert_eq!(rmp_serde::from_slice::<SnapshotEnvelope>(&bytes).unwrap(), s);
+        // A snapshot written before timers existed still reads.
+        let old = SnapshotEnvelope { timers: Vec::new(), ..s };
+        let bytes = rmp_serde::to_vec_named(&old).unwrap();
+        assert_eq!(rmp_serde::from_slice::<SnapshotEnvelope>(&bytes).unwrap(), old);
     }
 }

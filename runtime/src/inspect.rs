@@ -2,10 +2,9 @@
 //! events without the user's Rust types, because payloads are self-describing
 //! MessagePack.
 //!
-//! May import: `envelope`, `wire`.
+//! May import: `envelope`, `flow::records`, `wire`.
 
-use serde_json::{Value, json};
-use tessera_entities::codec;
+use serde_json::Value;
 use tessera_journal::PersistedEvent;
 
 use crate::envelope::EventMeta;
@@ -21,7 +20,7 @@ pub fn rfc3339_ms(ms: i64) -> String {
 /// invocation_id, event}`, plus `node` and `epoch` for events committed in
 /// a cluster). A payload that does not decode shows as `{"undecodable": "<error>"}`.
 pub fn event_body(e: &PersistedEvent) -> EventBody {
-    let event = codec::msgpack_to_json(&e.payload).unwrap_or_else(|err| json!({ "undecodable": err.to_string() }));
+    let event = crate::flow::payload_json(&e.type_name, &e.payload);
     let meta = EventMeta::decode(&e.metadata);
     EventBody {
         seq: e.seq,
@@ -33,6 +32,19 @@ pub fn event_body(e: &PersistedEvent) -> EventBody {
         event,
         node: meta.epoch.and(meta.node),
         epoch: meta.epoch,
+    }
+}
+
+/// An entity's state as its wire body (no outbox: the HTTP API adds it).
+pub fn state_body(entity_type: String, entity_id: String, view: crate::StateView) -> crate::wire::StateBody {
+    crate::wire::StateBody {
+        entity_type,
+        entity_id,
+        seq: view.seq,
+        state: view.state,
+        timers: view.timers.iter().map(crate::flow::PendingTimer::json).collect(),
+        undelivered: Vec::new(),
+        dead_letters: Vec::new(),
     }
 }
 

@@ -23,6 +23,7 @@ pub mod contract;
 pub mod envelope;
 mod error;
 pub mod executor;
+pub mod flow;
 pub mod http;
 pub mod inspect;
 pub mod metrics;
@@ -42,7 +43,7 @@ pub(crate) fn now_ms() -> i64 {
 }
 pub use error::InvokeError;
 pub use node::{
-    AsyncCall, AsyncDecision, CallQueue, Forwarder, Invocation, LocalQueue, LocalQueueRunner, Node, QueuedCall,
+    AsyncCall, AsyncDecision, CallQueue, Forwarder, Invocation, LocalQueue, LocalQueueRunner, Node, Outbox, QueuedCall,
     QueuedCommand, ReadFrom,
 };
 pub use server::{JournalLayer, NodeBuilder, NodeError, ResultsLayer, Server};

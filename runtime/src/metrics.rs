@@ -71,6 +71,65 @@ pub struct Metrics {
     pub projection_errors: IntCounterVec,
     /// Seconds from an event's commit to its handling by a projection.
     pub projection_delay: HistogramVec,
+    /// Messages between entities, timers and function calls.
+    pub flow: FlowMetrics,
+}
+
+/// Metrics of messages, timers and calls (the dispatcher's).
+#[derive(Clone)]
+pub struct FlowMetrics {
+    /// Delivered, by kind (`send`, `reply`, `call`, `timer`).
+    pub delivered: IntCounterVec,
+    /// Seconds from the sender's commit to the delivery, by kind.
+    pub delivery_seconds: HistogramVec,
+    /// Sends and calls read and not delivered yet (the outbox being worked on;
+    /// the dispatcher's projection lag bounds what it has not read yet).
+    pub outbox_depth: IntGauge,
+    /// Given up (the target cannot take them), by kind.
+    pub dead_letters: IntCounterVec,
+    /// Deliveries that failed and are retried, by kind.
+    pub retries: IntCounterVec,
+    /// Timers armed on this node.
+    pub timers_pending: IntGauge,
+    /// Seconds between a timer's due time and its delivery.
+    pub timer_lateness: Histogram,
+}
+
+impl FlowMetrics {
+    fn new() -> Self {
+        let by_kind = |n: &str, h: &str| IntCounterVec::new(Opts::new(n, h), &["kind"]).expect("metric");
+        Self {
+            delivered: by_kind("tessera_messages_delivered_total", "Messages, replies, calls and timers delivered"),
+            delivery_seconds: HistogramVec::new(
+                HistogramOpts::new("tessera_message_delivery_seconds", "Sender's commit to delivery")
+                    .buckets(latency_buckets()),
+                &["kind"],
+            )
+            .expect("metric"),
+            outbox_depth: IntGauge::new("tessera_outbox_depth", "Sends and calls read and not delivered yet")
+                .expect("metric"),
+            dead_letters: by_kind("tessera_dead_letters_total", "Messages given up: the target cannot take them"),
+            retries: by_kind("tessera_message_retries_total", "Deliveries failed and retried"),
+            timers_pending: IntGauge::new("tessera_timers_pending", "Timers armed on this node").expect("metric"),
+            timer_lateness: Histogram::with_opts(
+                HistogramOpts::new("tessera_timer_lateness_seconds", "Timer due time to delivery")
+                    .buckets(latency_buckets()),
+            )
+            .expect("metric"),
+        }
+    }
+
+    fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![
+            Box::new(self.delivered.clone()),
+            Box::new(self.delivery_seconds.clone()),
+            Box::new(self.outbox_depth.clone()),
+            Box::new(self.dead_letters.clone()),
+            Box::new(self.retries.clone()),
+            Box::new(self.timers_pending.clone()),
+            Box::new(self.timer_lateness.clone()),
+        ]
+    }
 }
 
 fn latency_buckets() -> Vec<f64> {
@@ -204,7 +263,12 @@ impl Metrics {
         ] {
             registry.register(c).expect("unique metric");
         }
+        let flow = FlowMetrics::new();
+        for c in flow.collectors() {
+            registry.register(c).expect("unique metric");
+        }
         Self {
+            flow,
             registry,
             requests,
             latency,

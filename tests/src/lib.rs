@@ -5,6 +5,8 @@
 
 use std::io::Write;
 
+pub mod bank;
+
 use serde::{Deserialize, Serialize};
 use tessera_entities::{Ctx, Effect, Entity, FnCtx, Function, FunctionError, Registry, Rejection};
 
@@ -133,6 +135,9 @@ pub fn registry() -> Registry {
         .entity(inventory::Stock)
         .function(inventory::ProductUpsert)
         .entity(Flaky)
+        .entity(bank::Account)
+        .entity(bank::Transfer)
+        .entity(bank::Alarm)
         .function(Sleep)
         .function(Unavailable)
         .function(Touch)

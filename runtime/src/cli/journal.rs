@@ -359,7 +359,7 @@ async fn state(
                 let key = EntityKey::new(entity_type, entity_id);
                 let r = replay(entity, j, &key, at.map_or(Replay::Latest, Replay::AsOf)).await?;
                 let (entity_type, entity_id) = (entity_type.to_owned(), entity_id.to_owned());
-                print_line(&StateBody { entity_type, entity_id, seq: r.seq, state: r.state })
+                print_line(&crate::inspect::state_body(entity_type, entity_id, r))
             }
             None => {
                 let mut events = Vec::new();

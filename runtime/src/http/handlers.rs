@@ -143,7 +143,15 @@ pub(crate) async fn state(
         Some(seq) => node.state_at(&entity_type, &entity_id, seq).await?,
         None => node.state_from(&entity_type, &entity_id, from).await?,
     };
-    Ok(Json(StateBody { entity_type, entity_id, seq: view.seq, state: view.state }))
+    let mut body = crate::inspect::state_body(entity_type, entity_id, view);
+    if q.at.is_none() {
+        // The outbox as the dispatcher's checkpoint and the feed show it.
+        match node.outbox(&body.entity_type, &body.entity_id).await {
+            Ok(o) => (body.undelivered, body.dead_letters) = (o.undelivered, o.dead_letters),
+            Err(e) => tracing::debug!(error = %e, "outbox not read"),
+        }
+    }
+    Ok(Json(body))
 }
 
 #[derive(Deserialize)]

@@ -54,6 +54,7 @@ impl Forwarder for NatsForwarder {
 
     async fn state(&self, entity_type: &str, entity_id: &str) -> Result<StateView, InvokeError> {
         let view = self.client.state(entity_type, entity_id).await.map_err(owner_error)?;
-        Ok(StateView { state: view.state, seq: view.seq })
+        let timers = view.timers.iter().filter_map(crate::flow::PendingTimer::from_json).collect();
+        Ok(StateView { state: view.state, seq: view.seq, timers })
     }
 }

@@ -201,12 +201,13 @@ pub(crate) async fn command(node: &Node, link: &NatsLink, msg: Message) {
     let format = header(h, wire::ACCEPT).and_then(Format::from_content_type).unwrap_or(format);
     match result {
         Ok(Served::State(entity_type, entity_id, view)) => {
-            let body = wire::StateBody { entity_type, entity_id, seq: view.seq, state: view.state };
+            let seq = view.seq;
+            let body = crate::inspect::state_body(entity_type, entity_id, view);
             match codec::encode(&body, format) {
                 Ok(body) => {
                     let mut out = HeaderMap::new();
                     out.insert(wire::CONTENT_TYPE, format.content_type());
-                    out.insert(wire::SEQ, view.seq.to_string().as_str());
+                    out.insert(wire::SEQ, seq.to_string().as_str());
                     respond(link, reply, 200, out, body).await;
                 }
                 Err(e) => respond_error(link, reply, &InvokeError::Internal(e.to_string()), format).await,

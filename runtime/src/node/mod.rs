@@ -7,6 +7,7 @@
 
 mod async_calls;
 mod async_commands;
+mod flow;
 mod functions;
 pub mod ports;
 
@@ -22,6 +23,7 @@ use tokio::sync::{Semaphore, oneshot};
 use tracing::Instrument;
 
 pub use async_calls::{AsyncCall, AsyncDecision, LocalQueue, LocalQueueRunner};
+pub use flow::Outbox;
 pub use ports::{CallQueue, Forwarder, QueuedCall, QueuedCommand};
 
 use crate::config::NodeConfig;
@@ -169,12 +171,19 @@ impl Node {
             checkpoint_every: std::time::Duration::from_millis(c.projections.checkpoint_every_ms),
             linger: std::time::Duration::from_millis(c.projections.linger_ms),
         };
-        let projections = Projections::new(p.journal.clone(), p.projections, p.metrics.clone(), settings);
+        // The dispatcher (messages, timers, calls) follows every entity type.
+        let deliver = Arc::new(std::sync::OnceLock::<Arc<dyn crate::flow::Deliver>>::new());
+        let types: Vec<String> = p.registry.entities().map(|e| e.type_name().to_owned()).collect();
+        let mut list = p.projections;
+        if !types.is_empty() {
+            list.insert(0, crate::flow::Dispatcher::new(types, deliver.clone(), p.metrics.clone()));
+        }
+        let projections = Projections::new(p.journal.clone(), list, p.metrics.clone(), settings);
         let on_commit: Option<crate::shard::CommitHook> = if projections.list().is_empty() {
             None
         } else {
             let p = projections.clone();
-            Some(Arc::new(move |t: &str, shard: u32| p.committed(t, shard)))
+            Some(Arc::new(move |t: &str, shard: u32, flow: bool| p.committed(t, shard, flow)))
         };
         if !clustered {
             // Outside a cluster this node owns every unit.
@@ -223,6 +232,7 @@ impl Node {
                 feed_openings: Semaphore::new(16),
             }),
         };
+        let _ = deliver.set(Arc::new(flow::NodeDeliver(Arc::downgrade(&node.inner))));
         if !clustered {
             // This node owns every unit: settle what a previous run left
             // unresolved in their feeds (Scylla), in the background.
@@ -455,6 +465,7 @@ impl Node {
             retryable: inv.idempotency_key.is_some(),
             invocation_id,
             span,
+            timer: None,
             reply: tx.into(),
         };
         actor

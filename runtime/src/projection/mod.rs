@@ -137,6 +137,27 @@ pub trait Projection: Send + Sync + 'static {
     /// (`None` at first); what it leaves there is stored with the new
     /// checkpoint, in the same append. An error retries the batch.
     async fn handle(&self, batch: ProjectionBatch<'_>, state: &mut Option<Vec<u8>>) -> Result<(), ProjectionError>;
+    /// The runtime's dispatcher only: it gets the runtime's records
+    /// (messages, timers, calls) instead of the entities' events. A user
+    /// projection never sees those records.
+    #[doc(hidden)]
+    fn reads_flow(&self) -> bool {
+        false
+    }
+    /// This node starts running the unit, from a checkpoint that stored
+    /// `state` (called again when the checkpoint is reloaded).
+    #[doc(hidden)]
+    fn started(&self, _entity_type: &str, _shard: u32, _state: Option<&[u8]>) {}
+    /// This node stopped running the unit.
+    #[doc(hidden)]
+    fn stopped(&self, _entity_type: &str, _shard: u32) {}
+    /// The dispatcher only: it keeps its state decoded in memory (its
+    /// `handle` leaves `state` empty) and encodes it when the checkpoint
+    /// is stored.
+    #[doc(hidden)]
+    fn checkpoint_state(&self, _entity_type: &str, _shard: u32) -> Option<Vec<u8>> {
+        None
+    }
 }
 
 /// A read model kept with its checkpoint: every event counted exactly once.

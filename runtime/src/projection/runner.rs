@@ -19,8 +19,12 @@ use tokio::task::JoinHandle;
 
 use super::checkpoint::{Checkpoint, Checkpoints};
 use super::{FeedEvent, Projection, ProjectionBatch};
+use crate::flow::is_internal;
 use crate::metrics::Metrics;
 use crate::now_ms;
+
+/// Longest an idle dispatcher waits before it looks at its feed again.
+const FLOW_POLL: Duration = Duration::from_secs(1);
 
 /// How workers read and wait.
 #[derive(Debug, Clone, Copy)]
@@ -170,8 +174,9 @@ impl Projections {
     pub(crate) fn stop_unit(&self, entity_type: &str, shard: u32) {
         let mut workers = self.inner.workers.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(ws) = workers.remove(&(entity_type.to_owned(), shard)) {
-            for (_, w) in ws {
+            for (i, w) in ws {
                 w.task.abort();
+                self.inner.list[i].stopped(entity_type, shard);
             }
         }
     }
@@ -179,22 +184,26 @@ impl Projections {
     /// Stops every worker.
     pub(crate) fn stop(&self) {
         let mut workers = self.inner.workers.lock().unwrap_or_else(|p| p.into_inner());
-        for (_, ws) in workers.drain() {
-            for (_, w) in ws {
+        for ((t, shard), ws) in workers.drain() {
+            for (i, w) in ws {
                 w.task.abort();
+                self.inner.list[i].stopped(&t, shard);
             }
         }
     }
 
-    /// Events of the unit were committed on this node.
-    pub(crate) fn committed(&self, entity_type: &str, shard: u32) {
+    /// Events of the unit were committed on this node (`flow`: with the
+    /// runtime's records among them; only those wake the dispatcher).
+    pub(crate) fn committed(&self, entity_type: &str, shard: u32, flow: bool) {
         if !self.reads(entity_type) {
             return;
         }
         let workers = self.inner.workers.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(ws) = workers.get(&(entity_type.to_owned(), shard)) {
-            for (_, w) in ws {
-                w.wake.notify_one();
+            for (i, w) in ws {
+                if flow || !self.inner.list[*i].reads_flow() {
+                    w.wake.notify_one();
+                }
             }
         }
     }
@@ -333,6 +342,7 @@ async fn work(inner: Arc<Inner>, index: usize, unit: Unit, signals: Signals, sta
     let name = p.name().to_owned();
     let (entity_type, shard) = (unit.0.clone(), unit.1);
     let every = inner.settings.checkpoint_every;
+    let flow = p.reads_flow();
     let mut progress: Option<Progress> = None;
     let mut failures = 0u32;
     // Woken by a commit whose events were not visible yet (a journal whose
@@ -348,7 +358,10 @@ async fn work(inner: Arc<Inner>, index: usize, unit: Unit, signals: Signals, sta
         let pr = match progress.as_mut() {
             Some(pr) => pr,
             None => match inner.checkpoints.load(&name, &entity_type, shard).await {
-                Ok(s) => progress.insert(Progress { current: s.checkpoint, stored_seq: s.seq, unsaved: None }),
+                Ok(s) => {
+                    p.started(&entity_type, shard, s.checkpoint.state.as_deref());
+                    progress.insert(Progress { current: s.checkpoint, stored_seq: s.seq, unsaved: None })
+                }
                 Err(e) => {
                     failures += 1;
                     inner.record(&name, &unit, &status, |st| st.error = Some(format!("checkpoint: {e}")));
@@ -361,7 +374,14 @@ async fn work(inner: Arc<Inner>, index: usize, unit: Unit, signals: Signals, sta
         if let Some((since, n)) = pr.unsaved
             && (since.elapsed() >= every || n >= inner.settings.batch)
         {
-            match inner.checkpoints.store(&name, &entity_type, shard, pr.stored_seq, &pr.current).await {
+            if flow {
+                pr.current.state = p.checkpoint_state(&entity_type, shard);
+            }
+            let stored = inner.checkpoints.store(&name, &entity_type, shard, pr.stored_seq, &pr.current).await;
+            if flow {
+                pr.current.state = None;
+            }
+            match stored {
                 Ok(seq) => {
                     pr.stored_seq = seq;
                     pr.unsaved = None;
@@ -418,6 +438,9 @@ async fn work(inner: Arc<Inner>, index: usize, unit: Unit, signals: Signals, sta
                     hinted -= 1;
                     Duration::from_millis(20 << (5 - hinted.min(5)))
                 }
+                // The dispatcher is woken only by commits with its records:
+                // it looks often, so that the events it skips stay few.
+                None if flow => inner.settings.idle_poll.min(FLOW_POLL),
                 None => inner.settings.idle_poll,
             };
             let unsaved = pr.unsaved.is_some();
@@ -436,7 +459,13 @@ async fn work(inner: Arc<Inner>, index: usize, unit: Unit, signals: Signals, sta
         let full = events.len() == inner.settings.batch;
         let batch: Vec<FeedEvent> = events.into_iter().map(|e| FeedEvent::from_shard_event(e, shard)).collect();
         let mut state = pr.current.state.clone();
-        let handled = p.handle(ProjectionBatch { entity_type: &entity_type, shard, events: &batch }, &mut state).await;
+        // The runtime's records go to the dispatcher, the entities' events to the others.
+        let mine: Vec<FeedEvent> = batch.iter().filter(|e| is_internal(&e.event_type) == flow).cloned().collect();
+        let handled = if mine.is_empty() {
+            Ok(())
+        } else {
+            p.handle(ProjectionBatch { entity_type: &entity_type, shard, events: &mine }, &mut state).await
+        };
         if let Err(e) = handled {
             failures += 1;
             tracing::warn!(projection = %name, entity_type, shard, error = %e, "projection batch failed; retrying");
@@ -452,14 +481,14 @@ async fn work(inner: Arc<Inner>, index: usize, unit: Unit, signals: Signals, sta
         let (since, n) = pr.unsaved.unwrap_or((tokio::time::Instant::now(), 0));
         pr.unsaved = Some((since, n + batch.len()));
         let now = now_ms();
-        for e in &batch {
+        for e in &mine {
             inner
                 .metrics
                 .projection_delay
                 .with_label_values(&[&name])
                 .observe((now - e.timestamp_ms).max(0) as f64 / 1000.0);
         }
-        inner.metrics.projection_events.with_label_values(&[&name]).inc_by(batch.len() as u64);
+        inner.metrics.projection_events.with_label_values(&[&name]).inc_by(mine.len() as u64);
         let last_ms = batch.last().map(|e| e.timestamp_ms);
         let feed_last = if full {
             inner.journal.feed_bounds(&entity_type, shard).await.map(|b| b.last).unwrap_or(last)

@@ -13,6 +13,7 @@ use tessera_journal::{EntityKey, Journal};
 use super::dedup::{DedupLimits, DedupWindow};
 use crate::envelope::{DedupEntry, EventMeta, SNAPSHOT_FORMAT, SnapshotEnvelope};
 use crate::error::InvokeError;
+use crate::flow::{FlowRecord, Timers};
 
 /// A rebuilt entity.
 pub(crate) struct Rebuilt {
@@ -20,6 +21,8 @@ pub(crate) struct Rebuilt {
     pub(crate) seq: u64,
     pub(crate) dedup: DedupWindow,
     pub(crate) events_since_snapshot: u64,
+    /// Its pending timers.
+    pub(crate) timers: Timers,
 }
 
 /// Which state of an entity to rebuild from its journal.
@@ -44,7 +47,7 @@ pub async fn replay(
     which: Replay,
 ) -> Result<super::StateView, InvokeError> {
     let r = rebuild(entity, journal, key, which, DedupLimits { max_entries: 0, max_age_ms: 0 }).await?;
-    Ok(super::StateView { state: entity.state_json(&r.state), seq: r.seq })
+    Ok(super::StateView { state: entity.state_json(&r.state), seq: r.seq, timers: r.timers.to_list() })
 }
 
 /// Rebuilds `key` as [`Replay`] says, with its idempotency window bounded by `limits`.
@@ -62,6 +65,7 @@ pub(crate) async fn rebuild(
     let mut state = None;
     let mut seq = 0;
     let mut dedup = DedupWindow::default();
+    let mut timers = Timers::default();
     let snap = if use_snapshot { journal.load_snapshot(key).await? } else { None };
     if let Some(snap) = snap
         && snap.seq <= to_seq
@@ -73,6 +77,7 @@ pub(crate) async fn rebuild(
                     state = Some(s);
                     seq = snap.seq;
                     dedup = DedupWindow::from_entries(env.dedup);
+                    timers = Timers::from_list(env.timers);
                 }
                 Err(e) => tracing::warn!(%key, error = %e, "snapshot does not decode; replaying from events"),
             },
@@ -81,7 +86,7 @@ pub(crate) async fn rebuild(
         }
     }
     let state = state.unwrap_or_else(|| entity.initial_state());
-    let mut r = Rebuilt { state, seq, dedup, events_since_snapshot: 0 };
+    let mut r = Rebuilt { state, seq, dedup, events_since_snapshot: 0, timers };
     apply_events(entity, journal, key, to_seq, limits, &mut r).await?;
     if r.events_since_snapshot == 0 && to_seq == u64::MAX {
         // Nothing after the snapshot. Either the journal ends there, or the
@@ -117,8 +122,18 @@ async fn apply_events(
         if ev.seq != r.seq + 1 {
             return Err(gap(key, r.seq, ev.seq));
         }
-        let stored = StoredEvent { seq: ev.seq, type_name: &ev.type_name, version: ev.version, payload: &ev.payload };
-        entity.apply_stored(&mut r.state, stored).map_err(|e| InvokeError::Replay(format!("{key}: {e}")))?;
+        match FlowRecord::decode(&ev.type_name, &ev.payload) {
+            // The runtime's own records: the timers are rebuilt, the state is not touched.
+            Some(record) => {
+                let record = record.map_err(|e| InvokeError::Replay(format!("{key} at seq {}: {e}", ev.seq)))?;
+                r.timers.apply(ev.seq, &record);
+            }
+            None => {
+                let stored =
+                    StoredEvent { seq: ev.seq, type_name: &ev.type_name, version: ev.version, payload: &ev.payload };
+                entity.apply_stored(&mut r.state, stored).map_err(|e| InvokeError::Replay(format!("{key}: {e}")))?;
+            }
+        }
         let meta = EventMeta::decode(&ev.metadata);
         if let Some(reply) = meta.reply {
             r.dedup.insert(DedupEntry { id: meta.invocation, seq: ev.seq, at_ms: ev.timestamp_ms, reply }, limits);
@@ -142,9 +157,10 @@ pub(crate) fn snapshot_payload(
     entity: &Arc<dyn DynEntity>,
     state: &DynState,
     dedup: &DedupWindow,
+    timers: Vec<crate::flow::PendingTimer>,
 ) -> Result<Vec<u8>, InvokeError> {
     let state = entity.encode_state(state).map_err(|e| InvokeError::Internal(format!("state does not encode: {e}")))?;
-    let env = SnapshotEnvelope { state_version: entity.state_version(), state, dedup: dedup.to_entries() };
+    let env = SnapshotEnvelope { state_version: entity.state_version(), state, dedup: dedup.to_entries(), timers };
     rmp_serde::to_vec_named(&env).map_err(|e| InvokeError::Internal(e.to_string()))
 }
 
@@ -261,7 +277,7 @@ mod tests {
             let stored = StoredEvent { seq: i, type_name: "Added", version: 1, payload: &added().payload };
             entity.apply_stored(&mut state, stored).unwrap();
         }
-        let payload = snapshot_payload(&entity, &state, &DedupWindow::default()).unwrap();
+        let payload = snapshot_payload(&entity, &state, &DedupWindow::default(), Vec::new()).unwrap();
         j.save_snapshot(key, Snapshot { seq: n, version: SNAPSHOT_FORMAT, timestamp_ms: 0, payload }).await.unwrap();
     }
 

@@ -130,11 +130,12 @@ fn run(io: Io, me: &ActorRef<ShardMsg>, ctx: &Arc<ShardContext>, shard: u32) {
                         }
                         _ => request,
                     };
+                    let flow = request.events.iter().any(|e| crate::flow::is_internal(&e.type_name));
                     ctx.metrics.journal_in_flight.inc();
                     let result = match ctx.journal.commit(&key, request).await {
                         Ok(ack) => {
                             if let Some(hook) = &ctx.on_commit {
-                                hook(&key.entity_type, shard);
+                                hook(&key.entity_type, shard, flow);
                             }
                             Ok(Committed::Appended(ack))
                         }

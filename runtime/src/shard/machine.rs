@@ -25,6 +25,7 @@ use super::step::{self, Decision, Lease, Record};
 use super::{CommandReply, CommandRequest, Committed, ShardContext, StateRequest, StateView};
 use crate::envelope::{DedupEntry, SNAPSHOT_FORMAT};
 use crate::error::InvokeError;
+use crate::flow::{FlowRecord, Timers};
 
 /// IO the machine asks for.
 pub(crate) enum Io {
@@ -58,7 +59,9 @@ impl Work {
 
 /// A command whose events are being appended.
 struct InFlight {
-    typed: Box<dyn Any + Send>,
+    typed: Option<Box<dyn Any + Send>>,
+    /// Records that change the entity's timers, with their seqs.
+    timers: Vec<(u64, FlowRecord)>,
     reply: Vec<u8>,
     port: RpcReplyPort<Result<CommandReply, InvokeError>>,
     invocation_id: String,
@@ -82,6 +85,8 @@ struct Slot {
     /// In a cluster: the lease epoch the entity's journal fence was raised
     /// to at activation; its appends carry it.
     fence: Option<u64>,
+    /// Its pending timers (most entities have none).
+    timers: Option<Box<Timers>>,
 }
 
 impl Slot {
@@ -191,6 +196,7 @@ impl Machine {
             events_since_snapshot: 0,
             last_used: self.clock,
             fence,
+            timers: None,
         };
         self.slots.insert(key.clone(), slot);
         self.io.push(Io::Activate { key, entity, incarnation, fence });
@@ -211,6 +217,7 @@ impl Machine {
                 slot.seq = r.seq;
                 slot.dedup = (!r.dedup.is_empty()).then(|| Box::new(r.dedup));
                 slot.events_since_snapshot = r.events_since_snapshot;
+                slot.timers = (!r.timers.is_empty()).then(|| Box::new(r.timers));
                 self.maybe_snapshot(&key, now_ms);
                 self.drain(&key, None, now_ms);
             }
@@ -244,7 +251,8 @@ impl Machine {
             };
             let c = match next {
                 Work::State(s) => {
-                    let _ = s.reply.send(Ok(StateView { state: slot.entity.state_json(state), seq: slot.seq }));
+                    let timers = slot.timers.as_deref().map(Timers::to_list).unwrap_or_default();
+                    let _ = s.reply.send(Ok(StateView { state: slot.entity.state_json(state), seq: slot.seq, timers }));
                     continue;
                 }
                 Work::Command(c) => c,
@@ -257,9 +265,10 @@ impl Machine {
                 seq: slot.seq,
                 dedup: slot.dedup.as_deref(),
                 fence: slot.fence,
+                timers: slot.timers.as_deref(),
             };
-            let CommandRequest { command, invocation_id, retryable, span, reply: port, .. } = c;
-            let cmd = step::Command { command, invocation_id: invocation_id.clone(), retryable };
+            let CommandRequest { command, invocation_id, retryable, span, reply: port, timer, .. } = c;
+            let cmd = step::Command { command, invocation_id: invocation_id.clone(), retryable, timer };
             let node_id = self.ctx.node_id.as_deref();
             let retain = (self.ctx.key_retention)(&key.entity_type);
             match step::decide(&record, cmd, now_ms, lease, node_id, self.ctx.dedup, retain) {
@@ -285,6 +294,7 @@ impl Machine {
                     let incarnation = slot.incarnation;
                     slot.busy = Some(Box::new(InFlight {
                         typed: pending.typed,
+                        timers: pending.timers,
                         reply: pending.reply,
                         port,
                         invocation_id,
@@ -310,7 +320,7 @@ impl Machine {
     ) {
         let Some(slot) = self.slots.get_mut(&key).filter(|s| s.incarnation == incarnation) else { return };
         let Some(f) = slot.busy.take() else { return };
-        let InFlight { typed, reply, port, invocation_id, retryable, events, span } = *f;
+        let InFlight { typed, timers, reply, port, invocation_id, retryable, events, span } = *f;
         let _guard = span.enter();
         let ack = match result {
             Ok(Committed::Appended(ack)) => ack,
@@ -336,7 +346,11 @@ impl Machine {
         };
         let Some(state) = slot.state.as_mut() else { return };
         let entity = slot.entity.clone();
-        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| entity.apply_effect(state, typed))) {
+        let applied = match typed {
+            Some(typed) => catch_unwind(AssertUnwindSafe(|| entity.apply_effect(state, typed))),
+            None => Ok(()),
+        };
+        if let Err(panic) = applied {
             let msg = step::panic_message(&*panic);
             tracing::error!(entity = %key, panic = %msg, "apply panicked after the events were persisted");
             self.ctx.metrics.handler_panics.inc();
@@ -350,6 +364,15 @@ impl Machine {
         }
         slot.seq = ack.last_seq;
         slot.events_since_snapshot += events;
+        if !timers.is_empty() {
+            let pending = slot.timers.get_or_insert_with(Box::default);
+            for (seq, record) in &timers {
+                pending.apply(*seq, record);
+            }
+            if pending.is_empty() {
+                slot.timers = None;
+            }
+        }
         if retryable {
             let entry = DedupEntry {
                 id: invocation_id.clone(),
@@ -376,7 +399,8 @@ impl Machine {
         slot.events_since_snapshot = 0;
         let empty = DedupWindow::default();
         let dedup = slot.dedup.as_deref().unwrap_or(&empty);
-        match activation::snapshot_payload(&slot.entity, state, dedup) {
+        let timers = slot.timers.as_deref().map(Timers::to_list).unwrap_or_default();
+        match activation::snapshot_payload(&slot.entity, state, dedup, timers) {
             Ok(payload) => {
                 let snapshot = Snapshot { seq: slot.seq, version: SNAPSHOT_FORMAT, timestamp_ms: now_ms, payload };
                 self.io.push(Io::Snapshot { key: key.clone(), snapshot });

@@ -29,6 +29,7 @@ use tessera_journal::{AppendAck, EntityKey, Journal};
 pub use activation::{Replay, replay};
 pub(crate) use actor::ShardActor;
 pub(crate) use dedup::DedupLimits;
+pub(crate) use step::TimerFire;
 pub(crate) use supervisor::{ShardRefs, ShardSupervisor};
 
 use crate::error::InvokeError;
@@ -54,10 +55,13 @@ pub struct StateView {
     pub state: serde_json::Value,
     /// The seq of the last event applied.
     pub seq: u64,
+    /// Its pending timers.
+    pub timers: Vec<crate::flow::PendingTimer>,
 }
 
-/// Told (entity type, shard) after an append committed.
-pub(crate) type CommitHook = Arc<dyn Fn(&str, u32) + Send + Sync>;
+/// Told (entity type, shard, whether the append held messages, timers or
+/// calls) after an append committed.
+pub(crate) type CommitHook = Arc<dyn Fn(&str, u32, bool) + Send + Sync>;
 
 /// What every shard actor shares.
 pub(crate) struct ShardContext {
@@ -87,6 +91,8 @@ pub(crate) struct CommandRequest {
     pub(crate) invocation_id: String,
     /// The caller gave the id and may retry with it: remember the reply.
     pub(crate) retryable: bool,
+    /// Set when this is a due timer's command.
+    pub(crate) timer: Option<step::TimerFire>,
     pub(crate) span: tracing::Span,
     pub(crate) reply: RpcReplyPort<Result<CommandReply, InvokeError>>,
 }

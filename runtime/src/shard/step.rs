@@ -18,6 +18,10 @@ use super::CommandReply;
 use super::dedup::{DedupLimits, DedupWindow};
 use crate::envelope::EventMeta;
 use crate::error::InvokeError;
+use crate::flow::{Fired, FlowRecord, Timers};
+
+/// MessagePack `nil`: the reply of a timer fire that ran no handler.
+const NIL: [u8; 1] = [0xc0];
 
 /// The shard's lease as this node sees it when a command is decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +43,16 @@ pub(crate) struct Record<'a> {
     pub(crate) dedup: Option<&'a DedupWindow>,
     /// The epoch the entity's journal fence was raised to at activation.
     pub(crate) fence: Option<u64>,
+    /// Its pending timers (`None`: none).
+    pub(crate) timers: Option<&'a Timers>,
+}
+
+/// A due timer, delivered to its entity: which one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TimerFire {
+    pub(crate) id: String,
+    /// The seq of the event that scheduled it.
+    pub(crate) seq: u64,
 }
 
 /// One command as the decision sees it (its reply port stays with the caller).
@@ -47,13 +61,20 @@ pub(crate) struct Command {
     pub(crate) invocation_id: String,
     /// The caller gave the id and may retry with it: remember the reply.
     pub(crate) retryable: bool,
+    /// Set when the command is a due timer's.
+    pub(crate) timer: Option<TimerFire>,
 }
 
 /// What was decided, to apply once the append is acknowledged.
 pub(crate) struct Pending {
-    pub(crate) typed: Box<dyn Any + Send>,
+    /// The handler's typed events (`None`: a refused timer command, only
+    /// its `fired` record is written).
+    pub(crate) typed: Option<Box<dyn Any + Send>>,
     pub(crate) reply: Vec<u8>,
+    /// Events written, the runtime's records included.
     pub(crate) events: u64,
+    /// The records that change the entity's timers, with their seqs.
+    pub(crate) timers: Vec<(u64, FlowRecord)>,
     /// The lease epoch the decision was made under (checked again right
     /// before the commit).
     pub(crate) epoch: Option<u64>,
@@ -95,27 +116,46 @@ pub(crate) fn decide(
             deduplicated: true,
         });
     }
+    if let Some(f) = &c.timer
+        && !r.timers.is_some_and(|t| t.pending(&f.id, f.seq))
+    {
+        // Cancelled, replaced or fired already: the fire does nothing.
+        return Decision::Reply(CommandReply {
+            reply: NIL.to_vec(),
+            seq: r.seq,
+            invocation_id: c.invocation_id,
+            deduplicated: true,
+        });
+    }
     let mut ctx = Ctx::new(r.key.entity_id.clone(), c.invocation_id.clone(), r.seq, now_ms);
-    let effect = match catch_unwind(AssertUnwindSafe(|| r.entity.handle(r.state, c.command, &mut ctx))) {
+    let handled = catch_unwind(AssertUnwindSafe(|| r.entity.handle(r.state, c.command, &mut ctx)));
+    let (user_events, typed, reply, actions, rejected) = match handled {
         Err(panic) => return Decision::Reset(InvokeError::HandlerPanicked(panic_message(&*panic))),
+        // A timer's command refused: the timer is spent all the same.
+        Ok(Err(HandleError::Rejected(rejection))) if c.timer.is_some() => {
+            (Vec::new(), None, NIL.to_vec(), Vec::new(), Some(rejection))
+        }
         Ok(Err(HandleError::Rejected(rejection))) => return Decision::Refuse(InvokeError::Rejected(rejection)),
         Ok(Err(e)) => return Decision::Refuse(InvokeError::Internal(e.to_string())),
-        Ok(Ok(effect)) => effect,
+        Ok(Ok(e)) => (e.events, Some(e.typed), e.reply, e.actions, None),
     };
-    if !effect.actions.is_empty() {
-        // Never drop what a handler asked for: until the runtime delivers
-        // messages, timers and calls, an effect carrying them is refused
-        // whole (nothing written).
-        return Decision::Refuse(InvokeError::Internal(format!(
-            "{}: the handler asked for {} message(s), timer(s) or call(s); this runtime does not carry them out \
-             yet, so nothing was written",
-            r.key,
-            effect.actions.len()
-        )));
+    let mut records = Vec::with_capacity(actions.len() + 1);
+    if let Some(f) = &c.timer {
+        records.push(FlowRecord::Fired(Fired { timer_id: f.id.clone(), scheduled_seq: f.seq, rejected }));
     }
-    if effect.events.is_empty() {
-        let reply =
-            CommandReply { reply: effect.reply, seq: r.seq, invocation_id: c.invocation_id, deduplicated: false };
+    for a in actions {
+        match FlowRecord::of(a) {
+            Some(record) => records.push(record),
+            None => {
+                return Decision::Refuse(InvokeError::Internal(format!(
+                    "{}: the handler asked for an action this runtime does not know; nothing was written",
+                    r.key
+                )));
+            }
+        }
+    }
+    if user_events.is_empty() && records.is_empty() {
+        let reply = CommandReply { reply, seq: r.seq, invocation_id: c.invocation_id, deduplicated: false };
         return Decision::Reply(reply);
     }
     let epoch = match lease {
@@ -128,33 +168,42 @@ pub(crate) fn decide(
             )));
         }
     };
-    let n = effect.events.len();
+    let first_record_seq = r.seq + 1 + user_events.len() as u64;
+    let mut events: Vec<NewEvent> = user_events
+        .into_iter()
+        .map(|e| NewEvent { type_name: e.type_name, version: e.version, payload: e.payload, metadata: Vec::new() })
+        .collect();
+    for record in &records {
+        match record.to_event() {
+            Ok(e) => events.push(e),
+            Err(e) => return Decision::Refuse(InvokeError::Internal(format!("{}: {e}", r.key))),
+        }
+    }
+    let timers = records
+        .into_iter()
+        .enumerate()
+        .filter(|(_, rec)| matches!(rec, FlowRecord::Schedule(_) | FlowRecord::Cancel(_) | FlowRecord::Fired(_)))
+        .map(|(i, rec)| (first_record_seq + i as u64, rec))
+        .collect();
+    let n = events.len();
     let base = EventMeta {
         invocation: c.invocation_id.clone(),
         reply: None,
         node: epoch.and(node_id.map(str::to_owned)),
         epoch,
     };
-    let last_meta = EventMeta { reply: c.retryable.then(|| effect.reply.clone()), ..base.clone() }.encode();
+    let last_meta = EventMeta { reply: c.retryable.then(|| reply.clone()), ..base.clone() }.encode();
     let meta = if n > 1 { base.encode() } else { Vec::new() };
-    let events = effect
-        .events
-        .into_iter()
-        .enumerate()
-        .map(|(i, e)| NewEvent {
-            type_name: e.type_name,
-            version: e.version,
-            payload: e.payload,
-            metadata: if i + 1 == n { last_meta.clone() } else { meta.clone() },
-        })
-        .collect();
+    for (i, e) in events.iter_mut().enumerate() {
+        e.metadata = if i + 1 == n { last_meta.clone() } else { meta.clone() };
+    }
     let mut request = AppendRequest::new(r.seq, events).with_fence(r.fence);
     if c.retryable {
         // The journal refuses the key if the entity committed it before,
         // however long ago within the retention (`Duplicate`), and records it.
         request = request.with_key(c.invocation_id.clone(), key_retention);
     }
-    Decision::Append(request, Pending { typed: effect.typed, reply: effect.reply, events: n as u64, epoch })
+    Decision::Append(request, Pending { typed, reply, events: n as u64, timers, epoch })
 }
 
 /// Whether a snapshot is due after `events_since_snapshot` (0: never).

@@ -70,6 +70,18 @@ fn cmd(name: &str, key: Option<&str>) -> step::Command {
         command: tally().decode_command(name, b"null", Format::Json).unwrap(),
         invocation_id: key.unwrap_or("generated").to_owned(),
         retryable: key.is_some(),
+        timer: None,
+    }
+}
+
+fn fire(name: &str, id: &str, seq: u64) -> step::Command {
+    step::Command { timer: Some(step::TimerFire { id: id.into(), seq }), ..cmd(name, Some("tessera/tally/t/timer")) }
+}
+
+fn last_type(d: &Decision) -> Option<&str> {
+    match d {
+        Decision::Append(r, _) => r.events.last().map(|e| e.type_name.as_str()),
+        _ => None,
     }
 }
 
@@ -87,7 +99,15 @@ fn decisions_for_one_command() {
     let mut window = DedupWindow::default();
     let remembered = rmp_serde::to_vec(&41u64).unwrap();
     window.insert(DedupEntry { id: "seen".into(), seq: 3, at_ms: NOW - 10, reply: remembered }, LIMITS);
-    let record = Record { key: &key, entity: &entity, state: &state, seq: 3, dedup: Some(&window), fence: Some(7) };
+    let record = Record {
+        key: &key,
+        entity: &entity,
+        state: &state,
+        seq: 3,
+        dedup: Some(&window),
+        fence: Some(7),
+        timers: None,
+    };
     let held = Lease::Held(7);
     type Check = fn(&Decision) -> bool;
     let cases: Vec<(&str, step::Command, Lease, Check)> = vec![
@@ -117,11 +137,15 @@ fn decisions_for_one_command() {
             matches!(d, Decision::Refuse(InvokeError::ShardMoved(_)))
         }),
         ("a lost lease still answers reads", cmd("get", None), Lease::Lost, |d| matches!(d, Decision::Reply(_))),
+        ("a message is written in the same append, after the events", cmd("ping", None), held, |d| {
+            matches!(d, Decision::Append(r, p) if r.events.len() == 2 && p.events == 2)
+                && last_type(d) == Some("tessera.send")
+        }),
         (
-            "messages are not carried out yet: the whole effect is refused, nothing written",
-            cmd("ping", None),
+            "a fire of a timer that is not pending does nothing",
+            fire("add", "expire", 2),
             held,
-            |d| matches!(d, Decision::Refuse(InvokeError::Internal(m)) if m.contains("does not carry them out")),
+            |d| matches!(d, Decision::Reply(r) if r.deduplicated && r.seq == 3),
         ),
         (
             "unfenced (no cluster): appends carry no epoch",
@@ -142,10 +166,35 @@ fn decisions_for_one_command() {
 }
 
 #[test]
+fn a_pending_timer_runs_its_command_once_and_a_refused_one_is_spent_too() {
+    use crate::flow::{FlowRecord, Timers};
+    let (entity, key) = (tally(), EntityKey::new("tally", "t"));
+    let state = entity.initial_state();
+    let mut timers = Timers::default();
+    let command = tessera_entities::CommandCall::named("add", &()).unwrap();
+    timers.apply(2, &FlowRecord::Schedule(tessera_entities::Timer { id: "expire".into(), at_ms: NOW, command }));
+    let record =
+        Record { key: &key, entity: &entity, state: &state, seq: 3, dedup: None, fence: None, timers: Some(&timers) };
+    let ran = step::decide(&record, fire("add", "expire", 2), NOW, Lease::Unfenced, None, LIMITS, DAY);
+    let Decision::Append(req, pending) = &ran else { panic!("the timer's command runs") };
+    let types: Vec<&str> = req.events.iter().map(|e| e.type_name.as_str()).collect();
+    assert_eq!(types, ["Added", "tessera.fired"], "its events, then the record that it fired");
+    assert!(req.key.is_some(), "keyed: a second delivery is answered from the journal");
+    assert_eq!(pending.timers.len(), 1, "the slot forgets the timer when the append commits");
+    let refused = step::decide(&record, fire("refuse", "expire", 2), NOW, Lease::Unfenced, None, LIMITS, DAY);
+    let Decision::Append(req, pending) = &refused else { panic!("a refused timer is spent all the same") };
+    assert_eq!(req.events.len(), 1);
+    assert!(pending.typed.is_none(), "nothing of the entity's to apply");
+    let fired = FlowRecord::decode(&req.events[0].type_name, &req.events[0].payload).unwrap().unwrap();
+    assert!(matches!(fired, FlowRecord::Fired(f) if f.rejected.as_ref().is_some_and(|r| r.code == "no")));
+}
+
+#[test]
 fn an_append_carries_the_fence_the_epoch_and_the_reply_to_remember() {
     let (entity, key) = (tally(), EntityKey::new("tally", "t"));
     let state = entity.initial_state();
-    let record = Record { key: &key, entity: &entity, state: &state, seq: 9, dedup: None, fence: Some(5) };
+    let record =
+        Record { key: &key, entity: &entity, state: &state, seq: 9, dedup: None, fence: Some(5), timers: None };
     let Decision::Append(req, pending) =
         step::decide(&record, cmd("add", Some("k")), NOW, Lease::Held(6), Some("n1"), LIMITS, DAY)
     else {
@@ -214,6 +263,7 @@ fn command(m: &mut Machine, id: &str, name: &str) -> Reply {
         command: tally().decode_command(name, b"null", Format::Json).unwrap(),
         invocation_id: format!("inv-{id}-{name}"),
         retryable: false,
+        timer: None,
         span: tracing::Span::none(),
         reply: tx.into(),
     };
@@ -229,7 +279,13 @@ fn read(m: &mut Machine, id: &str) -> oneshot::Receiver<Result<StateView, Invoke
 }
 
 fn rebuilt(seq: u64) -> Rebuilt {
-    Rebuilt { state: tally().initial_state(), seq, dedup: DedupWindow::default(), events_since_snapshot: 0 }
+    Rebuilt {
+        state: tally().initial_state(),
+        seq,
+        dedup: DedupWindow::default(),
+        events_since_snapshot: 0,
+        timers: Default::default(),
+    }
 }
 
 /// Answers the one activation asked for with an entity at `seq`; returns its incarnation.

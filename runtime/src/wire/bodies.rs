@@ -60,6 +60,15 @@ pub struct StateBody {
     pub seq: u64,
     /// The state.
     pub state: Value,
+    /// Its pending timers (`{id, seq, at_ms, command}`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub timers: Vec<Value>,
+    /// Messages and calls it committed that are not delivered yet (`{seq, record}`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub undelivered: Vec<Value>,
+    /// Its messages given up (the target could not take them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dead_letters: Vec<Value>,
 }
 
 /// One journal event as JSON (payloads are self-describing MessagePack, so
