@@ -11,6 +11,8 @@
 //! | `scylla.after_append` | the conditional append committed, no feed offsets given to it yet |
 //! | `scylla.after_entries` | a committed append's feed entries are written, the watermark not moved over them |
 //! | `scylla.after_watermark` | a unit's watermark was written |
+//! | `flow.before_delivery` | (runtime) the dispatcher read committed sends, delivered none |
+//! | `flow.after_delivery` | (runtime) the dispatcher delivered a batch's sends, its checkpoint not stored |
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -135,12 +135,20 @@ pub fn registry() -> Registry {
         .entity(inventory::Stock)
         .function(inventory::ProductUpsert)
         .entity(Flaky)
-        .entity(bank::Account)
-        .entity(bank::Transfer)
-        .entity(bank::Alarm)
         .function(Sleep)
         .function(Unavailable)
         .function(Touch)
+        .build()
+        .expect("valid registry")
+}
+
+/// The entities that talk ([`bank`]: accounts, transfers, alarms), served
+/// by the test node when `TESSERA_TEST_BANK` is set.
+pub fn bank_registry() -> Registry {
+    Registry::builder()
+        .entity(bank::Account)
+        .entity(bank::Transfer)
+        .entity(bank::Alarm)
         .build()
         .expect("valid registry")
 }

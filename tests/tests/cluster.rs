@@ -734,3 +734,141 @@ async fn drive(bases: &[String], dur: Duration) -> (hdrhistogram::Histogram<u64>
     }
     (hist, ops)
 }
+
+/// Posts until the node answers 200 (retrying errors with the same key, as
+/// a careful client does); the reply body.
+async fn post_until_ok(bases: &[String], path: &str, body: &Value, key: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    for attempt in 0usize.. {
+        let base = &bases[attempt % bases.len()];
+        let (s, _, b) = post(&format!("{base}{path}"), &body.to_string(), Some(key)).await;
+        if s == 200 {
+            return b;
+        }
+        assert!(Instant::now() < deadline, "{path} ({key}) not accepted: {s} {b}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    unreachable!()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn transfers_between_accounts_end_and_keep_the_sum_while_nodes_crash_mid_delivery() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::new().await;
+    c.entity_types = 3;
+    let nats = nats_url();
+    let bank = ("TESSERA_TEST_BANK", "1");
+    // n3 aborts right after delivering a batch of messages, before the
+    // dispatcher's checkpoint (the next owner delivers them again); n2
+    // aborts with committed messages it has not delivered yet.
+    let n1 = c.start_with_env("n1", &nats, &[], &[bank]).await;
+    let n2 = c
+        .start_with_env(
+            "n2",
+            &nats,
+            &[],
+            &[bank, ("TESSERA_FAULT_POINT", "flow.before_delivery"), ("TESSERA_FAULT_AFTER", "25")],
+        )
+        .await;
+    let n3 = c
+        .start_with_env(
+            "n3",
+            &nats,
+            &[],
+            &[bank, ("TESSERA_FAULT_POINT", "flow.after_delivery"), ("TESSERA_FAULT_AFTER", "15")],
+        )
+        .await;
+    c.wait_even(&["n1", "n2", "n3"], Duration::from_secs(30)).await;
+    const ACCOUNTS: usize = 12;
+    const TRANSFERS: usize = 160;
+    let bases = vec![n1.base.clone()];
+    for a in 0..ACCOUNTS {
+        post_until_ok(
+            &bases,
+            &format!("/v1/entities/account/acc-{a}/deposit"),
+            &json!({"amount": 100}),
+            &format!("dep-{a}"),
+        )
+        .await;
+    }
+    post_until_ok(&bases, "/v1/entities/account/acc-11/freeze", &json!(null), "freeze-11").await;
+    // Transfers started through n1 (the others are about to crash), a few at a time.
+    let starts = (0..TRANSFERS).map(|i| {
+        let bases = bases.clone();
+        async move {
+            let body = json!({
+                "from": format!("acc-{}", i % ACCOUNTS),
+                "to": format!("acc-{}", (i * 5 + 1) % ACCOUNTS),
+                "amount": 1 + (i % 30) as i64,
+                "timeout_ms": 120_000,
+            });
+            post_until_ok(&bases, &format!("/v1/entities/transfer/tr-{i}/start"), &body, &format!("start-{i}")).await;
+        }
+    });
+    use futures::StreamExt;
+    futures::stream::iter(starts).buffer_unordered(8).collect::<Vec<_>>().await;
+
+    // Both armed nodes die of their fault points; n1 takes everything, then
+    // they come back (unarmed) and shards move to them again.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while members(&c).await.len() > 1 {
+        assert!(Instant::now() < deadline, "the armed nodes did not reach their fault points: {:?}", members(&c).await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop((n2, n3));
+    c.wait_even(&["n1"], Duration::from_secs(30)).await;
+    let n2 = c.start_with_env("n2", &nats, &[], &[bank]).await;
+    let n3 = c.start_with_env("n3", &nats, &[], &[bank]).await;
+    c.wait_even(&["n1", "n2", "n3"], Duration::from_secs(60)).await;
+
+    // Every transfer ends; the money adds up; nothing was applied twice.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut ended: std::collections::HashMap<usize, String> = std::collections::HashMap::new();
+    while ended.len() < TRANSFERS {
+        for i in 0..TRANSFERS {
+            if ended.contains_key(&i) {
+                continue;
+            }
+            let (_, b) = get(&format!("{}/v1/entities/transfer/tr-{i}", n1.base)).await;
+            let s = b["state"]["status"].as_str().unwrap_or_default().to_owned();
+            if ["completed", "failed", "compensated"].contains(&s.as_str()) {
+                ended.insert(i, s);
+            }
+        }
+        assert!(Instant::now() < deadline, "{} of {TRANSFERS} transfers ended", ended.len());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut sum = 0;
+    let mut applied: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for a in 0..ACCOUNTS {
+        let (_, b) = get(&format!("{}/v1/entities/account/acc-{a}", n2.base)).await;
+        sum += b["state"]["balance"].as_i64().unwrap_or_default();
+        for e in tessera_test_support::http::all_events(&n3.base, "account", &format!("acc-{a}")).await {
+            if e.type_name == "Debited" || e.type_name == "Credited" {
+                let t = e.event[&e.type_name]["transfer"].as_str().unwrap_or_default().to_owned();
+                *applied.entry(format!("{}/{t}", e.type_name)).or_default() += 1;
+            }
+        }
+    }
+    let mut by_status: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for s in ended.values() {
+        *by_status.entry(s.as_str()).or_default() += 1;
+    }
+    report("transfers_with_crashes", json!({ "transfers": TRANSFERS, "ended": by_status }));
+    assert_eq!(sum, 100 * ACCOUNTS as i64, "no money made or lost");
+    let twice: Vec<_> = applied.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "applied twice: {twice:?}");
+    for (i, s) in &ended {
+        let has = |k: &str| applied.contains_key(&format!("{k}/tr-{i}"));
+        let refund = applied.contains_key(&format!("Credited/tr-{i}:refund"));
+        let consistent = match s.as_str() {
+            "completed" => has("Debited") && has("Credited") && !refund,
+            "failed" => !has("Debited") && !has("Credited"),
+            "compensated" => has("Debited") && !has("Credited") && refund,
+            _ => false,
+        };
+        assert!(consistent, "tr-{i} {s}: the accounts' journals disagree");
+    }
+    assert!(by_status.get("compensated").is_some_and(|n| *n > 0), "credits to the frozen account were refunded");
+    drop((n1, n2, n3));
+}

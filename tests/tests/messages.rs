@@ -15,6 +15,13 @@ use serde_json::{Value, json};
 use tessera_journal::EntityKey;
 use tessera_runtime::{Invocation, Node};
 
+async fn node(
+    dir: &std::path::Path,
+    tweak: impl FnOnce(&mut tessera_runtime::NodeConfig),
+) -> (tessera_runtime::Server, String) {
+    tessera_test_support::node::node(tessera_tests::bank_registry(), dir, tweak).await
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
@@ -63,7 +70,7 @@ async fn journal(node: &Node, t: &str, id: &str) -> Vec<(String, Value)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transfer_completes_fails_or_compensates_and_the_money_adds_up() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let (server, base) = common::node(dir.path(), |_| {}).await;
+    let (server, base) = node(dir.path(), |_| {}).await;
     let node = server.node();
     invoke(node, "account", "a1", "deposit", json!({"amount": 100})).await;
     invoke(node, "account", "a3", "freeze", json!(null)).await;
@@ -114,7 +121,7 @@ async fn a_transfer_completes_fails_or_compensates_and_the_money_adds_up() -> an
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundreds_of_transfers_at_once_keep_the_sum_and_apply_nothing_twice() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let (server, _base) = common::node(dir.path(), |c| c.journal.shards = 8).await;
+    let (server, _base) = node(dir.path(), |c| c.journal.shards = 8).await;
     let node = server.node();
     let accounts: Vec<String> = (0..10).map(|i| format!("acc-{i}")).collect();
     for a in &accounts {
@@ -165,7 +172,7 @@ async fn hundreds_of_transfers_at_once_keep_the_sum_and_apply_nothing_twice() ->
 async fn ten_thousand_timers_fire_once_none_early_across_a_restart() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let tweak = |c: &mut tessera_runtime::NodeConfig| c.journal.shards = 16;
-    let (server, base) = common::node(dir.path(), tweak).await;
+    let (server, base) = node(dir.path(), tweak).await;
     let n = 10_000usize;
     let started = Instant::now();
     let base_ms = now_ms() + 15_000;
@@ -193,7 +200,7 @@ async fn ten_thousand_timers_fire_once_none_early_across_a_restart() -> anyhow::
     let stopped_ms = now_ms();
     server.shutdown().await;
     let restarted_ms = now_ms();
-    let (server, _) = common::node(dir.path(), tweak).await;
+    let (server, _) = node(dir.path(), tweak).await;
     tokio::time::sleep(Duration::from_millis((base_ms + 15_500 - now_ms()).max(0) as u64)).await;
     let node = server.node();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -262,7 +269,7 @@ async fn rings(node: &Node, n: usize) -> HashMap<usize, Vec<(i64, i64)>> {
 async fn a_message_nobody_can_take_is_a_dead_letter_and_the_sender_is_told() -> anyhow::Result<()> {
     tessera_test_support::servers::init_tracing();
     let dir = tempfile::tempdir()?;
-    let (server, base) = common::node(dir.path(), |_| {}).await;
+    let (server, base) = node(dir.path(), |_| {}).await;
     let node = server.node();
     let ask = |t: &str, c: &str| json!({"entity_type": t, "id": "x", "command": c});
     invoke(node, "alarm", "asker", "ask", ask("no-such-type", "get")).await;

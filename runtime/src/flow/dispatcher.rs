@@ -354,6 +354,7 @@ impl Projection for Dispatcher {
             }
         }
         if !jobs.is_empty() {
+            tessera_journal::fault::point("flow.before_delivery");
             let deliver = self.deliverer()?;
             let n = jobs.len() as i64;
             self.metrics.flow.outbox_depth.add(n);
@@ -391,6 +392,7 @@ impl Projection for Dispatcher {
                 // batch comes again.
                 return Err(ProjectionError::Failed(e));
             }
+            tessera_journal::fault::point("flow.after_delivery");
         }
         // Delivered: now the batch's timers and dead letters are kept.
         let unit = (batch.entity_type.to_owned(), batch.shard);

@@ -17,7 +17,7 @@ use crate::projection::{Checkpoints, FeedEvent};
 use crate::shard::{CommandRequest, ShardMsg, TimerFire};
 
 /// Most feed events read to find an entity's undelivered messages.
-const OUTBOX_SCAN: usize = 10_000;
+const OUTBOX_SCAN: usize = 2_000;
 
 /// The node as the dispatcher's [`Deliver`] (weak: the node owns the dispatcher).
 pub(crate) struct NodeDeliver(pub(crate) Weak<NodeInner>);

@@ -1,5 +1,6 @@
 //! A node binary for the process-level tests: the shared CLI with the
-//! inventory entities and the `flaky` test entity.
+//! inventory entities and the `flaky` test entity (or, with
+//! `TESSERA_TEST_BANK`, the bank's accounts, transfers and alarms).
 
 use clap::Parser;
 
@@ -34,5 +35,10 @@ async fn main() -> anyhow::Result<()> {
     if std::env::var_os("TESSERA_TEST_PROJECTIONS").is_some() {
         layers.projections = tessera_tests::projections();
     }
-    tessera_runtime::cli::run_with(Cli::parse().command, tessera_tests::registry(), layers).await
+    // Message and timer tests: the bank's entities instead of the inventory's.
+    let registry = match std::env::var_os("TESSERA_TEST_BANK") {
+        Some(_) => tessera_tests::bank_registry(),
+        None => tessera_tests::registry(),
+    };
+    tessera_runtime::cli::run_with(Cli::parse().command, registry, layers).await
 }

@@ -29,6 +29,8 @@ pub struct Cluster {
     pub journal: String,
     pub dir: tempfile::TempDir,
     pub store: ClusterStore,
+    /// Entity types the nodes serve (leases per shard).
+    pub entity_types: usize,
 }
 
 impl Cluster {
@@ -40,7 +42,7 @@ impl Cluster {
         let client = async_nats::connect(nats_url()).await.expect("nats");
         let js = async_nats::jetstream::new(client);
         let store = ClusterStore::open(&js, &prefix, Duration::from_millis(TTL_MS)).await.expect("bucket");
-        Self { prefix, journal, dir: tempfile::tempdir().expect("tempdir"), store }
+        Self { prefix, journal, dir: tempfile::tempdir().expect("tempdir"), store, entity_types: 2 }
     }
 
     pub async fn start(&self, id: &str, nats: &str, extra: &[&str]) -> NodeProcess {
@@ -90,7 +92,7 @@ impl Cluster {
                 _ => other += 1,
             }
         }
-        let total = SHARDS as usize * 2;
+        let total = SHARDS as usize * self.entity_types;
         (m, other + total - st.leases.len())
     }
 
