@@ -2,7 +2,9 @@
 //! nats-server (leases, routing) and a real Cassandra 5 (the journal).
 //! Failover after kill -9, a joining node taking shards in capped rounds, a
 //! graceful leave, and a node cut off from NATS that stops serving before
-//! its lease can be taken. Every acknowledged command's events are checked in
+//! its lease can be taken; a transfer saga between accounts (messages only)
+//! while three of four nodes crash at fault points around delivery and
+//! apply. Every acknowledged command's events are checked in
 //! the journal: exactly once, and per entity never committed under an older
 //! lease epoch after a newer one.
 
@@ -175,6 +177,10 @@ async fn failover_join_and_graceful_leave_lose_nothing() {
     }
     targets.lock().unwrap_or_else(|p| p.into_inner()).push(n4.base.clone());
 
+    // The async restocks go through n1: they have spanned the kill and the
+    // join; all are accepted before n1 leaves.
+    async_sender.await.expect("async sender");
+
     // n1 leaves gracefully (SIGTERM) while the load goes through n2 and n4.
     *targets.lock().unwrap_or_else(|p| p.into_inner()) = vec![n2.base.clone(), n4.base.clone()];
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -200,7 +206,6 @@ async fn failover_join_and_graceful_leave_lose_nothing() {
     eprintln!("verified {checked} acknowledged commands in the journal");
 
     // Every async restock ran once, in the order it was accepted.
-    async_sender.await.expect("async sender");
     for n in 1..=ASYNC {
         let r = wait_result(&n2.base, &format!("arestock-{n}"), Duration::from_secs(60)).await;
         assert_eq!(r["status"], "ok", "{r}");
@@ -758,9 +763,11 @@ async fn transfers_between_accounts_end_and_keep_the_sum_while_nodes_crash_mid_d
     c.entity_types = 3;
     let nats = nats_url();
     let bank = ("TESSERA_TEST_BANK", "1");
-    // n3 aborts right after delivering a batch of messages, before the
-    // dispatcher's checkpoint (the next owner delivers them again); n2
-    // aborts with committed messages it has not delivered yet.
+    // Each armed node aborts (as kill -9 would) at its fault point: n2 with
+    // committed messages it has not delivered yet; n3 right after
+    // delivering a batch, before the dispatcher's checkpoint (the next owner
+    // delivers it again); n4 mid-apply, after an append committed and before
+    // it was acknowledged (a target's apply, or a sender's commit).
     let n1 = c.start_with_env("n1", &nats, &[], &[bank]).await;
     let n2 = c
         .start_with_env(
@@ -778,7 +785,15 @@ async fn transfers_between_accounts_end_and_keep_the_sum_while_nodes_crash_mid_d
             &[bank, ("TESSERA_FAULT_POINT", "flow.after_delivery"), ("TESSERA_FAULT_AFTER", "15")],
         )
         .await;
-    c.wait_even(&["n1", "n2", "n3"], Duration::from_secs(30)).await;
+    let n4 = c
+        .start_with_env(
+            "n4",
+            &nats,
+            &[],
+            &[bank, ("TESSERA_FAULT_POINT", "scylla.after_append"), ("TESSERA_FAULT_AFTER", "100")],
+        )
+        .await;
+    c.wait_even(&["n1", "n2", "n3", "n4"], Duration::from_secs(30)).await;
     const ACCOUNTS: usize = 12;
     const TRANSFERS: usize = 160;
     let bases = vec![n1.base.clone()];
@@ -815,7 +830,7 @@ async fn transfers_between_accounts_end_and_keep_the_sum_while_nodes_crash_mid_d
         assert!(Instant::now() < deadline, "the armed nodes did not reach their fault points: {:?}", members(&c).await);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    drop((n2, n3));
+    drop((n2, n3, n4));
     c.wait_even(&["n1"], Duration::from_secs(30)).await;
     let n2 = c.start_with_env("n2", &nats, &[], &[bank]).await;
     let n3 = c.start_with_env("n3", &nats, &[], &[bank]).await;
@@ -842,6 +857,7 @@ async fn transfers_between_accounts_end_and_keep_the_sum_while_nodes_crash_mid_d
     let mut applied: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for a in 0..ACCOUNTS {
         let (_, b) = get(&format!("{}/v1/entities/account/acc-{a}", n2.base)).await;
+        assert!(b["state"]["balance"].is_i64(), "{b}");
         sum += b["state"]["balance"].as_i64().unwrap_or_default();
         for e in tessera_test_support::http::all_events(&n3.base, "account", &format!("acc-{a}")).await {
             if e.type_name == "Debited" || e.type_name == "Credited" {

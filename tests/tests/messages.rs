@@ -108,7 +108,7 @@ async fn a_transfer_completes_fails_or_compensates_and_the_money_adds_up() -> an
     // Over HTTP the same, and the entity shows no pending timer or undelivered message.
     let (_, events) = common::get(&format!("{base}/v1/entities/transfer/t-ok/events")).await;
     assert_eq!(events["events"][2]["event"]["send"]["command"]["name"], "debit", "{events}");
-    let (_, body) = common::get(&format!("{base}/v1/entities/transfer/t-ok")).await;
+    let (_, body) = common::get(&format!("{base}/v1/entities/transfer/t-ok?outbox=true")).await;
     assert!(body.get("timers").is_none() && body.get("undelivered").is_none(), "{body}");
     let metrics = reqwest::get(format!("{base}/metrics")).await?.text().await?;
     for m in ["tessera_messages_delivered_total{kind=\"send\"}", "tessera_message_delivery_seconds_count"] {
@@ -291,7 +291,7 @@ async fn a_message_nobody_can_take_is_a_dead_letter_and_the_sender_is_told() -> 
     assert_eq!(outcomes, ["undeliverable", "undeliverable", "ok"], "answers in send order");
     // The dead letters show once the dispatcher stored its checkpoint.
     let body = loop {
-        let (_, body) = common::get(&format!("{base}/v1/entities/alarm/asker")).await;
+        let (_, body) = common::get(&format!("{base}/v1/entities/alarm/asker?outbox=true")).await;
         if body["dead_letters"].as_array().is_some_and(|d| d.len() == 2) || Instant::now() > deadline {
             break body;
         }

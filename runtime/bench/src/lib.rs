@@ -15,6 +15,7 @@
 //! ```
 
 mod counter;
+mod messages;
 mod nats;
 mod projection;
 mod runs;
@@ -34,7 +35,7 @@ pub struct BenchArgs {
     /// Directory for the JSON results.
     #[arg(long, default_value = "bench-results")]
     pub out: PathBuf,
-    /// Run only these benchmarks (durable, memory, replay, entities, projection, nats, scylla). Default: all.
+    /// Run only these benchmarks (durable, memory, replay, entities, projection, messages, nats, scylla). Default: all.
     #[arg(long)]
     pub only: Vec<String>,
     /// Small sizes: checks that everything runs, figures mean little.
@@ -172,7 +173,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let sizes = if args.quick { Sizes::quick() } else { Sizes::full() };
     let scratch = args.scratch.clone().unwrap_or_else(std::env::temp_dir);
     std::fs::create_dir_all(&args.out)?;
-    let all = ["durable", "memory", "replay", "entities", "projection", "nats", "scylla"];
+    let all = ["durable", "memory", "replay", "entities", "projection", "messages", "nats", "scylla"];
     let selected: Vec<&str> = if args.only.is_empty() {
         all.to_vec()
     } else {
@@ -195,6 +196,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "memory" => runs::in_memory(sizes).await?,
             "replay" => runs::replay(sizes, &scratch).await?,
             "projection" => projection::run(sizes, &scratch).await?,
+            "messages" => messages::run(sizes, &scratch).await?,
             "nats" => nats::run(sizes, args.nats.as_deref().unwrap_or_default()).await?,
             "scylla" => scylla::run(sizes, args.scylla.as_deref().unwrap_or_default()).await?,
             _ => runs::entities(sizes).await?,

@@ -12,7 +12,7 @@ fn quick_bench_writes_json_for_every_benchmark() {
         .status()
         .unwrap();
     assert!(status.success());
-    for name in ["durable", "memory", "replay", "entities", "projection"] {
+    for name in ["durable", "memory", "replay", "entities", "projection", "messages"] {
         let v: serde_json::Value =
             serde_json::from_slice(&std::fs::read(out.path().join(format!("{name}.json"))).unwrap()).unwrap();
         assert_eq!(v["bench"], name);

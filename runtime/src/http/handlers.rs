@@ -120,6 +120,10 @@ pub(crate) struct StateQuery {
     at: Option<u64>,
     /// `any` (default) or `owner`.
     read: Option<String>,
+    /// Also show the entity's undelivered messages and dead letters (reads
+    /// the dispatcher's checkpoint and the feed after it).
+    #[serde(default)]
+    outbox: bool,
 }
 
 pub(crate) fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
@@ -144,7 +148,7 @@ pub(crate) async fn state(
         None => node.state_from(&entity_type, &entity_id, from).await?,
     };
     let mut body = crate::inspect::state_body(entity_type, entity_id, view);
-    if q.at.is_none() {
+    if q.outbox && q.at.is_none() {
         // The outbox as the dispatcher's checkpoint and the feed show it.
         match node.outbox(&body.entity_type, &body.entity_id).await {
             Ok(o) => (body.undelivered, body.dead_letters) = (o.undelivered, o.dead_letters),

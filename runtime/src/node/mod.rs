@@ -176,7 +176,8 @@ impl Node {
         let types: Vec<String> = p.registry.entities().map(|e| e.type_name().to_owned()).collect();
         let mut list = p.projections;
         if !types.is_empty() {
-            list.insert(0, crate::flow::Dispatcher::new(types, deliver.clone(), p.metrics.clone()));
+            // Listed after the user's projections (`GET /v1/projections` shows it too).
+            list.push(crate::flow::Dispatcher::new(types, deliver.clone(), p.metrics.clone()));
         }
         let projections = Projections::new(p.journal.clone(), list, p.metrics.clone(), settings);
         let on_commit: Option<crate::shard::CommitHook> = if projections.list().is_empty() {

@@ -25,6 +25,8 @@ use crate::now_ms;
 
 /// Longest an idle dispatcher waits before it looks at its feed again.
 const FLOW_POLL: Duration = Duration::from_secs(1);
+/// Longest the dispatcher waits to store progress over events it skipped.
+const FLOW_SKIP_CHECKPOINT: Duration = Duration::from_secs(10);
 
 /// How workers read and wait.
 #[derive(Debug, Clone, Copy)]
@@ -371,8 +373,12 @@ async fn work(inner: Arc<Inner>, index: usize, unit: Unit, signals: Signals, sta
             },
         };
         // Store the checkpoint when due.
+        // The dispatcher counts only its records: progress over events it
+        // skipped is stored rarely (a crash re-reads them, nothing more).
         if let Some((since, n)) = pr.unsaved
-            && (since.elapsed() >= every || n >= inner.settings.batch)
+            && (n >= inner.settings.batch
+                || (since.elapsed() >= every && (n > 0 || !flow))
+                || since.elapsed() >= FLOW_SKIP_CHECKPOINT)
         {
             if flow {
                 pr.current.state = p.checkpoint_state(&entity_type, shard);
@@ -433,6 +439,7 @@ async fn work(inner: Arc<Inner>, index: usize, unit: Unit, signals: Signals, sta
             });
             // Caught up with unsaved progress: store it once it is due.
             let wait = match pr.unsaved {
+                Some((since, 0)) if flow => FLOW_SKIP_CHECKPOINT.saturating_sub(since.elapsed()),
                 Some((since, _)) => every.saturating_sub(since.elapsed()),
                 None if hinted > 0 => {
                     hinted -= 1;
@@ -479,7 +486,7 @@ async fn work(inner: Arc<Inner>, index: usize, unit: Unit, signals: Signals, sta
         let last = batch.last().map_or(after, |e| e.offset);
         pr.current = Checkpoint { offset: last, state, written_ms: now_ms(), rewound: false };
         let (since, n) = pr.unsaved.unwrap_or((tokio::time::Instant::now(), 0));
-        pr.unsaved = Some((since, n + batch.len()));
+        pr.unsaved = Some((since, n + if flow { mine.len() } else { batch.len() }));
         let now = now_ms();
         for e in &mine {
             inner

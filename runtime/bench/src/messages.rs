@@ -1,0 +1,275 @@
+//! Messages and timers (local journal, durable): each beside the same work
+//! driven by a client in the same run.
+//!
+//! - ping-pong: `pingers` entities each ask a `ponger` and, on the answer,
+//!   ask again, `rounds` times — round trips/s, against a client that makes
+//!   the same two commands per round itself (the ponger's, then the
+//!   pinger's), one round after the other per pinger;
+//! - fan-out: entities each send one command to 100 counters — messages
+//!   delivered/s, against the client sending those commands directly;
+//! - timers: `timers` alarms all due at one instant — fires/s and lateness,
+//!   against the same number of direct commands.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tessera_entities::{Ctx, Effect, Entity, EntityRef, Format, Registry, Rejection, Response};
+use tessera_runtime::config::{JournalKind, NodeConfig};
+use tessera_runtime::{Invocation, Node, NodeBuilder};
+
+use super::{BenchCounter, Sizes, concurrently};
+
+/// Asks its ponger `rounds` times, one after the other (`bench-pinger`).
+struct Pinger;
+
+#[derive(Default, Serialize, Deserialize)]
+struct PingerState {
+    left: u32,
+    done: u32,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum PingerCommand {
+    Start {
+        rounds: u32,
+    },
+    Ponged(Response<u32>),
+    /// The client-driven baseline's half of a round.
+    Count,
+    /// Sends one `add` to each of `n` counters.
+    Fan {
+        n: u32,
+    },
+    /// A timer at `at_ms`.
+    Alarm {
+        at_ms: i64,
+    },
+    Ring,
+}
+
+#[derive(Serialize, Deserialize)]
+enum PingerEvent {
+    Started { rounds: u32 },
+    Round,
+    Fanned,
+    Set,
+    Rang,
+}
+
+fn ponger(id: &str) -> EntityRef {
+    EntityRef::new(BenchCounter::TYPE, id)
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "snake_case")]
+enum CounterCall {
+    Add { by: i64 },
+}
+
+impl Entity for Pinger {
+    const TYPE: &'static str = "bench-pinger";
+    type State = PingerState;
+    type Command = PingerCommand;
+    type Event = PingerEvent;
+    type Reply = u32;
+
+    fn handle(&self, s: &PingerState, c: PingerCommand, ctx: &mut Ctx) -> Result<Effect<PingerEvent, u32>, Rejection> {
+        let me = ctx.entity_id().to_owned();
+        Ok(match c {
+            PingerCommand::Start { rounds } => Effect::persist(PingerEvent::Started { rounds }, 0).and_ask(
+                ponger(&me),
+                &CounterCall::Add { by: 1 },
+                "ponged",
+            ),
+            PingerCommand::Ponged(_) if s.left > 1 => Effect::persist(PingerEvent::Round, s.done + 1).and_ask(
+                ponger(&me),
+                &CounterCall::Add { by: 1 },
+                "ponged",
+            ),
+            PingerCommand::Ponged(_) | PingerCommand::Count => Effect::persist(PingerEvent::Round, s.done + 1),
+            PingerCommand::Fan { n } => (0..n).fold(Effect::persist(PingerEvent::Fanned, 0), |e, i| {
+                e.and_send(ponger(&format!("{me}-{i}")), &CounterCall::Add { by: 1 })
+            }),
+            PingerCommand::Alarm { at_ms } => {
+                Effect::persist(PingerEvent::Set, 0).and_schedule("ring", at_ms, &PingerCommand::Ring)
+            }
+            PingerCommand::Ring => Effect::persist(PingerEvent::Rang, s.done + 1),
+        })
+    }
+
+    fn apply(&self, s: &mut PingerState, e: &PingerEvent) {
+        match e {
+            PingerEvent::Started { rounds } => s.left = *rounds,
+            PingerEvent::Round | PingerEvent::Rang => {
+                s.left = s.left.saturating_sub(1);
+                s.done += 1;
+            }
+            PingerEvent::Fanned | PingerEvent::Set => {}
+        }
+    }
+}
+
+fn config(dir: &Path) -> NodeConfig {
+    NodeConfig::default().with(|c| {
+        c.journal.data_dir = dir.to_path_buf();
+        c.http.listen = None;
+        c.journal.kind = JournalKind::Local;
+        c.limits.max_in_flight = 1_000_000;
+        c.limits.max_active_entities = 10_000_000;
+        c.limits.idle_timeout_secs = 3600;
+    })
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 { (a / b * 1000.0).round() / 1000.0 } else { 0.0 }
+}
+
+async fn invoke(node: &Node, t: &str, id: String, command: &str, body: Value) -> anyhow::Result<()> {
+    let inv = Invocation {
+        entity_type: t.into(),
+        entity_id: id,
+        command: command.into(),
+        body: serde_json::to_vec(&body)?,
+        format: Format::Json,
+        idempotency_key: None,
+    };
+    node.invoke(inv).await?;
+    Ok(())
+}
+
+fn delivered(node: &Node, kind: &str) -> u64 {
+    node.metrics().flow.delivered.with_label_values(&[kind]).get()
+}
+
+/// Waits until `kind` deliveries reach `n` (at most `limit`).
+async fn until_delivered(node: &Node, kind: &str, n: u64, limit: Duration) -> anyhow::Result<()> {
+    let started = Instant::now();
+    while delivered(node, kind) < n {
+        anyhow::ensure!(started.elapsed() < limit, "{} of {n} {kind} deliveries", delivered(node, kind));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Ok(())
+}
+
+/// Runs the message benchmarks.
+pub(super) async fn run(s: Sizes, scratch: &Path) -> anyhow::Result<Value> {
+    let quick = s.commands < 100_000;
+    let (pingers, rounds, fans, timers) = if quick { (32u64, 5u32, 10u64, 500u64) } else { (512, 40, 200, 100_000) };
+    let dir = tempfile::Builder::new().prefix("tessera-bench-").tempdir_in(scratch)?;
+    let registry = Registry::builder().entity(BenchCounter).entity(Pinger).build()?;
+    let node = NodeBuilder::new(registry).config(config(&dir.path().join("node"))).build().await?;
+
+    // Ping-pong through messages.
+    let t = Instant::now();
+    let starts =
+        (0..pingers).map(|p| invoke(&node, "bench-pinger", format!("p{p}"), "start", json!({"rounds": rounds})));
+    futures::future::try_join_all(starts).await?;
+    until_delivered(&node, "reply", pingers * u64::from(rounds), Duration::from_secs(600)).await?;
+    let messaged = t.elapsed();
+    let trips = (pingers * u64::from(rounds)) as f64;
+    let rate = trips / messaged.as_secs_f64();
+    eprintln!("ping-pong through messages: {rate:.0} round trips/s");
+    let lateness = node.metrics().flow.delivery_seconds.with_label_values(&["send"]);
+    let delivery_mean_ms = lateness.get_sample_sum() / lateness.get_sample_count().max(1) as f64 * 1000.0;
+
+    // The same rounds driven by a client: the ponger's command, then the pinger's.
+    let (driven, _) = concurrently(pingers, pingers, {
+        let node = node.clone();
+        move |p| {
+            let node = node.clone();
+            async move {
+                for _ in 0..rounds {
+                    invoke(&node, BenchCounter::TYPE, format!("q{p}"), "add", json!({"by": 1})).await?;
+                    invoke(&node, "bench-pinger", format!("q{p}"), "count", Value::Null).await?;
+                }
+                Ok(())
+            }
+        }
+    })
+    .await?;
+    let driven_rate = trips / driven.as_secs_f64();
+    eprintln!("ping-pong driven by a client: {driven_rate:.0} round trips/s");
+
+    // Fan-out: each fan entity sends one command to 100 counters.
+    let before = delivered(&node, "send");
+    let t = Instant::now();
+    let fan = (0..fans).map(|f| invoke(&node, "bench-pinger", format!("f{f}"), "fan", json!({"n": 100})));
+    futures::future::try_join_all(fan).await?;
+    until_delivered(&node, "send", before + fans * 100, Duration::from_secs(600)).await?;
+    let fanned = t.elapsed();
+    let fan_rate = (fans * 100) as f64 / fanned.as_secs_f64();
+    eprintln!("fan-out: {fan_rate:.0} messages/s");
+    let (direct, _) = concurrently(fans * 100, s.callers, {
+        let node = node.clone();
+        move |i| {
+            let node = node.clone();
+            async move {
+                invoke(&node, BenchCounter::TYPE, format!("d{}-{}", i / 100, i % 100), "add", json!({"by": 1})).await
+            }
+        }
+    })
+    .await?;
+    let direct_rate = (fans * 100) as f64 / direct.as_secs_f64();
+    eprintln!("the same commands sent directly: {direct_rate:.0}/s");
+
+    // Timers: all due at one instant, after they are all set.
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    let t = Instant::now();
+    let set_at = now() + if quick { 2_000 } else { 20_000 };
+    let (set, _) = concurrently(timers, s.callers, {
+        let node = node.clone();
+        move |i| {
+            let node = node.clone();
+            async move { invoke(&node, "bench-pinger", format!("t{i}"), "alarm", json!({"at_ms": set_at})).await }
+        }
+    })
+    .await?;
+    anyhow::ensure!(now() < set_at, "setting {timers} timers took {set:?}, past their due time");
+    let before = delivered(&node, "timer");
+    tokio::time::sleep(Duration::from_millis((set_at - now()).max(0) as u64)).await;
+    let due = Instant::now();
+    until_delivered(&node, "timer", before + timers, Duration::from_secs(600)).await?;
+    let fired = due.elapsed();
+    let fire_rate = timers as f64 / fired.as_secs_f64().max(0.001);
+    let late = &node.metrics().flow.timer_lateness;
+    let late_mean_ms = late.get_sample_sum() / late.get_sample_count().max(1) as f64 * 1000.0;
+    eprintln!("{timers} timers due at once fired in {fired:?} ({fire_rate:.0}/s), set in {:?}", t.elapsed());
+    let (direct_t, _) = concurrently(timers, s.callers, {
+        let node = node.clone();
+        move |i| {
+            let node = node.clone();
+            async move { invoke(&node, "bench-pinger", format!("u{i}"), "ring", Value::Null).await }
+        }
+    })
+    .await?;
+    let direct_t_rate = timers as f64 / direct_t.as_secs_f64();
+    node.shutdown().await;
+    Ok(json!({
+        "ping_pong": {
+            "pingers": pingers, "rounds": rounds,
+            "round_trips_per_sec": rate.round(),
+            "send_delivery_mean_ms": (delivery_mean_ms * 10.0).round() / 10.0,
+            "baseline_client_driven_round_trips_per_sec": driven_rate.round(),
+            "ratio": ratio(rate, driven_rate),
+        },
+        "fan_out": {
+            "senders": fans, "targets_each": 100,
+            "messages_per_sec": fan_rate.round(),
+            "baseline_direct_commands_per_sec": direct_rate.round(),
+            "ratio": ratio(fan_rate, direct_rate),
+        },
+        "timers": {
+            "timers": timers,
+            "set_secs": (set.as_secs_f64() * 100.0).round() / 100.0,
+            "fired_secs_after_due": (fired.as_secs_f64() * 100.0).round() / 100.0,
+            "fires_per_sec": fire_rate.round(),
+            "lateness_mean_ms": late_mean_ms.round(),
+            "baseline_direct_commands_per_sec": direct_t_rate.round(),
+            "ratio": ratio(fire_rate, direct_t_rate),
+        },
+        "ratio_runtime_to_baseline": ratio(rate, driven_rate),
+    }))
+}
