@@ -248,7 +248,17 @@ async fn the_server_stopped_mid_load_loses_nothing_acknowledged_and_the_node_rec
     // every attempted one applies each exactly once.
     for (i, key) in attempted.iter().enumerate() {
         let c: usize = key[1..key.find('-').unwrap()].parse().unwrap();
-        let (s, h, _) = post(&cmd(&base, &format!("s:{}", c % 4), "restock"), r#"{"qty":1}"#, Some(key)).await;
+        // A careful client retries a timeout with the same key (the server
+        // may still be catching up).
+        let mut tries = 0;
+        let (s, h) = loop {
+            let (s, h, _) = post(&cmd(&base, &format!("s:{}", c % 4), "restock"), r#"{"qty":1}"#, Some(key)).await;
+            tries += 1;
+            if !matches!(s, 503 | 504) || tries == 5 {
+                break (s, h);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
         assert_eq!(s, 200, "retry {i} of {key}");
         if acked.contains(key) {
             assert_eq!(h["tessera-deduplicated"], "true", "acknowledged {key} was already there");

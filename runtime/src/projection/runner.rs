@@ -458,7 +458,10 @@ async fn work(inner: Arc<Inner>, index: usize, unit: Unit, signals: Signals, sta
                     tokio::time::sleep(inner.settings.linger).await;
                 }
                 // Idle: look at the stored checkpoint again (a rewind by another node).
-                Err(_) if !unsaved && hinted == 0 => progress = None,
+                // (Not the dispatcher: it polls every second, and it is its
+                // checkpoint's only writer — a rewind wakes it, a stale
+                // store conflicts.)
+                Err(_) if !unsaved && hinted == 0 && !flow => progress = None,
                 Err(_) => {}
             }
             continue;
