@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tessera_entities::{Ctx, Effect, Entity, EntityRef, Format, Registry, Rejection, Response};
-use tessera_runtime::config::{JournalKind, NodeConfig};
+use tessera_runtime::config::JournalKind;
 use tessera_runtime::{Invocation, Node, NodeBuilder};
 
+use super::runs::{bench_config, ratio};
 use super::{BenchCounter, Sizes, concurrently};
 
 /// Asks its ponger `rounds` times, one after the other (`bench-pinger`).
@@ -112,21 +113,6 @@ impl Entity for Pinger {
     }
 }
 
-fn config(dir: &Path) -> NodeConfig {
-    NodeConfig::default().with(|c| {
-        c.journal.data_dir = dir.to_path_buf();
-        c.http.listen = None;
-        c.journal.kind = JournalKind::Local;
-        c.limits.max_in_flight = 1_000_000;
-        c.limits.max_active_entities = 10_000_000;
-        c.limits.idle_timeout_secs = 3600;
-    })
-}
-
-fn ratio(a: f64, b: f64) -> f64 {
-    if b > 0.0 { (a / b * 1000.0).round() / 1000.0 } else { 0.0 }
-}
-
 async fn invoke(node: &Node, t: &str, id: String, command: &str, body: Value) -> anyhow::Result<()> {
     let inv = Invocation {
         entity_type: t.into(),
@@ -160,7 +146,8 @@ pub(super) async fn run(s: Sizes, scratch: &Path) -> anyhow::Result<Value> {
     let (pingers, rounds, fans, timers) = if quick { (32u64, 5u32, 10u64, 500u64) } else { (512, 40, 200, 100_000) };
     let dir = tempfile::Builder::new().prefix("tessera-bench-").tempdir_in(scratch)?;
     let registry = Registry::builder().entity(BenchCounter).entity(Pinger).build()?;
-    let node = NodeBuilder::new(registry).config(config(&dir.path().join("node"))).build().await?;
+    let node =
+        NodeBuilder::new(registry).config(bench_config(JournalKind::Local, &dir.path().join("node"))).build().await?;
 
     // Ping-pong through messages.
     let t = Instant::now();

@@ -15,11 +15,11 @@ use tessera_runtime::NodeBuilder;
 use tessera_runtime::config::{JournalKind, NodeConfig};
 use tessera_runtime::{Invocation, Node};
 
-fn ratio(a: f64, b: f64) -> f64 {
+pub(super) fn ratio(a: f64, b: f64) -> f64 {
     if b > 0.0 { (a / b * 1000.0).round() / 1000.0 } else { 0.0 }
 }
 
-fn bench_config(journal: JournalKind, data_dir: &Path) -> NodeConfig {
+pub(super) fn bench_config(journal: JournalKind, data_dir: &Path) -> NodeConfig {
     NodeConfig::default().with(|c| {
         c.journal.data_dir = data_dir.to_path_buf();
         c.http.listen = None;
