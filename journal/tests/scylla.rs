@@ -20,6 +20,12 @@ async fn fresh(bucket_size: i64, options: &str) -> (ScyllaJournal, String) {
     (ScyllaJournal::connect(&url, 1024).await.expect("connect"), url)
 }
 
+/// Held by the two tests that load the machine most: the million-event load
+/// and the TLS test, which starts a second Cassandra. Beside each other on
+/// two cores the JVM's startup starved the shared server until every write
+/// of the load timed out (CI, 2026-12-01).
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 struct ScyllaBackend {
     url: Option<String>,
 }
@@ -195,6 +201,7 @@ async fn shards_match_the_servers_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_million_events_replay_as_a_stream() {
+    let _heavy = HEAVY.lock().await;
     // A long timeout: a fresh single-node server also serves the other tests.
     let (j, _) = fresh(100_000, "?conditional=false&timeout_ms=60000").await;
     let e = EntityKey::new("big", "one");
@@ -263,6 +270,7 @@ async fn a_million_events_replay_as_a_stream() {
 /// clearly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_connections() {
+    let _heavy = HEAVY.lock().await;
     let script = cassandra_script();
     let data = tempfile::tempdir().unwrap();
     let run = |action: &str| {
