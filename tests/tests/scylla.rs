@@ -15,11 +15,6 @@ use serde_json::json;
 use tessera_journal::{EntityKey, Journal, ScyllaJournal};
 use tessera_runtime::{JournalKind, NodeConfig};
 
-/// Held by every test here: the server-stopped test starts a second
-/// Cassandra, whose JVM startup on two cores starves the shared server the
-/// other tests use (and theirs slows its restart), so they run one at a time.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 fn migrate(url: &str) {
     let out = std::process::Command::new(common::test_node_bin())
         .args(["journal", "migrate", "--scylla", url, "--bucket-size", "50"])
@@ -57,7 +52,6 @@ fn cmd(base: &str, id: &str, command: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_inventory_case_runs_on_scylla() {
-    let _serial = SERIAL.lock().await;
     let url = format!("{}/{}", scylla_server(), unique_keyspace());
     let dir = tempfile::tempdir().unwrap();
     let config = NodeConfig::default().with(|c| {
@@ -114,7 +108,6 @@ async fn the_inventory_case_runs_on_scylla() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_result_store_conformance_on_scylla() {
-    let _serial = SERIAL.lock().await;
     let url = format!("{}/{}", scylla_server(), unique_keyspace());
     migrated(&url).await;
     let j = ScyllaJournal::connect(&url, 1024).await.unwrap();
@@ -127,7 +120,6 @@ async fn the_result_store_conformance_on_scylla() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_in_a_payload_column_is_a_clear_error_naming_entity_and_seq() {
-    let _serial = SERIAL.lock().await;
     let url = format!("{}/{}", scylla_server(), unique_keyspace());
     migrated(&url).await;
     let (n, base) = node(&url, |_| {}).await;
@@ -159,7 +151,6 @@ async fn garbage_in_a_payload_column_is_a_clear_error_naming_entity_and_seq() {
 /// without a restart. Runs its own Cassandra on port 9043.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_stopped_mid_load_loses_nothing_acknowledged_and_the_node_recovers() {
-    let _serial = SERIAL.lock().await;
     let data = tempfile::tempdir().unwrap();
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/cassandra.sh");
     let cassandra = |action: &'static str| {
