@@ -31,6 +31,16 @@ pub struct DemoArgs {
     /// Commands in the workload.
     #[arg(long, default_value_t = 20_000)]
     pub commands: u32,
+    /// Run the whole case instead: this many regions and a central region
+    /// in this process, shops, warehouses and customers (`simulate`).
+    #[arg(long)]
+    pub regions: Option<u32>,
+    /// With `--regions`: NATS for the regions' event streams (unset: over HTTP).
+    #[arg(long)]
+    pub nats: Option<String>,
+    /// With `--regions`: how long the load runs.
+    #[arg(long, default_value = "10s", value_parser = crate::simulate::parse_duration)]
+    pub duration: std::time::Duration,
 }
 
 /// A tiny deterministic PRNG (xorshift64*), so the demo needs no extra crate.
@@ -65,6 +75,22 @@ async fn post(client: &reqwest::Client, url: &str, body: Value) -> anyhow::Resul
 
 /// Runs the demo.
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    if let Some(regions) = args.regions {
+        return crate::simulate::run(crate::simulate::SimulateArgs {
+            regions,
+            region: Vec::new(),
+            central: None,
+            nats: args.nats,
+            shops: args.stores.min(8),
+            skus: args.skus.min(12),
+            rate: 200.0,
+            duration: args.duration,
+            out: None,
+            data_dir: args.data_dir,
+            quiet: false,
+        })
+        .await;
+    }
     let data_dir = args.data_dir.clone().unwrap_or_else(|| {
         let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         std::env::temp_dir().join(format!("tessera-demo-{ts}-{}", std::process::id()))

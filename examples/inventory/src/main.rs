@@ -18,6 +18,8 @@ struct Cli {
 enum Cmd {
     /// Start an embedded node on a fresh data dir, drive a concurrent workload, check it, print a summary.
     Demo(inventory::demo::DemoArgs),
+    /// Drive regions (running ones, or started here) with shops, warehouses and customers; check and report.
+    Simulate(Box<inventory::simulate::SimulateArgs>),
     #[command(flatten)]
     Node(Box<tessera_runtime::cli::Command>),
 }
@@ -27,6 +29,7 @@ async fn main() -> anyhow::Result<()> {
     tessera_runtime::cli::init_tracing();
     match Cli::parse().command {
         Cmd::Demo(args) => inventory::demo::run(args).await,
+        Cmd::Simulate(args) => inventory::simulate::run(*args).await,
         Cmd::Node(cmd) => tessera_runtime::cli::run(*cmd, inventory::registry()?).await,
     }
 }
