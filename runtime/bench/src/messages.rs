@@ -205,7 +205,7 @@ pub(super) async fn run(s: Sizes, scratch: &Path) -> anyhow::Result<Value> {
     // Timers: all due at one instant, after they are all set.
     let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
     let t = Instant::now();
-    let set_at = now() + if quick { 2_000 } else { 20_000 };
+    let set_at = now() + if quick { 2_000 } else { 120_000 };
     let (set, _) = concurrently(timers, s.callers, {
         let node = node.clone();
         move |i| {
