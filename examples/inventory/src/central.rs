@@ -95,17 +95,7 @@ impl Projection for CentralFeed {
     }
     async fn handle(&self, batch: ProjectionBatch<'_>, _: &mut Option<Vec<u8>>) -> Result<(), ProjectionError> {
         for e in batch.events {
-            let m = EventMessage {
-                entity_type: e.entity_type.clone(),
-                entity_id: e.entity_id.clone(),
-                seq: e.seq,
-                shard: e.shard,
-                offset: e.offset,
-                event_type: e.event_type.clone(),
-                version: e.version,
-                timestamp_ms: e.timestamp_ms,
-                event: e.json(),
-            };
+            let m = EventMessage::from_feed(e);
             self.stats.events.fetch_add(1, Ordering::Relaxed);
             let Some((sku, command, body)) = central_command(&self.region, &m) else {
                 self.stats.skipped.fetch_add(1, Ordering::Relaxed);

@@ -13,6 +13,8 @@ use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use tessera_runtime::{NodeBuilder, NodeConfig};
 
+use crate::simulate::Rng;
+
 /// Flags of `demo`.
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
@@ -41,21 +43,6 @@ pub struct DemoArgs {
     /// With `--regions`: how long the load runs.
     #[arg(long, default_value = "10s", value_parser = crate::simulate::parse_duration)]
     pub duration: std::time::Duration,
-}
-
-/// A tiny deterministic PRNG (xorshift64*), so the demo needs no extra crate.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 #[derive(Default)]

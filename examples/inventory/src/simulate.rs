@@ -79,17 +79,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-/// A tiny deterministic PRNG (xorshift64*).
-struct Rng(u64);
+/// A tiny deterministic PRNG (xorshift64*), so the load needs no extra crate.
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
     }
     fn chance(&mut self, percent: u64) -> bool {
@@ -532,9 +532,6 @@ pub async fn simulate(
                 if received != restocks || sold != purchases || on_hand != restocks - purchases {
                     unbalanced.push(format!("{key}: on hand {on_hand}, received {received} (acked {restocks}), sold {sold} (acked {purchases})"));
                 }
-                let reserved: i64 =
-                    st["reservations"].as_object().map_or(0, |r| r.values().filter_map(Value::as_i64).sum());
-                *regional.entry((format!("sku{sku}"), t.name.clone())).or_default() += on_hand - reserved;
             }
         }
     }
@@ -543,7 +540,7 @@ pub async fn simulate(
     let deadline = catch_up + Duration::from_secs(60);
     loop {
         mismatched.clear();
-        // The regional side again: a late message (a return) may still have moved it.
+        // Read the regional side each time: a late message (a return) may still move it.
         regional.clear();
         for t in targets {
             for sku in 0..args.skus {

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tessera_entities::{Format, codec};
 
 use super::{NatsError, NatsLink};
-use crate::projection::{Projection, ProjectionBatch, ProjectionError};
+use crate::projection::{FeedEvent, Projection, ProjectionBatch, ProjectionError};
 use crate::wire;
 
 /// The name of the sink's projection (and of its checkpoints).
@@ -41,6 +41,23 @@ pub struct EventMessage {
     pub timestamp_ms: i64,
     /// The event.
     pub event: serde_json::Value,
+}
+
+impl EventMessage {
+    /// The message of one feed event (its payload as JSON).
+    pub fn from_feed(e: &FeedEvent) -> Self {
+        Self {
+            entity_type: e.entity_type.clone(),
+            entity_id: e.entity_id.clone(),
+            seq: e.seq,
+            shard: e.shard,
+            offset: e.offset,
+            event_type: e.event_type.clone(),
+            version: e.version,
+            timestamp_ms: e.timestamp_ms,
+            event: e.json(),
+        }
+    }
 }
 
 /// Publishes events of some types to JetStream.
@@ -85,17 +102,7 @@ impl Projection for JetStreamSink {
         let subject = self.link.subjects.events(batch.entity_type, batch.shard);
         let mut acks = Vec::with_capacity(batch.events.len());
         for e in batch.events {
-            let message = EventMessage {
-                entity_type: e.entity_type.clone(),
-                entity_id: e.entity_id.clone(),
-                seq: e.seq,
-                shard: e.shard,
-                offset: e.offset,
-                event_type: e.event_type.clone(),
-                version: e.version,
-                timestamp_ms: e.timestamp_ms,
-                event: e.json(),
-            };
+            let message = EventMessage::from_feed(e);
             let body = codec::encode(&message, self.format).map_err(|err| ProjectionError::Failed(err.to_string()))?;
             let mut h = HeaderMap::new();
             h.insert(wire::NATS_MSG_ID, e.key().as_str());
