@@ -94,6 +94,7 @@ pub struct NodeBuilder {
     results_layer: Option<ResultsLayer>,
     scaler: Option<Arc<dyn Scaler>>,
     projections: Vec<Arc<dyn Projection>>,
+    dispatcher: bool,
 }
 
 impl NodeBuilder {
@@ -108,6 +109,7 @@ impl NodeBuilder {
             results_layer: None,
             scaler: None,
             projections: Vec::new(),
+            dispatcher: true,
         }
     }
     /// Replaces the configuration.
@@ -139,6 +141,14 @@ impl NodeBuilder {
     /// Runs `projection` on the units this node owns (see [`crate::projection`]).
     pub fn projection(mut self, projection: Arc<dyn Projection>) -> Self {
         self.projections.push(projection);
+        self
+    }
+    /// Runs no dispatcher: the sends, timers and calls of handlers are
+    /// committed but never carried out. Only for measuring what the
+    /// dispatcher costs (`tessera-bench --only projection`).
+    #[doc(hidden)]
+    pub fn without_dispatcher(mut self) -> Self {
+        self.dispatcher = false;
         self
     }
     /// Uses this scaler for the autoscaler instead of the one the config names.
@@ -232,6 +242,7 @@ impl NodeBuilder {
             forwarder,
             queue,
             projections,
+            dispatcher: self.dispatcher,
         };
         let node = Node::start(parts).await.map_err(NodeError::Spawn)?;
         let c = node.config();

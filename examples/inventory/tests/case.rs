@@ -244,7 +244,15 @@ async fn two_regions_and_the_central_view_agree_over_jetstream() {
     tessera_test_support::servers::init_tracing();
     let dir = tempfile::tempdir().unwrap();
     let nats = tessera_test_support::servers::nats_url();
-    inventory::simulate::run(simulate_args(&dir.path().join("run"), Some(nats))).await.expect("every check holds");
+    let outcome = inventory::simulate::run(simulate_args(&dir.path().join("run"), Some(nats))).await;
+    if let Err(e) = outcome {
+        let report = std::fs::read_to_string(dir.path().join("run/report/report.json")).unwrap_or_default();
+        let report: Value = serde_json::from_str(&report).unwrap_or_default();
+        panic!(
+            "a check failed: {e:#}\nstreamed: {}\nprojections: {}\nchecks: {}",
+            report["streamed_to_central"], report["regional_projections"], report["checks"]
+        );
+    }
     let report: Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("run/report/report.json")).unwrap()).unwrap();
     assert!(report["road_to_central"].as_str().unwrap().contains("JetStream"));

@@ -8,7 +8,10 @@
 //! - fan-out: entities each send one command to 100 counters — messages
 //!   delivered/s, against the client sending those commands directly;
 //! - timers: `timers` alarms all due at one instant — fires/s and lateness,
-//!   against the same number of direct commands.
+//!   against the same number of direct commands;
+//! - spread timers: `spread` alarms due evenly over 20 s (2 s when quick)
+//!   while the node is otherwise idle — each fire's lateness (its due time
+//!   to its command's handler, read from `Ctx::now_ms`) as p50/p99/max.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -49,6 +52,24 @@ enum PingerCommand {
         at_ms: i64,
     },
     Ring,
+    /// A timer at `at_ms` whose command records its lateness.
+    AlarmAt {
+        at_ms: i64,
+    },
+    /// That timer's command.
+    RingAt {
+        due_ms: i64,
+    },
+}
+
+/// Lateness of the spread timers' fires, ms (recorded by their handler).
+static SPREAD: std::sync::Mutex<Option<hdrhistogram::Histogram<u64>>> = std::sync::Mutex::new(None);
+
+fn record_lateness(ms: i64) {
+    let mut h = SPREAD.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(h) = h.as_mut() {
+        h.saturating_record(ms.max(0) as u64);
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -98,6 +119,15 @@ impl Entity for Pinger {
                 Effect::persist(PingerEvent::Set, 0).and_schedule("ring", at_ms, &PingerCommand::Ring)
             }
             PingerCommand::Ring => Effect::persist(PingerEvent::Rang, s.done + 1),
+            PingerCommand::AlarmAt { at_ms } => Effect::persist(PingerEvent::Set, 0).and_schedule(
+                "ring",
+                at_ms,
+                &PingerCommand::RingAt { due_ms: at_ms },
+            ),
+            PingerCommand::RingAt { due_ms } => {
+                record_lateness(ctx.now_ms() - due_ms);
+                Effect::persist(PingerEvent::Rang, s.done + 1)
+            }
         })
     }
 
@@ -233,6 +263,33 @@ pub(super) async fn run(s: Sizes, scratch: &Path) -> anyhow::Result<Value> {
     })
     .await?;
     let direct_t_rate = timers as f64 / direct_t.as_secs_f64();
+
+    // Spread timers: due evenly over a window that starts once most are set.
+    let (spread, lead, window) = if quick { (500i64, 2_000i64, 2_000i64) } else { (20_000, 15_000, 20_000) };
+    *SPREAD.lock().unwrap_or_else(|p| p.into_inner()) = Some(hdrhistogram::Histogram::new(3)?);
+    let first = now() + lead;
+    let before = delivered(&node, "timer");
+    let (set, _) = concurrently(spread as u64, s.callers, {
+        let node = node.clone();
+        move |i| {
+            let node = node.clone();
+            let at_ms = first + (i as i64 * window) / spread;
+            async move { invoke(&node, "bench-pinger", format!("s{i}"), "alarm_at", json!({"at_ms": at_ms})).await }
+        }
+    })
+    .await?;
+    let set_before_first = now() < first;
+    until_delivered(&node, "timer", before + spread as u64, Duration::from_secs(600)).await?;
+    let spread_late =
+        SPREAD.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or(hdrhistogram::Histogram::new(3)?);
+    let within_100 = spread_late.count_between(0, 100) as f64 / spread_late.len().max(1) as f64;
+    eprintln!(
+        "{spread} timers spread over {window} ms: lateness p50 {} ms, p99 {} ms, max {} ms ({:.2}% within 100 ms)",
+        spread_late.value_at_quantile(0.5),
+        spread_late.value_at_quantile(0.99),
+        spread_late.max(),
+        within_100 * 100.0
+    );
     node.shutdown().await;
     Ok(json!({
         "ping_pong": {
@@ -256,6 +313,21 @@ pub(super) async fn run(s: Sizes, scratch: &Path) -> anyhow::Result<Value> {
             "lateness_mean_ms": late_mean_ms.round(),
             "baseline_direct_commands_per_sec": direct_t_rate.round(),
             "ratio": ratio(fire_rate, direct_t_rate),
+        },
+        "spread_timers": {
+            "timers": spread,
+            "window_ms": window,
+            "set_secs": (set.as_secs_f64() * 100.0).round() / 100.0,
+            "all_set_before_the_first_was_due": set_before_first,
+            "fired": spread_late.len(),
+            "lateness_ms": {
+                "p50": spread_late.value_at_quantile(0.5),
+                "p90": spread_late.value_at_quantile(0.9),
+                "p99": spread_late.value_at_quantile(0.99),
+                "p999": spread_late.value_at_quantile(0.999),
+                "max": spread_late.max(),
+            },
+            "share_within_100ms": (within_100 * 10_000.0).round() / 10_000.0,
         },
         "ratio_runtime_to_baseline": ratio(rate, driven_rate),
     }))

@@ -66,13 +66,32 @@ pub(super) async fn run(s: Sizes, scratch: &Path) -> anyhow::Result<Value> {
     let ids = Arc::new((0..s.entities).map(|i| format!("e-{i}")).collect::<Vec<_>>());
     let n = s.commands / 2;
 
-    // 1. Durable commands without a projection (the baseline of its cost).
-    let plain = NodeBuilder::new(registry()).config(config(&dir.path().join("plain"))).build().await?;
-    runs::drive(&plain, &ids, s.entities, s.callers, "get").await?;
-    let (plain_elapsed, plain_latency) = runs::drive(&plain, &ids, n, s.callers, "add").await?;
-    plain.shutdown().await;
-    let plain_rate = n as f64 / plain_elapsed.as_secs_f64();
-    eprintln!("durable commands without a projection: {plain_rate:.0}/s");
+    // 1. Durable commands without a projection (the baseline of its cost),
+    //    with and without the dispatcher (messages, timers, calls: it
+    //    follows every entity type but wakes only for commits that carry
+    //    flow records, which these do not), alternated twice.
+    let (mut with_dispatcher, mut without_dispatcher) = (Vec::new(), Vec::new());
+    let mut plain_latency = Value::Null;
+    for round in 0..2 {
+        for dispatcher in [false, true] {
+            let builder =
+                NodeBuilder::new(registry()).config(config(&dir.path().join(format!("plain-{round}-{dispatcher}"))));
+            let plain = if dispatcher { builder } else { builder.without_dispatcher() }.build().await?;
+            runs::drive(&plain, &ids, s.entities, s.callers, "get").await?;
+            let (elapsed, latency) = runs::drive(&plain, &ids, n, s.callers, "add").await?;
+            plain.shutdown().await;
+            let rate = n as f64 / elapsed.as_secs_f64();
+            eprintln!("durable commands without a projection, dispatcher {dispatcher}: {rate:.0}/s");
+            if dispatcher {
+                with_dispatcher.push(rate);
+                plain_latency = latency;
+            } else {
+                without_dispatcher.push(rate);
+            }
+        }
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let plain_rate = mean(&with_dispatcher);
 
     // 2. The same with a no-op projection following live: its delay.
     let delays = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 600_000, 3)?));
@@ -126,6 +145,12 @@ pub(super) async fn run(s: Sizes, scratch: &Path) -> anyhow::Result<Value> {
     eprintln!("projection catch-up: {catch_up_rate:.0} events/s");
 
     Ok(json!({
+        "dispatcher": {
+            "description": "durable commands/s (no messages) with the dispatcher vs a node without it, two runs each, alternated",
+            "with": with_dispatcher.iter().map(|r| r.round()).collect::<Vec<_>>(),
+            "without": without_dispatcher.iter().map(|r| r.round()).collect::<Vec<_>>(),
+            "ratio": ratio(plain_rate, mean(&without_dispatcher)),
+        },
         "description": "a no-op projection (local journal, 64 shards): catch-up over a written feed vs a raw scan of the same feeds; delay from commit to projection while durable commands run; durable commands with vs without it",
         "events": scanned, "commands": n, "callers": s.callers,
         "runtime": {

@@ -103,6 +103,8 @@ pub(crate) struct NodeParts {
     pub(crate) queue: Arc<dyn CallQueue>,
     /// Projections run on this node's units.
     pub(crate) projections: Vec<Arc<dyn Projection>>,
+    /// Whether the dispatcher runs (off only in benchmarks).
+    pub(crate) dispatcher: bool,
 }
 
 pub(crate) struct NodeInner {
@@ -175,7 +177,7 @@ impl Node {
         let deliver = Arc::new(std::sync::OnceLock::<Arc<dyn crate::flow::Deliver>>::new());
         let types: Vec<String> = p.registry.entities().map(|e| e.type_name().to_owned()).collect();
         let mut list = p.projections;
-        if !types.is_empty() {
+        if !types.is_empty() && p.dispatcher {
             // Listed after the user's projections (`GET /v1/projections` shows it too).
             list.push(crate::flow::Dispatcher::new(types, deliver.clone(), p.metrics.clone()));
         }
