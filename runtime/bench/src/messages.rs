@@ -7,8 +7,9 @@
 //!   pinger's), one round after the other per pinger;
 //! - fan-out: entities each send one command to 100 counters — messages
 //!   delivered/s, against the client sending those commands directly;
-//! - timers: `timers` alarms all due at one instant — fires/s and lateness,
-//!   against the same number of direct commands;
+//! - timers: `timers` alarms (on entities already active) all due at one
+//!   instant — fires/s, lateness p50/p99 and resident memory per pending
+//!   timer, against the same number of direct commands;
 //! - spread timers: `spread` alarms due evenly over 20 s (2 s when quick)
 //!   while the node is otherwise idle — each fire's lateness (its due time
 //!   to its command's handler, read from `Ctx::now_ms`) as p50/p99/max.
@@ -62,7 +63,18 @@ enum PingerCommand {
     },
 }
 
-/// Lateness of the spread timers' fires, ms (recorded by their handler).
+/// This process's resident memory, bytes (0 where `/proc` is not there).
+fn rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024
+}
+
+/// Lateness of the timers' fires, ms (recorded by their handler).
 static SPREAD: std::sync::Mutex<Option<hdrhistogram::Histogram<u64>>> = std::sync::Mutex::new(None);
 
 fn record_lateness(ms: i64) {
@@ -234,16 +246,29 @@ pub(super) async fn run(s: Sizes, scratch: &Path) -> anyhow::Result<Value> {
 
     // Timers: all due at one instant, after they are all set.
     let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    // The entities first (so the memory measured next is the timers'), then
+    // one timer on each, its fire recording its lateness.
+    concurrently(timers, s.callers, {
+        let node = node.clone();
+        move |i| {
+            let node = node.clone();
+            async move { invoke(&node, "bench-pinger", format!("t{i}"), "count", Value::Null).await }
+        }
+    })
+    .await?;
+    let rss_before = rss();
+    *SPREAD.lock().unwrap_or_else(|p| p.into_inner()) = Some(hdrhistogram::Histogram::new(3)?);
     let t = Instant::now();
     let set_at = now() + if quick { 2_000 } else { 120_000 };
     let (set, _) = concurrently(timers, s.callers, {
         let node = node.clone();
         move |i| {
             let node = node.clone();
-            async move { invoke(&node, "bench-pinger", format!("t{i}"), "alarm", json!({"at_ms": set_at})).await }
+            async move { invoke(&node, "bench-pinger", format!("t{i}"), "alarm_at", json!({"at_ms": set_at})).await }
         }
     })
     .await?;
+    let bytes_per_timer = rss().saturating_sub(rss_before) as f64 / timers as f64;
     anyhow::ensure!(now() < set_at, "setting {timers} timers took {set:?}, past their due time");
     let before = delivered(&node, "timer");
     tokio::time::sleep(Duration::from_millis((set_at - now()).max(0) as u64)).await;
@@ -253,7 +278,14 @@ pub(super) async fn run(s: Sizes, scratch: &Path) -> anyhow::Result<Value> {
     let fire_rate = timers as f64 / fired.as_secs_f64().max(0.001);
     let late = &node.metrics().flow.timer_lateness;
     let late_mean_ms = late.get_sample_sum() / late.get_sample_count().max(1) as f64 * 1000.0;
-    eprintln!("{timers} timers due at once fired in {fired:?} ({fire_rate:.0}/s), set in {:?}", t.elapsed());
+    let burst_late =
+        SPREAD.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or(hdrhistogram::Histogram::new(3)?);
+    eprintln!(
+        "{timers} timers due at once fired in {fired:?} ({fire_rate:.0}/s), set in {:?}; lateness p50 {} ms, p99 {} ms; {bytes_per_timer:.0} B resident per pending timer",
+        t.elapsed(),
+        burst_late.value_at_quantile(0.5),
+        burst_late.value_at_quantile(0.99)
+    );
     let (direct_t, _) = concurrently(timers, s.callers, {
         let node = node.clone();
         move |i| {
@@ -311,6 +343,12 @@ pub(super) async fn run(s: Sizes, scratch: &Path) -> anyhow::Result<Value> {
             "fired_secs_after_due": (fired.as_secs_f64() * 100.0).round() / 100.0,
             "fires_per_sec": fire_rate.round(),
             "lateness_mean_ms": late_mean_ms.round(),
+            "lateness_ms": {
+                "p50": burst_late.value_at_quantile(0.5),
+                "p99": burst_late.value_at_quantile(0.99),
+                "max": burst_late.max(),
+            },
+            "rss_bytes_per_pending_timer": bytes_per_timer.round(),
             "baseline_direct_commands_per_sec": direct_t_rate.round(),
             "ratio": ratio(fire_rate, direct_t_rate),
         },
