@@ -26,6 +26,9 @@ pub struct ClusterConfig {
     pub drain_timeout: Duration,
     /// This node's HTTP address, advertised in its heartbeat.
     pub http: Option<String>,
+    /// Its roles (default both): only nodes with the entities role take
+    /// shard leases; the others are members without shards.
+    pub roles: crate::Roles,
 }
 
 impl ClusterConfig {
@@ -40,6 +43,7 @@ impl ClusterConfig {
             max_moves_per_round: 16,
             drain_timeout: Duration::from_secs(10),
             http: None,
+            roles: crate::Roles::BOTH,
         }
     }
 

@@ -187,6 +187,7 @@ impl Inner {
             heartbeat_ms: now_ms(),
             draining: self.draining.load(Ordering::Acquire),
             leases,
+            roles: self.config.roles.names(),
         };
         self.store.heartbeat(&info).await
     }
@@ -230,6 +231,10 @@ impl Inner {
             // and a couple of ticks passed (nodes started together see each
             // other instead of all grabbing everything).
             if joined.elapsed() < self.config.tick * 2 || self.view.get(&member_key(self.me())).is_none() {
+                continue;
+            }
+            // A node without the entities role is a member without shards.
+            if !self.config.roles.entities() {
                 continue;
             }
             let rebalance = last_rebalance.elapsed() >= self.config.rebalance_every;
@@ -291,8 +296,13 @@ impl Inner {
 
     async fn allocate(&self, held: &mut HashMap<Unit, Held>, rebalance: bool, drained: &mpsc::UnboundedSender<Unit>) {
         let me = self.me().to_owned();
-        let mut live: Vec<String> =
-            self.view.members().into_iter().filter(|m| !m.draining).map(|m| m.node_id).collect();
+        let mut live: Vec<String> = self
+            .view
+            .members()
+            .into_iter()
+            .filter(|m| !m.draining && crate::Roles::from_names(&m.roles).entities())
+            .map(|m| m.node_id)
+            .collect();
         if !live.contains(&me) {
             live.push(me.clone());
         }

@@ -8,6 +8,7 @@
 //! - [`coordinator`]: the per-node task that heartbeats, renews, takes
 //!   orphaned shards, rebalances in capped rounds and hands off on leave,
 //! - [`allocation`]: the least-shard plan every node computes alike,
+//! - [`roles`]: node roles (entities, functions) and the scale groups they make,
 //! - [`singleton`]: a job run by exactly one node (the autoscaler),
 //! - [`status`]: a one-shot read of the cluster for the CLI,
 //! - [`autoscaler`]: the published node metrics, the scaling policy (pure)
@@ -26,6 +27,7 @@ mod config;
 pub mod coordinator;
 mod error;
 pub mod ownership;
+pub mod roles;
 pub mod singleton;
 pub mod status;
 pub mod store;
@@ -35,6 +37,7 @@ pub use config::ClusterConfig;
 pub use coordinator::{Cluster, ShardHost};
 pub use error::ClusterError;
 pub use ownership::{Ownership, Unit};
+pub use roles::{Roles, ScaleGroup};
 pub use singleton::Singleton;
 pub use status::ClusterStatus;
 pub use store::{ClusterStore, LeaseState, MemberInfo};

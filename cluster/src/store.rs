@@ -38,6 +38,9 @@ pub struct MemberInfo {
     /// Leases it holds.
     #[serde(default)]
     pub leases: usize,
+    /// Its roles (`entities`, `functions`; empty from nodes before roles: both).
+    #[serde(default)]
+    pub roles: Vec<String>,
 }
 
 /// The state of a held lease.

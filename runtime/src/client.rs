@@ -267,8 +267,27 @@ impl NatsClient {
 
     /// Calls a function and waits for its output.
     pub async fn call(&self, function: &str, body: Vec<u8>, format: Format) -> Result<Reply, ClientError> {
+        self.call_as(function, body, format, None).await
+    }
+
+    /// Calls a function as invocation `invocation_id` (the id its context
+    /// sees) and waits for its output (in the client's accept format, if
+    /// set). No responders: no node of the functions role is running.
+    pub async fn call_as(
+        &self,
+        function: &str,
+        body: Vec<u8>,
+        format: Format,
+        invocation_id: Option<&str>,
+    ) -> Result<Reply, ClientError> {
         let mut h = HeaderMap::new();
         h.insert(protocol::CONTENT_TYPE, format.content_type());
+        if let Some(a) = self.accept {
+            h.insert(protocol::ACCEPT, a.content_type());
+        }
+        if let Some(id) = invocation_id {
+            h.insert(protocol::INVOCATION_ID, id);
+        }
         self.request(self.subjects.call(function), h, body, format).await
     }
 

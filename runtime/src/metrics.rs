@@ -19,6 +19,8 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     /// Function calls running (user-function concurrency).
     pub functions_running: IntGauge,
+    /// Function calls waiting for a node of the functions role (none answered).
+    pub functions_unplaced: IntGauge,
     /// Journal operations in flight (database concurrency).
     pub journal_in_flight: IntGauge,
     /// Entities in memory.
@@ -154,6 +156,8 @@ impl Metrics {
         let in_flight = gauge("tessera_requests_in_flight", "Invocations in flight (request concurrency)");
         let functions_running =
             gauge("tessera_functions_running", "Function calls running (user-function concurrency)");
+        let functions_unplaced =
+            gauge("tessera_functions_unplaced", "Function calls waiting for a node of the functions role");
         let journal_in_flight =
             gauge("tessera_journal_in_flight", "Journal operations in flight (database concurrency)");
         let active_entities = gauge("tessera_active_entities", "Entities in memory");
@@ -246,6 +250,7 @@ impl Metrics {
             Box::new(latency.clone()),
             Box::new(in_flight.clone()),
             Box::new(functions_running.clone()),
+            Box::new(functions_unplaced.clone()),
             Box::new(journal_in_flight.clone()),
             Box::new(active_entities.clone()),
             Box::new(activations.clone()),
@@ -274,6 +279,7 @@ impl Metrics {
             latency,
             in_flight,
             functions_running,
+            functions_unplaced,
             journal_in_flight,
             active_entities,
             activations,

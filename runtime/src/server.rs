@@ -190,7 +190,10 @@ impl NodeBuilder {
             let types = self.registry.entities().map(|e| e.type_name().to_owned()).collect();
             Arc::new(tessera_cluster::Ownership::new(types, config.journal.shards))
         });
-        let forwarder: Option<Arc<dyn Forwarder>> = match (&nats, clustered) {
+        // Forwarding reaches shard owners in a cluster, and functions nodes
+        // from a node without the functions role.
+        let forwards = clustered || !config.cluster.roles.functions();
+        let forwarder: Option<Arc<dyn Forwarder>> = match (&nats, forwards) {
             (Some(link), true) => Some(Arc::new(NatsForwarder::new(
                 crate::client::NatsClient::from_client(link.client.clone())
                     .with_prefix(&config.nats.prefix)
@@ -257,7 +260,12 @@ impl NodeBuilder {
         }
         let mut ingress = None;
         if let Some(link) = &nats {
-            services.tasks.push(crate::autoscaler::publish_metrics(node_id.clone(), link.clone(), metrics.clone()));
+            services.tasks.push(crate::autoscaler::publish_metrics(
+                node_id.clone(),
+                c.cluster.roles,
+                link.clone(),
+                metrics.clone(),
+            ));
             let ack_wait = Duration::from_millis(c.nats.async_ack_wait_ms);
             ingress = Some(NatsIngress::start(node.clone(), link.clone(), c.nats.async_max_deliver, ack_wait).await?);
             tracing::info!(url = c.nats.url.as_deref().unwrap_or_default(), prefix = %c.nats.prefix, "NATS ingress serving");
@@ -417,17 +425,31 @@ async fn join_cluster(
     cc.max_moves_per_round = c.cluster.rebalance_max_moves;
     cc.rebalance_every = Duration::from_millis(c.cluster.rebalance_every_ms.max(1));
     cc.http = http.map(|a| a.to_string());
+    cc.roles = c.cluster.roles;
     let cluster = tessera_cluster::Cluster::join(&link.js, cc, ownership, host).await?;
     let view = cluster.view();
+    let groups = c.autoscaler.group_policies().map_err(ConfigError::Invalid)?;
     let job = scaler.map(|scaler| crate::autoscaler::AutoscalerArgs {
-        policy: c.autoscaler.policy(),
+        groups,
         scaler,
-        live: Arc::new(move || view.members().iter().filter(|m| !m.draining).count()),
+        live: Arc::new(move |group| {
+            view.members()
+                .iter()
+                .filter(|m| !m.draining && tessera_cluster::Roles::from_names(&m.roles).group() == group)
+                .count()
+        }),
         metrics: node.metrics().clone(),
         log: status.log.clone(),
         state: None,
+        invoke_queue: None,
         shared_state: status.state.clone(),
     });
+    // Only nodes with the entities role run the leader's jobs: the
+    // functions group may scale to zero under it.
+    if !c.cluster.roles.entities() {
+        tracing::info!(node = %node.node_id(), roles = %c.cluster.roles, "cluster joined (no shards, not a leader candidate)");
+        return Ok(ClusterRuntime { cluster, leader: None });
+    }
     let job = std::sync::Mutex::new(job);
     let leader_link = link.clone();
     let leader = tessera_cluster::Singleton::spawn(cluster.store().clone(), "leader", node.node_id(), move |_epoch| {
@@ -442,13 +464,13 @@ async fn join_cluster(
         }
     })?;
     tracing::info!(node = %node.node_id(), "cluster joined");
-    Ok(ClusterRuntime { cluster, leader: Arc::new(leader) })
+    Ok(ClusterRuntime { cluster, leader: Some(Arc::new(leader)) })
 }
 
 /// A node's cluster membership and its singleton.
 struct ClusterRuntime {
     cluster: tessera_cluster::Cluster,
-    leader: Arc<tessera_cluster::Singleton>,
+    leader: Option<Arc<tessera_cluster::Singleton>>,
 }
 
 /// Background tasks, aborted on shutdown.
@@ -505,7 +527,9 @@ impl Server {
     pub async fn shutdown(self) {
         let Self { node, http, ingress, cluster, services, .. } = self;
         if let Some(c) = &cluster {
-            c.leader.stop().await;
+            if let Some(l) = &c.leader {
+                l.stop().await;
+            }
             c.cluster.leave().await;
         }
         if let Some(i) = ingress {

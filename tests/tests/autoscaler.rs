@@ -169,3 +169,146 @@ async fn the_autoscaler_moves_when_its_node_dies() {
     assert_eq!(v["state"]["last_change"], decided["last_change"], "{v}");
     survivor.kill().await;
 }
+
+/// Node roles, scaled apart: an entities-only node leads and sizes two
+/// groups. The functions group starts at zero; a burst of async calls
+/// waits in JetStream (and a sync call waits for a functions node) until
+/// the autoscaler starts functions-only nodes, which take no shard, run
+/// the backlog and are stopped again when it is gone — while the entities
+/// group does not move and its keyed commands keep being acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_functions_role_scales_from_zero_and_back_while_the_entities_role_stays() {
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::new().await;
+    let nats = nats_url();
+    let policy = [
+        "--roles",
+        "entities",
+        "--autoscaler",
+        "local",
+        "--autoscale-groups",
+        "entities,functions",
+        "--autoscale-min",
+        "1",
+        "--autoscale-max",
+        "3",
+        "--autoscale-functions-min",
+        "0",
+        "--autoscale-functions-max",
+        "2",
+        "--autoscale-target-functions",
+        "4",
+        "--autoscale-target-requests",
+        "1000",
+        "--autoscale-window-secs",
+        "2",
+        "--autoscale-up-stable-secs",
+        "4",
+        "--autoscale-down-stable-secs",
+        "3",
+    ];
+    let n1 = c.start("n1", &nats, &policy).await;
+    c.wait_even(&["n1"], Duration::from_secs(30)).await;
+    let targets = Arc::new(std::sync::Mutex::new(vec![n1.base.clone()]));
+    let (load, stop) = (Arc::new(Load::default()), Arc::new(AtomicBool::new(false)));
+    let workers: Vec<_> = (0..2).map(|w| spawn_load(targets.clone(), load.clone(), stop.clone(), w)).collect();
+    // Idle: no functions node is started.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(members(&c).await, ["n1"], "nothing to run, nothing started");
+
+    // The burst: 40 uploads' worth of async work, and one sync call.
+    let http = client();
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        let r = http
+            .post(format!("{}/v1/functions/test.sleep?mode=async", n1.base))
+            .header("content-type", "application/json")
+            .header("idempotency-key", format!("upload-{i}"))
+            .body(r#"{"ms":400}"#)
+            .send()
+            .await
+            .expect("queued");
+        assert_eq!(r.status(), 202, "accepted while no node runs functions");
+        let v: serde_json::Value = r.json().await.expect("json");
+        ids.push(v["invocation_id"].as_str().expect("id").to_owned());
+    }
+    let burst = Instant::now();
+    let sync_base = n1.base.clone();
+    let sync = tokio::spawn(async move {
+        let r = client()
+            .post(format!("{sync_base}/v1/functions/test.sleep"))
+            .header("content-type", "application/json")
+            .body(r#"{"ms":1}"#)
+            .send()
+            .await
+            .expect("answered");
+        (r.status().as_u16(), r.text().await.unwrap_or_default())
+    });
+    let functions_nodes = |m: &[tessera_cluster::MemberInfo]| -> Vec<String> {
+        m.iter()
+            .filter(|m| !m.draining && !tessera_cluster::Roles::from_names(&m.roles).entities())
+            .map(|m| m.node_id.clone())
+            .collect()
+    };
+    let up_ms = loop {
+        let st = c.status().await;
+        if !functions_nodes(&st.members).is_empty() {
+            break burst.elapsed().as_millis() as u64;
+        }
+        assert!(burst.elapsed() < Duration::from_secs(60), "no functions node started: {:?}", st.members);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // Every queued call runs once, on a functions node.
+    let mut ran_on = std::collections::BTreeSet::new();
+    for id in &ids {
+        let v = loop {
+            let (s, v) = get(&format!("{}/v1/invocations/{id}", n1.base)).await;
+            if s == 200 {
+                break v;
+            }
+            assert!(burst.elapsed() < Duration::from_secs(90), "{id} still {s}: {v}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert_eq!(v["status"], "ok", "{v}");
+        ran_on.insert(v["node_id"].as_str().unwrap_or_default().to_owned());
+    }
+    let drained_ms = burst.elapsed().as_millis() as u64;
+    assert!(!ran_on.contains("n1"), "the entities node runs no functions: {ran_on:?}");
+    let (status, body) = sync.await.expect("sync call");
+    assert_eq!(status, 200, "the sync call waited for a functions node: {body}");
+    // Functions nodes hold no shard: n1 still has every lease.
+    let (spread, elsewhere) = c.spread(&["n1"]).await;
+    assert_eq!((spread["n1"], elsewhere), (SHARDS as usize * c.entity_types, 0), "{spread:?}");
+
+    // The backlog is gone: the functions group goes back to zero.
+    let idle = Instant::now();
+    loop {
+        let m = c.status().await.members;
+        if functions_nodes(&m).is_empty() {
+            break;
+        }
+        assert!(idle.elapsed() < Duration::from_secs(60), "the functions group did not shrink: {m:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let down_ms = idle.elapsed().as_millis() as u64;
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.expect("worker");
+    }
+    let (_, v) = get(&format!("{}/v1/autoscaler", n1.base)).await;
+    let decisions = v["decisions"].as_array().cloned().unwrap_or_default();
+    let of = |g: &str| decisions.iter().filter(|d| d["group"] == g).cloned().collect::<Vec<_>>();
+    assert!(of("functions").iter().any(|d| d["from"] == 0 && d["to"].as_u64() > Some(0)), "from zero: {v}");
+    assert!(of("functions").iter().any(|d| d["to"] == 0), "back to zero: {v}");
+    assert!(of("entities").is_empty(), "the entities group never moved: {v}");
+    assert_eq!(members(&c).await, ["n1"]);
+    report(
+        "autoscaler-roles",
+        json!({"functions_node_after_ms": up_ms, "backlog_of_40_done_after_ms": drained_ms,
+               "back_to_zero_after_ms": down_ms, "ran_on": ran_on, "decisions": of("functions").len(),
+               "commands": load.acked.lock().map(|a| a.len()).unwrap_or(0)}),
+    );
+    assert_eq!(load.failed.load(Ordering::Relaxed), 0, "no command failed for good");
+    assert!(verify_journal(&n1.base, &load).await > 0);
+    n1.kill().await;
+}

@@ -528,6 +528,7 @@ async fn cluster_status_sees_every_lease_while_they_are_renewed() {
         heartbeat_ms: 0,
         draining: false,
         leases: SHARDS as usize,
+        roles: Vec::new(),
     };
     store.heartbeat(&member).await.unwrap();
     let value = LeaseValue { owner: "n1".into(), epoch: 1, state: LeaseState::Owned, since_ms: 0 };

@@ -2,10 +2,14 @@
 //! (config, observation over a metric window, time, state) → (decision,
 //! new state), so it is tested and simulated without a cluster.
 //!
-//! - Desired nodes = the larger of user-function concurrency ÷ its per-node
-//!   target and (request concurrency − database concurrency) ÷ its per-node
-//!   target: time spent waiting on the database is not a reason for more
-//!   nodes (more nodes would only add load to the database).
+//! - Desired nodes = the larger of (user-function concurrency + backlog) ÷
+//!   its per-node target and (request concurrency − database concurrency) ÷
+//!   its per-node target: time spent waiting on the database is not a
+//!   reason for more nodes (more nodes would only add load to the
+//!   database); work queued for the group (async calls waiting in
+//!   JetStream, function calls that found no node) is.
+//! - A group with `min_nodes = 0` may shrink to nothing and grows from
+//!   nothing on its backlog alone (no node reports metrics then).
 //! - Within `tolerance` of the current size: hold; scale down only to a
 //!   size that still has `tolerance` of headroom.
 //! - After a decision, a stable window — longer after a scale-up (new nodes
@@ -81,6 +85,10 @@ pub struct Observation {
     pub db_concurrency: f64,
     /// Sum of request rates, per second (averaged over the window).
     pub request_rate: f64,
+    /// Work waiting for the group's nodes (async calls queued, function
+    /// calls that found no node), counted like user-function concurrency.
+    #[serde(default)]
+    pub backlog: f64,
 }
 
 /// Which way a decision went.
@@ -137,7 +145,7 @@ impl Decision {
 
 /// Nodes the load asks for (unrounded).
 pub fn desired(cfg: &PolicyConfig, o: &Observation) -> f64 {
-    let by_functions = o.function_concurrency / cfg.target_function_concurrency.max(f64::EPSILON);
+    let by_functions = (o.function_concurrency + o.backlog) / cfg.target_function_concurrency.max(f64::EPSILON);
     let by_requests =
         (o.request_concurrency - o.db_concurrency).max(0.0) / cfg.target_request_concurrency.max(f64::EPSILON);
     by_functions.max(by_requests)
@@ -145,8 +153,8 @@ pub fn desired(cfg: &PolicyConfig, o: &Observation) -> f64 {
 
 /// One decision at time `now` (since any fixed start).
 pub fn decide(cfg: &PolicyConfig, o: &Observation, now: Duration, state: &PolicyState) -> (Decision, PolicyState) {
-    let (lo, hi) = (cfg.min_nodes.max(1), cfg.max_nodes.max(cfg.min_nodes.max(1)));
-    let current = state.target.unwrap_or(o.nodes).max(1);
+    let (lo, hi) = (cfg.min_nodes, cfg.max_nodes.max(cfg.min_nodes).max(1));
+    let current = state.target.unwrap_or(o.nodes);
     let step = cfg.max_step.max(1);
     let hold = |reason: String| (Decision::Hold { nodes: current, reason }, *state);
     let scale = |to: usize, dir: Direction, reason: String| {
@@ -163,7 +171,7 @@ pub fn decide(cfg: &PolicyConfig, o: &Observation, now: Duration, state: &Policy
             format!("above the maximum of {hi} nodes"),
         );
     }
-    if o.nodes == 0 {
+    if o.nodes == 0 && (current > 0 || o.backlog <= 0.0) {
         return hold("no metrics in the window".into());
     }
     let want = desired(cfg, o);
@@ -191,6 +199,14 @@ pub fn decide(cfg: &PolicyConfig, o: &Observation, now: Duration, state: &Policy
             let left = stable.saturating_sub(now.saturating_sub(at)).as_secs();
             return hold(format!("stable window after scaling {dir:?}: {left} s left (wants {want:.2})"));
         }
+    }
+    if current == 0 {
+        // Only the backlog speaks for an empty group.
+        return if want_n > 0 {
+            scale(want_n.min(step), Direction::Up, format!("{want:.2} nodes wanted by a backlog of {:.0}", o.backlog))
+        } else {
+            hold("no nodes and no backlog".into())
+        };
     }
     let off = (want - current as f64) / current as f64;
     // Down only to a size that keeps the tolerance as headroom (no scaling
@@ -265,6 +281,23 @@ mod tests {
         assert_eq!(decide(&cfg, &obs(3, 0.0, 0.0), secs(0), &st).0.nodes(), 2, "min");
         let below = PolicyState { target: Some(1), last_change: None };
         assert_eq!(decide(&cfg, &obs(1, 0.0, 0.0), secs(0), &below).0.nodes(), 2, "raised to the minimum");
+    }
+
+    #[test]
+    fn a_group_with_a_minimum_of_zero_grows_from_its_backlog_and_shrinks_to_nothing() {
+        let cfg = PolicyConfig { min_nodes: 0, max_nodes: 3, ..PolicyConfig::default() };
+        let empty = PolicyState { target: Some(0), last_change: None };
+        let (d, _) = decide(&cfg, &Observation::default(), secs(0), &empty);
+        assert_eq!(d.nodes(), 0, "{d:?}: nothing queued, nothing started");
+        let queued = Observation { backlog: 20.0, ..Observation::default() };
+        let (d, st) = decide(&cfg, &queued, secs(0), &empty);
+        assert_eq!(d.nodes(), 2, "{d:?}: 20 queued calls / 8 per node → 3, capped by a step of 2");
+        // Idle after its stable window: back to nothing.
+        let idle = PolicyState { target: Some(2), ..st };
+        assert_eq!(decide(&cfg, &obs(2, 0.0, 0.0), secs(61), &idle).0.nodes(), 0);
+        // A minimum of one is kept as before.
+        let one = PolicyConfig { min_nodes: 1, ..cfg };
+        assert_eq!(decide(&one, &obs(1, 0.0, 0.0), secs(61), &idle).0.nodes(), 1);
     }
 
     #[test]

@@ -224,6 +224,7 @@ pub fn run(trace: &[TracePoint], policy: PolicyKind, cfg: &PolicyConfig, model: 
             function_concurrency: 0.0,
             db_concurrency: busy * model.db_share,
             request_rate: p.request_rate,
+            backlog: 0.0,
         };
         window.push_back(o);
         while window.len() as u64 > cfg.window_secs.max(1) {
@@ -239,6 +240,7 @@ pub fn run(trace: &[TracePoint], policy: PolicyKind, cfg: &PolicyConfig, model: 
                     function_concurrency: 0.0,
                     db_concurrency: window.iter().map(|o| o.db_concurrency).sum::<f64>() / n,
                     request_rate: window.iter().map(|o| o.request_rate).sum::<f64>() / n,
+                    backlog: 0.0,
                 };
                 let (d, next) = decide(cfg, &avg, Duration::from_secs(t), &state);
                 state = next;

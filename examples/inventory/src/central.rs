@@ -5,8 +5,10 @@
 //! stock or product event into a command on the central `availability`
 //! entity of its SKU, over the central cluster's HTTP API.
 //!
-//! Exactly once: the bridge reads the stream in order (an ordered
-//! consumer, from the position the central region stored for it) and never
+//! Exactly once: the bridge reads the stream in order (bounded fetches of
+//! an ephemeral consumer, from the position the central region stored for
+//! it; async-nats' ordered consumer stream stalled for a minute or more
+//! about one run in four here, so the bridge does its gap checks itself) and never
 //! moves past an event it could not deliver (it retries it in place), so
 //! each regional stock's events reach the central view in seq order; the
 //! view counts a seq once (see [`crate::Availability`]). (A durable pull
@@ -46,6 +48,74 @@ pub struct BridgeConfig {
     pub prefix: String,
     /// The central cluster's HTTP base URL.
     pub central: String,
+}
+
+/// `inventory bridge`: one region's road to the central region, as a
+/// process of its own beside a real central cluster.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BridgeArgs {
+    /// The region's name, as the central view shows it.
+    #[arg(long)]
+    pub region: String,
+    /// The region's NATS server.
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    pub nats: String,
+    /// The region's subject prefix (`--nats-prefix` of its nodes, which run with `--events-to-jetstream stock,product`).
+    #[arg(long, default_value = "tessera")]
+    pub prefix: String,
+    /// The central cluster's HTTP base URL.
+    #[arg(long)]
+    pub central: String,
+    /// Print what it moved every this many seconds (0: never).
+    #[arg(long, default_value_t = 10)]
+    pub report_every_secs: u64,
+}
+
+/// Runs a bridge until Ctrl-C (or SIGTERM), printing its progress; it
+/// continues from the position the central region stored for it, so
+/// stopping and starting it again loses and doubles nothing.
+pub async fn run_bridge_command(args: BridgeArgs) -> anyhow::Result<()> {
+    let stats = Arc::new(BridgeStats::default());
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let config = BridgeConfig {
+        region: args.region.clone(),
+        nats_url: args.nats.clone(),
+        prefix: args.prefix.clone(),
+        central: args.central.trim_end_matches('/').to_owned(),
+    };
+    let mut bridge = tokio::spawn(run_bridge(config, stats.clone(), stop));
+    println!("bridge {}: {} ({}_EVENTS) → {}", args.region, args.nats, args.prefix.to_uppercase(), args.central);
+    let mut every = tokio::time::interval(Duration::from_secs(args.report_every_secs.max(1)));
+    every.tick().await;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            r = &mut bridge => {
+                print_stats(&args.region, &stats);
+                return r?;
+            }
+            _ = every.tick(), if args.report_every_secs > 0 => print_stats(&args.region, &stats),
+        }
+    }
+    let _ = stop_tx.send(true);
+    let r = bridge.await;
+    print_stats(&args.region, &stats);
+    r?
+}
+
+fn print_stats(region: &str, s: &BridgeStats) {
+    println!(
+        "bridge {region}: {} events read, {} counted, {} duplicates, {} skipped, {} bytes, lag {} ms, stream at {}",
+        s.events.load(Ordering::Relaxed),
+        s.counted.load(Ordering::Relaxed),
+        s.duplicates.load(Ordering::Relaxed),
+        s.skipped.load(Ordering::Relaxed),
+        s.bytes.load(Ordering::Relaxed),
+        s.lag_ms.load(Ordering::Relaxed),
+        s.stream_last.load(Ordering::Relaxed),
+    );
 }
 
 /// What a bridge has moved so far (shared with whoever reports it).
@@ -204,10 +274,13 @@ async fn post_until_taken(
 
 /// Runs the bridge until `stop` is set (or the stream cannot be read).
 ///
-/// It reads the regional stream in stream order with an ordered consumer
-/// (no gaps, no reordering: it recreates itself when it sees one), from
-/// the stream position the central region stored for it
-/// (`bridge_offset/{region}`), which it moves forward every second.
+/// It reads the regional stream in stream order from the stream position
+/// the central region stored for it (`bridge_offset/{region}`), which it
+/// moves forward every second, through an ephemeral consumer without acks
+/// read in bounded fetches; it recreates the consumer from its position
+/// after any error or a gap in the delivery sequence (what an ordered
+/// consumer does, without its long-lived push of messages, which stalled
+/// now and then: see the module doc).
 /// Everything after the stored position is sent again after a restart;
 /// the view counts each regional seq once.
 pub async fn run_bridge(
@@ -221,7 +294,7 @@ pub async fn run_bridge(
         .with_context(|| format!("region {}: cannot reach NATS at {}", config.region, config.nats_url))?;
     let js = jetstream::new(client);
     let http = reqwest::Client::new();
-    let mut stream = loop {
+    let stream = loop {
         match js.get_stream(subjects.events_stream()).await {
             Ok(s) => break s,
             Err(e) if !*stop.borrow() => {
@@ -245,29 +318,42 @@ pub async fn run_bridge(
             _ => return Ok(()),
         }
     };
-    let deliver_policy = match stored {
-        0 => consumer::DeliverPolicy::All,
-        n => consumer::DeliverPolicy::ByStartSequence { start_sequence: n + 1 },
-    };
-    let consumer = stream
-        .create_consumer(consumer::pull::OrderedConfig {
-            filter_subjects: vec![
-                format!("{}.events.stock.>", config.prefix),
-                format!("{}.events.product.>", config.prefix),
-            ],
-            deliver_policy,
-            ..Default::default()
-        })
-        .await
-        .context("cannot create the central consumer")?;
-    let mut messages = consumer.messages().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let filters = vec![format!("{}.events.stock.>", config.prefix), format!("{}.events.product.>", config.prefix)];
     let (mut position, mut stored_position) = (stored, stored);
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        let m = tokio::select! {
-            _ = stop.changed() => break,
-            _ = tick.tick() => {
-                if let Ok(info) = stream.info().await {
+    let mut last_store = std::time::Instant::now();
+    'reading: loop {
+        // An ephemeral consumer from the next unread position, read in
+        // bounded fetches (each ends after a second at most, so a lost
+        // request or a server restart costs a second, not a stall); a gap
+        // in its delivery sequence means a message was lost in flight: read
+        // again from the position.
+        let consumer = match stream
+            .create_consumer(consumer::pull::Config {
+                filter_subjects: filters.clone(),
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: position + 1 },
+                ack_policy: consumer::AckPolicy::None,
+                inactive_threshold: Duration::from_secs(30),
+                memory_storage: true,
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(c) => c,
+            Err(e) if !*stop.borrow() => {
+                tracing::warn!(region = %config.region, error = %e, "cannot create the central consumer; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            Err(_) => break,
+        };
+        let mut delivered = 0u64;
+        loop {
+            if *stop.borrow() {
+                break 'reading;
+            }
+            if last_store.elapsed() >= Duration::from_secs(1) {
+                last_store = std::time::Instant::now();
+                if let Ok(info) = stream.get_info().await {
                     stats.stream_last.store(info.state.last_sequence, Ordering::Relaxed);
                 }
                 if position > stored_position {
@@ -276,46 +362,89 @@ pub async fn run_bridge(
                         stored_position = position;
                     }
                 }
-                continue;
             }
-            m = messages.next() => m,
-        };
-        let Some(m) = m else { break };
-        let m = m.map_err(|e| anyhow::anyhow!("{e}"))?;
-        let seq = m.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
-        stats.events.fetch_add(1, Ordering::Relaxed);
-        let header_bytes: usize = m.headers.as_ref().map_or(0, |h| {
-            h.iter()
-                .map(|(k, v)| {
-                    let name: &str = k.as_ref();
-                    name.len() + v.iter().map(|v| v.as_str().len()).sum::<usize>()
-                })
-                .sum()
-        });
-        stats.bytes.fetch_add((m.subject.len() + m.payload.len() + header_bytes) as u64, Ordering::Relaxed);
-        let command = decode(&m.payload).ok().and_then(|e| central_command(&config.region, &e).map(|c| (c, e)));
-        match command {
-            None => {
-                stats.skipped.fetch_add(1, Ordering::Relaxed);
+            let batch = tokio::select! {
+                _ = stop.changed() => break 'reading,
+                b = consumer.fetch().max_messages(256).expires(Duration::from_secs(1)).messages() => b,
+            };
+            let batch = match batch {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::debug!(region = %config.region, error = %e, "fetch failed; reading again");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue 'reading;
+                }
+            };
+            // Take the whole batch first: posting to the central view takes
+            // longer than the fetch's expiry, and a batch read slower than
+            // that ends early, the rest of it delivered and dropped.
+            let batch: Vec<_> = batch.collect().await;
+            if batch.is_empty() {
+                // Nothing came: make sure nothing was delivered and lost
+                // (no later message would reveal the gap).
+                let mut consumer = consumer.clone();
+                match consumer.info().await {
+                    Ok(i) if i.delivered.consumer_sequence > delivered => {
+                        tracing::debug!(region = %config.region, "messages lost in flight; reading again");
+                        continue 'reading;
+                    }
+                    Ok(_) => {}
+                    Err(_) => continue 'reading,
+                }
             }
-            Some(((sku, command, body), event)) => {
-                let url = format!("{}/v1/entities/availability/{sku}/{command}", config.central);
-                match post_until_taken(&http, &url, &body, &stats, &stop).await {
-                    Some(reply) if reply["counted"].as_bool().unwrap_or(true) => {
-                        stats.counted.fetch_add(1, Ordering::Relaxed);
-                        stats.lag_ms.store(now_ms() - event.timestamp_ms, Ordering::Relaxed);
+            for m in batch {
+                let m = match m {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::debug!(region = %config.region, error = %e, "batch error; reading again");
+                        continue 'reading;
                     }
-                    Some(_) => {
-                        stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                    }
-                    None if *stop.borrow() => break,
+                };
+                let Ok(info) = m.info() else { continue 'reading };
+                let (seq, consumer_seq) = (info.stream_sequence, info.consumer_sequence);
+                if consumer_seq != delivered + 1 {
+                    tracing::debug!(region = %config.region, consumer_seq, delivered, "gap in delivery; reading again");
+                    continue 'reading;
+                }
+                delivered = consumer_seq;
+                if seq <= position {
+                    continue;
+                }
+                stats.events.fetch_add(1, Ordering::Relaxed);
+                let header_bytes: usize = m.headers.as_ref().map_or(0, |h| {
+                    h.iter()
+                        .map(|(k, v)| {
+                            let name: &str = k.as_ref();
+                            name.len() + v.iter().map(|v| v.as_str().len()).sum::<usize>()
+                        })
+                        .sum()
+                });
+                stats.bytes.fetch_add((m.subject.len() + m.payload.len() + header_bytes) as u64, Ordering::Relaxed);
+                let command = decode(&m.payload).ok().and_then(|e| central_command(&config.region, &e).map(|c| (c, e)));
+                match command {
                     None => {
                         stats.skipped.fetch_add(1, Ordering::Relaxed);
                     }
+                    Some(((sku, command, body), event)) => {
+                        let url = format!("{}/v1/entities/availability/{sku}/{command}", config.central);
+                        match post_until_taken(&http, &url, &body, &stats, &stop).await {
+                            Some(reply) if reply["counted"].as_bool().unwrap_or(true) => {
+                                stats.counted.fetch_add(1, Ordering::Relaxed);
+                                stats.lag_ms.store(now_ms() - event.timestamp_ms, Ordering::Relaxed);
+                            }
+                            Some(_) => {
+                                stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                            }
+                            None if *stop.borrow() => break 'reading,
+                            None => {
+                                stats.skipped.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
                 }
+                position = seq;
             }
         }
-        position = seq;
     }
     Ok(())
 }

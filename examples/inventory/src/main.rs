@@ -1,5 +1,5 @@
 //! The `inventory` binary: the shared node CLI with the inventory entities,
-//! plus `demo`.
+//! plus `demo`, `simulate` and `bridge`.
 
 use clap::{Parser, Subcommand};
 
@@ -20,6 +20,8 @@ enum Cmd {
     Demo(inventory::demo::DemoArgs),
     /// Drive regions (running ones, or started here) with shops, warehouses and customers; check and report.
     Simulate(Box<inventory::simulate::SimulateArgs>),
+    /// Stream one region's stock and product events (its JetStream events stream) into a central cluster's view.
+    Bridge(inventory::central::BridgeArgs),
     #[command(flatten)]
     Node(Box<tessera_runtime::cli::Command>),
 }
@@ -30,6 +32,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Demo(args) => inventory::demo::run(args).await,
         Cmd::Simulate(args) => inventory::simulate::run(*args).await,
+        Cmd::Bridge(args) => inventory::central::run_bridge_command(args).await,
         Cmd::Node(cmd) => tessera_runtime::cli::run(*cmd, inventory::registry()?).await,
     }
 }

@@ -11,13 +11,14 @@
 
 pub mod scaler;
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tessera_cluster::autoscaler::{Decision, NodeMetrics, PolicyConfig, PolicyState, Window, decide};
+use tessera_cluster::ScaleGroup;
+use tessera_cluster::autoscaler::{Decision, NodeMetrics, Observation, PolicyConfig, PolicyState, Window, decide};
 
 pub use scaler::{DryRunScaler, KubernetesScaler, LocalProcessScaler, Scaler, ScalerError};
 
@@ -34,15 +35,16 @@ pub type DecisionLog = Arc<Mutex<VecDeque<crate::wire::DecisionBody>>>;
 #[derive(Clone, Default)]
 pub struct AutoscalerStatus {
     pub(crate) log: DecisionLog,
-    pub(crate) state: Arc<Mutex<Option<PolicyState>>>,
-    /// In a cluster: the membership view and the `leader` singleton.
-    pub(crate) cluster: Option<(tessera_cluster::View, Arc<tessera_cluster::Singleton>)>,
+    pub(crate) state: SharedStates,
+    /// In a cluster: the membership view and the `leader` singleton (which
+    /// only nodes with the entities role compete for).
+    pub(crate) cluster: Option<(tessera_cluster::View, Option<Arc<tessera_cluster::Singleton>>)>,
 }
 
 impl AutoscalerStatus {
     /// True while this node holds the `leader` singleton.
     pub fn leader(&self) -> bool {
-        self.cluster.as_ref().is_some_and(|(_, l)| l.is_leader())
+        self.cluster.as_ref().and_then(|(_, l)| l.as_ref()).is_some_and(|l| l.is_leader())
     }
     /// Live members as this node sees them (`None` outside a cluster).
     pub fn members(&self) -> Option<usize> {
@@ -52,15 +54,20 @@ impl AutoscalerStatus {
     pub fn decisions(&self) -> Vec<crate::wire::DecisionBody> {
         self.log.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
     }
-    /// The policy state while the autoscaler runs here (times in ms since the Unix epoch).
+    /// The entities group's policy state (the cluster's, without roles)
+    /// while the autoscaler runs here (times in ms since the Unix epoch).
     pub fn state(&self) -> Option<PolicyState> {
-        *self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).get(&ScaleGroup::Entities).copied()
+    }
+    /// Every sized group's policy state while the autoscaler runs here.
+    pub fn group_states(&self) -> BTreeMap<ScaleGroup, PolicyState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
 /// A node's load now; `requests_total` is the running count of finished
 /// invocations, from which the rate since `last` is derived.
-pub(crate) fn sample(node_id: &str, m: &Metrics, rate: f64) -> NodeMetrics {
+pub(crate) fn sample(node_id: &str, roles: tessera_cluster::Roles, m: &Metrics, rate: f64) -> NodeMetrics {
     let gpus = crate::executor::devices::gpus()
         .into_iter()
         .map(|g| tessera_cluster::autoscaler::GpuMetrics {
@@ -79,11 +86,18 @@ pub(crate) fn sample(node_id: &str, m: &Metrics, rate: f64) -> NodeMetrics {
         request_rate: rate,
         active_entities: m.active_entities.get().max(0) as u64,
         gpus,
+        roles: roles.names(),
+        functions_unplaced: m.functions_unplaced.get().max(0) as f64,
     }
 }
 
 /// Publishes this node's metrics every second until aborted.
-pub(crate) fn publish_metrics(node_id: String, link: NatsLink, metrics: Metrics) -> tokio::task::JoinHandle<()> {
+pub(crate) fn publish_metrics(
+    node_id: String,
+    roles: tessera_cluster::Roles,
+    link: NatsLink,
+    metrics: Metrics,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let subject = link.subjects.metrics(&node_id);
         let mut last = (Instant::now(), metrics.requests_finished());
@@ -95,7 +109,7 @@ pub(crate) fn publish_metrics(node_id: String, link: NatsLink, metrics: Metrics)
             let secs = last.0.elapsed().as_secs_f64().max(1e-3);
             let rate = (total - last.1).max(0.0) / secs;
             last = (Instant::now(), total);
-            let s = sample(&node_id, &metrics, rate);
+            let s = sample(&node_id, roles, &metrics, rate);
             metrics.request_rate.set(rate);
             if let Ok(body) = serde_json::to_vec(&s)
                 && let Err(e) = link.client.publish(subject.clone(), body.into()).await
@@ -132,17 +146,24 @@ pub(crate) async fn state_store(link: &NatsLink) -> Option<async_nats::jetstream
 /// What the autoscaler actor needs.
 #[derive(Clone)]
 pub(crate) struct AutoscalerArgs {
-    pub(crate) policy: PolicyConfig,
+    /// The scale groups it sizes, each with its policy.
+    pub(crate) groups: Vec<(ScaleGroup, PolicyConfig)>,
     pub(crate) scaler: Arc<dyn Scaler>,
-    /// Live, non-draining members now.
-    pub(crate) live: Arc<dyn Fn() -> usize + Send + Sync>,
+    /// Live, non-draining members of a group now.
+    pub(crate) live: Arc<dyn Fn(ScaleGroup) -> usize + Send + Sync>,
     pub(crate) metrics: Metrics,
     pub(crate) log: DecisionLog,
     /// The policy state shared with later leaders.
     pub(crate) state: Option<async_nats::jetstream::kv::Store>,
-    /// The current policy state, for `GET /v1/autoscaler`.
-    pub(crate) shared_state: Arc<Mutex<Option<PolicyState>>>,
+    /// The `{P}_INVOKE` stream and its consumer's name: async calls
+    /// waiting there are the functions group's backlog.
+    pub(crate) invoke_queue: Option<(async_nats::jetstream::stream::Stream, String)>,
+    /// The current policy states, for `GET /v1/autoscaler`.
+    pub(crate) shared_state: SharedStates,
 }
+
+/// The policy state of each group while the autoscaler runs on this node.
+pub(crate) type SharedStates = Arc<Mutex<BTreeMap<ScaleGroup, PolicyState>>>;
 
 /// Messages of the autoscaler actor.
 pub(crate) enum AutoscalerMsg {
@@ -159,9 +180,18 @@ pub(crate) struct AutoscalerActor;
 pub(crate) struct AutoscalerState {
     args: AutoscalerArgs,
     window: Window,
-    /// Times in it are wall-clock (since the Unix epoch), so that it means
-    /// the same on the next leader.
-    policy: PolicyState,
+    /// Per group. Times in it are wall-clock (since the Unix epoch), so
+    /// that it means the same on the next leader.
+    policy: BTreeMap<ScaleGroup, PolicyState>,
+}
+
+/// The KV key of a group's policy state (`state` for the entities group,
+/// as before groups existed).
+fn state_key(group: ScaleGroup) -> String {
+    match group {
+        ScaleGroup::Entities => "state".into(),
+        g => format!("state.{g}"),
+    }
 }
 
 impl Actor for AutoscalerActor {
@@ -176,23 +206,29 @@ impl Actor for AutoscalerActor {
     ) -> Result<AutoscalerState, ActorProcessingErr> {
         myself.send_interval(Duration::from_secs(1), || AutoscalerMsg::Tick);
         args.metrics.autoscaler_leader.set(1);
-        tracing::info!(scaler = args.scaler.name(), "autoscaler running on this node");
-        let window = Window::new(Duration::from_secs(args.policy.window_secs.max(1)));
-        let mut policy = PolicyState::default();
-        if let Some(kv) = &args.state
-            && let Ok(Some(bytes)) = kv.get("state").await
-            && let Ok(saved) = serde_json::from_slice::<PolicyState>(&bytes)
-        {
-            tracing::info!(state = ?saved, "autoscaler continues the previous leader's policy state");
-            policy = saved;
+        let names: Vec<&str> = args.groups.iter().map(|(g, _)| g.name()).collect();
+        tracing::info!(scaler = args.scaler.name(), groups = ?names, "autoscaler running on this node");
+        let span = args.groups.iter().map(|(_, p)| p.window_secs).max().unwrap_or(10).max(1);
+        let window = Window::new(Duration::from_secs(span));
+        let mut policy = BTreeMap::new();
+        for (group, _) in &args.groups {
+            let mut st = PolicyState::default();
+            if let Some(kv) = &args.state
+                && let Ok(Some(bytes)) = kv.get(state_key(*group)).await
+                && let Ok(saved) = serde_json::from_slice::<PolicyState>(&bytes)
+            {
+                tracing::info!(%group, state = ?saved, "autoscaler continues the previous leader's policy state");
+                st = saved;
+            }
+            policy.insert(*group, st);
         }
-        *args.shared_state.lock().unwrap_or_else(|p| p.into_inner()) = Some(policy);
+        *args.shared_state.lock().unwrap_or_else(|p| p.into_inner()) = policy.clone();
         Ok(AutoscalerState { args, window, policy })
     }
 
     async fn post_stop(&self, _: ActorRef<AutoscalerMsg>, st: &mut AutoscalerState) -> Result<(), ActorProcessingErr> {
         st.args.metrics.autoscaler_leader.set(0);
-        *st.args.shared_state.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        st.args.shared_state.lock().unwrap_or_else(|p| p.into_inner()).clear();
         Ok(())
     }
 
@@ -214,33 +250,66 @@ impl AutoscalerState {
     async fn tick(&mut self) {
         let now = crate::now_ms();
         self.window.expire(now);
-        let live = (self.args.live)().max(1);
+        let queued = self.queued_calls().await;
+        for (group, cfg) in self.args.groups.clone() {
+            let mut obs = if self.args.groups.len() == 1 && group == ScaleGroup::Entities {
+                // One group: every node, as before roles existed.
+                self.window.observe()
+            } else {
+                self.window.observe_group(group)
+            };
+            // Async calls wait for nodes that run functions: the functions
+            // group when it is sized, else every node.
+            let sized = self.args.groups.iter().any(|(g, _)| *g == ScaleGroup::Functions);
+            if group == ScaleGroup::Functions || !sized {
+                obs.backlog += queued;
+            }
+            self.decide(group, &cfg, obs, now).await;
+        }
+    }
+
+    /// Async calls waiting in `{P}_INVOKE` (not yet delivered to a node).
+    async fn queued_calls(&mut self) -> f64 {
+        let Some((stream, consumer)) = &self.args.invoke_queue else { return 0.0 };
+        match stream.consumer_info(consumer).await {
+            Ok(info) => info.num_pending as f64,
+            // No functions node ever ran: nothing consumed, all of it waits.
+            Err(_) => stream.get_info().await.map_or(0.0, |i| i.state.messages as f64),
+        }
+    }
+
+    async fn decide(&mut self, group: ScaleGroup, cfg: &PolicyConfig, obs: Observation, now: i64) {
+        let live = (self.args.live)(group);
         let elapsed = Duration::from_millis(now.max(0) as u64);
+        let mut policy = self.policy.get(&group).copied().unwrap_or_default();
         // Outside a stable window the cluster as it is is the truth (a
         // scaler may have failed, nodes may have died or been added).
-        let stable = self.policy.last_change.is_some_and(|(at, dir, _)| {
+        let stable = policy.last_change.is_some_and(|(at, dir, _)| {
             let w = match dir {
-                tessera_cluster::autoscaler::Direction::Up => self.args.policy.scale_up_stable_secs,
-                tessera_cluster::autoscaler::Direction::Down => self.args.policy.scale_down_stable_secs,
+                tessera_cluster::autoscaler::Direction::Up => cfg.scale_up_stable_secs,
+                tessera_cluster::autoscaler::Direction::Down => cfg.scale_down_stable_secs,
             };
             elapsed.saturating_sub(at) < Duration::from_secs(w)
         });
         if !stable {
-            self.policy.target = Some(live);
+            policy.target = Some(live);
         }
-        let obs = self.window.observe();
-        let (decision, next) = decide(&self.args.policy, &obs, elapsed, &self.policy);
-        self.args.metrics.autoscaler_target_nodes.set(decision.nodes() as i64);
+        let (decision, next) = decide(cfg, &obs, elapsed, &policy);
+        if group == ScaleGroup::Entities {
+            self.args.metrics.autoscaler_target_nodes.set(decision.nodes() as i64);
+        }
+        self.policy.insert(group, policy);
         let Decision::Scale { from, to, reason } = &decision else { return };
         let direction = if to > from { "up" } else { "down" };
-        tracing::info!(from, to, %reason, live, scaler = self.args.scaler.name(), "autoscaler decision");
+        tracing::info!(%group, from, to, %reason, live, scaler = self.args.scaler.name(), "autoscaler decision");
         self.args.metrics.autoscaler_decisions.with_label_values(&[direction]).inc();
-        let result = self.args.scaler.scale(*to, live).await;
+        let result = self.args.scaler.scale(group, *to, live).await;
         if let Err(e) = &result {
-            tracing::warn!(error = %e, "the scaler could not apply the decision");
+            tracing::warn!(%group, error = %e, "the scaler could not apply the decision");
         }
         let entry = crate::wire::DecisionBody {
             at_ms: now,
+            group: group.name().to_owned(),
             from: *from,
             to: *to,
             reason: reason.clone(),
@@ -256,14 +325,14 @@ impl AutoscalerState {
                 log.pop_front();
             }
         }
-        self.policy = next;
+        self.policy.insert(group, next);
         if let Some(kv) = &self.args.state
-            && let Ok(body) = serde_json::to_vec(&self.policy)
-            && let Err(e) = kv.put("state", body.into()).await
+            && let Ok(body) = serde_json::to_vec(&next)
+            && let Err(e) = kv.put(state_key(group), body.into()).await
         {
             tracing::warn!(error = %e, "cannot save the autoscaler state");
         }
-        *self.args.shared_state.lock().unwrap_or_else(|p| p.into_inner()) = Some(self.policy);
+        *self.args.shared_state.lock().unwrap_or_else(|p| p.into_inner()) = self.policy.clone();
     }
 }
 
@@ -271,6 +340,9 @@ impl AutoscalerState {
 /// this future is dropped (the singleton lease was lost or the node stops).
 pub(crate) async fn run_as_leader(link: NatsLink, mut args: AutoscalerArgs) {
     args.state = state_store(&link).await;
+    if let Ok(stream) = link.js.get_stream(link.subjects.invoke_stream()).await {
+        args.invoke_queue = Some((stream, link.subjects.invoke_consumer()));
+    }
     struct StopOnDrop(ActorRef<AutoscalerMsg>);
     impl Drop for StopOnDrop {
         fn drop(&mut self) {

@@ -68,7 +68,12 @@ pub(crate) async fn run(cmd: ClusterCmd) -> anyhow::Result<()> {
             for m in &st.members {
                 let n = counts.iter().find(|(id, _)| id == &m.node_id).map_or(0, |c| c.1);
                 let state = if m.draining { "draining" } else { "up" };
-                println!("  {:<24} {state:<9} leases {n:<6} http {}", m.node_id, m.http.as_deref().unwrap_or("-"));
+                let roles = tessera_cluster::Roles::from_names(&m.roles);
+                println!(
+                    "  {:<24} {state:<9} {roles:<19} leases {n:<6} http {}",
+                    m.node_id,
+                    m.http.as_deref().unwrap_or("-")
+                );
             }
             println!("moves in progress: {} handing off, {} unowned", st.releasing.len(), st.unowned.len());
             for l in &st.releasing {

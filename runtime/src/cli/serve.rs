@@ -141,8 +141,10 @@ pub(crate) async fn run(args: ServeArgs, registry: Registry, layers: super::Laye
         },
     };
     let cluster = if node.clustered() { "  cluster: joined" } else { "" };
+    let roles = node.config().cluster.roles;
+    let roles = if roles == tessera_cluster::Roles::BOTH { String::new() } else { format!("  roles: {roles}") };
     eprintln!(
-        "tessera node {} serving http://{addr}{nats}  journal: {journal}{cluster}  entities: {types:?}  functions: {functions:?}",
+        "tessera node {} serving http://{addr}{nats}  journal: {journal}{cluster}{roles}  entities: {types:?}  functions: {functions:?}",
         node.node_id(),
     );
     tokio::select! {

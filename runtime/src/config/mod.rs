@@ -174,6 +174,22 @@ impl NodeConfig {
                 "autoscaler: need 1 ≤ min_nodes ≤ max_nodes and a positive target_request_concurrency".into(),
             ));
         }
+        if a.functions_max_nodes < a.functions_min_nodes {
+            return Err(ConfigError::Invalid("autoscaler: need functions_min_nodes ≤ functions_max_nodes".into()));
+        }
+        a.group_policies().map_err(ConfigError::Invalid)?;
+        if !self.cluster.roles.entities() && !self.clustered() {
+            return Err(ConfigError::Invalid(format!(
+                "cluster.roles = {}: a node without the entities role needs a cluster (--nats and --cluster on, or a scylla journal) to reach the entities",
+                self.cluster.roles
+            )));
+        }
+        if !self.cluster.roles.functions() && self.nats.url.is_none() {
+            return Err(ConfigError::Invalid(format!(
+                "cluster.roles = {}: a node without the functions role needs NATS (--nats) to reach the nodes that run them",
+                self.cluster.roles
+            )));
+        }
         for pair in self.limits.idempotency_retention_by_type.split(',').filter(|p| !p.trim().is_empty()) {
             if pair.split_once('=').is_none_or(|(_, v)| v.trim().parse::<u64>().is_err()) {
                 return Err(ConfigError::Invalid(format!(

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use tessera_cluster::autoscaler::PolicyConfig;
+use tessera_cluster::{Roles, ScaleGroup};
 use tessera_journal::Durability;
 
 use super::kinds::{AutoscalerKind, ClusterMode, JournalKind};
@@ -89,6 +90,8 @@ section! {
         rebalance_max_moves: usize = 16, flag "rebalance-max-moves";
         /// Milliseconds between rebalancing rounds.
         rebalance_every_ms: u64 = 1_000, flag "rebalance-every-ms";
+        /// This node's roles, comma-separated: `entities` (takes shard leases), `functions` (runs stateless functions), or both.
+        roles: Roles = Roles::BOTH, flag "roles";
     }
 }
 
@@ -117,6 +120,12 @@ section! {
         rate_jump_factor: f64 = PolicyConfig::default().rate_jump_factor, flag "autoscale-rate-jump-factor";
         /// Most nodes added or removed per decision.
         max_step: usize = PolicyConfig::default().max_step, flag "autoscale-max-step";
+        /// Scale groups the leader sizes, comma-separated: `entities` (nodes with the entities role), `functions` (functions-only nodes).
+        groups: String = "entities".into(), flag "autoscale-groups";
+        /// Fewest functions-only nodes (0: the group may scale to zero; async calls wait in JetStream).
+        functions_min_nodes: usize = 0, flag "autoscale-functions-min";
+        /// Most functions-only nodes.
+        functions_max_nodes: usize = 10, flag "autoscale-functions-max";
         /// Kubernetes API for the `kubernetes` scaler (a `kubectl proxy` sidecar by default).
         k8s_api: String = "http://127.0.0.1:8001".into(), flag "k8s-api";
         /// Namespace of the Deployment the `kubernetes` scaler scales.
@@ -141,6 +150,27 @@ impl AutoscalerSection {
             rate_jump_factor: self.rate_jump_factor,
             max_step: self.max_step,
         }
+    }
+
+    /// The scale groups the leader sizes, each with its policy (the
+    /// functions group with its own bounds).
+    pub fn group_policies(&self) -> Result<Vec<(ScaleGroup, PolicyConfig)>, String> {
+        let mut out = Vec::new();
+        for name in self.groups.split(',').map(str::trim).filter(|g| !g.is_empty()) {
+            let group = match name {
+                "entities" => ScaleGroup::Entities,
+                "functions" => ScaleGroup::Functions,
+                other => return Err(format!("autoscaler.groups: unknown group `{other}` (entities, functions)")),
+            };
+            let mut policy = self.policy();
+            if group == ScaleGroup::Functions {
+                (policy.min_nodes, policy.max_nodes) = (self.functions_min_nodes, self.functions_max_nodes);
+            }
+            if !out.iter().any(|(g, _)| *g == group) {
+                out.push((group, policy));
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -310,6 +310,7 @@ pub(crate) async fn autoscaler(State(app): State<super::AppState>) -> Json<wire:
         leader: a.leader(),
         members: a.members(),
         state: a.state(),
+        groups: a.group_states(),
         decisions: a.decisions(),
     })
 }

@@ -2,6 +2,8 @@
 //! port, on the same client every caller uses ([`NatsClient`]: retries with
 //! backoff while the shard moves).
 
+use tessera_entities::Format;
+
 use crate::client::{ClientError, NatsClient};
 use crate::error::InvokeError;
 use crate::node::{Forwarder, Invocation};
@@ -50,6 +52,25 @@ impl Forwarder for NatsForwarder {
             invocation_id: reply.invocation_id.unwrap_or_default(),
             deduplicated: reply.deduplicated,
         })
+    }
+
+    async fn function(
+        &self,
+        name: &str,
+        body: Vec<u8>,
+        format: Format,
+        invocation_id: &str,
+    ) -> Result<Option<Vec<u8>>, InvokeError> {
+        match self.client.call_as(name, body, format, Some(invocation_id)).await {
+            Ok(reply) => Ok(Some(reply.body)),
+            Err(ClientError::NoResponders { .. }) => Ok(None),
+            Err(ClientError::Status { status, body }) => Err(InvokeError::from_body(status, &body)),
+            Err(ClientError::Timeout { timeout, .. }) => Err(InvokeError::Timeout(format!(
+                "function `{name}`: no answer from a functions node within {} ms",
+                timeout.as_millis()
+            ))),
+            Err(e) => Err(InvokeError::Unavailable(format!("cannot reach a functions node: {e}"))),
+        }
     }
 
     async fn state(&self, entity_type: &str, entity_id: &str) -> Result<StateView, InvokeError> {

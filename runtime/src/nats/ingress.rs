@@ -45,21 +45,33 @@ impl NatsIngress {
                     .map_err(|e| err(e.to_string()))?,
             )
         };
-        let mut calls = link.client.queue_subscribe(s.call(">"), group).await.map_err(|e| err(e.to_string()))?;
-        let stream = link.js.get_stream(s.invoke_stream()).await.map_err(|e| err(e.to_string()))?;
-        let consumer: consumer::PullConsumer = stream
-            .get_or_create_consumer(
-                &s.invoke_consumer(),
-                consumer::pull::Config {
-                    durable_name: Some(s.invoke_consumer()),
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait,
-                    max_deliver,
-                    ..Default::default()
-                },
+        // Functions are served only by nodes with the functions role.
+        let functions = node.config().cluster.roles.functions();
+        let mut calls = if functions {
+            Some(link.client.queue_subscribe(s.call(">"), group).await.map_err(|e| err(e.to_string()))?)
+        } else {
+            None
+        };
+        let consumer: Option<consumer::PullConsumer> = if functions {
+            let stream = link.js.get_stream(s.invoke_stream()).await.map_err(|e| err(e.to_string()))?;
+            Some(
+                stream
+                    .get_or_create_consumer(
+                        &s.invoke_consumer(),
+                        consumer::pull::Config {
+                            durable_name: Some(s.invoke_consumer()),
+                            ack_policy: consumer::AckPolicy::Explicit,
+                            ack_wait,
+                            max_deliver,
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .map_err(|e| err(format!("cannot create the durable consumer: {e}")))?,
             )
-            .await
-            .map_err(|e| err(format!("cannot create the durable consumer: {e}")))?;
+        } else {
+            None
+        };
         let mut tasks = Vec::new();
         let (n, l) = (node.clone(), link.clone());
         tasks.push(tokio::spawn(async move {
@@ -71,6 +83,7 @@ impl NatsIngress {
         }));
         let (n, l) = (node.clone(), link.clone());
         tasks.push(tokio::spawn(async move {
+            let Some(calls) = calls.as_mut() else { return };
             while let Some(msg) = calls.next().await {
                 let (n, l) = (n.clone(), l.clone());
                 tokio::spawn(async move { call(&n, &l, msg).await });
@@ -80,6 +93,7 @@ impl NatsIngress {
         tasks.push(super::commands::start(node.clone(), link.clone(), command_ack_wait, max_deliver));
         let permits = Arc::new(Semaphore::new(node.config().executors.function_concurrency));
         tasks.push(tokio::spawn(async move {
+            let Some(consumer) = consumer else { return };
             loop {
                 let mut messages = match consumer.messages().await {
                     Ok(m) => m,
@@ -239,19 +253,22 @@ async fn call(node: &Node, link: &NatsLink, msg: Message) {
     };
     let name =
         msg.subject.as_str().strip_prefix(&format!("{}.call.", link.subjects.prefix())).unwrap_or_default().to_owned();
+    // The reply in the caller's `Accept` format, else in the request's.
+    let reply_format = header(h, wire::ACCEPT).and_then(Format::from_content_type).unwrap_or(format);
+    let id = header(h, wire::INVOCATION_ID).map_or_else(crate::node::new_invocation_id, str::to_owned);
     let result = match contract::body_size(msg.payload.len(), node.config().http.max_body_bytes) {
         Err(e) => Err(e),
-        Ok(()) => node.call_function(&name, &msg.payload, format).await,
+        Ok(()) => node.call_function_as(&name, &msg.payload, format, id).await,
     };
     match result
-        .and_then(|out| codec::transcode_msgpack(&out, format).map_err(|e| InvokeError::Internal(e.to_string())))
+        .and_then(|out| codec::transcode_msgpack(&out, reply_format).map_err(|e| InvokeError::Internal(e.to_string())))
     {
         Ok(body) => {
             let mut out = HeaderMap::new();
-            out.insert(wire::CONTENT_TYPE, format.content_type());
+            out.insert(wire::CONTENT_TYPE, reply_format.content_type());
             respond(link, reply, 200, out, body).await;
         }
-        Err(e) => respond_error(link, reply, &e, format).await,
+        Err(e) => respond_error(link, reply, &e, reply_format).await,
     }
 }
 

@@ -60,6 +60,10 @@ impl Node {
             .map_err(|e| InvokeError::Malformed(format!("malformed `{name}` input: {e}")))?;
         let _in_flight = InFlight::enter(n)?;
         let timeout = n.config.invocation_timeout();
+        if !n.config.cluster.roles.functions() {
+            *placed.lock().unwrap_or_else(|p| p.into_inner()) = "remote".into();
+            return self.call_remote(name, body, format, &invocation_id, timeout).await;
+        }
         let work = async {
             let _permit =
                 n.functions.acquire().await.map_err(|_| InvokeError::Unavailable("node shutting down".into()))?;
@@ -88,5 +92,52 @@ impl Node {
         tokio::time::timeout(timeout, work).await.map_err(|_| {
             InvokeError::Timeout(format!("function `{name}` took longer than {} ms", timeout.as_millis()))
         })?
+    }
+
+    /// Runs the call on a node of the functions role (this node has not
+    /// got the role). While none answers (the group is scaled to zero, or
+    /// its nodes are starting) the call waits, counted in
+    /// `tessera_functions_unplaced` (the autoscaler's backlog for that
+    /// group), and tries again until its deadline.
+    async fn call_remote(
+        &self,
+        name: &str,
+        body: &[u8],
+        format: Format,
+        invocation_id: &str,
+        timeout: std::time::Duration,
+    ) -> Result<Vec<u8>, InvokeError> {
+        struct Unplaced(prometheus::IntGauge);
+        impl Drop for Unplaced {
+            fn drop(&mut self) {
+                self.0.dec();
+            }
+        }
+        let n = &self.inner;
+        let Some(forwarder) = &n.forwarder else {
+            return Err(InvokeError::Unavailable(format!(
+                "function `{name}`: this node has no functions role and no way to reach a node that has"
+            )));
+        };
+        let started = Instant::now();
+        let mut pause = std::time::Duration::from_millis(50);
+        let mut unplaced = None;
+        loop {
+            if let Some(out) = forwarder.function(name, body.to_vec(), format, invocation_id).await? {
+                return Ok(out);
+            }
+            if started.elapsed() + pause >= timeout {
+                return Err(InvokeError::Unavailable(format!(
+                    "function `{name}`: no node of the functions role answered within {} ms (start one, or let the autoscaler scale the functions group)",
+                    timeout.as_millis()
+                )));
+            }
+            if unplaced.is_none() {
+                n.metrics.functions_unplaced.inc();
+                unplaced = Some(Unplaced(n.metrics.functions_unplaced.clone()));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(std::time::Duration::from_secs(1));
+        }
     }
 }

@@ -21,6 +21,16 @@ pub trait Forwarder: Send + Sync + 'static {
     async fn command(&self, inv: Invocation) -> Result<CommandReply, InvokeError>;
     /// Reads the entity's live state on its owner.
     async fn state(&self, entity_type: &str, entity_id: &str) -> Result<StateView, InvokeError>;
+    /// Runs a function on a node of the functions role (this node has not
+    /// got it); the output is MessagePack. `Ok(None)`: no such node
+    /// answered (nothing ran; the caller may wait and try again).
+    async fn function(
+        &self,
+        name: &str,
+        body: Vec<u8>,
+        format: Format,
+        invocation_id: &str,
+    ) -> Result<Option<Vec<u8>>, InvokeError>;
 }
 
 /// An async function call handed to the queue: the queue delivers it (at

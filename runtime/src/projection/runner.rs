@@ -334,6 +334,13 @@ struct Progress {
     unsaved: Option<(tokio::time::Instant, usize)>,
 }
 
+/// How often the dispatcher stores a unit's checkpoint whose state is
+/// `state_len` bytes: the base interval per KiB (at least once), at most
+/// [`FLOW_SKIP_CHECKPOINT`].
+fn flow_checkpoint_every(base: Duration, state_len: usize) -> Duration {
+    (base * (1 + (state_len / 1024) as u32)).min(FLOW_SKIP_CHECKPOINT.max(base))
+}
+
 /// A worker: follows one unit's feed for one projection until aborted.
 /// Batches are handled as they come; the checkpoint (with the kept state)
 /// is stored at most every `checkpoint_every`, or after `batch` events, or
@@ -343,8 +350,14 @@ async fn work(inner: Arc<Inner>, index: usize, unit: Unit, signals: Signals, sta
     let p = inner.list[index].clone();
     let name = p.name().to_owned();
     let (entity_type, shard) = (unit.0.clone(), unit.1);
-    let every = inner.settings.checkpoint_every;
+    let base_every = inner.settings.checkpoint_every;
     let flow = p.reads_flow();
+    // The dispatcher's checkpoint carries the unit's pending timers: the
+    // larger it is, the less often it is written (every KiB of it adds
+    // the base interval, up to FLOW_SKIP_CHECKPOINT), and not after every
+    // full batch; a crash re-reads what came since (re-armed timers and
+    // re-sent messages are harmless: deliveries are keyed).
+    let mut state_len = 0usize;
     let mut progress: Option<Progress> = None;
     let mut failures = 0u32;
     // Woken by a commit whose events were not visible yet (a journal whose
@@ -372,16 +385,19 @@ async fn work(inner: Arc<Inner>, index: usize, unit: Unit, signals: Signals, sta
                 }
             },
         };
+        let every = if flow { flow_checkpoint_every(base_every, state_len) } else { base_every };
+        let large = flow && every > base_every;
         // Store the checkpoint when due.
         // The dispatcher counts only its records: progress over events it
         // skipped is stored rarely (a crash re-reads them, nothing more).
         if let Some((since, n)) = pr.unsaved
-            && (n >= inner.settings.batch
+            && ((n >= inner.settings.batch && !large)
                 || (since.elapsed() >= every && (n > 0 || !flow))
                 || since.elapsed() >= FLOW_SKIP_CHECKPOINT)
         {
             if flow {
                 pr.current.state = p.checkpoint_state(&entity_type, shard);
+                state_len = pr.current.state.as_ref().map_or(0, Vec::len);
             }
             let stored = inner.checkpoints.store(&name, &entity_type, shard, pr.stored_seq, &pr.current).await;
             if flow {
@@ -526,5 +542,19 @@ pub async fn view_state<S: DeserializeOwned>(
     match stored.checkpoint.state {
         None => Ok(None),
         Some(b) => rmp_serde::from_slice(&b).map(Some).map_err(|e| JournalError::Invalid(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_larger_dispatcher_state_is_checkpointed_less_often_within_a_bound() {
+        let base = Duration::from_millis(250);
+        assert_eq!(flow_checkpoint_every(base, 0), base);
+        assert_eq!(flow_checkpoint_every(base, 1023), base, "small states as before");
+        assert_eq!(flow_checkpoint_every(base, 12 * 1024), base * 13);
+        assert_eq!(flow_checkpoint_every(base, 10 << 20), FLOW_SKIP_CHECKPOINT, "never rarer than the bound");
     }
 }

@@ -251,8 +251,11 @@ pub struct AutoscalerBody {
     pub leader: bool,
     /// Live members this node sees (absent outside a cluster).
     pub members: Option<usize>,
-    /// The policy state while it runs here.
+    /// The policy state while it runs here (of the entities group).
     pub state: Option<tessera_cluster::autoscaler::PolicyState>,
+    /// Every sized group's policy state while it runs here.
+    #[serde(default)]
+    pub groups: std::collections::BTreeMap<tessera_cluster::ScaleGroup, tessera_cluster::autoscaler::PolicyState>,
     /// Its recent decisions, oldest first.
     pub decisions: Vec<DecisionBody>,
 }
@@ -262,6 +265,9 @@ pub struct AutoscalerBody {
 pub struct DecisionBody {
     /// When, ms since the Unix epoch.
     pub at_ms: i64,
+    /// The scale group (`entities`, `functions`).
+    #[serde(default)]
+    pub group: String,
     /// Nodes before.
     pub from: usize,
     /// Nodes asked for.
