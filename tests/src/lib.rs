@@ -134,6 +134,7 @@ pub fn registry() -> Registry {
     Registry::builder()
         .entity(inventory::Stock)
         .function(inventory::ProductUpsert)
+        .function(inventory::ProductImage::new(inventory::Blobs::from_env()))
         .entity(Flaky)
         .function(Sleep)
         .function(Unavailable)

@@ -171,11 +171,13 @@ async fn the_autoscaler_moves_when_its_node_dies() {
 }
 
 /// Node roles, scaled apart: an entities-only node leads and sizes two
-/// groups. The functions group starts at zero; a burst of async calls
-/// waits in JetStream (and a sync call waits for a functions node) until
-/// the autoscaler starts functions-only nodes, which take no shard, run
-/// the backlog and are stopped again when it is gone — while the entities
-/// group does not move and its keyed commands keep being acknowledged.
+/// groups. The functions group starts at zero; a burst of product uploads
+/// (their pictures to process, `product.image` called async) waits in
+/// JetStream, and a sync call waits for a functions node, until the
+/// autoscaler starts functions-only nodes, which take no shard, process
+/// every picture once and are stopped again when the backlog is gone —
+/// while the entities group does not move and its keyed commands keep
+/// being acknowledged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_functions_role_scales_from_zero_and_back_while_the_entities_role_stays() {
     let _serial = SERIAL.lock().await;
@@ -207,7 +209,12 @@ async fn the_functions_role_scales_from_zero_and_back_while_the_entities_role_st
         "--autoscale-down-stable-secs",
         "3",
     ];
-    let n1 = c.start("n1", &nats, &policy).await;
+    // Pictures live in a blob store every node reads (the nodes the local
+    // scaler starts inherit the environment).
+    let blob_dir = c.dir.path().join("blobs");
+    let blobs = inventory::Blobs::new(&blob_dir);
+    let env = [("INVENTORY_BLOB_DIR", blob_dir.to_str().unwrap_or_default())];
+    let n1 = c.start_with_env("n1", &nats, &policy, &env).await;
     c.wait_even(&["n1"], Duration::from_secs(30)).await;
     let targets = Arc::new(std::sync::Mutex::new(vec![n1.base.clone()]));
     let (load, stop) = (Arc::new(Load::default()), Arc::new(AtomicBool::new(false)));
@@ -216,21 +223,22 @@ async fn the_functions_role_scales_from_zero_and_back_while_the_entities_role_st
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(members(&c).await, ["n1"], "nothing to run, nothing started");
 
-    // The burst: 40 uploads' worth of async work, and one sync call.
+    // The burst: 40 product uploads, each a picture to process, and one sync call.
     let http = client();
     let mut ids = Vec::new();
-    for i in 0..40 {
+    for i in 0..40u32 {
+        let picture = blobs.put(&inventory::sample_png(40 + i, 30)).expect("stored");
         let r = http
-            .post(format!("{}/v1/functions/test.sleep?mode=async", n1.base))
+            .post(format!("{}/v1/functions/product.image?mode=async", n1.base))
             .header("content-type", "application/json")
             .header("idempotency-key", format!("upload-{i}"))
-            .body(r#"{"ms":400}"#)
+            .body(json!({"sku": format!("sku-{i}"), "image": picture}).to_string())
             .send()
             .await
             .expect("queued");
         assert_eq!(r.status(), 202, "accepted while no node runs functions");
         let v: serde_json::Value = r.json().await.expect("json");
-        ids.push(v["invocation_id"].as_str().expect("id").to_owned());
+        ids.push((i, v["invocation_id"].as_str().expect("id").to_owned()));
     }
     let burst = Instant::now();
     let sync_base = n1.base.clone();
@@ -258,9 +266,9 @@ async fn the_functions_role_scales_from_zero_and_back_while_the_entities_role_st
         assert!(burst.elapsed() < Duration::from_secs(60), "no functions node started: {:?}", st.members);
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    // Every queued call runs once, on a functions node.
+    // Every queued picture is processed once, on a functions node.
     let mut ran_on = std::collections::BTreeSet::new();
-    for id in &ids {
+    for (i, id) in &ids {
         let v = loop {
             let (s, v) = get(&format!("{}/v1/invocations/{id}", n1.base)).await;
             if s == 200 {
@@ -270,6 +278,7 @@ async fn the_functions_role_scales_from_zero_and_back_while_the_entities_role_st
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
         assert_eq!(v["status"], "ok", "{v}");
+        assert_eq!(v["body"]["width"].as_u64(), Some(u64::from(40 + i)), "the picture's own width: {v}");
         ran_on.insert(v["node_id"].as_str().unwrap_or_default().to_owned());
     }
     let drained_ms = burst.elapsed().as_millis() as u64;
@@ -304,7 +313,7 @@ async fn the_functions_role_scales_from_zero_and_back_while_the_entities_role_st
     assert_eq!(members(&c).await, ["n1"]);
     report(
         "autoscaler-roles",
-        json!({"functions_node_after_ms": up_ms, "backlog_of_40_done_after_ms": drained_ms,
+        json!({"functions_node_after_ms": up_ms, "pictures_40_done_after_ms": drained_ms,
                "back_to_zero_after_ms": down_ms, "ran_on": ran_on, "decisions": of("functions").len(),
                "commands": load.acked.lock().map(|a| a.len()).unwrap_or(0)}),
     );
