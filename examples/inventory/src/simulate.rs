@@ -23,7 +23,8 @@ use anyhow::{Context, ensure};
 use clap::Args;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
-use tessera_runtime::{NodeBuilder, NodeConfig, Server};
+use tessera_cluster::Roles;
+use tessera_runtime::{ClusterMode, NodeBuilder, NodeConfig, Server};
 
 use crate::central::{BridgeConfig, BridgeStats, CentralFeed, run_bridge};
 
@@ -122,6 +123,11 @@ pub struct Local {
     pub dir: PathBuf,
     /// Where the regions' pictures are.
     pub blobs: crate::Blobs,
+    /// Nodes by role, as the report shows them.
+    pub nodes: BTreeMap<String, u64>,
+    /// With NATS: each region's functions-only node (its entities node is
+    /// the region's target).
+    functions: Vec<Server>,
     stop: tokio::sync::watch::Sender<bool>,
     bridges: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -141,6 +147,9 @@ impl Local {
                 c.journal.data_dir = data;
                 c.http.listen = Some("127.0.0.1:0".into());
                 c.projections.checkpoint_every_ms = 100;
+                // A few SKUs and shops: 64 shards are plenty, and each unit
+                // of each entity type costs its projections a worker.
+                c.journal.shards = 64;
             });
             tweak(&mut config);
             config
@@ -158,17 +167,37 @@ impl Local {
             .map_or(0, |d| d.as_millis() % 100_000_000);
         let prefix = |r: u32| format!("inv{run}r{r}");
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let (mut regions, mut stats, mut bridges) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut regions, mut stats, mut bridges, mut functions) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for r in 0..n {
             let name = format!("region{r}");
             let s = Arc::new(BridgeStats::default());
             let mut builder = NodeBuilder::new(crate::registry_with(blobs.clone())?);
+            // With NATS a region runs its stateful and stateless work on
+            // separate nodes (roles), as a deployment would: an entities
+            // node (the target) and a functions node (`product.image`).
+            let roles = |c: &mut NodeConfig, roles: Roles, id: String, url: &str| {
+                c.nats.url = Some(url.to_owned());
+                c.nats.prefix = prefix(r);
+                c.cluster.mode = ClusterMode::On;
+                c.cluster.roles = roles;
+                c.cluster.node_id = Some(id);
+            };
             let config = match &nats {
-                Some(url) => node(&name, &|c| {
-                    c.nats.url = Some(url.clone());
-                    c.nats.prefix = prefix(r);
-                    c.projections.jetstream_types = "stock,product".into();
-                }),
+                Some(url) => {
+                    let f = node(&format!("{name}-functions"), &|c| {
+                        roles(c, Roles::FUNCTIONS, format!("{name}-functions"), url);
+                    });
+                    let f = NodeBuilder::new(crate::registry_with(blobs.clone())?)
+                        .config(f)
+                        .build()
+                        .await
+                        .with_context(|| format!("starting {name}'s functions node"))?;
+                    functions.push(f);
+                    node(&name, &|c| {
+                        roles(c, Roles::ENTITIES, format!("{name}-entities"), url);
+                        c.projections.jetstream_types = "stock,product".into();
+                    })
+                }
                 None => {
                     builder = builder.projection(CentralFeed::new(&name, &central_base, s.clone()));
                     node(&name, &|_| {})
@@ -195,7 +224,16 @@ impl Local {
             ),
             None => "a feed projection on each regional node, over HTTP (no NATS given)".to_owned(),
         };
-        Ok(Self { regions, central, central_base, stats, road, dir, blobs, stop, bridges })
+        let nodes = if nats.is_some() {
+            BTreeMap::from([
+                ("regional entities".to_owned(), u64::from(n)),
+                ("regional functions".to_owned(), u64::from(n)),
+                ("central".to_owned(), 1),
+            ])
+        } else {
+            BTreeMap::from([("regional (entities+functions)".to_owned(), u64::from(n)), ("central".to_owned(), 1)])
+        };
+        Ok(Self { regions, central, central_base, stats, road, dir, blobs, nodes, functions, stop, bridges })
     }
 
     /// Stops the bridges and the nodes.
@@ -206,6 +244,9 @@ impl Local {
         }
         for (_, s) in self.regions {
             s.shutdown().await;
+        }
+        for f in self.functions {
+            f.shutdown().await;
         }
         self.central.shutdown().await;
     }
@@ -280,6 +321,15 @@ struct Sample {
     nodes: BTreeMap<String, u64>,
 }
 
+/// How the regions are deployed, as the report describes them.
+#[derive(Debug, Clone, Copy)]
+pub struct Deployment<'a> {
+    /// How regional events reach the central view.
+    pub road: &'a str,
+    /// Nodes by role (empty: as deployed, unknown here).
+    pub nodes: &'a BTreeMap<String, u64>,
+}
+
 /// Drives the regions, waits for everything to settle, checks, reports.
 pub async fn simulate(
     args: &SimulateArgs,
@@ -287,9 +337,10 @@ pub async fn simulate(
     central: &str,
     stats: &[(String, Arc<BridgeStats>)],
     out: &std::path::Path,
-    road: &str,
     blobs: &crate::Blobs,
+    deployment: Deployment<'_>,
 ) -> anyhow::Result<Value> {
+    let Deployment { road, nodes: layout } = deployment;
     ensure!(!targets.is_empty(), "no regions to drive");
     let http = reqwest::Client::builder().pool_max_idle_per_host(128).timeout(Duration::from_secs(30)).build()?;
     let tally = Arc::new(Mutex::new(Tally::default()));
@@ -335,7 +386,11 @@ pub async fn simulate(
     let samples = Arc::new(Mutex::new(Vec::<Sample>::new()));
     let sampler = {
         let (tally, samples, bar, stats) = (tally.clone(), samples.clone(), bar.clone(), stats.to_vec());
-        let regions = targets.len() as u64;
+        let nodes = if layout.is_empty() {
+            BTreeMap::from([("regional (as deployed)".to_owned(), targets.len() as u64)])
+        } else {
+            layout.clone()
+        };
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             let mut last = 0;
@@ -343,9 +398,7 @@ pub async fn simulate(
                 tick.tick().await;
                 let done = tally.lock().unwrap().done;
                 let lag = stats.iter().map(|(_, s)| s.lag_ms.load(Ordering::Relaxed)).max().unwrap_or(0);
-                // Every in-process region is one node serving both roles.
-                let nodes =
-                    BTreeMap::from([("regional (entities+functions)".to_owned(), regions), ("central".to_owned(), 1)]);
+                let nodes = nodes.clone();
                 samples.lock().unwrap().push(Sample {
                     t_s: started.elapsed().as_secs_f64(),
                     commands: done.saturating_sub(last),
@@ -746,7 +799,8 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
         let out = args.out.clone().unwrap_or_else(|| PathBuf::from("inventory-report"));
         // Pictures go where the regions' `product.image` reads them (a shared directory here; S3 in production).
         let blobs = crate::Blobs::from_env();
-        let report = simulate(&args, &targets, &central, &[], &out, "the regions' own configuration", &blobs).await?;
+        let deployment = Deployment { road: "the regions' own configuration", nodes: &BTreeMap::new() };
+        let report = simulate(&args, &targets, &central, &[], &out, &blobs, deployment).await?;
         print_summary(&report);
         println!("report: {}", out.join("report.json").display());
         return ensure_checks(&report);
@@ -766,7 +820,8 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
     println!("regional events reach the central region through {}", local.road);
     let targets: Vec<Target> = local.regions.iter().map(|(t, _)| t.clone()).collect();
     let out = args.out.clone().unwrap_or_else(|| dir.join("report"));
-    let report = simulate(&args, &targets, &local.central_base, &local.stats, &out, &local.road, &local.blobs).await;
+    let deployment = Deployment { road: &local.road, nodes: &local.nodes };
+    let report = simulate(&args, &targets, &local.central_base, &local.stats, &out, &local.blobs, deployment).await;
     local.shutdown().await;
     let report = report?;
     print_summary(&report);

@@ -204,6 +204,8 @@ impl LocalJournal {
     }
 
     fn open_with(b: LocalJournalBuilder) -> Result<Self, OpenError> {
+        /// How long an open waits for another holder of the lock to let go.
+        const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
         let path = b.path;
         std::fs::create_dir_all(&path).map_err(|e| io_err(&path, e))?;
         check_marker(&path)?;
@@ -213,10 +215,19 @@ impl LocalJournal {
             .write(true)
             .open(path.join("LOCK"))
             .map_err(|e| io_err(&path, e))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => return Err(OpenError::Locked { path: path.display().to_string() }),
-            Err(TryLockError::Error(e)) => return Err(io_err(&path, e)),
+        // A journal closed in this process a moment ago may still be
+        // finishing (its last tasks drop it): wait a little for the lock
+        // before saying another holder has it.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(TryLockError::WouldBlock) => return Err(OpenError::Locked { path: path.display().to_string() }),
+                Err(TryLockError::Error(e)) => return Err(io_err(&path, e)),
+            }
         }
         let db = Database::builder(path.join("data"))
             .cache_size(b.cache_bytes)

@@ -27,6 +27,9 @@ use crate::now_ms;
 const FLOW_POLL: Duration = Duration::from_secs(1);
 /// Longest the dispatcher waits to store progress over events it skipped.
 const FLOW_SKIP_CHECKPOINT: Duration = Duration::from_secs(10);
+/// The dispatcher reads an idle unit's feed at least this often, even with
+/// no commit on this node since (see `work`).
+const FLOW_IDLE_LOOK: Duration = Duration::from_secs(30);
 
 /// How workers read and wait.
 #[derive(Debug, Clone, Copy)]
@@ -68,6 +71,7 @@ type Unit = (String, u32);
 
 struct Worker {
     wake: Arc<Notify>,
+    dirty: Arc<AtomicBool>,
     /// Set (then `wake`) when the stored checkpoint was moved under it.
     reload: Arc<AtomicBool>,
     status: Arc<Mutex<UnitStatus>>,
@@ -165,9 +169,10 @@ impl Projections {
                 ..Default::default()
             }));
             let (wake, reload) = (Arc::new(Notify::new()), Arc::new(AtomicBool::new(false)));
-            let signals = Signals { wake: wake.clone(), reload: reload.clone() };
+            let dirty = Arc::new(AtomicBool::new(true));
+            let signals = Signals { wake: wake.clone(), reload: reload.clone(), dirty: dirty.clone() };
             let task = tokio::spawn(work(self.inner.clone(), i, unit.clone(), signals, status.clone()));
-            running.push((i, Worker { wake, reload, status, task }));
+            running.push((i, Worker { wake, reload, dirty, status, task }));
         }
     }
 
@@ -203,6 +208,7 @@ impl Projections {
         let workers = self.inner.workers.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(ws) = workers.get(&(entity_type.to_owned(), shard)) {
             for (i, w) in ws {
+                w.dirty.store(true, Ordering::Release);
                 if flow || !self.inner.list[*i].reads_flow() {
                     w.wake.notify_one();
                 }
@@ -320,6 +326,10 @@ impl Inner {
 struct Signals {
     /// Events were committed (or a rewind happened).
     wake: Arc<Notify>,
+    /// Events were committed since the worker last looked (set by every
+    /// commit; the dispatcher, woken only by commits with its records,
+    /// skips its idle look at a unit nothing was committed to).
+    dirty: Arc<AtomicBool>,
     /// The stored checkpoint moved: drop what is in memory.
     reload: Arc<AtomicBool>,
 }
@@ -346,7 +356,7 @@ fn flow_checkpoint_every(base: Duration, state_len: usize) -> Duration {
 /// is stored at most every `checkpoint_every`, or after `batch` events, or
 /// when caught up — a crash redelivers what was handled since.
 async fn work(inner: Arc<Inner>, index: usize, unit: Unit, signals: Signals, status: Arc<Mutex<UnitStatus>>) {
-    let Signals { wake, reload } = signals;
+    let Signals { wake, reload, dirty } = signals;
     let p = inner.list[index].clone();
     let name = p.name().to_owned();
     let (entity_type, shard) = (unit.0.clone(), unit.1);
@@ -364,6 +374,7 @@ async fn work(inner: Arc<Inner>, index: usize, unit: Unit, signals: Signals, sta
     // feed lags its acks): look again soon, a few times.
     let mut hinted = 0u32;
     let mut read_to_end = false;
+    let mut last_look = tokio::time::Instant::now();
     loop {
         let backoff = Duration::from_millis(100 * 2u64.pow(failures.min(8))).min(Duration::from_secs(30));
         if reload.swap(false, Ordering::AcqRel) {
@@ -429,6 +440,7 @@ async fn work(inner: Arc<Inner>, index: usize, unit: Unit, signals: Signals, sta
         let read: Result<Vec<_>, JournalError> = if std::mem::take(&mut read_to_end) {
             Ok(Vec::new())
         } else {
+            last_look = tokio::time::Instant::now();
             inner.journal.events_by_shard(&entity_type, shard, after).take(inner.settings.batch).try_collect().await
         };
         let events = match read {
@@ -453,6 +465,8 @@ async fn work(inner: Arc<Inner>, index: usize, unit: Unit, signals: Signals, sta
                 st.feed_last = st.feed_last.max(after);
                 st.lag = st.feed_last - after;
             });
+            // The dispatcher's idle look (nothing unsaved, no hint pending).
+            let polling = flow && pr.unsaved.is_none() && hinted == 0;
             // Caught up with unsaved progress: store it once it is due.
             let wait = match pr.unsaved {
                 Some((since, 0)) if flow => FLOW_SKIP_CHECKPOINT.saturating_sub(since.elapsed()),
@@ -462,7 +476,8 @@ async fn work(inner: Arc<Inner>, index: usize, unit: Unit, signals: Signals, sta
                     Duration::from_millis(20 << (5 - hinted.min(5)))
                 }
                 // The dispatcher is woken only by commits with its records:
-                // it looks often, so that the events it skips stay few.
+                // it looks often at units that had other commits, so that
+                // the events it skips stay few (and not at all at the others).
                 None if flow => inner.settings.idle_poll.min(FLOW_POLL),
                 None => inner.settings.idle_poll,
             };
@@ -478,6 +493,15 @@ async fn work(inner: Arc<Inner>, index: usize, unit: Unit, signals: Signals, sta
                 // checkpoint's only writer — a rewind wakes it, a stale
                 // store conflicts.)
                 Err(_) if !unsaved && hinted == 0 && !flow => progress = None,
+                // Nothing was committed to the unit since the last look: no
+                // need to read its feed (thousands of idle units otherwise
+                // cost a journal read each, every second).
+                // (It still looks every FLOW_IDLE_LOOK: a record another
+                // node committed before a move, visible late in a lagging
+                // feed, is not left behind.)
+                Err(_) if polling && last_look.elapsed() < FLOW_IDLE_LOOK && !dirty.swap(false, Ordering::AcqRel) => {
+                    read_to_end = true
+                }
                 Err(_) => {}
             }
             continue;
