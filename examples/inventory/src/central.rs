@@ -7,8 +7,10 @@
 //!
 //! Exactly once: the bridge reads the stream in order (bounded fetches of
 //! an ephemeral consumer, from the position the central region stored for
-//! it; async-nats' ordered consumer stream stalled for a minute or more
-//! about one run in four here, so the bridge does its gap checks itself) and never
+//! it; with async-nats' ordered consumer the road stalled for a minute or
+//! more about one run in four here, cause not pinned down, so the bridge
+//! does its gap checks itself; each fetch is drained before it is posted:
+//! a fetch read slower than its expiry loses its rest) and never
 //! moves past an event it could not deliver (it retries it in place), so
 //! each regional stock's events reach the central view in seq order; the
 //! view counts a seq once (see [`crate::Availability`]). (A durable pull
@@ -278,9 +280,9 @@ async fn post_until_taken(
 /// the central region stored for it (`bridge_offset/{region}`), which it
 /// moves forward every second, through an ephemeral consumer without acks
 /// read in bounded fetches; it recreates the consumer from its position
-/// after any error or a gap in the delivery sequence (what an ordered
-/// consumer does, without its long-lived push of messages, which stalled
-/// now and then: see the module doc).
+/// after any error, a gap in the delivery sequence, or messages the
+/// consumer delivered that never arrived (what an ordered consumer does,
+/// without its long-lived stream of messages: see the module doc).
 /// Everything after the stored position is sent again after a restart;
 /// the view counts each regional seq once.
 pub async fn run_bridge(

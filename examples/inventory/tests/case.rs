@@ -233,9 +233,9 @@ async fn two_regions_and_the_central_view_agree_over_http() {
 }
 
 /// The same with each region's events on a real nats-server (the
-/// JetStream sink and a bridge per region). (It once stalled: the bridge
-/// lost the rest of a fetch it read slower than the fetch's expiry, and
-/// nothing after the load revealed the gap; see `central::run_bridge`.)
+/// JetStream sink and a bridge per region). (It was ignored for stalls
+/// with the ordered consumer; the bridge now reads drained fetches, see
+/// `central::run_bridge`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_regions_and_the_central_view_agree_over_jetstream() {
     tessera_test_support::servers::init_tracing();

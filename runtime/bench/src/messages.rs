@@ -248,26 +248,21 @@ pub(super) async fn run(s: Sizes, scratch: &Path) -> anyhow::Result<Value> {
     let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
     // The entities first (so the memory measured next is the timers'), then
     // one timer on each, its fire recording its lateness.
-    concurrently(timers, s.callers, {
-        let node = node.clone();
-        move |i| {
+    let count_all = || {
+        concurrently(timers, s.callers, {
             let node = node.clone();
-            async move { invoke(&node, "bench-pinger", format!("t{i}"), "count", Value::Null).await }
-        }
-    })
-    .await?;
+            move |i| {
+                let node = node.clone();
+                async move { invoke(&node, "bench-pinger", format!("t{i}"), "count", Value::Null).await }
+            }
+        })
+    };
+    count_all().await?;
     // The baseline of the memory figure: the same number of appends on the
     // same active entities without timers (journal memtables and caches grow
     // with appends either way).
     let rss_start = rss();
-    concurrently(timers, s.callers, {
-        let node = node.clone();
-        move |i| {
-            let node = node.clone();
-            async move { invoke(&node, "bench-pinger", format!("t{i}"), "count", Value::Null).await }
-        }
-    })
-    .await?;
+    count_all().await?;
     let rss_before = rss();
     let bytes_per_append = rss_before.saturating_sub(rss_start) as f64 / timers as f64;
     *SPREAD.lock().unwrap_or_else(|p| p.into_inner()) = Some(hdrhistogram::Histogram::new(3)?);
