@@ -219,23 +219,26 @@ async fn a_million_events_replay_as_a_stream() {
         let (j, e, s) = (j.clone(), e.clone(), seq);
         // Unconditional appends rewrite the same rows, so a timed-out batch can be retried.
         pending.push(async move {
-            let mut tries = 0;
+            let (started, mut tries) = (std::time::Instant::now(), 0u64);
             loop {
                 match j.append(&e, s, events.clone()).await {
                     // The load is not what this test measures: a server
                     // timing out under it (this test runs beside the
-                    // others) gets time to catch up.
-                    Err(err) if tries < 10 => {
+                    // others, on two cores) gets time to catch up: a
+                    // flush or a compaction can stall it for many seconds.
+                    Err(err) if started.elapsed() < std::time::Duration::from_secs(240) => {
                         tries += 1;
-                        eprintln!("retrying a load batch: {err}");
-                        tokio::time::sleep(std::time::Duration::from_millis(250 * tries)).await;
+                        if tries % 5 == 1 {
+                            eprintln!("retrying a load batch (try {tries}): {err}");
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis((500 * tries).min(5000))).await;
                     }
                     r => return r,
                 }
             }
         });
         seq += 1000;
-        if pending.len() >= 4 {
+        if pending.len() >= 2 {
             pending.try_next().await.unwrap();
         }
     }

@@ -56,6 +56,25 @@ pub fn idempotency_key(key: Option<&str>) -> Result<Option<String>, InvokeError>
     }
 }
 
+/// Keys starting with this are the runtime's own (deliveries of messages,
+/// replies and function calls between entities: `tessera:{type}:{id}:{seq}`);
+/// a client may not use them, or it could pre-empt a delivery.
+pub const RESERVED_KEY_PREFIX: &str = "tessera:";
+
+/// A key a client sent at the edge: [`idempotency_key`], and not in the
+/// runtime's reserved namespace ([`RESERVED_KEY_PREFIX`]).
+pub fn client_key(key: Option<&str>) -> Result<Option<String>, InvokeError> {
+    let key = idempotency_key(key)?;
+    if let Some(k) = &key
+        && k.starts_with(RESERVED_KEY_PREFIX)
+    {
+        return Err(InvokeError::Malformed(format!(
+            "idempotency key `{k}`: keys starting with `{RESERVED_KEY_PREFIX}` are reserved for the runtime's own deliveries"
+        )));
+    }
+    Ok(key)
+}
+
 /// An entity id, checked.
 pub fn entity_id(id: &str) -> Result<(), InvokeError> {
     if id.is_empty() || id.len() > MAX_ID_BYTES || id.chars().any(char::is_control) {

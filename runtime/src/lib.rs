@@ -15,6 +15,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod auth;
 pub mod autoscaler;
 pub mod cli;
 pub mod client;

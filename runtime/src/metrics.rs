@@ -73,6 +73,9 @@ pub struct Metrics {
     pub projection_errors: IntCounterVec,
     /// Seconds from an event's commit to its handling by a projection.
     pub projection_delay: HistogramVec,
+    /// HTTP requests refused by authentication or authorisation, by reason
+    /// (`missing`, `invalid`, `forbidden`).
+    pub auth_refusals: IntCounterVec,
     /// Messages between entities, timers and function calls.
     pub flow: FlowMetrics,
 }
@@ -268,12 +271,19 @@ impl Metrics {
         ] {
             registry.register(c).expect("unique metric");
         }
+        let auth_refusals = IntCounterVec::new(
+            Opts::new("tessera_auth_refusals_total", "HTTP requests refused by authentication or authorisation"),
+            &["reason"],
+        )
+        .expect("metric");
+        registry.register(Box::new(auth_refusals.clone())).expect("unique metric");
         let flow = FlowMetrics::new();
         for c in flow.collectors() {
             registry.register(c).expect("unique metric");
         }
         Self {
             flow,
+            auth_refusals,
             registry,
             requests,
             latency,

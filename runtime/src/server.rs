@@ -70,6 +70,12 @@ pub enum NodeError {
     /// The node could not join its cluster.
     #[error(transparent)]
     Cluster(#[from] tessera_cluster::ClusterError),
+    /// The authentication keys could not be read.
+    #[error("auth: {0}")]
+    Auth(#[from] crate::auth::AuthConfigError),
+    /// The HTTPS certificate or key could not be used.
+    #[error("https: {0}")]
+    Tls(String),
 }
 
 /// Builds and starts a node.
@@ -161,6 +167,8 @@ impl NodeBuilder {
     pub async fn build(self) -> Result<Server, NodeError> {
         let config = self.config;
         config.validate()?;
+        let auth = crate::auth::Authenticator::from_config(&config.auth)?;
+        let tls = crate::http::tls_acceptor(&config.http)?;
         let metrics = Metrics::new();
         let (journal, scylla) = open_journal(self.journal.is_some(), self.journal, &config, &metrics).await?;
         let journal = match &self.journal_layer {
@@ -288,7 +296,10 @@ impl NodeBuilder {
         };
         let http = match listener {
             Some(l) => {
-                let server = l.serve(node.clone(), status.clone());
+                if let Some(a) = &auth {
+                    services.tasks.push(a.spawn_reloader());
+                }
+                let server = l.serve(node.clone(), status.clone(), auth, tls);
                 tracing::info!(addr = %server.addr(), "HTTP listening");
                 Some(server)
             }

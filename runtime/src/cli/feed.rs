@@ -106,7 +106,7 @@ async fn answer<T: serde::de::DeserializeOwned>(resp: reqwest::Response) -> anyh
 /// Runs `feed ...`.
 pub async fn feed(cmd: FeedCmd) -> anyhow::Result<()> {
     let FeedCmd::Tail { node, entity_type, shard, from } = cmd;
-    let http = reqwest::Client::new();
+    let http = super::http_client()?;
     let paths = match (entity_type, shard) {
         (Some(t), Some(s)) => vec![format!("/v1/feed/{t}/{s}?from={from}")],
         (Some(t), None) => vec![format!("/v1/feed/{t}?from={from}")],
@@ -170,7 +170,7 @@ fn print_projection(p: &ProjectionBody) {
 
 /// Runs `projection ...`.
 pub async fn projection(cmd: ProjectionCmd) -> anyhow::Result<()> {
-    let http = reqwest::Client::new();
+    let http = super::http_client()?;
     match cmd {
         ProjectionCmd::List { node } => {
             let list: ProjectionsBody = answer(http.get(node.url("/v1/projections")).send().await?).await?;

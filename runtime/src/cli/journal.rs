@@ -151,7 +151,7 @@ impl Source {
                     Err(e) => Err(e.into()),
                 }
             }
-            (None, Some(http)) => Ok(Self::Http { base: base_url(http), client: reqwest::Client::new() }),
+            (None, Some(http)) => Ok(Self::Http { base: base_url(http), client: super::http_client()? }),
             (None, None) => bail!("give --data-dir DIR (node stopped), --http ADDR (node running) or --scylla URL"),
         }
     }

@@ -96,6 +96,35 @@ pub struct Layers {
     pub projections: Vec<std::sync::Arc<dyn crate::projection::Projection>>,
 }
 
+/// The HTTP client of the CLI's commands (and of tools that talk to a
+/// node, like the inventory simulator): `TESSERA_TOKEN` (a JWT or an API
+/// key) goes in `Authorization: Bearer`, and `TESSERA_HTTP_CA` names a PEM
+/// certificate to trust for `https://` nodes signed by a private CA. The
+/// token is never printed.
+pub fn http_client() -> anyhow::Result<reqwest::Client> {
+    use anyhow::Context as _;
+    let mut b = reqwest::Client::builder();
+    if let Ok(token) = std::env::var("TESSERA_TOKEN")
+        && !token.trim().is_empty()
+    {
+        let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+            .context("TESSERA_TOKEN holds characters a header cannot carry")?;
+        v.set_sensitive(true);
+        b = b.default_headers([(reqwest::header::AUTHORIZATION, v)].into_iter().collect());
+    }
+    if let Ok(ca) = std::env::var("TESSERA_HTTP_CA")
+        && !ca.is_empty()
+    {
+        let pem = std::fs::read(&ca).with_context(|| format!("cannot read TESSERA_HTTP_CA={ca}"))?;
+        for cert in
+            reqwest::Certificate::from_pem_bundle(&pem).with_context(|| format!("{ca}: not PEM certificates"))?
+        {
+            b = b.add_root_certificate(cert);
+        }
+    }
+    b.build().context("cannot build the HTTP client")
+}
+
 /// Runs a shared subcommand; `serve` wraps its stores in `layers`.
 pub async fn run_with(cmd: Command, registry: Registry, layers: Layers) -> anyhow::Result<()> {
     match cmd {

@@ -81,7 +81,7 @@ pub(crate) fn base_url(http: &str) -> String {
 async fn post(url: String, body: Option<String>, key: Option<String>) -> anyhow::Result<()> {
     let body = body.unwrap_or_else(|| "{}".into());
     serde_json::from_str::<serde_json::Value>(&body).context("the body must be JSON")?;
-    let mut req = reqwest::Client::new().post(&url).header(wire::CONTENT_TYPE, "application/json").body(body);
+    let mut req = super::http_client()?.post(&url).header(wire::CONTENT_TYPE, "application/json").body(body);
     if let Some(k) = key {
         req = req.header(wire::IDEMPOTENCY_KEY, k);
     }

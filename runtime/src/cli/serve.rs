@@ -68,14 +68,18 @@ impl clap::Args for ServeArgs {
                     .action(clap::ArgAction::SetTrue)
                     .help("Print the effective configuration and where each value came from, then exit"),
             );
+        let defaults = toml::Table::try_from(NodeConfig::default()).unwrap_or_default();
         for k in NodeConfig::knobs() {
-            cmd = cmd.arg(
-                clap::Arg::new(leak(k.key())).long(k.flag).env(leak(k.env())).value_name("VALUE").help(leak(format!(
-                    "{} [{}]",
-                    k.help.trim(),
-                    k.key()
-                ))),
-            );
+            let mut arg = clap::Arg::new(leak(k.key()))
+                .long(k.flag)
+                .env(leak(k.env()))
+                .value_name("VALUE")
+                .help(leak(format!("{} [{}]", k.help.trim(), k.key())));
+            // A boolean knob is a switch (`--insecure`), or takes `true`/`false`.
+            if defaults.get(k.section).and_then(|t| t.get(k.name)).is_some_and(toml::Value::is_bool) {
+                arg = arg.num_args(0..=1).default_missing_value("true");
+            }
+            cmd = cmd.arg(arg);
         }
         cmd
     }
@@ -130,21 +134,20 @@ pub(crate) async fn run(args: ServeArgs, registry: Registry, layers: super::Laye
     let addr = node.http_addr().map(|a| a.to_string()).unwrap_or_else(|| "-".into());
     let types: Vec<_> = registry.entities().map(|e| e.type_name()).collect();
     let functions: Vec<_> = registry.functions().map(|f| f.name()).collect();
-    let nats = node.config().nats.url.clone().map(|u| format!("  nats: {u}")).unwrap_or_default();
+    let nats =
+        node.config().nats.url.as_deref().map(|u| format!("  nats: {}", without_credentials(u))).unwrap_or_default();
     let journal = match &node.config().journal.kind {
         JournalKind::Local => data_dir.display().to_string(),
         JournalKind::Memory => "memory".into(),
-        // Without the credentials.
-        JournalKind::Scylla(url) => match (url.split_once("://"), url.rsplit_once('@')) {
-            (Some((scheme, _)), Some((_, host))) => format!("{scheme}://{host}"),
-            _ => url.clone(),
-        },
+        JournalKind::Scylla(url) => without_credentials(url),
     };
+    let scheme = if node.config().http.tls_cert_file.is_some() { "https" } else { "http" };
+    let auth = if node.config().auth.enabled() { "  auth: on" } else { "" };
     let cluster = if node.clustered() { "  cluster: joined" } else { "" };
     let roles = node.config().cluster.roles;
     let roles = if roles == tessera_cluster::Roles::BOTH { String::new() } else { format!("  roles: {roles}") };
     eprintln!(
-        "tessera node {} serving http://{addr}{nats}  journal: {journal}{cluster}{roles}  entities: {types:?}  functions: {functions:?}",
+        "tessera node {} serving {scheme}://{addr}{nats}  journal: {journal}{cluster}{roles}{auth}  entities: {types:?}  functions: {functions:?}",
         node.node_id(),
     );
     tokio::select! {
@@ -154,6 +157,14 @@ pub(crate) async fn run(args: ServeArgs, registry: Registry, layers: super::Laye
     eprintln!("shutting down");
     node.shutdown().await;
     Ok(())
+}
+
+/// A server URL without the `user:password@` it may carry (for logs).
+fn without_credentials(url: &str) -> String {
+    match (url.split_once("://"), url.rsplit_once('@')) {
+        (Some((scheme, _)), Some((_, host))) => format!("{scheme}://{host}"),
+        _ => url.to_owned(),
+    }
 }
 
 /// Resolves when the process named by `TESSERA_PARENT_PID` (set by the

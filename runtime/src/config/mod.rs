@@ -1,6 +1,6 @@
 //! Node configuration in sections (`[journal]`, `[http]`, `[nats]`,
 //! `[cluster]`, `[autoscaler]`, `[executors]`, `[limits]`,
-//! `[observability]`), every knob declared once (see [`knob`]): defaults
+//! `[observability]`, `[projections]`, `[auth]`), every knob declared once (see [`knob`]): defaults
 //! that work out of the box, overridden by a TOML file, then by `TESSERA_*`
 //! environment variables, then by flags. [`Layered`] keeps where each value
 //! came from (`serve --print-config`). A key a file does not know is an
@@ -27,8 +27,8 @@ use std::time::Duration;
 pub use kinds::{AutoscalerKind, ClusterMode, JournalKind};
 pub use knob::{Knob, Source};
 pub use sections::{
-    AutoscalerSection, ClusterSection, ExecutorsSection, HttpSection, JournalSection, LimitsSection, NatsSection,
-    ObservabilitySection, ProjectionsSection,
+    AuthSection, AutoscalerSection, ClusterSection, ExecutorsSection, HttpSection, JournalSection, LimitsSection,
+    NatsSection, ObservabilitySection, ProjectionsSection,
 };
 
 /// Everything a node can be configured with.
@@ -53,6 +53,8 @@ pub struct NodeConfig {
     pub observability: ObservabilitySection,
     /// Projections and the JetStream sink.
     pub projections: ProjectionsSection,
+    /// Authentication of the HTTP API.
+    pub auth: AuthSection,
 }
 
 /// Why a configuration is unusable.
@@ -105,6 +107,7 @@ impl NodeConfig {
             LimitsSection::KNOBS,
             ObservabilitySection::KNOBS,
             ProjectionsSection::KNOBS,
+            AuthSection::KNOBS,
         ]
         .into_iter()
         .flatten()
@@ -134,6 +137,7 @@ impl NodeConfig {
             "limits" => self.limits.set(field, raw),
             "observability" => self.observability.set(field, raw),
             "projections" => self.projections.set(field, raw),
+            "auth" => self.auth.set(field, raw),
             other => Err(format!("no section [{other}]")),
         }
     }
@@ -208,6 +212,20 @@ impl NodeConfig {
                 self.projections.jetstream_format
             )));
         }
+        if self.http.tls_cert_file.is_some() != self.http.tls_key_file.is_some() {
+            return Err(ConfigError::Invalid("http.tls_cert_file and http.tls_key_file go together".into()));
+        }
+        if let Some(listen) = &self.http.listen
+            && !self.auth.enabled()
+            && !self.auth.insecure
+            && !loopback(listen)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "http.listen = {listen} is reachable from other machines and no authentication is configured: \
+                 set auth.api_keys_file or a JWT key (--api-keys-file, --jwt-secret-file, --jwt-public-keys; see docs/security.md), \
+                 or pass --insecure to serve it to anyone who can reach it"
+            )));
+        }
         if self.cluster.lease_ttl_ms < 300 {
             return Err(ConfigError::Invalid(format!(
                 "cluster.lease_ttl_ms must be at least 300, got {}",
@@ -267,6 +285,15 @@ impl NodeConfig {
     pub fn invocation_timeout(&self) -> Duration {
         Duration::from_millis(self.limits.invocation_timeout_ms)
     }
+}
+
+/// True when `listen` (`host:port`) binds only the loopback interface.
+/// Names other than `localhost` count as reachable: they may resolve anywhere.
+pub fn loopback(listen: &str) -> bool {
+    if let Ok(a) = listen.parse::<std::net::SocketAddr>() {
+        return a.ip().is_loopback();
+    }
+    listen.rsplit_once(':').is_some_and(|(host, _)| host.eq_ignore_ascii_case("localhost"))
 }
 
 /// A configuration and where each of its values came from.
@@ -408,5 +435,27 @@ mod tests {
         let e = c.set("journal.shards", "many").unwrap_err();
         assert!(!e.is_empty());
         assert!(c.set("journal.nope", "1").unwrap_err().contains("nope"));
+    }
+
+    #[test]
+    fn a_reachable_address_needs_auth_or_insecure() {
+        for (listen, ok) in [
+            ("127.0.0.1:8080", true),
+            ("[::1]:8080", true),
+            ("localhost:8080", true),
+            ("0.0.0.0:8080", false),
+            ("[::]:8080", false),
+            ("10.1.2.3:8080", false),
+            ("node-1.internal:8080", false),
+        ] {
+            let c = NodeConfig::default().with(|c| c.http.listen = Some(listen.into()));
+            assert_eq!(c.validate().is_ok(), ok, "{listen}");
+            if !ok {
+                let e = c.validate().unwrap_err().to_string();
+                assert!(e.contains("--insecure") && e.contains("docs/security.md"), "{e}");
+                assert!(c.clone().with(|c| c.auth.insecure = true).validate().is_ok());
+                assert!(c.with(|c| c.auth.api_keys_file = Some("keys.toml".into())).validate().is_ok());
+            }
+        }
     }
 }

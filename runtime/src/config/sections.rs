@@ -56,6 +56,37 @@ section! {
         listen: Option<String> = Some("127.0.0.1:8080".into()), flag "http";
         /// Largest accepted request body, bytes (NATS payloads too).
         max_body_bytes: usize = 1 << 20, flag "max-body-bytes";
+        /// Serve HTTPS with this PEM certificate chain (with `tls_key_file`).
+        tls_cert_file: Option<PathBuf> = None, flag "http-tls-cert";
+        /// The PEM private key of `tls_cert_file`.
+        tls_key_file: Option<PathBuf> = None, flag "http-tls-key";
+    }
+}
+
+section! {
+    /// `[auth]`: who may call the HTTP API (off unless a key source is set; see docs/security.md).
+    AuthSection "auth" {
+        /// API keys: a TOML file of `[[key]]` entries (`name`, `tenant`, `scopes`, and `sha256` of the key or `key`); re-read when it changes.
+        api_keys_file: Option<PathBuf> = None, flag "api-keys-file";
+        /// HS256 JWTs: a file holding the shared secret (at least 32 bytes; trailing whitespace ignored).
+        jwt_secret_file: Option<PathBuf> = None, flag "jwt-secret-file";
+        /// RS256/EdDSA/ES256 JWTs: PEM public-key files, comma-separated (several while keys rotate).
+        jwt_public_keys: String = String::new(), flag "jwt-public-keys";
+        /// The `iss` every JWT must carry (unset: not checked).
+        jwt_issuer: Option<String> = None, flag "jwt-issuer";
+        /// The `aud` every JWT must carry (unset: not checked).
+        jwt_audience: Option<String> = None, flag "jwt-audience";
+        /// Serve without authentication on a non-loopback address (refused otherwise).
+        insecure: bool = false, flag "insecure";
+        /// Serve `GET /metrics` without credentials (otherwise it needs the `metrics` or `admin` scope).
+        public_metrics: bool = false, flag "public-metrics";
+    }
+}
+
+impl AuthSection {
+    /// True when a key source is configured (auth is on).
+    pub fn enabled(&self) -> bool {
+        self.api_keys_file.is_some() || self.jwt_secret_file.is_some() || !self.jwt_public_keys.trim().is_empty()
     }
 }
 

@@ -4,16 +4,17 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use tessera_entities::{Format, codec};
 
+use crate::auth::Principal;
 use crate::contract;
 use crate::error::InvokeError;
 use crate::inspect::event_body;
-use crate::node::{Invocation, Node, ReadFrom};
+use crate::node::{Invocation, Node, ReadFrom, new_invocation_id};
 use crate::results::InvocationResult;
 use crate::wire::{self, AcceptedBody, EntitiesBody, EntityBody, ErrorBody, EventsBody, InvocationBody, StateBody};
 
@@ -58,7 +59,7 @@ fn format_of(headers: &HeaderMap) -> Result<Format, ApiError> {
 
 fn key_of(headers: &HeaderMap, format: Format) -> Result<Option<String>, ApiError> {
     let key = header_str(headers, wire::IDEMPOTENCY_KEY, format)?;
-    contract::idempotency_key(key).map_err(|e| ApiError(e, format))
+    contract::client_key(key).map_err(|e| ApiError(e, format))
 }
 
 fn body_of(body: Result<Bytes, BytesRejection>, limit: usize, format: Format) -> Result<Bytes, ApiError> {
@@ -81,18 +82,47 @@ fn reply_response(reply: &[u8], format: Format) -> Result<Response, ApiError> {
     Ok(resp)
 }
 
+/// The caller's idempotency key in its tenant's namespace when auth is on
+/// (`{tenant}:{key}`: one tenant's keys never meet another's); an async
+/// call without a key gets a fresh id in that namespace.
+fn tenant_key(
+    principal: Option<&Principal>,
+    key: Option<String>,
+    fresh: bool,
+    format: Format,
+) -> Result<Option<String>, ApiError> {
+    let Some(p) = principal else { return Ok(key) };
+    let scoped = match key {
+        Some(k) => p.scoped_key(&k),
+        None if fresh => p.scoped_key(&new_invocation_id()),
+        None => return Ok(None),
+    };
+    if scoped.len() > contract::MAX_KEY_LEN {
+        let room = contract::MAX_KEY_LEN.saturating_sub(p.tenant.len() + 1);
+        let e = InvokeError::Malformed(format!(
+            "idempotency key too long: with its tenant prefix `{}:` a key may have at most {room} characters",
+            p.tenant
+        ));
+        return Err(ApiError(e, format));
+    }
+    Ok(Some(scoped))
+}
+
 pub(crate) async fn command(
     State(node): State<Node>,
     Path((entity_type, entity_id, command)): Path<(String, String, String)>,
     q: Result<Query<FunctionQuery>, QueryRejection>,
+    principal: Option<Extension<Principal>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let format = format_of(&headers)?;
     let body = body_of(body, node.config().http.max_body_bytes, format)?;
-    let idempotency_key = key_of(&headers, format)?;
+    let mode = query(q)?.mode;
+    let idempotency_key =
+        tenant_key(principal.as_deref(), key_of(&headers, format)?, mode.as_deref() == Some("async"), format)?;
     let inv = Invocation { entity_type, entity_id, command, body: body.to_vec(), format, idempotency_key };
-    match query(q)?.mode.as_deref() {
+    match mode.as_deref() {
         None | Some("sync") => {}
         Some("async") => {
             let row = node.invoke_async(inv).await.map_err(|e| ApiError(e, format))?;
@@ -210,6 +240,7 @@ pub(crate) async fn function(
     State(node): State<Node>,
     Path(name): Path<String>,
     q: Result<Query<FunctionQuery>, QueryRejection>,
+    principal: Option<Extension<Principal>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -221,7 +252,7 @@ pub(crate) async fn function(
             reply_response(&out, format)
         }
         Some("async") => {
-            let key = key_of(&headers, format)?;
+            let key = tenant_key(principal.as_deref(), key_of(&headers, format)?, true, format)?;
             let request_id = header_str(&headers, wire::X_REQUEST_ID, format)?.map(str::to_owned);
             let row = node.call_async(&name, &body, format, key, request_id).await.map_err(|e| ApiError(e, format))?;
             Ok(accepted(row))
@@ -262,7 +293,15 @@ pub(crate) fn invocation_response(id: &str, row: Result<Option<InvocationResult>
     }
 }
 
-pub(crate) async fn invocation(State(node): State<Node>, Path(id): Path<String>) -> Response {
+pub(crate) async fn invocation(
+    State(node): State<Node>,
+    Path(id): Path<String>,
+    principal: Option<Extension<Principal>>,
+) -> Response {
+    // Another tenant's invocation is answered as an unknown one: its id says nothing.
+    if principal.is_some_and(|p| !p.owns_invocation(&id)) {
+        return invocation_response(&id, Ok(None));
+    }
     let row = node.invocation(&id).await;
     invocation_response(&id, row)
 }

@@ -16,14 +16,21 @@
 //! | `POST /v1/projections/{name}/rewind`, `…/reset` | move checkpoints back (`{"to", "entity_type", "shard"}`) |
 //! | `GET /healthz`, `GET /metrics` | liveness, Prometheus |
 //!
+//! With `[auth]` configured every route but `/healthz` needs bearer
+//! credentials and a scope (see [`guard`] and [`crate::auth`]); with
+//! `[http] tls_cert_file` it serves HTTPS (see [`tls`]).
+//!
 //! An edge. May import: the node core, `wire`, `contract`, `config`, the
 //! autoscaler's status (for `GET /v1/autoscaler`). Nothing imports it but
 //! `server` and the result-store process.
 
 mod feed;
+mod guard;
 mod handlers;
+mod tls;
 
 pub(crate) use handlers::invocation_response;
+pub(crate) use tls::tls_acceptor;
 
 use std::net::SocketAddr;
 
@@ -34,14 +41,17 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::auth::Authenticator;
 use crate::autoscaler::AutoscalerStatus;
 use crate::node::Node;
 
-/// What the handlers share: the node core, and the autoscaler's status.
+/// What the handlers share: the node core, the autoscaler's status, and
+/// the authenticator (`None`: auth off).
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub(crate) node: Node,
     pub(crate) autoscaler: AutoscalerStatus,
+    pub(crate) auth: Option<Authenticator>,
 }
 
 impl axum::extract::FromRef<AppState> for Node {
@@ -63,14 +73,16 @@ pub(crate) struct HttpServer {
     task: JoinHandle<()>,
 }
 
-/// The routes of a node (its autoscaler status empty).
-pub fn router(node: Node) -> Router {
-    routes(AppState { node, autoscaler: AutoscalerStatus::default() })
+/// The routes of a node (its autoscaler status empty), with the auth its
+/// config names.
+pub fn router(node: Node) -> Result<Router, crate::auth::AuthConfigError> {
+    let auth = Authenticator::from_config(&node.config().auth)?;
+    Ok(routes(AppState { node, autoscaler: AutoscalerStatus::default(), auth }))
 }
 
 fn routes(state: AppState) -> Router {
     let limit = state.node.config().http.max_body_bytes;
-    Router::new()
+    let router = Router::new()
         .route("/v1/entities/{entity_type}/{entity_id}/{command}", post(handlers::command))
         .route("/v1/entities/{entity_type}/{entity_id}", get(handlers::state))
         .route("/v1/entities/{entity_type}/{entity_id}/events", get(handlers::events))
@@ -86,10 +98,12 @@ fn routes(state: AppState) -> Router {
         .route("/v1/projections/{name}/rewind", post(feed::rewind))
         .route("/v1/projections/{name}/reset", post(feed::reset))
         .route("/healthz", get(handlers::healthz))
-        .route("/metrics", get(handlers::metrics))
-        .fallback(handlers::not_found)
-        .layer(DefaultBodyLimit::max(limit))
-        .with_state(state)
+        .route("/metrics", get(handlers::metrics));
+    let router = match state.auth {
+        Some(_) => router.route_layer(axum::middleware::from_fn_with_state(state.clone(), guard::check)),
+        None => router,
+    };
+    router.fallback(handlers::not_found).layer(DefaultBodyLimit::max(limit)).with_state(state)
 }
 
 impl HttpServer {
@@ -106,20 +120,38 @@ impl HttpListener {
         self.addr
     }
 
-    /// Serves the node's routes on the bound address.
-    pub(crate) fn serve(self, node: Node, autoscaler: AutoscalerStatus) -> HttpServer {
+    /// Serves the node's routes on the bound address (HTTPS with `tls`).
+    pub(crate) fn serve(
+        self,
+        node: Node,
+        autoscaler: AutoscalerStatus,
+        auth: Option<Authenticator>,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> HttpServer {
         let Self { listener, addr } = self;
         let (stop, stopped) = oneshot::channel::<()>();
-        let app = routes(AppState { node, autoscaler });
-        let task = tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async {
-                let _ = stopped.await;
-            });
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
-        });
+        let app = routes(AppState { node, autoscaler, auth });
+        let stopped = async {
+            let _ = stopped.await;
+        };
+        let task = match tls {
+            None => tokio::spawn(serve_on(listener, app, stopped)),
+            Some(acceptor) => match tls::TlsListener::new(listener, acceptor) {
+                Ok(l) => tokio::spawn(serve_on(l, app, stopped)),
+                Err(e) => tokio::spawn(async move { tracing::error!(error = %e, "HTTPS listener failed") }),
+            },
+        };
         HttpServer { addr, stop, task }
+    }
+}
+
+async fn serve_on<L>(listener: L, app: Router, stopped: impl std::future::Future<Output = ()> + Send + 'static)
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
+        tracing::error!(error = %e, "HTTP server failed");
     }
 }
 

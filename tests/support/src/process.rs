@@ -37,8 +37,8 @@ impl NodeProcess {
     pub async fn command(bin: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let mut child = tokio::process::Command::new(bin)
             .args(args)
-            .envs(env.iter().copied())
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .kill_on_drop(true)
@@ -47,9 +47,11 @@ impl NodeProcess {
         let mut lines = BufReader::new(stderr).lines();
         let base = tokio::time::timeout(Duration::from_secs(30), async {
             while let Some(line) = lines.next_line().await? {
-                if let Some(rest) = line.split("serving http://").nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap_or_default().to_owned();
-                    return Ok(format!("http://{addr}"));
+                for scheme in ["http", "https"] {
+                    if let Some(rest) = line.split(&format!("serving {scheme}://")).nth(1) {
+                        let addr = rest.split_whitespace().next().unwrap_or_default().to_owned();
+                        return Ok(format!("{scheme}://{addr}"));
+                    }
                 }
                 eprintln!("node: {line}");
             }
