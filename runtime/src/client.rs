@@ -108,6 +108,14 @@ impl NatsClient {
             .map_err(|e| ClientError::Connect { url: url.to_owned(), message: e.to_string() })?;
         Ok(Self::from_client(client))
     }
+    /// Connects with the credentials and TLS of `settings` (see
+    /// [`crate::connect`]); defaults otherwise as in [`Self::connect`].
+    pub async fn connect_with(url: &str, settings: &crate::config::NatsSection) -> Result<Self, ClientError> {
+        let client = crate::connect::nats(url, settings, "tessera-client")
+            .await
+            .map_err(|e| ClientError::Connect { url: e.url, message: e.message })?;
+        Ok(Self::from_client(client))
+    }
     /// Wraps a connected NATS client (defaults as in [`Self::connect`]).
     pub fn from_client(client: async_nats::Client) -> Self {
         Self {

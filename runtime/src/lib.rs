@@ -20,6 +20,7 @@ pub mod autoscaler;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod connect;
 pub mod contract;
 pub mod envelope;
 mod error;

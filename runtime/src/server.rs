@@ -184,9 +184,9 @@ impl NodeBuilder {
             None => results,
         };
         let nats = match &config.nats.url {
-            Some(url) => Some(
-                NatsLink::connect(url, &config.nats.prefix, Duration::from_secs(config.limits.result_ttl_secs)).await?,
-            ),
+            Some(url) => {
+                Some(NatsLink::connect(url, &config.nats, Duration::from_secs(config.limits.result_ttl_secs)).await?)
+            }
             None => None,
         };
         let node_id = config.cluster.node_id.clone().unwrap_or_else(|| format!("node-{}", &new_invocation_id()[24..]));

@@ -559,3 +559,208 @@ async fn https_with_the_configured_certificate() {
     assert!(!status.success());
     assert!(stderr.contains("do not go together"), "{stderr}");
 }
+
+// ---- NATS: credentials, TLS, subject permissions -------------------------
+
+use tessera_runtime::client::NatsClient;
+use tessera_test_support::servers::{NatsServer, free_port, unique_prefix};
+
+/// A nats-server that speaks only TLS (certificate signed by the test CA)
+/// and holds one account with JetStream: the node logs in with an NKey
+/// (all subjects of the account); the tenant `acme` with a password, and
+/// may publish only commands for `stock` and read only its own inbox.
+struct SecureNats {
+    server: NatsServer,
+    ca: PathBuf,
+    node_seed: PathBuf,
+    prefix: String,
+    _dir: tempfile::TempDir,
+}
+
+impl SecureNats {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, cert, key) = test_ca(dir.path(), "nats");
+        let node = nkeys::KeyPair::new_user();
+        let node_seed = dir.path().join("node.nk");
+        std::fs::write(&node_seed, node.seed().unwrap()).unwrap();
+        let prefix = unique_prefix();
+        let port = free_port();
+        let config = format!(
+            r#"
+listen: 127.0.0.1:{port}
+jetstream {{ store_dir: "{store}" }}
+tls {{ cert_file: "{cert}", key_file: "{key}", timeout: 5 }}
+accounts {{
+  APP: {{
+    jetstream: enabled
+    users: [
+      {{ nkey: "{node_pub}" }}
+      {{ user: acme, password: "acme-secret-1",
+         permissions: {{ publish: {{ allow: ["{prefix}.cmd.stock.>"] }}, subscribe: {{ allow: ["_INBOX_acme.>"] }} }} }}
+    ]
+  }}
+}}
+"#,
+            store = dir.path().join("js").display(),
+            cert = cert.display(),
+            key = key.display(),
+            node_pub = node.public_key(),
+        );
+        let server = NatsServer::start(dir.path(), port, &config);
+        Self { server, ca, node_seed, prefix, _dir: dir }
+    }
+
+    fn url(&self) -> String {
+        format!("tls://localhost:{}", self.server.port)
+    }
+
+    fn node_config(&self, c: &mut tessera_runtime::NodeConfig) {
+        c.nats.url = Some(self.url());
+        c.nats.prefix = self.prefix.clone();
+        c.nats.nkey_file = Some(self.node_seed.clone());
+        c.nats.tls_ca_file = Some(self.ca.clone());
+    }
+}
+
+/// Why a node with this config does not start (on a fresh data dir).
+async fn node_error(tweak: impl FnOnce(&mut tessera_runtime::NodeConfig)) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = tessera_runtime::NodeConfig::default().with(|c| {
+        c.journal.data_dir = dir.path().to_path_buf();
+        c.http.listen = None;
+    });
+    tweak(&mut config);
+    match tessera_runtime::NodeBuilder::new(tessera_tests::registry()).config(config).build().await {
+        Ok(n) => {
+            n.shutdown().await;
+            panic!("the node started")
+        }
+        Err(e) => e.to_string(),
+    }
+}
+
+#[tokio::test]
+async fn nats_with_nkeys_passwords_tls_and_subject_permissions() {
+    let nats = SecureNats::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (node, _base) = common::node(dir.path(), |c| nats.node_config(c)).await;
+
+    // A tenant's client: its password, the CA, its own inbox prefix.
+    let acme = tessera_runtime::config::NatsSection {
+        user: Some("acme".into()),
+        password_file: Some({
+            let p = dir.path().join("acme.pw");
+            std::fs::write(&p, "acme-secret-1\n").unwrap();
+            p
+        }),
+        tls_ca_file: Some(nats.ca.clone()),
+        inbox_prefix: Some("_INBOX_acme".into()),
+        ..Default::default()
+    };
+    let client = NatsClient::connect_with(&nats.url(), &acme)
+        .await
+        .expect("acme connects")
+        .with_prefix(&nats.prefix)
+        .with_timeout(Duration::from_secs(3));
+    let r = client.send_json("stock", "s:nats", "restock", &json!({"qty": 3}), None).await.expect("allowed");
+    assert_eq!(r.json().unwrap(), json!({"on_hand": 3}));
+    // Another entity type is not on its subjects: the server drops the request, nothing runs.
+    let denied = client.send_json("flaky", "f:1", "set", &json!({"value": 1}), None).await;
+    assert!(denied.is_err(), "published outside the tenant's subjects: {denied:?}");
+    assert!(nats.server.log().contains("Publish Violation"), "{}", nats.server.log());
+    let (_, _, v) = call("GET", &format!("{_base}/v1/entities/flaky/f:1"), None, None).await;
+    assert_eq!(v["seq"], 0, "{v}");
+
+    // The CLI takes the same settings from TESSERA_NATS_* variables (run
+    // without blocking: this test's runtime also runs the node).
+    let out = tokio::process::Command::new(common::test_node_bin())
+        .args([
+            "send",
+            "--nats",
+            &nats.url(),
+            "--nats-prefix",
+            &nats.prefix,
+            "stock",
+            "s:nats",
+            "purchase",
+            r#"{"qty":1}"#,
+        ])
+        .env("TESSERA_NATS_USER", "acme")
+        .env("TESSERA_NATS_PASSWORD_FILE", acme.password_file.as_ref().unwrap())
+        .env("TESSERA_NATS_TLS_CA", &nats.ca)
+        .env("TESSERA_NATS_INBOX_PREFIX", "_INBOX_acme")
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), nats.server.log());
+    assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap(), json!({"on_hand": 2}));
+    node.shutdown().await;
+
+    // Wrong credentials, no CA, a wrong CA: the node does not start, and says why.
+    let other = nkeys::KeyPair::new_user();
+    let other_seed = dir.path().join("other.nk");
+    std::fs::write(&other_seed, other.seed().unwrap()).unwrap();
+    let e = node_error(|c| {
+        nats.node_config(c);
+        c.nats.nkey_file = Some(other_seed.clone());
+    })
+    .await;
+    assert!(e.contains("authorization violation") && e.contains("nats.nkey_file"), "{e}");
+    let e = node_error(|c| {
+        nats.node_config(c);
+        c.nats.nkey_file = None;
+        c.nats.user = Some("acme".into());
+        c.nats.password_file = Some(dir.path().join("acme.pw"));
+        std::fs::write(dir.path().join("acme.pw"), "wrong").unwrap();
+    })
+    .await;
+    assert!(e.contains("authorization violation"), "{e}");
+    assert!(!e.contains("wrong"), "the password is not in the error: {e}");
+    let e = node_error(|c| {
+        nats.node_config(c);
+        c.nats.tls_ca_file = None;
+    })
+    .await;
+    assert!(e.contains("TLS"), "{e}");
+    let (wrong_ca, _, _) = test_ca(dir.path(), "stranger");
+    let e = node_error(|c| {
+        nats.node_config(c);
+        c.nats.tls_ca_file = Some(wrong_ca.clone());
+    })
+    .await;
+    assert!(e.contains("TLS failed"), "{e}");
+}
+
+#[tokio::test]
+async fn nats_with_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = format!(
+        "listen: 127.0.0.1:{port}\njetstream {{ store_dir: \"{}\" }}\nauthorization {{ token: \"s3cret-token-value\" }}\n",
+        dir.path().join("js").display()
+    );
+    let _server = NatsServer::start(dir.path(), port, &config);
+    let data = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret-token-value\n").unwrap();
+    let url = format!("nats://127.0.0.1:{port}");
+    let (node, base) = common::node(data.path(), |c| {
+        c.nats.url = Some(url.clone());
+        c.nats.token_file = Some(token.clone());
+    })
+    .await;
+    let (s, _, _) = post(&format!("{base}/v1/entities/stock/s:t/restock"), r#"{"qty":1}"#, None).await;
+    assert_eq!(s, 200);
+    node.shutdown().await;
+    std::fs::write(&token, "not-the-token").unwrap();
+    let e = node_error(|c| {
+        c.nats.url = Some(url.clone());
+        c.nats.token_file = Some(token.clone());
+    })
+    .await;
+    assert!(e.contains("authorization violation"), "{e}");
+    let e = node_error(|c| c.nats.url = Some(url.clone())).await;
+    assert!(e.contains("authorization violation"), "no credentials at all: {e}");
+}

@@ -291,9 +291,10 @@ pub async fn run_bridge(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let subjects = Subjects::new(&config.prefix);
-    let client = async_nats::connect(&config.nats_url)
+    let settings = tessera_runtime::config::NatsSection::from_env();
+    let client = tessera_runtime::connect::nats(&config.nats_url, &settings, "inventory-bridge")
         .await
-        .with_context(|| format!("region {}: cannot reach NATS at {}", config.region, config.nats_url))?;
+        .with_context(|| format!("region {}", config.region))?;
     let js = jetstream::new(client);
     let http = reqwest::Client::new();
     let stream = loop {

@@ -1,6 +1,5 @@
 //! `cluster status` and `cluster locate`: read the cluster bucket in NATS KV.
 
-use anyhow::Context;
 use clap::{Args, Subcommand};
 use tessera_cluster::{ClusterStatus, ClusterStore};
 
@@ -43,11 +42,7 @@ pub enum ClusterCmd {
 }
 
 async fn read(conn: &ClusterConn) -> anyhow::Result<ClusterStatus> {
-    let client = async_nats::ConnectOptions::new()
-        .connection_timeout(std::time::Duration::from_secs(5))
-        .connect(&conn.nats)
-        .await
-        .with_context(|| format!("cannot connect to NATS at {}", conn.nats))?;
+    let client = crate::connect::nats(&conn.nats, &crate::config::NatsSection::from_env(), "tessera-cli").await?;
     let js = async_nats::jetstream::new(client);
     let store = ClusterStore::open_existing(&js, &conn.nats_prefix).await?;
     Ok(ClusterStatus::read(&store).await?)

@@ -37,7 +37,7 @@ use crate::now_ms;
 
 pub(crate) async fn run(a: ResultStoreArgs) -> anyhow::Result<()> {
     let store: Arc<dyn ResultStore> = Arc::new(LocalResultStore::open(&a.data_dir)?);
-    let client = async_nats::connect(&a.nats).await.with_context(|| format!("cannot connect to {}", a.nats))?;
+    let client = crate::connect::nats(&a.nats, &crate::config::NatsSection::from_env(), "tessera-result-store").await?;
     let js = jetstream::new(client);
     let subjects = Subjects::new(&a.nats_prefix);
     let stream = js

@@ -5,6 +5,7 @@ use clap::Args;
 use tessera_entities::Format;
 
 use crate::client::NatsClient;
+use crate::config::NatsSection;
 use crate::results::ResultStatus;
 use crate::wire;
 
@@ -119,7 +120,7 @@ fn print_reply(r: &crate::client::Reply) -> anyhow::Result<()> {
 
 pub(crate) async fn send(a: SendArgs) -> anyhow::Result<()> {
     if let Some(url) = &a.nats {
-        let c = NatsClient::connect(url).await?.with_prefix(&a.nats_prefix);
+        let c = NatsClient::connect_with(url, &NatsSection::from_env()).await?.with_prefix(&a.nats_prefix);
         let body = json_body(a.body)?;
         let r =
             c.send(&a.entity_type, &a.entity_id, &a.command, body, Format::Json, a.idempotency_key.as_deref()).await?;
@@ -137,7 +138,7 @@ pub(crate) async fn send(a: SendArgs) -> anyhow::Result<()> {
 
 pub(crate) async fn call(a: CallArgs) -> anyhow::Result<()> {
     if let Some(url) = &a.nats {
-        let c = NatsClient::connect(url).await?.with_prefix(&a.nats_prefix);
+        let c = NatsClient::connect_with(url, &NatsSection::from_env()).await?.with_prefix(&a.nats_prefix);
         let body = json_body(a.body)?;
         if a.asynchronous {
             let id = c.call_async(&a.function, body, Format::Json, a.idempotency_key.as_deref()).await?;

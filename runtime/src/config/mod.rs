@@ -212,6 +212,7 @@ impl NodeConfig {
                 self.projections.jetstream_format
             )));
         }
+        self.nats.check_credentials().map_err(ConfigError::Invalid)?;
         if self.http.tls_cert_file.is_some() != self.http.tls_key_file.is_some() {
             return Err(ConfigError::Invalid("http.tls_cert_file and http.tls_key_file go together".into()));
         }

@@ -105,6 +105,63 @@ section! {
         command_ack_wait_ms: u64 = 5_000, flag "command-ack-wait-ms";
         /// Consumer groups per entity type for async entity commands (shard mod groups; the same on every node).
         command_groups: u32 = 64, flag "command-groups";
+        /// NATS credentials: a `.creds` file (a user JWT and its NKey seed, as `nsc` writes them).
+        creds_file: Option<PathBuf> = None, flag "nats-creds";
+        /// NATS credentials: a file holding an NKey user seed (`SU…`).
+        nkey_file: Option<PathBuf> = None, flag "nats-nkey";
+        /// NATS credentials: a file holding a token.
+        token_file: Option<PathBuf> = None, flag "nats-token-file";
+        /// NATS credentials: a user name, its password in `password_file` (or put `user:password@` in the URL).
+        user: Option<String> = None, flag "nats-user";
+        /// NATS credentials: a file holding the password of `user`.
+        password_file: Option<PathBuf> = None, flag "nats-password-file";
+        /// Trust this PEM CA for the NATS server's certificate, and require TLS.
+        tls_ca_file: Option<PathBuf> = None, flag "nats-tls-ca";
+        /// A PEM client certificate for servers that verify clients (with `tls_key_file`).
+        tls_cert_file: Option<PathBuf> = None, flag "nats-tls-cert";
+        /// The PEM private key of `tls_cert_file`.
+        tls_key_file: Option<PathBuf> = None, flag "nats-tls-key";
+        /// Reply subjects start with this instead of `_INBOX` (a tenant allowed to subscribe only to `_INBOX_{tenant}.>` cannot read others' replies).
+        inbox_prefix: Option<String> = None, flag "nats-inbox-prefix";
+    }
+}
+
+impl NatsSection {
+    /// The section as `TESSERA_*` variables set it over the defaults (for
+    /// the CLI's commands that connect to NATS, e.g. `send --nats`, which
+    /// have no `[nats]` file of their own). A value that does not parse is
+    /// left at its default.
+    pub fn from_env() -> Self {
+        let mut s = Self::default();
+        for k in Self::KNOBS {
+            if let Ok(v) = std::env::var(k.env()) {
+                let _ = s.set(k.name, &v);
+            }
+        }
+        s
+    }
+
+    /// Why these credentials cannot be used together, if they cannot.
+    pub fn check_credentials(&self) -> Result<(), String> {
+        let given: Vec<&str> = [
+            (self.creds_file.is_some(), "nats.creds_file"),
+            (self.nkey_file.is_some(), "nats.nkey_file"),
+            (self.token_file.is_some(), "nats.token_file"),
+            (self.user.is_some(), "nats.user"),
+        ]
+        .into_iter()
+        .filter_map(|(set, name)| set.then_some(name))
+        .collect();
+        if given.len() > 1 {
+            return Err(format!("give one kind of NATS credentials, not {}", given.join(" and ")));
+        }
+        if self.password_file.is_some() && self.user.is_none() {
+            return Err("nats.password_file needs nats.user".into());
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return Err("nats.tls_cert_file and nats.tls_key_file go together".into());
+        }
+        Ok(())
     }
 }
 

@@ -49,14 +49,14 @@ pub struct NatsError {
 
 impl NatsLink {
     /// Connects and creates the streams (idempotent).
-    pub(crate) async fn connect(url: &str, prefix: &str, result_ttl: Duration) -> Result<Self, NatsError> {
-        let err = |m: String| NatsError { url: url.to_owned(), message: m };
-        let client = async_nats::ConnectOptions::new()
-            .name("tessera-node")
-            .connection_timeout(Duration::from_secs(5))
-            .connect(url)
-            .await
-            .map_err(|e| err(format!("cannot connect: {e}")))?;
+    pub(crate) async fn connect(
+        url: &str,
+        settings: &crate::config::NatsSection,
+        result_ttl: Duration,
+    ) -> Result<Self, NatsError> {
+        let prefix = settings.prefix.as_str();
+        let err = |m: String| NatsError { url: crate::connect::shown_url(url), message: m };
+        let client = crate::connect::nats(url, settings, "tessera-node").await.map_err(|e| err(e.message))?;
         let js = jetstream::new(client.clone());
         let subjects = Subjects::new(prefix);
         js.get_or_create_stream(stream::Config {
