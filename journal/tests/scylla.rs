@@ -324,6 +324,10 @@ async fn tls_connections() {
     std::fs::write(&other_ca, b"").unwrap();
     let untrusted = format!("scylla://cassandra:cassandra@127.0.0.1:9044/{ks}?tls=true&tls_ca={}", other_ca.display());
     assert!(ScyllaJournal::connect(&untrusted, 1024).await.is_err(), "an untrusted certificate is refused");
+    // TLS and authentication together: a wrong password over TLS is refused as such.
+    let wrong = format!("scylla://cassandra:not-the-password@127.0.0.1:9044/{ks}?tls=true&tls_ca={}", ca.display());
+    let e = ScyllaJournal::connect(&wrong, 1024).await.err().expect("a wrong password is refused").to_string();
+    assert!(e.contains("authentication failed") && !e.contains("not-the-password"), "{e}");
     let e = tessera_journal::scylla::ScyllaConfig::from_url("scylla://h/ks?tls=true").unwrap_err();
     assert!(e.to_string().contains("tls_ca"), "{e}");
 }

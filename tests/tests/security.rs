@@ -764,3 +764,24 @@ async fn nats_with_a_token() {
     let e = node_error(|c| c.nats.url = Some(url.clone())).await;
     assert!(e.contains("authorization violation"), "no credentials at all: {e}");
 }
+
+// ---- CQL: PasswordAuthenticator ------------------------------------------
+
+#[tokio::test]
+async fn a_wrong_cql_password_is_a_clear_startup_error() {
+    let server = common::scylla_server();
+    let (scheme, rest) = server.split_once("://").unwrap();
+    let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    let ks = common::unique_keyspace();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    for (url, says) in [
+        (format!("{scheme}://cassandra:not-the-password@{host}/{ks}"), "the user and password"),
+        (format!("{scheme}://{host}/{ks}"), "no credentials"),
+    ] {
+        let (status, stderr) = run_to_end(&["serve", "--data-dir", d, "--journal", &url]);
+        assert!(!status.success());
+        assert!(stderr.contains("authentication failed") && stderr.contains(says), "{stderr}");
+        assert!(!stderr.contains("not-the-password"), "the password is not printed: {stderr}");
+    }
+}

@@ -44,5 +44,16 @@ pub(crate) async fn session(c: &ScyllaConfig) -> Result<Session, OpenError> {
     if let Some(ca) = &c.tls_ca {
         b = b.tls_context(Some(tls_config(c, ca)?));
     }
-    b.build().await.map_err(|e| open_err(c, format!("cannot connect: {e}")))
+    b.build().await.map_err(|e| {
+        let text = e.to_string();
+        if text.contains("AuthenticationError") || text.contains("bad credentials") || text.contains("authenticator") {
+            let who = c.credentials.as_ref().map_or("no credentials", |_| "the user and password");
+            open_err(
+                c,
+                format!("authentication failed: the server refused {who} of the URL (`user:password@`): {text}"),
+            )
+        } else {
+            open_err(c, format!("cannot connect: {text}"))
+        }
+    })
 }
