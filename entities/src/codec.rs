@@ -68,9 +68,17 @@ pub fn to_msgpack<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecErro
     Ok(rmp_serde::to_vec_named(value)?)
 }
 
-/// Decodes MessagePack (named or positional).
+/// The deepest nesting a MessagePack value may have (JSON's limit in
+/// serde_json is the same): rmp-serde's own default, 1024, lets a hostile
+/// 1 KiB body overflow a 1 MiB thread stack in a debug build (found by
+/// `entities/tests/fuzz.rs`).
+pub const MAX_DEPTH: usize = 128;
+
+/// Decodes MessagePack (named or positional), at most [`MAX_DEPTH`] deep.
 pub fn from_msgpack<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    Ok(rmp_serde::from_slice(bytes)?)
+    let mut d = rmp_serde::Deserializer::from_read_ref(bytes);
+    d.set_max_depth(MAX_DEPTH);
+    Ok(T::deserialize(&mut d)?)
 }
 
 /// Any MessagePack value as JSON, without knowing its Rust type.
@@ -229,6 +237,7 @@ macro_rules! with_body {
             }
             Format::MsgPack => {
                 let mut d = rmp_serde::Deserializer::new(bytes);
+                d.set_max_depth(MAX_DEPTH);
                 let value = {
                     let $de = &mut d;
                     $body.map_err(CodecError::from)?

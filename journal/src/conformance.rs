@@ -175,6 +175,12 @@ pub async fn ranges_and_paging(b: &mut dyn TestBackend) {
     assert!(read_all(&*j, &e, 2501, 3000).await.is_empty());
     assert!(read_all(&*j, &e, 10, 9).await.is_empty());
     assert!(read_all(&*j, &key("empty"), 1, u64::MAX).await.is_empty());
+    // Edges a caller may send (`GET …/events?from=0`, found by schemathesis):
+    // seq 0 is before the first event, the widest range is every event.
+    assert_eq!(seqs(read_all(&*j, &e, 0, u64::MAX).await).len(), 2500);
+    assert_eq!(seqs(read_all(&*j, &e, 0, 0).await), Vec::<u64>::new());
+    assert!(read_all(&*j, &e, u64::MAX, u64::MAX).await.is_empty());
+    assert!(read_all(&*j, &e, u64::MAX, 0).await.is_empty());
 }
 
 /// Snapshots: none at first, latest wins, atomic with an append, never past the end.

@@ -187,7 +187,7 @@ impl NatsClient {
         }
         let body = match reply.format {
             Format::Json => serde_json::from_slice(&reply.body).ok(),
-            Format::MsgPack => rmp_serde::from_slice(&reply.body).ok(),
+            Format::MsgPack => tessera_entities::codec::from_msgpack(&reply.body).ok(),
         };
         let body = body.unwrap_or_else(|| {
             ErrorBody::new("internal", status, format!("undecodable error reply ({} bytes)", reply.body.len()))

@@ -27,7 +27,7 @@ use crate::config::NatsSection;
 /// Why a NATS connection could not be made: the server's URL (without
 /// credentials) and what went wrong, in words that name the setting to check.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("NATS at {url}: {message}")]
+#[error("cannot connect to NATS at {url}: {message}")]
 pub struct ConnectFailure {
     /// The server URL, without credentials.
     pub url: String,

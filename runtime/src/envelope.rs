@@ -38,7 +38,7 @@ impl EventMeta {
         if bytes.is_empty() {
             return Self::default();
         }
-        rmp_serde::from_slice(bytes).unwrap_or_default()
+        tessera_entities::codec::from_msgpack(bytes).unwrap_or_default()
     }
 }
 
@@ -137,5 +137,68 @@ mod tests {
         let old = SnapshotEnvelope { timers: Vec::new(), ..s };
         let bytes = rmp_serde::to_vec_named(&old).unwrap();
         assert_eq!(rmp_serde::from_slice::<SnapshotEnvelope>(&bytes).unwrap(), old);
+    }
+}
+
+/// Hostile bytes where the runtime reads what a journal row holds — event
+/// metadata, snapshot envelopes, flow records (sends, timers, calls), the
+/// dispatcher's checkpoint state — whichever backend stored them (a local
+/// record's payload, a Scylla row's blob columns): an error or a value,
+/// never a panic, and no allocation sized by a claimed length. A short run
+/// here; `fuzz/` for long ones.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::flow::FlowRecord;
+    use crate::flow::records::{CALL, CANCEL, FIRED, SCHEDULE, SEND};
+
+    fn decode_all(bytes: &[u8]) {
+        let _ = EventMeta::decode(bytes);
+        let _ = tessera_entities::codec::from_msgpack::<SnapshotEnvelope>(bytes);
+        for t in [SEND, SCHEDULE, CANCEL, CALL, FIRED, "Restocked"] {
+            if let Some(Ok(r)) = FlowRecord::decode(t, bytes) {
+                let _ = r.json();
+            }
+        }
+        let _ = crate::flow::DispatcherState::decode(Some(bytes));
+    }
+
+    fn sample() -> Vec<u8> {
+        let s = SnapshotEnvelope {
+            state_version: 1,
+            state: vec![0x81, 0xa1, b'a', 0x01],
+            dedup: vec![DedupEntry { id: "k".into(), seq: 2, at_ms: 9, reply: vec![0xc0] }],
+            timers: Vec::new(),
+        };
+        rmp_serde::to_vec_named(&s).unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 3000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_bytes(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+            decode_all(&bytes);
+        }
+
+        #[test]
+        fn a_real_envelope_with_bytes_changed(at in any::<prop::sample::Index>(), byte in any::<u8>(), cut in any::<bool>()) {
+            let mut b = sample();
+            let i = at.index(b.len());
+            if cut { b.truncate(i) } else { b[i] = byte }
+            decode_all(&b);
+        }
+    }
+
+    #[test]
+    fn claimed_lengths_and_deep_nesting() {
+        for head in [0xdd_u8, 0xdf, 0xc6, 0xdb] {
+            decode_all(&[head, 0xff, 0xff, 0xff, 0xff]);
+            decode_all(&[0x84, 0xa5, b's', b't', b'a', b't', b'e', head, 0xff, 0xff, 0xff, 0xff]);
+        }
+        let deep = std::thread::Builder::new().stack_size(1 << 20).spawn(|| decode_all(&vec![0x91; 100_000])).unwrap();
+        deep.join().expect("no stack overflow");
     }
 }

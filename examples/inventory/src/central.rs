@@ -241,7 +241,11 @@ fn now_ms() -> i64 {
 }
 
 fn decode(body: &[u8]) -> anyhow::Result<EventMessage> {
-    if body.first() == Some(&b'{') { Ok(serde_json::from_slice(body)?) } else { Ok(rmp_serde::from_slice(body)?) }
+    if body.first() == Some(&b'{') {
+        Ok(serde_json::from_slice(body)?)
+    } else {
+        Ok(tessera_entities::codec::from_msgpack(body)?)
+    }
 }
 
 /// Posts `body` to `url` until the central region takes it (or refuses it

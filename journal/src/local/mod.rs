@@ -312,7 +312,7 @@ fn read_page(inner: &Inner, entity: &EntityKey, from: u64, to: u64) -> Result<Ve
         return Ok(Vec::new());
     }
     let prefix = format::entity_prefix(entity);
-    let mut page = Vec::with_capacity(PAGE.min((to - from + 1) as usize));
+    let mut page = Vec::with_capacity(PAGE.min((to - from).saturating_add(1) as usize));
     for item in inner.events.range(format::event_key(&prefix, from)..=format::event_key(&prefix, to)).take(PAGE) {
         let (k, v) = item.into_inner().map_err(unavailable)?;
         let seq = u64::from_be_bytes(k[k.len() - 8..].try_into().unwrap_or_default());

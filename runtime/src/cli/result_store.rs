@@ -75,7 +75,7 @@ pub(crate) async fn run(a: ResultStoreArgs) -> anyhow::Result<()> {
         let mut messages = consumer.messages().await?;
         while let Some(msg) = messages.next().await {
             let Ok(msg) = msg else { continue };
-            match rmp_serde::from_slice::<InvocationResult>(&msg.payload) {
+            match tessera_entities::codec::from_msgpack::<InvocationResult>(&msg.payload) {
                 Ok(row) => match store.put(row).await {
                     Ok(_) => {
                         let _ = msg.ack().await;

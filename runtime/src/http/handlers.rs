@@ -327,6 +327,12 @@ pub(crate) async fn registry(State(node): State<Node>) -> Json<wire::RegistryBod
     })
 }
 
+pub(crate) async fn openapi() -> Response {
+    let mut resp = super::openapi::document().into_response();
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
 pub(crate) async fn healthz() -> &'static str {
     "ok\n"
 }
@@ -335,6 +341,40 @@ pub(crate) async fn metrics(State(node): State<Node>) -> Response {
     let mut resp = node.metrics().render().into_response();
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
     resp
+}
+
+/// Every error is an [`ErrorBody`]: axum's own rejections (a path segment
+/// that does not parse as its type or as UTF-8, a method a route does not
+/// take) answer in plain text, and are rewrapped here (found by
+/// schemathesis: `GET /v1/feed/stock/-1` answered `text/plain`).
+pub(crate) async fn json_errors(resp: Response) -> Response {
+    let status = resp.status();
+    let text_plain =
+        resp.headers().get(header::CONTENT_TYPE).is_none_or(|v| v.to_str().is_ok_and(|s| s.starts_with("text/plain")));
+    if !(status.is_client_error() || status.is_server_error()) || !text_plain {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 16 * 1024).await.map(|b| String::from_utf8_lossy(&b).trim().to_owned());
+    let message = match text {
+        Ok(t) if !t.is_empty() => t,
+        _ => status.canonical_reason().unwrap_or("error").to_owned(),
+    };
+    let kind = match status.as_u16() {
+        400 => "malformed",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        413 => "too_large",
+        415 => "unsupported_media_type",
+        _ => "error",
+    };
+    let mut out = (status, Json(ErrorBody::new(kind, status.as_u16(), message))).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
 }
 
 pub(crate) async fn not_found(uri: axum::http::Uri) -> Response {

@@ -15,6 +15,7 @@
 //! | `GET /v1/projections`, `GET /v1/projections/{name}` | projections, their checkpoints and lag |
 //! | `POST /v1/projections/{name}/rewind`, `…/reset` | move checkpoints back (`{"to", "entity_type", "shard"}`) |
 //! | `GET /healthz`, `GET /metrics` | liveness, Prometheus |
+//! | `GET /v1/openapi.json` | the OpenAPI 3.1 document of all of the above ([`openapi`]) |
 //!
 //! With `[auth]` configured every route but `/healthz` needs bearer
 //! credentials and a scope (see [`guard`] and [`crate::auth`]); with
@@ -27,6 +28,7 @@
 mod feed;
 mod guard;
 mod handlers;
+pub mod openapi;
 mod tls;
 
 pub(crate) use handlers::invocation_response;
@@ -97,13 +99,18 @@ fn routes(state: AppState) -> Router {
         .route("/v1/projections/{name}", get(feed::projection))
         .route("/v1/projections/{name}/rewind", post(feed::rewind))
         .route("/v1/projections/{name}/reset", post(feed::reset))
+        .route("/v1/openapi.json", get(handlers::openapi))
         .route("/healthz", get(handlers::healthz))
         .route("/metrics", get(handlers::metrics));
     let router = match state.auth {
         Some(_) => router.route_layer(axum::middleware::from_fn_with_state(state.clone(), guard::check)),
         None => router,
     };
-    router.fallback(handlers::not_found).layer(DefaultBodyLimit::max(limit)).with_state(state)
+    router
+        .fallback(handlers::not_found)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::map_response(handlers::json_errors))
+        .with_state(state)
 }
 
 impl HttpServer {

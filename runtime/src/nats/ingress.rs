@@ -130,9 +130,7 @@ impl NatsIngress {
     }
 }
 
-fn header<'a>(h: Option<&'a HeaderMap>, name: &str) -> Option<&'a str> {
-    h.and_then(|h| h.get(name)).map(|v| v.as_str())
-}
+use super::request::header;
 
 /// Replies with a status, headers and body.
 async fn respond(
@@ -172,43 +170,30 @@ pub(crate) async fn command(node: &Node, link: &NatsLink, msg: Message) {
         Err(e) => return respond_error(link, reply, &e, Format::Json).await,
     };
     let result = async {
-        let rest = msg.subject.as_str().strip_prefix(link.subjects.prefix()).and_then(|r| r.strip_prefix(".cmd."));
-        let (entity_type, shard) = rest
-            .and_then(|r| r.rsplit_once('.'))
-            .and_then(|(t, s)| Some((t.to_owned(), s.parse::<u32>().ok()?)))
-            .ok_or_else(|| {
-                InvokeError::Malformed(format!(
-                    "subject {} is not {}.cmd.TYPE.SHARD",
-                    msg.subject,
-                    link.subjects.prefix()
-                ))
-            })?;
-        let entity_id = header(h, wire::ENTITY)
-            .ok_or_else(|| InvokeError::Malformed(format!("missing header {}", wire::ENTITY)))?
-            .to_owned();
-        let owner = tessera_journal::shard_of(&entity_type, &entity_id, node.config().journal.shards);
-        if owner != shard {
+        let max_body = node.config().http.max_body_bytes;
+        let r = super::request::parse_command(link.subjects.prefix(), &msg.subject, h, msg.payload.len(), max_body)?;
+        let owner = tessera_journal::shard_of(&r.entity_type, &r.entity_id, node.config().journal.shards);
+        if owner != r.shard {
             return Err(InvokeError::Misdirected(format!(
-                "{entity_type}/{entity_id} is in shard {owner}, not {shard}: send it to {}",
-                link.subjects.command(&entity_type, owner)
+                "{}/{} is in shard {owner}, not {}: send it to {}",
+                r.entity_type,
+                r.entity_id,
+                r.shard,
+                link.subjects.command(&r.entity_type, owner)
             )));
         }
-        match header(h, wire::READ) {
-            None => {}
-            Some("state") => {
-                let view = node.state_here(&entity_type, &entity_id).await?;
-                return Ok(Served::State(entity_type, entity_id, view));
-            }
-            Some(other) => {
-                return Err(InvokeError::Malformed(format!("{} must be `state`, not `{other}`", wire::READ)));
-            }
-        }
-        let command = header(h, wire::COMMAND)
-            .ok_or_else(|| InvokeError::Malformed(format!("missing header {}", wire::COMMAND)))?
-            .to_owned();
-        contract::body_size(msg.payload.len(), node.config().http.max_body_bytes)?;
-        let idempotency_key = contract::idempotency_key(header(h, wire::IDEMPOTENCY_KEY))?;
-        let inv = Invocation { entity_type, entity_id, command, body: msg.payload.to_vec(), format, idempotency_key };
+        let Some(command) = r.command else {
+            let view = node.state_here(&r.entity_type, &r.entity_id).await?;
+            return Ok(Served::State(r.entity_type, r.entity_id, view));
+        };
+        let inv = Invocation {
+            entity_type: r.entity_type,
+            entity_id: r.entity_id,
+            command,
+            body: msg.payload.to_vec(),
+            format: r.format,
+            idempotency_key: r.idempotency_key,
+        };
         Ok(Served::Command(node.invoke_here(inv).await?))
     }
     .await;

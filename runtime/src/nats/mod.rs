@@ -13,6 +13,7 @@ mod commands;
 mod forward;
 mod ingress;
 mod queue;
+mod request;
 mod shard_host;
 mod sink;
 

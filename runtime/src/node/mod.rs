@@ -665,6 +665,7 @@ impl Node {
         shard: Option<u32>,
     ) -> Result<usize, InvokeError> {
         let p = self.projection(name)?;
+        refuse_internal(name)?;
         if p.keeps_state() && to > 0 {
             return Err(InvokeError::Malformed(format!(
                 "projection `{name}` keeps state with its checkpoints: it can be reset, not rewound to an offset"
@@ -681,6 +682,20 @@ impl Node {
         shard: Option<u32>,
     ) -> Result<usize, InvokeError> {
         self.projection(name)?;
+        refuse_internal(name)?;
         Ok(self.inner.projections.rewind(name, 0, entity_type, shard).await?)
     }
+}
+
+/// The runtime's own projections (`tessera.dispatch`) are not moved by
+/// hand: the dispatcher keeps pending timers with its checkpoint, and a
+/// reset past the feed's retention would lose timers whose `schedule`
+/// record expired (found by schemathesis resetting it: 6 144 units, 9 s).
+fn refuse_internal(name: &str) -> Result<(), InvokeError> {
+    if name.starts_with("tessera.") {
+        return Err(InvokeError::Malformed(format!(
+            "projection `{name}` is the runtime's own: it cannot be rewound or reset by hand"
+        )));
+    }
+    Ok(())
 }

@@ -79,7 +79,7 @@ impl Checkpoints {
         let Some(e) = events.first() else {
             return Err(JournalError::Invalid(format!("{key}: checkpoint at seq {seq} is missing")));
         };
-        let checkpoint = rmp_serde::from_slice(&e.payload)
+        let checkpoint = tessera_entities::codec::from_msgpack(&e.payload)
             .map_err(|err| JournalError::Invalid(format!("{key}: checkpoint does not decode: {err}")))?;
         Ok(Stored { checkpoint, seq })
     }

@@ -90,7 +90,7 @@ impl FeedEvent {
 
     /// The event decoded into its Rust type.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, ProjectionError> {
-        rmp_serde::from_slice(&self.payload)
+        tessera_entities::codec::from_msgpack(&self.payload)
             .map_err(|e| ProjectionError::Failed(format!("event {} does not decode: {e}", self.key())))
     }
 
@@ -193,7 +193,7 @@ impl<V: View> Projection for ViewProjection<V> {
     async fn handle(&self, batch: ProjectionBatch<'_>, state: &mut Option<Vec<u8>>) -> Result<(), ProjectionError> {
         let mut s: V::State = match state.as_deref() {
             None => V::State::default(),
-            Some(b) => rmp_serde::from_slice(b).map_err(|e| {
+            Some(b) => tessera_entities::codec::from_msgpack(b).map_err(|e| {
                 ProjectionError::Failed(format!("stored state of `{}` does not decode: {e}", self.name()))
             })?,
         };

@@ -45,7 +45,7 @@ pub(crate) struct ProjectionSettings {
 }
 
 /// Where one projection stands in one unit.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 pub struct UnitStatus {
     /// The projection.
     pub projection: String,
@@ -565,7 +565,9 @@ pub async fn view_state<S: DeserializeOwned>(
     let stored = Checkpoints::new(journal).load(name, entity_type, shard).await?;
     match stored.checkpoint.state {
         None => Ok(None),
-        Some(b) => rmp_serde::from_slice(&b).map(Some).map_err(|e| JournalError::Invalid(e.to_string())),
+        Some(b) => {
+            tessera_entities::codec::from_msgpack(&b).map(Some).map_err(|e| JournalError::Invalid(e.to_string()))
+        }
     }
 }
 

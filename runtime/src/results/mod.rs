@@ -22,7 +22,7 @@ pub use memory::MemoryResultStore;
 pub use scylla::ScyllaResultStore;
 
 /// Where an invocation is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ResultStatus {
     /// Accepted, not started.

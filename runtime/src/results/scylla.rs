@@ -108,7 +108,8 @@ impl ScyllaResultStore {
     }
 
     fn decode(id: &str, bytes: &[u8]) -> Result<InvocationResult, ResultStoreError> {
-        rmp_serde::from_slice(bytes).map_err(|e| ResultStoreError::Corrupt { id: id.to_owned(), detail: e.to_string() })
+        tessera_entities::codec::from_msgpack(bytes)
+            .map_err(|e| ResultStoreError::Corrupt { id: id.to_owned(), detail: e.to_string() })
     }
 }
 

@@ -71,7 +71,7 @@ pub(crate) async fn rebuild(
         && snap.seq <= to_seq
         && snap.version == SNAPSHOT_FORMAT
     {
-        match rmp_serde::from_slice::<SnapshotEnvelope>(&snap.payload) {
+        match tessera_entities::codec::from_msgpack::<SnapshotEnvelope>(&snap.payload) {
             Ok(env) if env.state_version == entity.state_version() => match entity.decode_state(&env.state) {
                 Ok(s) => {
                     state = Some(s);

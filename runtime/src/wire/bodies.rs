@@ -7,14 +7,14 @@ use serde_json::Value;
 use crate::results::{InvocationResult, ResultStatus};
 
 /// Every error, on every edge: `{"error": {...}}` with the HTTP status.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// The error.
     pub error: ErrorDetail,
 }
 
 /// What went wrong.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// A stable name of the kind, e.g. `rejected`, `shard_moved`.
     pub kind: String,
@@ -50,7 +50,7 @@ impl ErrorBody {
 }
 
 /// `GET /v1/entities/{type}/{id}`, and the owner's answer to a state read over NATS.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StateBody {
     /// The entity type.
     pub entity_type: String,
@@ -73,7 +73,7 @@ pub struct StateBody {
 
 /// One journal event as JSON (payloads are self-describing MessagePack, so
 /// no user type is needed to show them).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EventBody {
     /// Its seq.
     pub seq: u64,
@@ -99,7 +99,7 @@ pub struct EventBody {
 }
 
 /// `GET /v1/entities/{type}/{id}/events`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EventsBody {
     /// The entity type.
     pub entity_type: String,
@@ -112,7 +112,7 @@ pub struct EventsBody {
 }
 
 /// One entity of a listing.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EntityBody {
     /// Its id.
     pub id: String,
@@ -123,7 +123,7 @@ pub struct EntityBody {
 }
 
 /// `GET /v1/entities/{type}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EntitiesBody {
     /// The entity type.
     pub entity_type: String,
@@ -134,7 +134,7 @@ pub struct EntitiesBody {
 }
 
 /// `POST /v1/functions/{name}?mode=async` (202, or 200 when the key's call is already done).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AcceptedBody {
     /// The invocation id.
     pub invocation_id: String,
@@ -145,7 +145,7 @@ pub struct AcceptedBody {
 }
 
 /// `GET /v1/invocations/{id}`: the result row, its reply as JSON.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InvocationBody {
     /// The invocation id.
     pub invocation_id: String,
@@ -213,7 +213,7 @@ impl From<&InvocationResult> for InvocationBody {
 }
 
 /// An entity type a node serves.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EntityTypeBody {
     /// Its name.
     #[serde(rename = "type")]
@@ -225,7 +225,7 @@ pub struct EntityTypeBody {
 }
 
 /// A function a node serves.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FunctionBody {
     /// Its name.
     pub name: String,
@@ -234,7 +234,7 @@ pub struct FunctionBody {
 }
 
 /// `GET /v1/registry`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RegistryBody {
     /// Entity types.
     pub entities: Vec<EntityTypeBody>,
@@ -243,7 +243,7 @@ pub struct RegistryBody {
 }
 
 /// `GET /v1/autoscaler`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AutoscalerBody {
     /// This node.
     pub node_id: String,
@@ -252,16 +252,18 @@ pub struct AutoscalerBody {
     /// Live members this node sees (absent outside a cluster).
     pub members: Option<usize>,
     /// The policy state while it runs here (of the entities group).
+    #[schema(value_type = Option<Object>)]
     pub state: Option<tessera_cluster::autoscaler::PolicyState>,
     /// Every sized group's policy state while it runs here.
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub groups: std::collections::BTreeMap<tessera_cluster::ScaleGroup, tessera_cluster::autoscaler::PolicyState>,
     /// Its recent decisions, oldest first.
     pub decisions: Vec<DecisionBody>,
 }
 
 /// One scaling decision of the autoscaler.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DecisionBody {
     /// When, ms since the Unix epoch.
     pub at_ms: i64,
@@ -277,6 +279,7 @@ pub struct DecisionBody {
     /// Live nodes seen when deciding.
     pub live: usize,
     /// The averaged load it decided on.
+    #[schema(value_type = Object)]
     pub observation: tessera_cluster::autoscaler::Observation,
     /// The scaler that applied it.
     pub scaler: String,
@@ -308,7 +311,7 @@ pub struct LocateBody {
 }
 
 /// One entry of a unit's feed (`GET /v1/feed/{type}/{shard}`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FeedEntryBody {
     /// Its offset in the unit's feed.
     pub offset: u64,
@@ -333,7 +336,7 @@ impl From<&tessera_journal::ShardEvent> for FeedEntryBody {
 }
 
 /// A page of a unit's feed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FeedBody {
     /// The unit's entity type.
     pub entity_type: String,
@@ -350,7 +353,7 @@ pub struct FeedBody {
 }
 
 /// A projection (`GET /v1/projections/{name}`; in the list, without units).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProjectionBody {
     /// Its name.
     pub name: String,
@@ -370,7 +373,7 @@ pub struct ProjectionBody {
 }
 
 /// `GET /v1/projections`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProjectionsBody {
     /// The node answering.
     pub node_id: String,
@@ -379,7 +382,7 @@ pub struct ProjectionsBody {
 }
 
 /// The body of `POST /v1/projections/{name}/rewind` (and `reset`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RewindBody {
     /// The offset to deliver after (0: from the start).
@@ -394,7 +397,7 @@ pub struct RewindBody {
 }
 
 /// What a rewind or reset moved.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RewoundBody {
     /// The projection.
     pub projection: String,
