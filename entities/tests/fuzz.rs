@@ -40,8 +40,13 @@ fn decode_all(name: &str, body: &[u8], f: Format) {
     let _ = codec::transcode_msgpack(body, Format::Json);
 }
 
+/// Cases per property: 3000 in the suite, `TESSERA_FUZZ_CASES` for long runs (docs/fuzzing.md).
+fn fuzz_cases() -> u32 {
+    std::env::var("TESSERA_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(3000)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 3000, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: fuzz_cases(), failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn any_bytes_are_an_error_or_a_value(name in "[a-z_]{0,10}", body in prop::collection::vec(any::<u8>(), 0..256), f in formats()) {

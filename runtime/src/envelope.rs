@@ -175,8 +175,13 @@ mod fuzz {
         rmp_serde::to_vec_named(&s).unwrap()
     }
 
+    /// Cases per property: 3000 in the suite, `TESSERA_FUZZ_CASES` for long runs (docs/fuzzing.md).
+    fn fuzz_cases() -> u32 {
+        std::env::var("TESSERA_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(3000)
+    }
+
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 3000, failure_persistence: None, ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig { cases: fuzz_cases(), failure_persistence: None, ..ProptestConfig::default() })]
 
         #[test]
         fn any_bytes(bytes in prop::collection::vec(any::<u8>(), 0..300)) {

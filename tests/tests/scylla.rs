@@ -202,12 +202,14 @@ async fn the_server_stopped_mid_load_loses_nothing_acknowledged_and_the_node_rec
                 let key = format!("c{c}-{k}");
                 k += 1;
                 attempted.push(key.clone());
-                let (s, _, body) =
+                let sent = std::time::Instant::now();
+                let (s, h, body) =
                     post(&cmd(&base, &format!("s:{}", c % 4), "restock"), r#"{"qty":1}"#, Some(&key)).await;
                 match s {
                     200 => acked.push(key),
                     _ => {
-                        errors.push((s, body["error"]["message"].as_str().unwrap_or_default().to_owned()));
+                        let message = body["error"]["message"].as_str().unwrap_or_default().to_owned();
+                        errors.push((s, message, sent.elapsed(), h.contains_key("retry-after")));
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 }
@@ -217,8 +219,16 @@ async fn the_server_stopped_mid_load_loses_nothing_acknowledged_and_the_node_rec
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(cassandra("stop").await.success());
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    // While it is down: every command fails fast, 503 with Retry-After.
+    let mut down = Vec::new();
+    for i in 0..20 {
+        let sent = std::time::Instant::now();
+        let (s, h, body) = post(&cmd(&base, &format!("s:down-{i}"), "restock"), r#"{"qty":1}"#, None).await;
+        down.push((s, sent.elapsed(), h.contains_key("retry-after"), body["error"]["message"].clone()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(cassandra("start").await.success());
+    let restarted = std::time::Instant::now();
     // The node recovers by itself: wait for a command to succeed again.
     let mut last = (0, serde_json::Value::Null);
     for _ in 0..120 {
@@ -230,6 +240,13 @@ async fn the_server_stopped_mid_load_loses_nothing_acknowledged_and_the_node_rec
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert_eq!(last.0, 200, "the node serves again after the server came back: {}", last.1);
+    let recovered_ms = restarted.elapsed().as_millis() as u64;
+    for (s, took, retry_after, msg) in &down {
+        assert_eq!((*s, *retry_after), (503, true), "refused while the server is down, with Retry-After: {msg}");
+        assert!(*took < Duration::from_secs(3), "and fast ({took:?} < the 5 s invocation timeout): {msg}");
+    }
+    let mut fail_ms: Vec<u64> = down.iter().map(|d| d.1.as_millis() as u64).collect();
+    fail_ms.sort_unstable();
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
     let (mut acked, mut attempted, mut errors) = (HashSet::new(), Vec::new(), Vec::new());
@@ -240,8 +257,9 @@ async fn the_server_stopped_mid_load_loses_nothing_acknowledged_and_the_node_rec
         errors.extend(e);
     }
     assert!(!errors.is_empty(), "the outage was seen");
-    for (s, msg) in &errors {
+    for (s, msg, _, retry_after) in &errors {
         assert!(matches!(s, 503 | 504), "errors during the outage are retryable: {s} {msg}");
+        assert!(*s != 503 || *retry_after, "a 503 says when to retry: {msg}");
         assert!(!msg.is_empty(), "and say why");
     }
     // Every acknowledged command is in the journal exactly once; retrying
@@ -278,6 +296,13 @@ async fn the_server_stopped_mid_load_loses_nothing_acknowledged_and_the_node_rec
         }
     }
     assert_eq!(seen.len(), attempted.len(), "every attempted command applied exactly once");
+    let timeouts = errors.iter().filter(|e| e.0 == 504).count();
+    eprintln!(
+        "RELIABILITY cassandra_restart {}",
+        serde_json::json!({"acknowledged": acked.len(), "attempted": attempted.len(), "errors": errors.len(),
+            "timeouts_504": timeouts, "refusal_ms_p50": fail_ms[fail_ms.len() / 2], "refusal_ms_max": fail_ms[fail_ms.len() - 1],
+            "recovered_after_start_ms": recovered_ms})
+    );
     n.shutdown().await;
     assert!(cassandra("stop").await.success());
 }

@@ -35,11 +35,16 @@ pub struct Cluster {
 
 impl Cluster {
     pub async fn new() -> Self {
+        Self::on_nats(&nats_url()).await
+    }
+
+    /// A cluster whose bucket is on the NATS server at `nats`.
+    pub async fn on_nats(nats: &str) -> Self {
         let prefix = unique_prefix();
         let journal = format!("{}/{}", scylla_server(), unique_keyspace());
         let j = journal.clone();
         tokio::task::spawn_blocking(move || migrate(&j)).await.expect("migrate");
-        let client = async_nats::connect(nats_url()).await.expect("nats");
+        let client = async_nats::connect(nats).await.expect("nats");
         let js = async_nats::jetstream::new(client);
         let store = ClusterStore::open(&js, &prefix, Duration::from_millis(TTL_MS)).await.expect("bucket");
         Self { prefix, journal, dir: tempfile::tempdir().expect("tempdir"), store, entity_types: 2 }
