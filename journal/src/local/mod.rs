@@ -8,6 +8,7 @@
 //! (fjall's files).
 
 mod format;
+mod store;
 mod writer;
 
 use std::fs::{File, OpenOptions, TryLockError};
@@ -17,12 +18,13 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use fjall::{Database, KeyspaceCreateOptions, PersistMode};
+use fjall::PersistMode;
 use futures::StreamExt;
 use tokio::sync::oneshot;
 
+use store::{Keyspaces, Shared, Store};
 pub use writer::CommitObserver;
-use writer::{Keyspaces, Op, Writer, WriterOptions, unavailable};
+use writer::{Op, Writer, WriterOptions, unavailable};
 
 use crate::error::{AppendError, JournalError, OpenError};
 use crate::journal::{EntityStream, EventStream, Journal, ShardStream};
@@ -105,15 +107,9 @@ impl LocalJournalBuilder {
 struct Inner {
     tx: Mutex<Option<Sender<Op>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
-    events: fjall::Keyspace,
-    index: fjall::Keyspace,
-    snapshots: fjall::Keyspace,
-    feed: fjall::Keyspace,
-    meta: fjall::Keyspace,
-    keys: fjall::Keyspace,
+    store: Arc<Shared>,
     shards: u32,
     path: PathBuf,
-    _db: Database,
     _lock: File,
 }
 
@@ -229,35 +225,14 @@ impl LocalJournal {
                 Err(TryLockError::Error(e)) => return Err(io_err(&path, e)),
             }
         }
-        let db = Database::builder(path.join("data"))
-            .cache_size(b.cache_bytes)
-            .open()
-            .map_err(|e| io_err(&path, format!("storage engine: {e}")))?;
-        let open_ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default).map_err(|e| io_err(&path, e));
-        let ks = Keyspaces {
-            events: open_ks("events")?,
-            index: open_ks("entities")?,
-            snapshots: open_ks("snapshots")?,
-            // Feeds per (entity type, shard); `feed` held the per-shard feed of format 1.
-            feed: open_ks("unit_feed")?,
-            meta: open_ks("meta")?,
-            keys: open_ks("keys")?,
-            key_expiry: open_ks("key_expiry")?,
-        };
+        let store = Store::open(&path.join("data"), b.cache_bytes).map_err(|e| io_err(&path, e))?;
+        let shared = Arc::new(Shared::new(store, path.join("data"), b.cache_bytes));
         let durability = match b.durability {
             Durability::SyncData => Some(PersistMode::SyncData),
             Durability::SyncAll => Some(PersistMode::SyncAll),
             Durability::Buffered => Some(PersistMode::Buffer),
         };
         let (tx, rx) = std::sync::mpsc::channel();
-        let (events, index, snapshots, feed, meta, keys) = (
-            ks.events.clone(),
-            ks.index.clone(),
-            ks.snapshots.clone(),
-            ks.feed.clone(),
-            ks.meta.clone(),
-            ks.keys.clone(),
-        );
         let options = WriterOptions {
             durability,
             max_batch: b.max_batch,
@@ -265,7 +240,7 @@ impl LocalJournal {
             feed_retention: b.feed_retention,
             observer: b.observer,
         };
-        let writer = Writer::new(db.clone(), ks, options);
+        let writer = Writer::new(shared.clone(), options).map_err(|e| io_err(&path, e))?;
         let thread = std::thread::Builder::new()
             .name("tessera-journal-writer".into())
             .spawn(move || writer.run(rx))
@@ -275,15 +250,9 @@ impl LocalJournal {
             inner: Arc::new(Inner {
                 tx: Mutex::new(Some(tx)),
                 thread: Mutex::new(Some(thread)),
-                events,
-                index,
-                snapshots,
-                feed,
-                meta,
-                keys,
+                store: shared,
                 shards: b.shards,
                 path,
-                _db: db,
                 _lock: lock,
             }),
         })
@@ -294,12 +263,15 @@ impl LocalJournal {
         tx.as_ref().ok_or(JournalError::Closed)?.send(op).map_err(|_| JournalError::Closed)
     }
 
+    /// Runs a read on the current store, off the async threads.
     async fn blocking<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Inner) -> Result<T, JournalError> + Send + 'static,
+        f: impl FnOnce(&Keyspaces) -> Result<T, JournalError> + Send + 'static,
     ) -> Result<T, JournalError> {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || f(&inner)).await.map_err(|e| JournalError::Unavailable(e.to_string()))?
+        tokio::task::spawn_blocking(move || f(&inner.store.get()?.ks))
+            .await
+            .map_err(|e| JournalError::Unavailable(e.to_string()))?
     }
 }
 
@@ -307,7 +279,7 @@ fn corrupt(entity: &EntityKey, seq: u64, detail: String) -> JournalError {
     JournalError::Corrupt { entity: entity.to_string(), seq, detail }
 }
 
-fn read_page(inner: &Inner, entity: &EntityKey, from: u64, to: u64) -> Result<Vec<PersistedEvent>, JournalError> {
+fn read_page(inner: &Keyspaces, entity: &EntityKey, from: u64, to: u64) -> Result<Vec<PersistedEvent>, JournalError> {
     if from > to {
         return Ok(Vec::new());
     }

@@ -1,7 +1,9 @@
 //! The group-commit writer: one thread takes every queued write, validates
 //! each append against the entities' last seqs, fences and idempotency
 //! keys, writes all of them in one fjall batch with one durable commit, and
-//! only then acknowledges them.
+//! only then acknowledges them. After a commit that failed to reach the
+//! disk it refuses writes with the cause until the disk takes writes again,
+//! then reopens the store ([`super::store`]).
 //!
 //! The writer is also the single writer of the shard feeds: it assigns each
 //! committed event the next offset of its shard in the same batch as the
@@ -12,13 +14,15 @@
 //! it removed (a reader behind it gets `FeedExpired`).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
 
-use fjall::{Database, Keyspace, PersistMode};
+use fjall::{Keyspace, PersistMode};
 use tokio::sync::oneshot;
 
 use super::format::{self, EntityMeta};
+use super::store::{self, Shared, Store};
 use crate::error::{AppendError, JournalError};
 use crate::memory::now_ms;
 use crate::types::{AppendAck, AppendRequest, EntityKey, Snapshot};
@@ -31,20 +35,19 @@ pub(crate) enum Op {
     DeleteTo { key: EntityKey, seq: u64, ack: oneshot::Sender<Result<(), JournalError>> },
 }
 
+impl Op {
+    /// Answers the op with `err` without running it.
+    fn fail(self, err: &JournalError) {
+        match self {
+            Self::Append { ack, .. } => drop(ack.send(Err(err.clone().into()))),
+            Self::RaiseFence { ack, .. } => drop(ack.send(Err(err.clone().into()))),
+            Self::Snapshot { ack, .. } | Self::DeleteTo { ack, .. } => drop(ack.send(Err(err.clone()))),
+        }
+    }
+}
+
 /// Observations of each commit, for metrics.
 pub type CommitObserver = Box<dyn Fn(usize, std::time::Duration) + Send + Sync>;
-
-pub(crate) struct Keyspaces {
-    pub(crate) events: Keyspace,
-    pub(crate) index: Keyspace,
-    pub(crate) snapshots: Keyspace,
-    pub(crate) feed: Keyspace,
-    pub(crate) meta: Keyspace,
-    /// Idempotency keys: `[entity prefix][key]` → (seq, expires at).
-    pub(crate) keys: Keyspace,
-    /// `[expires at][entity prefix][key]` → (): the sweep's order.
-    pub(crate) key_expiry: Keyspace,
-}
 
 const CACHE_LIMIT: usize = 1 << 20;
 /// Most entries one sweep removes per shard (the rest go on the next sweep).
@@ -59,9 +62,22 @@ pub(crate) struct WriterOptions {
     pub(crate) observer: Option<CommitObserver>,
 }
 
+/// A commit failed to reach the disk: writes are refused until a reopen.
+struct Broken {
+    cause: String,
+    next_try: Instant,
+}
+
+/// How often a broken writer probes the disk.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// What the probe writes: room for fjall's recovery and a new journal file.
+const PROBE_BYTES: usize = 4 << 20;
+
 pub(crate) struct Writer {
-    db: Database,
-    ks: Keyspaces,
+    shared: Arc<Shared>,
+    /// The store writes go to (`None` only while broken, after a failed reopen).
+    current: Option<Arc<Store>>,
+    broken: Option<Broken>,
     o: WriterOptions,
     cache: HashMap<Vec<u8>, EntityMeta>,
     /// The last offset assigned per feed unit (type × shard; loaded on first use).
@@ -93,8 +109,52 @@ impl Done {
 }
 
 impl Writer {
-    pub(crate) fn new(db: Database, ks: Keyspaces, o: WriterOptions) -> Self {
-        Self { db, ks, o, cache: HashMap::new(), feed_last: HashMap::new(), last_sweep: Instant::now() }
+    pub(crate) fn new(shared: Arc<Shared>, o: WriterOptions) -> Result<Self, JournalError> {
+        let current = Some(shared.get()?);
+        let (cache, feed_last) = (HashMap::new(), HashMap::new());
+        Ok(Self { shared, current, broken: None, o, cache, feed_last, last_sweep: Instant::now() })
+    }
+
+    /// The store to write to. Only called while not broken.
+    fn s(&self) -> &Store {
+        self.current.as_deref().expect("a writer that is not broken has a store")
+    }
+
+    /// A commit failed: refuse writes until the disk takes them again.
+    fn broke(&mut self, e: &fjall::Error) -> JournalError {
+        let cause = store::describe(e);
+        tracing::error!(error = %e, "journal write failed ({cause}); writes are refused until the disk takes them again");
+        self.broken = Some(Broken { cause: cause.clone(), next_try: Instant::now() + PROBE_EVERY });
+        JournalError::Unavailable(format!(
+            "journal write failed: {cause}; writes resume when the disk takes them again"
+        ))
+    }
+
+    /// While broken: when the disk takes a write again, reopen the store.
+    fn heal(&mut self) {
+        let Some(b) = &mut self.broken else { return };
+        if Instant::now() < b.next_try {
+            return;
+        }
+        b.next_try = Instant::now() + PROBE_EVERY;
+        if !store::accepts_writes(self.shared.dir(), PROBE_BYTES) {
+            return;
+        }
+        match self.shared.reopen(self.current.take()) {
+            Ok(s) => {
+                self.current = Some(s);
+                self.cache.clear();
+                self.feed_last.clear();
+                let was = self.broken.take().map(|b| b.cause).unwrap_or_default();
+                tracing::warn!(after = %was, "journal reopened: writes accepted again");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "journal reopen failed; retried in a second");
+                if let Some(b) = &mut self.broken {
+                    b.cause = format!("{} (reopen failed: {e})", b.cause);
+                }
+            }
+        }
     }
 
     fn sweep_every(&self) -> Duration {
@@ -115,6 +175,17 @@ impl Writer {
                     Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                 }
             }
+            self.heal();
+            if let Some(b) = &self.broken {
+                let err = JournalError::Unavailable(format!(
+                    "journal write failed earlier: {}; writes resume when the disk takes them again",
+                    b.cause
+                ));
+                for op in ops.drain(..) {
+                    op.fail(&err);
+                }
+                continue;
+            }
             if !ops.is_empty() {
                 self.commit_group(&mut ops);
             }
@@ -131,7 +202,7 @@ impl Writer {
         if let Some(m) = pending.get(ikey).or_else(|| self.cache.get(ikey)) {
             return Ok(*m);
         }
-        let m = match self.ks.index.get(ikey).map_err(unavailable)? {
+        let m = match self.s().ks.index.get(ikey).map_err(unavailable)? {
             None => EntityMeta::default(),
             Some(v) => format::decode_meta(&v).map_err(|detail| JournalError::Corrupt {
                 entity: String::from_utf8_lossy(ikey).into_owned(),
@@ -152,14 +223,14 @@ impl Writer {
         if let Some(l) = self.feed_last.get(unit) {
             return Ok(*l);
         }
-        let last = last_offset(&self.ks.feed, unit)?.max(expired_to(&self.ks.meta, unit)?);
+        let last = last_offset(&self.s().ks.feed, unit)?.max(expired_to(&self.s().ks.meta, unit)?);
         self.feed_last.insert(unit.to_vec(), last);
         Ok(last)
     }
 
     /// The seq an entity committed a key at, when it is still remembered at `now`.
     fn remembered(&self, entity: &EntityKey, key: &str, now: i64) -> Result<Option<u64>, JournalError> {
-        let Some(v) = self.ks.keys.get(format::key_key(entity, key)).map_err(unavailable)? else { return Ok(None) };
+        let Some(v) = self.s().ks.keys.get(format::key_key(entity, key)).map_err(unavailable)? else { return Ok(None) };
         let (seq, expires) = format::decode_key_record(&v).map_err(|detail| JournalError::Corrupt {
             entity: entity.to_string(),
             seq: 0,
@@ -171,7 +242,7 @@ impl Writer {
     /// Writes every op it can into one batch, commits once, then acks.
     fn commit_group(&mut self, ops: &mut Vec<Op>) {
         let started = std::time::Instant::now();
-        let mut batch = self.db.batch().durability(self.o.durability);
+        let mut batch = self.s().db.batch().durability(self.o.durability);
         let mut pending: HashMap<Vec<u8>, EntityMeta> = HashMap::new();
         let mut feed_pending: HashMap<Vec<u8>, u64> = HashMap::new();
         let mut done: Vec<Done> = Vec::with_capacity(ops.len());
@@ -230,7 +301,7 @@ impl Writer {
                             let _ = ack.send(Err(JournalError::Invalid(msg).into()));
                             continue;
                         }
-                        batch.insert(&self.ks.snapshots, ikey.clone(), format::encode_snapshot(s));
+                        batch.insert(&self.s().ks.snapshots, ikey.clone(), format::encode_snapshot(s));
                     }
                     let prefix = format::entity_prefix(&key);
                     let unit = format::unit_prefix(&key.entity_type, key.shard(self.o.shards));
@@ -240,7 +311,7 @@ impl Writer {
                             Ok(0) => {
                                 let mut mark = format::UNIT_MARK.to_vec();
                                 mark.extend_from_slice(&unit);
-                                batch.insert(&self.ks.meta, mark, Vec::<u8>::new());
+                                batch.insert(&self.s().ks.meta, mark, Vec::<u8>::new());
                                 0
                             }
                             Ok(o) => o,
@@ -254,20 +325,20 @@ impl Writer {
                         let seq = expected + 1 + i as u64;
                         let record =
                             format::encode_event(timestamp_ms, &e.type_name, e.version, &e.payload, &e.metadata);
-                        batch.insert(&self.ks.events, format::event_key(&prefix, seq), record);
+                        batch.insert(&self.s().ks.events, format::event_key(&prefix, seq), record);
                         offset += 1;
                         let feed_ref = format::encode_feed_ref(&prefix, seq, timestamp_ms);
-                        batch.insert(&self.ks.feed, format::feed_key(&unit, offset), feed_ref);
+                        batch.insert(&self.s().ks.feed, format::feed_key(&unit, offset), feed_ref);
                     }
                     feed_pending.insert(unit, offset);
                     if let Some(k) = idem {
                         let kk = format::key_key(&key, &k.key);
                         let expires = timestamp_ms.saturating_add(k.retain_ms);
-                        batch.insert(&self.ks.keys, kk.clone(), format::encode_key_record(last_seq, expires));
-                        batch.insert(&self.ks.key_expiry, format::key_expiry(expires, &kk), Vec::<u8>::new());
+                        batch.insert(&self.s().ks.keys, kk.clone(), format::encode_key_record(last_seq, expires));
+                        batch.insert(&self.s().ks.key_expiry, format::key_expiry(expires, &kk), Vec::<u8>::new());
                     }
                     m.last_seq = last_seq;
-                    batch.insert(&self.ks.index, ikey.clone(), format::encode_meta(m));
+                    batch.insert(&self.s().ks.index, ikey.clone(), format::encode_meta(m));
                     pending.insert(ikey, m);
                     done.push(Done::Append(ack, AppendAck { first_seq: expected + 1, last_seq, timestamp_ms }));
                 }
@@ -286,7 +357,7 @@ impl Writer {
                         }
                         Ok(mut m) => {
                             m.fence = epoch;
-                            batch.insert(&self.ks.index, ikey.clone(), format::encode_meta(m));
+                            batch.insert(&self.s().ks.index, ikey.clone(), format::encode_meta(m));
                             pending.insert(ikey, m);
                             done.push(Done::Fence(ack));
                         }
@@ -303,7 +374,7 @@ impl Writer {
                             let _ = ack.send(Err(JournalError::Invalid(msg)));
                         }
                         Ok(_) => {
-                            batch.insert(&self.ks.snapshots, ikey, format::encode_snapshot(&snapshot));
+                            batch.insert(&self.s().ks.snapshots, ikey, format::encode_snapshot(&snapshot));
                             done.push(Done::Unit(ack));
                         }
                     }
@@ -330,7 +401,7 @@ impl Writer {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "journal commit failed; {n} writes rejected");
-                    let err = JournalError::Unavailable(format!("commit failed: {e}"));
+                    let err = self.broke(&e);
                     for d in done {
                         d.fail(&err);
                     }
@@ -348,8 +419,9 @@ impl Writer {
     /// front of each shard's feed) and idempotency keys past their expiry.
     fn sweep(&mut self, now: i64) -> Result<(), JournalError> {
         let cutoff = now.saturating_sub(self.o.feed_retention.as_millis().min(i64::MAX as u128) as i64);
-        let mut batch = self.db.batch().durability(self.o.durability);
+        let mut batch = self.s().db.batch().durability(self.o.durability);
         let units: Vec<Vec<u8>> = self
+            .s()
             .ks
             .meta
             .prefix(format::UNIT_MARK)
@@ -359,27 +431,27 @@ impl Writer {
         for unit in units {
             let range = format::feed_key(&unit, 0)..=format::feed_key(&unit, u64::MAX);
             let mut removed = None;
-            for item in self.ks.feed.range(range).take(SWEEP_LIMIT) {
+            for item in self.s().ks.feed.range(range).take(SWEEP_LIMIT) {
                 let (k, v) = item.into_inner().map_err(unavailable)?;
                 let ts = format::decode_feed_ref(&v).map_or(0, |(_, _, ts)| ts);
                 if ts >= cutoff {
                     break;
                 }
                 removed = Some(format::feed_offset(&k));
-                batch.remove(&self.ks.feed, k);
+                batch.remove(&self.s().ks.feed, k);
             }
             if let Some(to) = removed {
-                batch.insert(&self.ks.meta, format::expired_key(&unit), to.to_be_bytes().to_vec());
+                batch.insert(&self.s().ks.meta, format::expired_key(&unit), to.to_be_bytes().to_vec());
             }
         }
         let upto = format::key_expiry(now, &[]);
-        for item in self.ks.key_expiry.range(..upto).take(SWEEP_LIMIT) {
+        for item in self.s().ks.key_expiry.range(..upto).take(SWEEP_LIMIT) {
             let k = item.key().map_err(unavailable)?;
-            batch.remove(&self.ks.keys, k[8..].to_vec());
-            batch.remove(&self.ks.key_expiry, k);
+            batch.remove(&self.s().ks.keys, k[8..].to_vec());
+            batch.remove(&self.s().ks.key_expiry, k);
         }
         if !batch.is_empty() {
-            batch.commit().map_err(unavailable)?;
+            batch.commit().map_err(|e| self.broke(&e))?;
         }
         Ok(())
     }
@@ -392,15 +464,16 @@ impl Writer {
             return Ok(());
         }
         let prefix = format::entity_prefix(key);
-        let mut batch = self.db.batch().durability(self.o.durability);
-        for item in self.ks.events.range(format::event_key(&prefix, m.deleted_to + 1)..=format::event_key(&prefix, to))
+        let mut batch = self.s().db.batch().durability(self.o.durability);
+        for item in
+            self.s().ks.events.range(format::event_key(&prefix, m.deleted_to + 1)..=format::event_key(&prefix, to))
         {
             let k = item.key().map_err(unavailable)?;
-            batch.remove(&self.ks.events, k);
+            batch.remove(&self.s().ks.events, k);
         }
         m.deleted_to = to;
-        batch.insert(&self.ks.index, ikey.clone(), format::encode_meta(m));
-        batch.commit().map_err(unavailable)?;
+        batch.insert(&self.s().ks.index, ikey.clone(), format::encode_meta(m));
+        batch.commit().map_err(|e| self.broke(&e))?;
         self.cache.insert(ikey, m);
         Ok(())
     }
