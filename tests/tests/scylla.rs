@@ -142,7 +142,60 @@ async fn garbage_in_a_payload_column_is_a_clear_error_naming_entity_and_seq() {
     let msg = e["error"]["message"].as_str().unwrap();
     assert!(msg.contains("stock/s:g") && msg.contains("seq 2"), "{msg}");
     assert_eq!(j.last_seq(&EntityKey::new("stock", "s:g")).await.unwrap(), 3, "nothing appended");
+
+    // A flipped byte that still decodes (`qty: 1` becomes `qty: 3`) is found
+    // by the row's checksum: the entity fails naming the seq, others serve.
+    post(&cmd(&base, "s:h", "restock"), r#"{"qty":1}"#, None).await;
+    post(&cmd(&base, "s:h", "restock"), r#"{"qty":1}"#, None).await;
+    let where_ = |seq: u64| format!("entity_type = 'stock' AND entity_id = 's:h' AND bucket = 0 AND seq = {seq}");
+    let (payload,): (Vec<u8>,) = j
+        .session()
+        .query_unpaged(format!("SELECT payload FROM {ks}.events WHERE {}", where_(1)), ())
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap()
+        .single_row()
+        .unwrap();
+    let mut flipped = payload.clone();
+    let last = flipped.len() - 1;
+    assert_eq!(flipped[last], 1, "the qty is the payload's last byte: {payload:?}");
+    flipped[last] ^= 2;
+    assert!(
+        rmp_serde::from_slice::<serde_json::Value>(&flipped).is_ok(),
+        "the flipped payload still decodes: only a checksum can tell"
+    );
+    j.session()
+        .query_unpaged(format!("UPDATE {ks}.events SET payload = ? WHERE {}", where_(1)), (flipped,))
+        .await
+        .unwrap();
     n.shutdown().await;
+    let (n, base) = node(&url, |_| {}).await;
+    let (s, e) = get(&format!("{base}/v1/entities/stock/s:h")).await;
+    assert_eq!((s, e["error"]["kind"].as_str()), (500, Some("replay_failed")), "{e}");
+    let msg = e["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("stock/s:h") && msg.contains("seq 1") && msg.contains("checksum"), "{msg}");
+    let (s, _, _) = post(&cmd(&base, "s:other", "restock"), r#"{"qty":1}"#, None).await;
+    assert_eq!(s, 200, "other entities serve");
+    n.shutdown().await;
+    // `journal verify` names both damaged entities with their seqs.
+    let verify = {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_tessera-test-node"))
+                .args(["journal", "verify", "--scylla", &url])
+                .env("RUST_LOG", "error")
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap()
+    };
+    assert!(!verify.status.success());
+    let problems: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&verify.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let named = |id: &str, seq: u64| problems.iter().any(|p| p["entity_id"] == id && p["seq"] == seq);
+    assert!(named("s:h", 1) && problems.iter().any(|p| p["entity_id"] == "s:g"), "{problems:?}");
     drop_keyspace(&url).await;
 }
 

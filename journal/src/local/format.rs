@@ -29,6 +29,13 @@ pub(crate) fn type_prefix(entity_type: &str) -> Vec<u8> {
     out
 }
 
+/// The entity type an index key starts with.
+pub(crate) fn type_of_key(key: &[u8]) -> Option<String> {
+    let mut r = Reader(key);
+    let len = r.u16()? as usize;
+    std::str::from_utf8(r.take(len)?).ok().map(str::to_owned)
+}
+
 /// The entity index key: `[type len u16][type][id]` (ids sort as bytes).
 pub(crate) fn index_key(key: &EntityKey) -> Vec<u8> {
     let mut out = type_prefix(&key.entity_type);

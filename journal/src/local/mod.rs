@@ -119,6 +119,14 @@ impl Drop for Inner {
         if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = t.join();
         }
+        // A clean close leaves the data in checksummed table files, not
+        // only in the write-ahead journal (shorter recovery; less that a
+        // damaged journal file can take with it).
+        if let Ok(s) = self.store.get()
+            && let Err(e) = s.flush()
+        {
+            tracing::warn!(error = %e, "journal flush at close failed; the write-ahead journal has everything");
+        }
     }
 }
 
@@ -197,6 +205,32 @@ impl LocalJournal {
     /// The journal's directory.
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// Writes what is only in the write-ahead journal to table files (done
+    /// at a clean close too).
+    pub fn flush(&self) -> Result<(), JournalError> {
+        self.inner.store.get()?.flush().map_err(unavailable)
+    }
+
+    /// Every entity type with an entity in this journal, in order.
+    pub fn entity_types(&self) -> Result<Vec<String>, JournalError> {
+        let store = self.inner.store.get()?;
+        let mut types = Vec::new();
+        let mut from = Vec::new();
+        loop {
+            let Some(item) = store.ks.index.range(from.clone()..).next() else { return Ok(types) };
+            let k = item.key().map_err(unavailable)?;
+            let Some(t) = format::type_of_key(&k).filter(|t| !t.is_empty()) else { return Ok(types) };
+            // Keys are `[len][type][id]`: the type's prefix with its last
+            // byte raised sorts after all of them (the last byte of UTF-8
+            // is below 0xF5, so it cannot wrap).
+            from = format::type_prefix(&t);
+            if let Some(b) = from.last_mut() {
+                *b += 1;
+            }
+            types.push(t);
+        }
     }
 
     fn open_with(b: LocalJournalBuilder) -> Result<Self, OpenError> {
@@ -279,6 +313,17 @@ fn corrupt(entity: &EntityKey, seq: u64, detail: String) -> JournalError {
     JournalError::Corrupt { entity: entity.to_string(), seq, detail }
 }
 
+/// A storage engine error met while reading `entity` at `seq`: damaged
+/// data (a table block whose checksum fails, one that does not
+/// decompress) is that entity's corruption, anything else is the store
+/// being unavailable.
+fn read_err(entity: &EntityKey, seq: u64, e: fjall::Error) -> JournalError {
+    match e {
+        fjall::Error::Io(_) | fjall::Error::Storage(fjall::LsmError::Io(_)) | fjall::Error::Poisoned => unavailable(e),
+        damaged => corrupt(entity, seq, format!("the storage engine cannot read it: {damaged}")),
+    }
+}
+
 fn read_page(inner: &Keyspaces, entity: &EntityKey, from: u64, to: u64) -> Result<Vec<PersistedEvent>, JournalError> {
     if from > to {
         return Ok(Vec::new());
@@ -286,7 +331,8 @@ fn read_page(inner: &Keyspaces, entity: &EntityKey, from: u64, to: u64) -> Resul
     let prefix = format::entity_prefix(entity);
     let mut page = Vec::with_capacity(PAGE.min((to - from).saturating_add(1) as usize));
     for item in inner.events.range(format::event_key(&prefix, from)..=format::event_key(&prefix, to)).take(PAGE) {
-        let (k, v) = item.into_inner().map_err(unavailable)?;
+        let next = page.last().map_or(from.max(1), |e: &PersistedEvent| e.seq + 1);
+        let (k, v) = item.into_inner().map_err(|e| read_err(entity, next, e))?;
         let seq = u64::from_be_bytes(k[k.len() - 8..].try_into().unwrap_or_default());
         page.push(format::decode_event(seq, &v).map_err(|d| corrupt(entity, seq, d))?);
     }
@@ -324,9 +370,11 @@ impl Journal for LocalJournal {
 
     async fn last_seq(&self, entity: &EntityKey) -> Result<u64, JournalError> {
         let entity = entity.clone();
-        self.blocking(move |inner| match inner.index.get(format::index_key(&entity)).map_err(unavailable)? {
-            None => Ok(0),
-            Some(v) => Ok(format::decode_meta(&v).map_err(|d| corrupt(&entity, 0, d))?.last_seq),
+        self.blocking(move |inner| {
+            match inner.index.get(format::index_key(&entity)).map_err(|e| read_err(&entity, 0, e))? {
+                None => Ok(0),
+                Some(v) => Ok(format::decode_meta(&v).map_err(|d| corrupt(&entity, 0, d))?.last_seq),
+            }
         })
         .await
     }
@@ -339,9 +387,11 @@ impl Journal for LocalJournal {
 
     async fn load_snapshot(&self, entity: &EntityKey) -> Result<Option<Snapshot>, JournalError> {
         let entity = entity.clone();
-        self.blocking(move |inner| match inner.snapshots.get(format::index_key(&entity)).map_err(unavailable)? {
-            None => Ok(None),
-            Some(v) => format::decode_snapshot(&v).map(Some).map_err(|d| corrupt(&entity, 0, d)),
+        self.blocking(move |inner| {
+            match inner.snapshots.get(format::index_key(&entity)).map_err(|e| read_err(&entity, 0, e))? {
+                None => Ok(None),
+                Some(v) => format::decode_snapshot(&v).map(Some).map_err(|d| corrupt(&entity, 0, d)),
+            }
         })
         .await
     }

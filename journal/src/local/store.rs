@@ -60,6 +60,17 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Writes every keyspace's memtable to a table file.
+    pub(crate) fn flush(&self) -> Result<(), fjall::Error> {
+        let k = &self.ks;
+        for ks in [&k.events, &k.index, &k.snapshots, &k.feed, &k.meta, &k.keys, &k.key_expiry] {
+            ks.rotate_memtable_and_wait()?;
+        }
+        Ok(())
+    }
+}
+
 /// The current store, swapped on a reopen.
 pub(crate) struct Shared {
     current: RwLock<Option<Arc<Store>>>,

@@ -8,7 +8,7 @@ use scylla::value::CqlValue;
 
 use super::ScyllaJournal;
 use super::bucket::{self, Raise, Refused};
-use super::rows::{Named, Statics, lwt_outcome};
+use super::rows::{Named, Statics, event_crc, lwt_outcome};
 use super::session::unavailable;
 use crate::error::{AppendError, JournalError};
 use crate::memory::now_ms;
@@ -85,9 +85,11 @@ impl ScyllaJournal {
         for (i, e) in a.events.iter().enumerate() {
             batch.append_statement(st.insert_event.clone());
             let idem = a.key.filter(|_| i + 1 == n).map_or(CqlValue::Empty, |k| CqlValue::Text(k.to_owned()));
+            let seq = a.expected + 1 + i as u64;
             values.push(
                 Named::partition(&key.entity_type, &key.entity_id, bucket)
-                    .big("seq", (a.expected + 1 + i as u64) as i64)
+                    .big("seq", seq as i64)
+                    .big("crc", i64::from(event_crc(seq, &e.type_name, e.version, &e.payload, &e.metadata)))
                     .big("ts", a.ts)
                     .text("type_name", &e.type_name)
                     .with("version", CqlValue::Int(e.version as i32))

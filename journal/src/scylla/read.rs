@@ -100,7 +100,7 @@ impl ScyllaJournal {
         for row in typed {
             let row =
                 row.map_err(|e| JournalError::Corrupt { entity: key.to_string(), seq: 0, detail: e.to_string() })?;
-            out.push(to_event(row));
+            out.push(to_event(key, row)?);
         }
         Ok(out)
     }

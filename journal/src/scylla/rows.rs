@@ -124,15 +124,93 @@ pub(crate) fn as_i64(v: Option<&CqlValue>) -> Option<i64> {
 }
 
 /// The columns of an event row: seq, ts, type_name, version, payload, metadata.
-pub(crate) type EventRow = (i64, Option<i64>, Option<String>, Option<i32>, Option<Vec<u8>>, Option<Vec<u8>>);
+/// `seq, ts, type_name, version, payload, metadata, crc` of an event row.
+pub(crate) type EventRow =
+    (i64, Option<i64>, Option<String>, Option<i32>, Option<Vec<u8>>, Option<Vec<u8>>, Option<i64>);
 
-pub(crate) fn to_event((seq, ts, type_name, version, payload, metadata): EventRow) -> PersistedEvent {
-    PersistedEvent {
+/// The checksum of an event row (schema 5): CRC32 of its seq, type name,
+/// version, payload and metadata, each length-prefixed.
+pub(crate) fn event_crc(seq: u64, type_name: &str, version: u32, payload: &[u8], metadata: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&seq.to_be_bytes());
+    for part in [type_name.as_bytes(), &version.to_be_bytes(), payload, metadata] {
+        h.update(&(part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    h.finalize()
+}
+
+/// The event a row holds, its checksum checked (rows of older schemas have none).
+pub(crate) fn to_event(
+    entity: &crate::types::EntityKey,
+    (seq, ts, type_name, version, payload, metadata, crc): EventRow,
+) -> Result<PersistedEvent, crate::error::JournalError> {
+    let e = PersistedEvent {
         seq: seq as u64,
         timestamp_ms: ts.unwrap_or(0),
         type_name: type_name.unwrap_or_default(),
         version: version.unwrap_or(0) as u32,
         payload: payload.unwrap_or_default(),
         metadata: metadata.unwrap_or_default(),
+    };
+    if let Some(stored) = crc {
+        let actual = event_crc(e.seq, &e.type_name, e.version, &e.payload, &e.metadata);
+        if stored != i64::from(actual) {
+            return Err(crate::error::JournalError::Corrupt {
+                entity: entity.to_string(),
+                seq: e.seq,
+                detail: format!("checksum mismatch (stored {stored:08x}, computed {actual:08x})"),
+            });
+        }
+    }
+    Ok(e)
+}
+
+/// Hostile rows (a Scylla row's columns as the driver hands them over):
+/// an event or a `Corrupt` error naming the entity and seq, never a panic;
+/// a row whose payload changed after it was written fails its checksum.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::types::EntityKey;
+
+    /// Cases per property: 3000 in the suite, `TESSERA_FUZZ_CASES` for long runs (docs/fuzzing.md).
+    fn fuzz_cases() -> u32 {
+        std::env::var("TESSERA_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(3000)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: fuzz_cases(), failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_row_is_an_event_or_a_named_corruption(
+            seq in any::<i64>(),
+            ts in any::<Option<i64>>(),
+            type_name in proptest::option::of("\\PC{0,20}"),
+            version in any::<Option<i32>>(),
+            payload in proptest::option::of(prop::collection::vec(any::<u8>(), 0..64)),
+            metadata in proptest::option::of(prop::collection::vec(any::<u8>(), 0..16)),
+            crc in any::<Option<i64>>(),
+        ) {
+            let e = EntityKey::new("t", "a");
+            if let Err(err) = to_event(&e, (seq, ts, type_name, version, payload, metadata, crc)) {
+                prop_assert!(err.to_string().contains("t/a"), "{err}");
+            }
+        }
+
+        #[test]
+        fn a_changed_payload_fails_its_checksum(payload in prop::collection::vec(any::<u8>(), 1..64), at in any::<prop::sample::Index>(), bit in 0u8..8) {
+            let crc = i64::from(event_crc(7, "E", 1, &payload, b"m"));
+            let row = |p: Vec<u8>| (7i64, Some(1i64), Some("E".to_owned()), Some(1i32), Some(p), Some(b"m".to_vec()), Some(crc));
+            let e = EntityKey::new("t", "a");
+            prop_assert!(to_event(&e, row(payload.clone())).is_ok());
+            let mut flipped = payload;
+            let i = at.index(flipped.len());
+            flipped[i] ^= 1 << bit;
+            let err = to_event(&e, row(flipped)).unwrap_err().to_string();
+            prop_assert!(err.contains("t/a") && err.contains("seq 7") && err.contains("checksum"), "{err}");
+        }
     }
 }

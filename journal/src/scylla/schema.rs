@@ -25,7 +25,7 @@ use crate::error::JournalError;
 ///   intents are settled (`intent_floor`, `floor_offset`) and which owner
 ///   closed it (`closed_by`). Segments written by version 3 are settled the
 ///   version-3 way.
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 5;
 
 /// Offsets per partition of the `feed` table.
 pub const FEED_BLOCK: u64 = 100_000;
@@ -146,6 +146,11 @@ fn migrations(ks: &str) -> Vec<(i32, Vec<String>)> {
                 ),
             ],
         ),
+        // An end-to-end checksum of each event row (type, version, payload,
+        // metadata, seq), written with the row and checked on every read:
+        // a flipped byte is the entity's corruption at that seq, not a
+        // silently different event. Rows of older schemas have none.
+        (5, vec![format!("ALTER TABLE {ks}.events ADD crc bigint")]),
     ]
 }
 

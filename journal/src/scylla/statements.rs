@@ -123,8 +123,8 @@ impl Statements {
             insert_event: prep(
                 format!(
                     "INSERT INTO {ks}.events (entity_type, entity_id, bucket, seq, ts, type_name, version, payload, metadata, \
-                     feed_intent, idem_key) VALUES (:entity_type, :entity_id, :bucket, :seq, :ts, :type_name, :version, \
-                     :payload, :metadata, :feed_intent, :idem_key)"
+                     feed_intent, idem_key, crc) VALUES (:entity_type, :entity_id, :bucket, :seq, :ts, :type_name, :version, \
+                     :payload, :metadata, :feed_intent, :idem_key, :crc)"
                 ),
                 false,
                 false,
@@ -149,7 +149,7 @@ impl Statements {
             ))
             .await?,
             read: idem(format!(
-                "SELECT seq, ts, type_name, version, payload, metadata FROM {ks}.events \
+                "SELECT seq, ts, type_name, version, payload, metadata, crc FROM {ks}.events \
                  WHERE {PK} AND seq >= :from_seq AND seq <= :to_seq LIMIT 1024"
             ))
             .await?,
@@ -231,7 +231,7 @@ impl Statements {
                 idem(format!("SELECT feed_intent FROM {ks}.events WHERE {PK} AND seq = :seq")).await?,
             ),
             read_fed: idem(format!(
-                "SELECT seq, ts, type_name, version, payload, metadata, feed_offset FROM {ks}.events WHERE {PK} AND seq = :seq"
+                "SELECT seq, ts, type_name, version, payload, metadata, crc, feed_offset FROM {ks}.events WHERE {PK} AND seq = :seq"
             ))
             .await?,
             key_get: idem(format!(

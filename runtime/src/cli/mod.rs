@@ -12,6 +12,7 @@ mod journal;
 mod result_store;
 mod send;
 mod serve;
+mod verify;
 
 use clap::Subcommand;
 use tessera_entities::Registry;

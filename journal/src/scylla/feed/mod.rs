@@ -44,7 +44,7 @@ use futures::StreamExt;
 use scylla::value::CqlValue;
 use tokio::sync::{OnceCell, watch};
 
-use super::rows::{EventRow, Named, to_event};
+use super::rows::{Named, to_event};
 use super::schema::FEED_BLOCK;
 use super::{PAGE, ScyllaJournal};
 use crate::error::JournalError;
@@ -315,16 +315,16 @@ impl ScyllaJournal {
         seq: u64,
         offset: u64,
     ) -> Result<Option<PersistedEvent>, JournalError> {
-        type Fed = (i64, Option<i64>, Option<String>, Option<i32>, Option<Vec<u8>>, Option<Vec<u8>>, Option<i64>);
+        type Fed =
+            (i64, Option<i64>, Option<String>, Option<i32>, Option<Vec<u8>>, Option<Vec<u8>>, Option<i64>, Option<i64>);
         let v = Named::partition(&key.entity_type, &key.entity_id, bucket).big("seq", seq as i64);
         let row: Option<Fed> = self.first_row(&self.inner.st.read_fed, v).await?;
         // Schema 3 rows carry the offset they were given ahead of the
         // append (an entry of a failed append names another event's row);
         // schema 4 entries exist only for committed events.
-        Ok(row.filter(|r| r.6.is_none_or(|o| o == offset as i64)).map(|(s, ts, t, ver, p, m, _)| {
-            let r: EventRow = (s, ts, t, ver, p, m);
-            to_event(r)
-        }))
+        row.filter(|r| r.7.is_none_or(|o| o == offset as i64))
+            .map(|(s, ts, t, ver, p, m, crc, _)| to_event(key, (s, ts, t, ver, p, m, crc)))
+            .transpose()
     }
 
     pub(crate) fn feed(&self, entity_type: &str, shard: u32, after_offset: u64) -> ShardStream {
