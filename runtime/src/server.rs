@@ -217,7 +217,8 @@ impl NodeBuilder {
                 Arc::new(JetStreamQueue::new(link.clone(), config.journal.shards, config.nats.command_groups))
             }
             None => {
-                let (q, runner) = LocalQueue::new(config.nats.async_max_deliver.max(1) as u32);
+                let (q, runner) =
+                    LocalQueue::new(config.nats.async_max_deliver.max(1) as u32, config.limits.async_queue_limit);
                 local_runner = Some(runner);
                 Arc::new(q)
             }
@@ -299,7 +300,11 @@ impl NodeBuilder {
                 if let Some(a) = &auth {
                     services.tasks.push(a.spawn_reloader());
                 }
-                let server = l.serve(node.clone(), status.clone(), auth, tls);
+                let ready: crate::http::Readiness = match &cluster {
+                    Some(c) => c.cluster.readiness(),
+                    None => std::sync::Arc::new(|| true),
+                };
+                let server = l.serve(node.clone(), status.clone(), auth, tls, ready);
                 tracing::info!(addr = %server.addr(), "HTTP listening");
                 Some(server)
             }
@@ -331,6 +336,8 @@ async fn open_journal(
                 .durability(config.journal.durability)
                 .max_batch(config.journal.max_commit_batch)
                 .feed_retention(Duration::from_secs(config.journal.feed_retention_secs))
+                .cache_bytes(config.journal.cache_bytes)
+                .memtable_bytes(config.journal.memtable_bytes)
                 .on_commit(move |n, d| {
                     batch.observe(n as f64);
                     latency.observe(d.as_secs_f64());
@@ -546,8 +553,11 @@ impl Server {
         if let Some(i) = ingress {
             i.stop();
         }
-        for t in services.tasks {
+        for t in &services.tasks {
             t.abort();
+        }
+        for t in services.tasks {
+            let _ = t.await; // what they hold (the node, the journal) is released now
         }
         if let Some(s) = http {
             s.stop().await;

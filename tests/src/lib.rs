@@ -6,6 +6,7 @@
 use std::io::Write;
 
 pub mod bank;
+pub mod soak;
 
 use serde::{Deserialize, Serialize};
 use tessera_entities::{Ctx, Effect, Entity, FnCtx, Function, FunctionError, Registry, Rejection};

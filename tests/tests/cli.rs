@@ -265,3 +265,75 @@ async fn feed_tail_and_projection_commands_through_a_node() {
     );
     node.shutdown().await;
 }
+
+/// The first `n` log lines a node writes to stderr (not a terminal here).
+fn first_log_lines(extra: &[&str], env: &[(&str, &str)], n: usize) -> Vec<String> {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new(common::test_node_bin());
+    cmd.args(["serve", "--journal", "memory", "--http", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .args(extra)
+        .env_remove("RUST_LOG")
+        .env_remove("NO_COLOR")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("starts");
+    let lines: Vec<String> =
+        std::io::BufReader::new(child.stderr.take().unwrap()).lines().map_while(Result::ok).take(n).collect();
+    let _ = child.kill();
+    let _ = child.wait();
+    lines
+}
+
+#[test]
+fn logs_have_no_colour_codes_off_a_terminal_and_can_be_json() {
+    let text = first_log_lines(&[], &[], 2);
+    assert!(!text.is_empty(), "the node logs at start");
+    assert!(text.iter().all(|l| !l.contains('\u{1b}')), "no ANSI escapes in a log file: {text:?}");
+
+    for (extra, env) in [(vec!["--log-format", "json"], vec![]), (vec![], vec![("TESSERA_LOG_FORMAT", "json")])] {
+        let json = first_log_lines(&extra, &env, 2);
+        assert!(!json.is_empty());
+        for l in &json {
+            let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}"));
+            assert!(v["timestamp"].is_string() && v["level"].is_string() && v["message"].is_string(), "{v}");
+        }
+    }
+
+    // A bad value is the command line's clear error, not a silent default.
+    let out = std::process::Command::new(common::test_node_bin())
+        .args(["serve", "--journal", "memory", "--log-format", "xml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown log format `xml`"), "{out:?}");
+}
+
+/// deploy/k8s: every overlay rendered with kustomize and validated against
+/// the Kubernetes schemas (strict), the ScyllaCluster against its schema,
+/// the container file's structure (deploy/k8s/validate.sh); and the
+/// ConfigMap's tessera.toml is a configuration a node accepts.
+#[test]
+fn the_kubernetes_manifests_and_their_node_config_validate() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = std::process::Command::new(root.join("deploy/k8s/validate.sh")).output().expect("runs validate.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    for overlay in ["one-node", "three-nodes"] {
+        assert!(stdout.lines().any(|l| l.contains(&format!("{overlay}.yaml")) && l.ends_with("valid")), "{stdout}");
+    }
+
+    let config = root.join("deploy/k8s/base/tessera.toml");
+    let out = std::process::Command::new(common::test_node_bin())
+        .args(["serve", "--print-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{printed}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(printed.contains("kubernetes"), "the autoscaler set from the file: {printed}");
+}

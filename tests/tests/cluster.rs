@@ -141,6 +141,7 @@ async fn failover_join_and_graceful_leave_lose_nothing() {
     let mut max_in_progress = 0;
     let mut first_seen = None;
     let mut over_cap = None;
+    let mut unready_while_joining = false;
     loop {
         let (m, in_progress) = c.spread(&["n1", "n2", "n4"]).await;
         max_in_progress = max_in_progress.max(in_progress);
@@ -158,6 +159,11 @@ async fn failover_join_and_graceful_leave_lose_nothing() {
         if n4_has > 0 && first_seen.is_none() {
             first_seen = Some(n4_has);
         }
+        // A joining node is not ready for a load balancer until it holds
+        // its share of the shards.
+        if readyz(&n4.base).await == 503 {
+            unready_while_joining = true;
+        }
         let (lo, hi) = (m.values().min().copied().unwrap_or(0), m.values().max().copied().unwrap_or(0));
         if in_progress == 0 && hi - lo <= 1 {
             break;
@@ -166,6 +172,15 @@ async fn failover_join_and_graceful_leave_lose_nothing() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let join_ms = joined.elapsed().as_millis() as u64;
+    assert!(unready_while_joining, "n4's /readyz said 503 while it took its shards");
+    let until_ready = Instant::now();
+    while readyz(&n4.base).await != 200 {
+        assert!(until_ready.elapsed() < Duration::from_secs(10), "n4 ready once balanced");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for n in [&n1, &n2] {
+        assert_eq!(readyz(&n.base).await, 200, "the other members stay ready while shards move away");
+    }
     report(
         "join",
         json!({"balanced_after_ms": join_ms, "cap_per_round": CAP, "max_moves_in_progress_seen": max_in_progress, "first_share_seen": first_seen}),
@@ -204,6 +219,18 @@ async fn failover_join_and_graceful_leave_lose_nothing() {
     let checked = verify_journal(&n2.base, &load).await;
     assert_eq!(checked, load.acked.lock().map(|a| a.len()).unwrap_or(0));
     eprintln!("verified {checked} acknowledged commands in the journal");
+    tessera_test_support::report::fault(
+        "02-cluster-kill",
+        "a cluster node killed (SIGKILL) under load; another joins, one leaves",
+        "tests/tests/cluster.rs failover_join_and_graceful_leave_lose_nothing",
+        "6 clients through 2 of 3 nodes, Cassandra journal, async commands beside",
+        checked as u64,
+        0,
+        Some(ownership_restored_ms),
+        &format!(
+            "{retried_in_move} attempts retried during the move, {retried_in_leave} during the leave, none failed for good; epochs never go back along seq; recovery = from the kill to every lease owned again (TTL {TTL_MS} ms)"
+        ),
+    );
 
     // Every async restock ran once, in the order it was accepted.
     for n in 1..=ASYNC {
@@ -299,11 +326,20 @@ async fn a_node_cut_off_from_nats_stops_serving_before_its_lease_is_taken() {
     let n1 = c.start("n1", &nats, &[]).await;
     let n2 = c.start("n2", &proxy.addr, &["--invocation-timeout-ms", "1000"]).await;
     c.wait_even(&["n1", "n2"], Duration::from_secs(30)).await;
-    let st = c.status().await;
-    let entity = (0..1000)
-        .map(|i| format!("p{i}"))
-        .find(|id| st.owner("flaky", tessera_journal::shard_of("flaky", id, SHARDS)).is_some_and(|l| l.owner == "n2"))
-        .expect("an entity n2 serves");
+    // Balanced counts leases of every type; wait until n2 owns a `flaky`
+    // shard (a lease may still be moving when the counts even out).
+    let waited = Instant::now();
+    let entity = loop {
+        let st = c.status().await;
+        let found = (0..1000).map(|i| format!("p{i}")).find(|id| {
+            st.owner("flaky", tessera_journal::shard_of("flaky", id, SHARDS)).is_some_and(|l| l.owner == "n2")
+        });
+        match found {
+            Some(id) => break id,
+            None => assert!(waited.elapsed() < Duration::from_secs(30), "n2 owns no flaky shard: {st:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let shard = tessera_journal::shard_of("flaky", &entity, SHARDS);
     let url = format!("{}/v1/entities/flaky/{entity}/batch", n2.base);
     let (s, _, v) = post(&url, r#"{"n":1}"#, Some("before-cut")).await;
@@ -1061,6 +1097,19 @@ async fn a_nats_restart_under_load_loses_nothing_and_the_cluster_takes_its_lease
         }
     }
     assert!(late.is_empty(), "committed while no lease could be proven: {late:?}");
+    tessera_test_support::report::fault(
+        "03-nats-restart",
+        "NATS server restarted under load (down 4 s)",
+        "tests/tests/cluster.rs a_nats_restart_under_load_loses_nothing_and_the_cluster_takes_its_leases_again",
+        "4 clients through 2 nodes, Cassandra journal",
+        checked as u64,
+        0,
+        Some(recovered.as_millis() as u64),
+        &format!(
+            "{} commands refused while no lease could be proven (503 + Retry-After or 504), none committed in that window; {served_reads} reads served while down; every lease taken again; recovery = from the restart to leases balanced",
+            refused.len()
+        ),
+    );
     report(
         "nats_restart",
         json!({"down_ms": 4000, "recovered_after_restart_ms": recovered.as_millis() as u64,
@@ -1072,6 +1121,11 @@ async fn a_nats_restart_under_load_loses_nothing_and_the_cluster_takes_its_lease
     );
     n1.kill().await;
     n2.kill().await;
+}
+
+/// `GET /readyz`'s status (0: no answer).
+async fn readyz(base: &str) -> u16 {
+    client().get(format!("{base}/readyz")).send().await.map(|r| r.status().as_u16()).unwrap_or(0)
 }
 
 fn now_ms() -> i64 {

@@ -99,6 +99,16 @@ async fn sigkill_during_load_loses_no_acknowledged_command() -> anyhow::Result<(
         assert_eq!(seen.get(key), Some(&1), "acknowledged {key} is in the journal exactly once");
     }
     assert!(seen.values().all(|n| *n == 1), "no invocation applied twice");
+    tessera_test_support::report::fault(
+        "01-sigkill",
+        "node killed (SIGKILL) under load, restarted",
+        "tests/tests/crash.rs sigkill_during_load_loses_no_acknowledged_command",
+        "16 clients, batches of 1-4 events, local journal",
+        acked.len() as u64,
+        0,
+        None,
+        &format!("{} attempted; every batch whole; every retry applied once", attempted.len()),
+    );
 
     // Retrying every attempted command with its key applies each exactly once.
     let http = reqwest::Client::new();
@@ -412,10 +422,18 @@ async fn a_full_disk_fails_appends_clearly_and_service_resumes_when_space_return
     let (node, base) = common::node(&data, tweak).await;
     assert_eq!(audit(base).await, events, "after a restart every event reads back");
     node.shutdown().await;
-    eprintln!(
-        "RELIABILITY disk_full {}",
-        serde_json::json!({"acknowledged_before_full": acked.len(), "refused": failed.len(), "events": events,
-            "resumed_after_room_ms": resumed.map(|d| d.as_millis() as u64)})
+    tessera_test_support::report::fault(
+        "05-disk-full",
+        "disk full under the local journal (8 MiB tmpfs)",
+        "tests/tests/crash.rs a_full_disk_fails_appends_clearly_and_service_resumes_when_space_returns",
+        "batches of 200 events on 8 entities until 20 refusals",
+        acked.len() as u64,
+        0,
+        resumed.map(|d| d.as_millis() as u64),
+        &format!(
+            "{} refused (503, Retry-After, \"disk full\") and retried with their keys: each applied once; {events} events read back after a restart; recovery = from the filesystem growing to the first accepted command, no restart",
+            failed.len()
+        ),
     );
 }
 
@@ -511,8 +529,71 @@ async fn a_flipped_byte_isolates_its_entities_and_journal_verify_names_them() {
             "verify names {id} with its seq: {problems:?}"
         );
     }
-    eprintln!(
-        "RELIABILITY corruption {}",
-        serde_json::json!({"entities": 40, "damaged": damaged.len(), "served": served, "verify_problems": problems.len()})
+    tessera_test_support::report::fault(
+        "06-corrupt-local",
+        "a flipped byte in a local journal table file",
+        "tests/tests/crash.rs a_flipped_byte_isolates_its_entities_and_journal_verify_names_them",
+        "40 entities, 200 events, then reads and commands on each",
+        200,
+        0,
+        None,
+        &format!(
+            "{} entities in the damaged block answer 500 replay_failed naming entity and seq; {served} serve; the node stays up; journal verify names all {} (nothing before the flip)",
+            damaged.len(),
+            damaged.len()
+        ),
+    );
+}
+
+/// The soak's short version (`cargo run --release -p tessera-tests --bin
+/// soak -- --duration 30m` is the long one): two minutes of mixed load on a
+/// node process over 20 000 entities with room for 1 000 active, so
+/// entities are passivated and activated all along. Memory and open files
+/// stay flat, and no answer is other than 200, 202 or the rejections
+/// `insufficient_stock` and `unknown_sku`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_minute_soak_stays_flat_and_clean() {
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/soak");
+    let o = tessera_tests::soak::SoakOptions {
+        node_bin: common::test_node_bin().into(),
+        duration: Duration::from_secs(120),
+        sample_every: Duration::from_secs(2),
+        clients: 4,
+        entities: 20_000,
+        max_active: 1_000,
+        out: out.clone(),
+        // Small journal caches, so that two minutes reach their plateau.
+        node_args: ["--journal-cache-bytes", "8388608", "--journal-memtable-bytes", "2097152"]
+            .map(str::to_owned)
+            .to_vec(),
+    };
+    let r = tessera_tests::soak::run(&o).await.expect("the soak runs");
+    assert!(r.clean, "unexpected answers: {:?}", r.unexpected);
+    assert!(r.passivations > 0, "entities were passivated: {r:?}");
+    assert!(
+        r.flat,
+        "RSS {:.0} MiB after warm-up, {:.0} MiB at the end; open files {:?} (samples in {})",
+        r.rss_after_warmup_mib,
+        r.rss_at_end_mib,
+        r.open_files_range,
+        out.display()
+    );
+    tessera_test_support::report::fault(
+        "09-soak",
+        "soak: 2 minutes of mixed load with passivation churn (the 30-minute run is `--bin soak`)",
+        "tests/tests/crash.rs a_two_minute_soak_stays_flat_and_clean",
+        "4 clients: purchases, keyed restocks (1 in 10 a retry), reads, sync and async function calls over 20 000 entities, 1 000 active",
+        r.requests,
+        0,
+        None,
+        &format!(
+            "{} passivations; RSS {:.0} MiB after warm-up, {:.0} MiB at the end; open files {}..{}; answers {:?}; plot in target/soak/soak.svg",
+            r.passivations,
+            r.rss_after_warmup_mib,
+            r.rss_at_end_mib,
+            r.open_files_range.0,
+            r.open_files_range.1,
+            r.answers
+        ),
     );
 }

@@ -3,9 +3,10 @@
 
 mod common;
 
-use common::{get, node, post};
+use common::{get, node, post, wait_result};
 use futures::future::join_all;
 use serde_json::{Value, json};
+use std::time::Duration;
 use tessera_journal::{EntityKey, Journal, LocalJournal, NewEvent};
 
 fn cmd(base: &str, entity: &str, id: &str, command: &str) -> String {
@@ -97,6 +98,18 @@ async fn bad_input_gets_clear_errors_and_changes_nothing() {
 
     let (_, state) = get(&format!("{base}/v1/entities/stock/s:a")).await;
     assert_eq!((state["seq"].clone(), state["state"]["on_hand"].clone()), (json!(1), json!(5)), "nothing was written");
+    for (name, class, answer) in [
+        ("http-wrong-type", "a field of the wrong type, an unknown field", "400 `malformed` with serde's message"),
+        (
+            "http-rejection",
+            "a command the entity refuses (oversell)",
+            "409 `rejected` with the entity's code and details",
+        ),
+        ("http-query", "a query parameter that does not parse", "400 `malformed`"),
+        ("http-route", "a route that does not exist", "404 `not_found`"),
+    ] {
+        tessera_test_support::report::bad_input(name, class, "HTTP", answer, 0);
+    }
     node.shutdown().await;
 }
 
@@ -289,6 +302,13 @@ async fn a_journal_with_events_of_a_newer_version_fails_replay_clearly_and_is_no
     let (s, _) = get(&format!("{base}/v1/entities/stock/s:new")).await;
     assert_eq!(s, 500);
     assert_eq!(node.journal().last_seq(&EntityKey::new("stock", "s:new")).await.unwrap(), 2, "nothing appended");
+    tessera_test_support::report::bad_input(
+        "journal-newer-event",
+        "a journal with events of a newer version than the code",
+        "replay (any command or read of the entity)",
+        "500 `replay_failed` naming the seq and both versions; the journal is not touched",
+        0,
+    );
     node.shutdown().await;
 }
 
@@ -324,6 +344,13 @@ async fn data_dirs_of_other_programs_or_newer_formats_are_refused() {
     });
     let err = tessera_runtime::NodeBuilder::new(tessera_tests::registry()).config(config).build().await.err().unwrap();
     assert!(err.to_string().contains("in use"), "a second node on one data dir is refused: {err}");
+    tessera_test_support::report::bad_input(
+        "journal-foreign-dir",
+        "a data dir of another program, of a newer journal format, or in use by another node",
+        "node start",
+        "refused at start, naming the directory and the reason; nothing written there",
+        0,
+    );
     node.shutdown().await;
 }
 
@@ -335,6 +362,8 @@ async fn metrics_and_health() {
     post(&cmd(&base, "stock", "s:m", "purchase"), r#"{"qty":9}"#, None).await;
     let health = common::client().get(format!("{base}/healthz")).send().await.unwrap();
     assert_eq!(health.status().as_u16(), 200);
+    let ready = common::client().get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status().as_u16(), 200, "a standalone node is ready once it serves");
     let m = common::client().get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
     for needle in [
         "tessera_requests_total{kind=\"command\",status=\"200\"} 1",
@@ -414,5 +443,44 @@ async fn the_api_answers_as_its_openapi_document_says() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("passed"), "{text}");
+    node.shutdown().await;
+}
+
+/// Without NATS the async queue is in the node's memory: it is bounded
+/// (`limits.async_queue_limit`), past it async calls are refused with 503
+/// and Retry-After, and taken again once the queue drains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_in_process_async_queue_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, base) = node(dir.path(), |c| c.limits.async_queue_limit = 4).await;
+    let url = format!("{base}/v1/functions/test.sleep?mode=async");
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for _ in 0..10 {
+        let (s, h, v) = post(&url, r#"{"ms":1500}"#, None).await;
+        match s {
+            202 => accepted.push(v["invocation_id"].as_str().unwrap().to_owned()),
+            503 => {
+                refused += 1;
+                assert!(h.contains_key("retry-after"), "{v}");
+                assert!(v["error"]["message"].as_str().unwrap().contains("async queue is full"), "{v}");
+            }
+            other => panic!("{other}: {v}"),
+        }
+    }
+    assert_eq!((accepted.len(), refused), (4, 6), "four queued, the rest refused");
+    for id in &accepted {
+        let row = wait_result(&base, id, Duration::from_secs(20)).await;
+        assert_eq!(row["status"], "ok", "{row}");
+    }
+    let (s, _, v) = post(&url, r#"{"ms":1}"#, None).await;
+    assert_eq!(s, 202, "taken again once drained: {v}");
+    tessera_test_support::report::bad_input(
+        "async-queue-full",
+        "async calls past the in-process queue's bound (no NATS)",
+        "HTTP async",
+        "503 `unavailable` with Retry-After; taken again once it drains",
+        0,
+    );
     node.shutdown().await;
 }

@@ -127,7 +127,16 @@ async fn the_same_bad_input_gets_the_same_error_kind_on_every_edge() {
         let body = common::error_body(&m.payload, case.content_type == "application/msgpack");
         assert_eq!(http, (status, body.error.kind.clone()), "{}: HTTP and NATS agree", case.what);
         assert_eq!(body.error.kind, case.kind, "{}", case.what);
+        tessera_test_support::report::bad_input(
+            &format!("cmd-{}", case.what),
+            &format!("command: {}", case.what),
+            "HTTP, NATS request/reply",
+            &format!("{status} `{}`", case.kind),
+            0,
+        );
     }
+    let (s, state) = get(&format!("{base}/v1/entities/stock/s:contract")).await;
+    assert_eq!((s, state["seq"].as_u64()), (200, Some(0)), "no bad command wrote anything: {state}");
     // Async calls: over HTTP (answered at once) and published straight to
     // JetStream (the result row says why it did not run).
     let js = async_nats::jetstream::new(nc.clone());
@@ -169,6 +178,13 @@ async fn the_same_bad_input_gets_the_same_error_kind_on_every_edge() {
         js.publish_with_headers(format!("{prefix}.invoke.{function}"), h, body.into()).await.unwrap().await.unwrap();
         let row = wait_result(&base, &common::segment(&id), Duration::from_secs(10)).await;
         assert_eq!(row["status"], "error", "JetStream: {what}: {row}");
+        tessera_test_support::report::bad_input(
+            &format!("call-{what}"),
+            &format!("async call: {what}"),
+            "HTTP async, JetStream publish",
+            &format!("{status} `{kind}` (a final error row for the publish)"),
+            0,
+        );
         assert_eq!(
             (row["status_code"].as_u64(), row["body"]["error"]["kind"].as_str()),
             (Some(status.into()), Some(kind)),

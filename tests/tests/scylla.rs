@@ -196,6 +196,16 @@ async fn garbage_in_a_payload_column_is_a_clear_error_naming_entity_and_seq() {
         String::from_utf8_lossy(&verify.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
     let named = |id: &str, seq: u64| problems.iter().any(|p| p["entity_id"] == id && p["seq"] == seq);
     assert!(named("s:h", 1) && problems.iter().any(|p| p["entity_id"] == "s:g"), "{problems:?}");
+    tessera_test_support::report::fault(
+        "07-corrupt-scylla",
+        "a flipped byte in a Scylla event row (still decodes), garbage in another",
+        "tests/tests/scylla.rs garbage_in_a_payload_column_is_a_clear_error_naming_entity_and_seq",
+        "2 entities damaged beside sound ones",
+        5,
+        0,
+        None,
+        "500 replay_failed naming entity and seq (the flip by the row's CRC32), nothing appended, others serve; journal verify --scylla names both",
+    );
     drop_keyspace(&url).await;
 }
 
@@ -350,12 +360,370 @@ async fn the_server_stopped_mid_load_loses_nothing_acknowledged_and_the_node_rec
     }
     assert_eq!(seen.len(), attempted.len(), "every attempted command applied exactly once");
     let timeouts = errors.iter().filter(|e| e.0 == 504).count();
-    eprintln!(
-        "RELIABILITY cassandra_restart {}",
-        serde_json::json!({"acknowledged": acked.len(), "attempted": attempted.len(), "errors": errors.len(),
-            "timeouts_504": timeouts, "refusal_ms_p50": fail_ms[fail_ms.len() / 2], "refusal_ms_max": fail_ms[fail_ms.len() - 1],
-            "recovered_after_start_ms": recovered_ms})
+    tessera_test_support::report::fault(
+        "04-cassandra-restart",
+        "Cassandra stopped and started under load",
+        "tests/tests/scylla.rs the_server_stopped_mid_load_loses_nothing_acknowledged_and_the_node_recovers",
+        "8 clients, keyed restocks on 4 entities",
+        acked.len() as u64,
+        0,
+        Some(recovered_ms),
+        &format!(
+            "refused while down: 503 with Retry-After in {} ms (p50), {} ms max; {} attempts failed during the outage ({timeouts} timed out, 504), each retried with its key and applied once; recovery = from the server's start to the first accepted command, no node restart",
+            fail_ms[fail_ms.len() / 2],
+            fail_ms[fail_ms.len() - 1],
+            errors.len()
+        ),
     );
     n.shutdown().await;
     assert!(cassandra("stop").await.success());
+}
+
+/// The resident memory of a process, bytes.
+fn rss_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+/// A slow and flaky journal: a fault proxy between the node (a process)
+/// and Cassandra adds 300 ms to every packet for 8 s, then drops every
+/// connection twice, while 128 clients send commands to a node that admits
+/// 64 at a time. The node refuses what it cannot hold at once (503 with
+/// Retry-After), its memory stays bounded (no queue grows with the
+/// backlog), the driver reconnects by itself, and every acknowledged
+/// command — and every other one, retried with its key — is in the journal
+/// exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_and_flaky_journal_keeps_memory_bounded_and_loses_nothing() {
+    use common::{NodeProcess, TestNode};
+    let server = scylla_server();
+    let (scheme, rest) = server.split_once("://").unwrap();
+    let (creds, host) = rest.rsplit_once('@').unwrap();
+    let ks = unique_keyspace();
+    let url = format!("{server}/{ks}");
+    migrated(&url).await;
+    let proxy = tessera_test_support::proxy::FaultProxy::start(host).await;
+    let via = format!("{scheme}://{creds}@{}/{ks}?timeout_ms=3000", proxy.addr);
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start(
+        dir.path(),
+        &[
+            "--journal",
+            &via,
+            "--max-in-flight",
+            "64",
+            "--invocation-timeout-ms",
+            "5000",
+            "--dedup-max-entries",
+            "100000",
+        ],
+    )
+    .await
+    .expect("the node starts through the proxy");
+    let pid = node.child.id().expect("pid");
+
+    #[derive(Default)]
+    struct Seen {
+        acked: Vec<String>,
+        other: Vec<String>,
+        refused_503: u64,
+        without_retry_after: u64,
+        timeouts: u64,
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for c in 0..128 {
+        let (base, stop) = (node.base.clone(), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+            let mut seen = Seen::default();
+            let mut k = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("c{c}-{k}");
+                k += 1;
+                let r = http
+                    .post(format!("{base}/v1/entities/stock/s:{}/restock", c % 32))
+                    .header("content-type", "application/json")
+                    .header("idempotency-key", &key)
+                    .body(r#"{"qty":1}"#)
+                    .send()
+                    .await;
+                match r {
+                    Ok(resp) if resp.status().as_u16() == 200 => seen.acked.push(key),
+                    Ok(resp) => {
+                        if resp.status().as_u16() == 503 {
+                            seen.refused_503 += 1;
+                            seen.without_retry_after += u64::from(!resp.headers().contains_key("retry-after"));
+                        } else {
+                            seen.timeouts += 1;
+                        }
+                        seen.other.push(key);
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                    Err(_) => {
+                        seen.other.push(key);
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                }
+            }
+            seen
+        }));
+    }
+    let mut samples = Vec::new();
+    let sample = |samples: &mut Vec<u64>| samples.push(rss_of(pid));
+    for _ in 0..12 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        sample(&mut samples);
+    }
+    let baseline = samples.iter().copied().max().unwrap_or(0);
+    proxy.set_delay(Duration::from_millis(300));
+    for _ in 0..32 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        sample(&mut samples);
+    }
+    proxy.set_delay(Duration::ZERO);
+    proxy.drop_connections();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.drop_connections();
+    let dropped = std::time::Instant::now();
+    // The driver reconnects: commands are accepted again.
+    let mut recovered = None;
+    for _ in 0..100 {
+        let (s, _, _) = post(&format!("{}/v1/entities/stock/s:probe/restock", node.base), r#"{"qty":1}"#, None).await;
+        sample(&mut samples);
+        if s == 200 {
+            recovered = Some(dropped.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let recovered = recovered.expect("commands are accepted again after the connections dropped");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Seen::default();
+    for c in clients {
+        let s = c.await.unwrap();
+        all.acked.extend(s.acked);
+        all.other.extend(s.other);
+        all.refused_503 += s.refused_503;
+        all.without_retry_after += s.without_retry_after;
+        all.timeouts += s.timeouts;
+    }
+    let peak = samples.iter().copied().max().unwrap_or(0);
+    assert!(all.refused_503 > 0, "the node refused what it could not hold");
+    assert_eq!(all.without_retry_after, 0, "every 503 says when to retry");
+    assert!(
+        peak < baseline + (64 << 20),
+        "memory stays bounded under the backlog: {} MiB at first, {} MiB at the peak",
+        baseline >> 20,
+        peak >> 20
+    );
+    // Every command not acknowledged, retried with its key, lands once.
+    let retries = all.other.iter().map(|key| {
+        let base = node.base.clone();
+        async move {
+            let c: usize = key[1..key.find('-').unwrap()].parse().unwrap();
+            let mut tries = 0;
+            loop {
+                let (s, _, v) =
+                    post(&format!("{base}/v1/entities/stock/s:{}/restock", c % 32), r#"{"qty":1}"#, Some(key)).await;
+                tries += 1;
+                if s == 200 {
+                    break;
+                }
+                assert!(matches!(s, 503 | 504) && tries < 20, "retry of {key}: {s} {v}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    });
+    futures::StreamExt::collect::<Vec<()>>(futures::StreamExt::buffer_unordered(futures::stream::iter(retries), 32))
+        .await;
+    node.kill().await;
+    let j = ScyllaJournal::connect(&url, 1024).await.unwrap();
+    let mut seen = HashSet::new();
+    for e in 0..32 {
+        let events: Vec<_> = futures::TryStreamExt::try_collect::<Vec<_>>(
+            j.read(&EntityKey::new("stock", format!("s:{e}")), 1..=u64::MAX),
+        )
+        .await
+        .unwrap();
+        for ev in events {
+            let meta = tessera_runtime::envelope::EventMeta::decode(&ev.metadata);
+            assert!(seen.insert(meta.invocation.clone()), "applied twice: {}", meta.invocation);
+        }
+    }
+    for key in all.acked.iter().chain(&all.other) {
+        assert!(seen.contains(key), "{key} is in the journal");
+    }
+    assert_eq!(seen.len(), all.acked.len() + all.other.len(), "and nothing else");
+    tessera_test_support::report::fault(
+        "08-slow-flaky-journal",
+        "a slow and flaky journal: 300 ms added to every packet to Cassandra for 8 s, then every connection dropped twice",
+        "tests/tests/scylla.rs a_slow_and_flaky_journal_keeps_memory_bounded_and_loses_nothing",
+        "128 clients, keyed restocks on 32 entities, node admitting 64 invocations at a time",
+        all.acked.len() as u64,
+        0,
+        Some(recovered.as_millis() as u64),
+        &format!(
+            "{} refused at once (503 + Retry-After), {} timed out; node RSS {} MiB before, {} MiB at the peak; {} unacknowledged commands retried with their keys, each applied once; recovery = from the second drop to the first accepted command; {} proxied connections",
+            all.refused_503,
+            all.timeouts,
+            baseline >> 20,
+            peak >> 20,
+            all.other.len(),
+            proxy.accepted()
+        ),
+    );
+    drop_keyspace(&url).await;
+}
+
+/// The server is recognised (Cassandra here: no tablets, no `tablets` option
+/// in the keyspace it creates) and the migrated keyspace takes the
+/// conditional writes the journal needs; the ScyllaDB branch (tablets
+/// disabled, a clear refusal for a tablet keyspace) is unit-tested in
+/// `journal/src/scylla/server.rs` — there is no ScyllaDB server here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_knows_the_server_and_checks_conditional_writes() {
+    let url = format!("{}/{}", scylla_server(), unique_keyspace());
+    migrated(&url).await;
+    let j = ScyllaJournal::connect(&url, 1024).await.expect("connects: the keyspace takes conditional writes");
+    let server = tessera_journal::scylla::server::detect(j.session()).await.unwrap();
+    assert_eq!(server, tessera_journal::scylla::Server::Cassandra);
+    let ks = &j.config().keyspace;
+    tessera_journal::scylla::server::check_conditional_writes(j.session(), ks, server).await.unwrap();
+    let r = j
+        .session()
+        .query_unpaged(format!("SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = '{ks}'"), ())
+        .await
+        .unwrap();
+    assert_eq!(r.into_rows_result().unwrap().rows_num(), 1, "the keyspace was created");
+    drop_keyspace(&url).await;
+}
+
+/// `journal export` → `journal import` local → Cassandra → local: every
+/// entity's checksum equal at each hop, identical events (bar commit
+/// timestamps) and state; importing again is refused per entity, and a
+/// truncated file is a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_and_import_round_trip_local_to_cassandra_to_local() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src_dir, dst_dir) = (dir.path().join("src"), dir.path().join("dst"));
+    let (node, base) = common::node(&src_dir, |c| c.journal.snapshot_every = 3).await;
+    for i in 0..20 {
+        let id = format!("s:{i}");
+        post(&cmd(&base, &id, "restock"), r#"{"qty":10}"#, None).await;
+        for _ in 0..(i % 5) {
+            post(&cmd(&base, &id, "purchase"), r#"{"qty":1}"#, None).await;
+        }
+    }
+    node.shutdown().await;
+
+    let run = |args: Vec<String>| async move {
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(common::test_node_bin()).args(&args).env("RUST_LOG", "warn").output().unwrap()
+        })
+        .await
+        .unwrap()
+    };
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    let entity_lines = |path: &std::path::Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["kind"] == "entity")
+            .map(|mut v| {
+                v.as_object_mut().unwrap().remove("last_seq");
+                v
+            })
+            .collect()
+    };
+    let events_of = |path: &std::path::Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["kind"] == "event")
+            .map(|mut v| {
+                v.as_object_mut().unwrap().remove("timestamp_ms");
+                v
+            })
+            .collect()
+    };
+
+    let f1 = dir.path().join("1.jsonl");
+    let o =
+        run(vec!["journal".into(), "export".into(), "--data-dir".into(), s(&src_dir), "--out".into(), s(&f1)]).await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let exported: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(exported["entities"], 20, "{exported}");
+    assert!(exported["snapshots"].as_u64().unwrap() > 0, "snapshots travel too: {exported}");
+
+    let url = format!("{}/{}", scylla_server(), unique_keyspace());
+    migrated(&url).await;
+    let o = run(vec!["journal".into(), "import".into(), s(&f1), "--to-scylla".into(), url.clone()]).await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let imported: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((imported["entities"].clone(), imported["verified"].clone()), (json!(20), json!(20)), "{imported}");
+
+    let f2 = dir.path().join("2.jsonl");
+    let o = run(vec![
+        "journal".into(),
+        "export".into(),
+        "stock".into(),
+        "--scylla".into(),
+        url.clone(),
+        "--out".into(),
+        s(&f2),
+    ])
+    .await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run(vec!["journal".into(), "import".into(), s(&f2), "--to-data-dir".into(), s(&dst_dir)]).await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let f3 = dir.path().join("3.jsonl");
+    let o =
+        run(vec!["journal".into(), "export".into(), "--data-dir".into(), s(&dst_dir), "--out".into(), s(&f3)]).await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let (e1, e2, e3) = (entity_lines(&f1), entity_lines(&f2), entity_lines(&f3));
+    assert_eq!(e1.len(), 20);
+    assert_eq!(e1, e2, "local → Cassandra: the same checksums");
+    assert_eq!(e1, e3, "Cassandra → local: the same checksums");
+    assert_eq!(events_of(&f1), events_of(&f3), "the same events, byte for byte, bar commit timestamps");
+    for id in ["s:4", "s:19"] {
+        let state = |d: std::path::PathBuf| {
+            let a = vec!["journal".into(), "state".into(), "stock".into(), id.to_owned(), "--data-dir".into(), s(&d)];
+            run(a)
+        };
+        let (a, b) = (state(src_dir.clone()).await, state(dst_dir.clone()).await);
+        assert!(a.status.success() && b.status.success());
+        assert_eq!(a.stdout, b.stdout, "the same state of {id}");
+    }
+
+    // Importing again: every entity is refused, nothing written twice.
+    let o = run(vec!["journal".into(), "import".into(), s(&f2), "--to-data-dir".into(), s(&dst_dir)]).await;
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already had events in the target"), "{o:?}");
+    let again = dir.path().join("4.jsonl");
+    run(vec!["journal".into(), "export".into(), "--data-dir".into(), s(&dst_dir), "--out".into(), s(&again)]).await;
+    assert_eq!(entity_lines(&again), e1, "nothing appended by the refused import");
+
+    // A truncated file: a clear error, not a half-imported entity taken as whole.
+    let text = std::fs::read_to_string(&f1).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let mid = (lines.len() / 2..lines.len()).find(|&i| lines[i].contains(r#""kind":"event""#)).unwrap();
+    let cut: String = lines[..=mid].iter().map(|l| format!("{l}\n")).collect();
+    let truncated = dir.path().join("cut.jsonl");
+    std::fs::write(&truncated, cut).unwrap();
+    let o =
+        run(vec!["journal".into(), "import".into(), s(&truncated), "--to-data-dir".into(), s(&dir.path().join("t"))])
+            .await;
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("truncated export"), "{}", String::from_utf8_lossy(&o.stderr));
+    drop_keyspace(&url).await;
 }

@@ -238,6 +238,16 @@ async fn every_route_needs_credentials_and_the_scope_that_names_it() {
     }
     assert_eq!(call("GET", &format!("{base}/v1/registry"), Some(DEVICE_KEY), None).await.0, 200);
     assert_eq!(call("GET", &format!("{base}/v1/registry"), None, None).await.0, 401);
+    for (name, class, answer) in [
+        (
+            "auth-missing",
+            "no credentials, an unknown API key, a non-Bearer header",
+            "401 `unauthenticated` with WWW-Authenticate",
+        ),
+        ("auth-scope", "valid credentials outside their scopes", "403 `forbidden` naming the scope needed"),
+    ] {
+        tessera_test_support::report::bad_input(name, class, "HTTP (auth on)", answer, 0);
+    }
     node.shutdown().await;
 }
 
@@ -306,6 +316,13 @@ async fn jwts_signed_hs256_rs256_and_eddsa_are_verified_and_bad_ones_refused() {
         assert!(msg.contains(says), "{what}: {msg}");
         assert!(!msg.contains(&token), "{what}: the token is echoed");
     }
+    tessera_test_support::report::bad_input(
+        "auth-jwt",
+        "JWTs expired, without exp or tenant, of another issuer or key, tampered, alg none, HS256 keyed with the RSA public key",
+        "HTTP (auth on)",
+        "401 `unauthenticated` saying why, never echoing the token",
+        0,
+    );
     // A valid token without the scope: 403.
     let reader = m.jwt(Algorithm::HS256, &claims("acme", "entity:stock:read"));
     assert_eq!(call("POST", &restock, Some(&reader), Some(r#"{"qty":1}"#)).await.0, 403);

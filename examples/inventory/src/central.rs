@@ -109,7 +109,7 @@ pub async fn run_bridge_command(args: BridgeArgs) -> anyhow::Result<()> {
 
 fn print_stats(region: &str, s: &BridgeStats) {
     println!(
-        "bridge {region}: {} events read, {} counted, {} duplicates, {} skipped, {} bytes, lag {} ms, stream at {}",
+        "bridge {region}: {} events read, {} counted, {} duplicates, {} skipped, {} bytes, lag {} ms, stream at {}, {} fetches read again",
         s.events.load(Ordering::Relaxed),
         s.counted.load(Ordering::Relaxed),
         s.duplicates.load(Ordering::Relaxed),
@@ -117,6 +117,7 @@ fn print_stats(region: &str, s: &BridgeStats) {
         s.bytes.load(Ordering::Relaxed),
         s.lag_ms.load(Ordering::Relaxed),
         s.stream_last.load(Ordering::Relaxed),
+        s.refetches.load(Ordering::Relaxed),
     );
 }
 
@@ -139,6 +140,8 @@ pub struct BridgeStats {
     pub retries: AtomicU64,
     /// The last sequence of the regional stream (JetStream only).
     pub stream_last: AtomicU64,
+    /// Fetches given up because their end never came, read again (JetStream only).
+    pub refetches: AtomicU64,
 }
 
 /// A projection on a regional node that feeds the central view over HTTP
@@ -384,8 +387,21 @@ pub async fn run_bridge(
             };
             // Take the whole batch first: posting to the central view takes
             // longer than the fetch's expiry, and a batch read slower than
-            // that ends early, the rest of it delivered and dropped.
-            let batch: Vec<_> = batch.collect().await;
+            // that ends early, the rest of it delivered and dropped. A batch
+            // whose end never comes (its expiry notice lost: seen as a
+            // test run that never finished) is given up after 5 s and
+            // read again from the position; a stop is heard meanwhile.
+            let batch: Vec<_> = tokio::select! {
+                _ = stop.changed() => break 'reading,
+                b = tokio::time::timeout(Duration::from_secs(5), batch.collect::<Vec<_>>()) => match b {
+                    Ok(b) => b,
+                    Err(_) => {
+                        tracing::debug!(region = %config.region, "a fetch did not end; reading again");
+                        stats.refetches.fetch_add(1, Ordering::Relaxed);
+                        continue 'reading;
+                    }
+                },
+            };
             if batch.is_empty() {
                 // Nothing came: make sure nothing was delivered and lost
                 // (no later message would reveal the gap).

@@ -660,6 +660,7 @@ pub async fn simulate(
                     "duplicates": s.duplicates.load(Ordering::Relaxed),
                     "retries": s.retries.load(Ordering::Relaxed),
                     "stream_last": s.stream_last.load(Ordering::Relaxed),
+                    "refetches": s.refetches.load(Ordering::Relaxed),
                 }),
             )
         })

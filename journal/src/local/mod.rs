@@ -63,6 +63,7 @@ pub struct LocalJournalBuilder {
     max_batch: usize,
     shards: u32,
     cache_bytes: u64,
+    memtable_bytes: u64,
     feed_retention: std::time::Duration,
     observer: Option<CommitObserver>,
 }
@@ -91,6 +92,13 @@ impl LocalJournalBuilder {
     /// Block cache size in bytes (default 64 MiB).
     pub fn cache_bytes(mut self, n: u64) -> Self {
         self.cache_bytes = n;
+        self
+    }
+    /// Memtable size per keyspace before it is written to a table file
+    /// (default 16 MiB; fjall's own is 64 MiB): with seven keyspaces this
+    /// bounds what writes hold in memory. At least 1 MiB.
+    pub fn memtable_bytes(mut self, n: u64) -> Self {
+        self.memtable_bytes = n.max(1 << 20);
         self
     }
     /// Called after each group commit with its size and duration.
@@ -122,10 +130,17 @@ impl Drop for Inner {
         // A clean close leaves the data in checksummed table files, not
         // only in the write-ahead journal (shorter recovery; less that a
         // damaged journal file can take with it).
-        if let Ok(s) = self.store.get()
-            && let Err(e) = s.flush()
-        {
-            tracing::warn!(error = %e, "journal flush at close failed; the write-ahead journal has everything");
+        if !self.path.exists() {
+            return; // removed under us: nothing to flush to
+        }
+        if let Ok(s) = self.store.get() {
+            match s.flush(std::time::Duration::from_secs(10)) {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!("journal flush at close timed out; the write-ahead journal has everything"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "journal flush at close failed; the write-ahead journal has everything")
+                }
+            }
         }
     }
 }
@@ -192,6 +207,7 @@ impl LocalJournal {
             max_batch: 4096,
             shards: DEFAULT_SHARDS,
             cache_bytes: 64 << 20,
+            memtable_bytes: 16 << 20,
             feed_retention: DEFAULT_FEED_RETENTION,
             observer: None,
         }
@@ -210,7 +226,10 @@ impl LocalJournal {
     /// Writes what is only in the write-ahead journal to table files (done
     /// at a clean close too).
     pub fn flush(&self) -> Result<(), JournalError> {
-        self.inner.store.get()?.flush().map_err(unavailable)
+        match self.inner.store.get()?.flush(std::time::Duration::from_secs(60)).map_err(unavailable)? {
+            true => Ok(()),
+            false => Err(JournalError::Unavailable("flushing the journal took over 60 s".into())),
+        }
     }
 
     /// Every entity type with an entity in this journal, in order.
@@ -259,8 +278,8 @@ impl LocalJournal {
                 Err(TryLockError::Error(e)) => return Err(io_err(&path, e)),
             }
         }
-        let store = Store::open(&path.join("data"), b.cache_bytes).map_err(|e| io_err(&path, e))?;
-        let shared = Arc::new(Shared::new(store, path.join("data"), b.cache_bytes));
+        let store = Store::open(&path.join("data"), b.cache_bytes, b.memtable_bytes).map_err(|e| io_err(&path, e))?;
+        let shared = Arc::new(Shared::new(store, path.join("data"), b.cache_bytes, b.memtable_bytes));
         let durability = match b.durability {
             Durability::SyncData => Some(PersistMode::SyncData),
             Durability::SyncAll => Some(PersistMode::SyncAll),

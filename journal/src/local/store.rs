@@ -43,9 +43,10 @@ pub(crate) struct Store {
 
 impl Store {
     /// Opens (or creates, or recovers) the database in `dir`.
-    pub(crate) fn open(dir: &Path, cache_bytes: u64) -> Result<Self, String> {
+    pub(crate) fn open(dir: &Path, cache_bytes: u64, memtable_bytes: u64) -> Result<Self, String> {
         let db = Database::builder(dir).cache_size(cache_bytes).open().map_err(|e| format!("storage engine: {e}"))?;
-        let open = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default).map_err(|e| e.to_string());
+        let options = || KeyspaceCreateOptions::default().max_memtable_size(memtable_bytes);
+        let open = |name: &str| db.keyspace(name, options).map_err(|e| e.to_string());
         let ks = Keyspaces {
             events: open("events")?,
             index: open("entities")?,
@@ -61,13 +62,24 @@ impl Store {
 }
 
 impl Store {
-    /// Writes every keyspace's memtable to a table file.
-    pub(crate) fn flush(&self) -> Result<(), fjall::Error> {
+    /// Writes every keyspace's memtable to a table file, waiting at most
+    /// `within` for the flushes (a flush worker that failed, e.g. because
+    /// the directory is gone, must not hang a close). Returns whether every
+    /// memtable reached a table file; the write-ahead journal holds the rest.
+    pub(crate) fn flush(&self, within: std::time::Duration) -> Result<bool, fjall::Error> {
         let k = &self.ks;
-        for ks in [&k.events, &k.index, &k.snapshots, &k.feed, &k.meta, &k.keys, &k.key_expiry] {
-            ks.rotate_memtable_and_wait()?;
+        let all = [&k.events, &k.index, &k.snapshots, &k.feed, &k.meta, &k.keys, &k.key_expiry];
+        for ks in all {
+            ks.rotate_memtable()?;
         }
-        Ok(())
+        let deadline = std::time::Instant::now() + within;
+        while all.iter().any(|ks| ks.sealed_memtable_count() > 0) {
+            if std::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Ok(true)
     }
 }
 
@@ -76,11 +88,12 @@ pub(crate) struct Shared {
     current: RwLock<Option<Arc<Store>>>,
     dir: PathBuf,
     cache_bytes: u64,
+    memtable_bytes: u64,
 }
 
 impl Shared {
-    pub(crate) fn new(store: Store, dir: PathBuf, cache_bytes: u64) -> Self {
-        Self { current: RwLock::new(Some(Arc::new(store))), dir, cache_bytes }
+    pub(crate) fn new(store: Store, dir: PathBuf, cache_bytes: u64, memtable_bytes: u64) -> Self {
+        Self { current: RwLock::new(Some(Arc::new(store))), dir, cache_bytes, memtable_bytes }
     }
 
     /// The store to read from now.
@@ -121,7 +134,7 @@ impl Shared {
                 }
             }
         }
-        let store = Arc::new(Store::open(&self.dir, self.cache_bytes)?);
+        let store = Arc::new(Store::open(&self.dir, self.cache_bytes, self.memtable_bytes)?);
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(store.clone());
         Ok(store)
     }

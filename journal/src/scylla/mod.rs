@@ -42,6 +42,7 @@ mod feed;
 mod read;
 mod rows;
 pub mod schema;
+pub mod server;
 mod session;
 mod statements;
 
@@ -53,6 +54,7 @@ use scylla::client::session::Session;
 
 pub use config::{ScyllaConfig, UrlError};
 pub use schema::{MigrateOptions, SCHEMA_VERSION};
+pub use server::Server;
 use session::open_err;
 use statements::Statements;
 
@@ -124,6 +126,9 @@ impl ScyllaJournal {
                 ),
             ));
         }
+        let server = server::detect(&session).await.map_err(|e| open_err(&config, e))?;
+        server::check_conditional_writes(&session, ks, server).await.map_err(|e| open_err(&config, e))?;
+        tracing::debug!(?server, keyspace = %ks, "journal keyspace takes conditional writes");
         let st = Statements::prepare(&session, &config).await.map_err(|e| open_err(&config, e))?;
         Ok(Self {
             inner: Arc::new(Inner {

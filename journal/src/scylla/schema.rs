@@ -219,8 +219,12 @@ pub async fn migrate(session: &Session, ks: &str, opts: &MigrateOptions) -> Resu
     let run = |cql: String| async move {
         session.query_unpaged(cql.clone(), ()).await.map_err(|e| JournalError::Unavailable(format!("{e} (in: {cql})")))
     };
-    run(format!("CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {}", opts.replication)).await?;
+    let server = super::server::detect(session).await?;
+    run(super::server::create_keyspace(ks, &opts.replication, server)).await?;
     run(format!("CREATE TABLE IF NOT EXISTS {ks}.tessera_meta (key text PRIMARY KEY, value text)")).await?;
+    // Before anything else is written: a keyspace the append cannot work in
+    // (ScyllaDB tablets) is refused with what to do.
+    super::server::check_conditional_writes(session, ks, server).await?;
     let current = installed(session, ks).await?.map(|(v, _)| v).unwrap_or(0);
     if current > SCHEMA_VERSION {
         return Err(JournalError::Invalid(format!(

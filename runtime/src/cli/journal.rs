@@ -118,16 +118,34 @@ pub enum JournalCmd {
         #[command(flatten)]
         source: SourceArgs,
     },
-    /// Export every event of a type to a JSONL file, with a progress bar.
+    /// Export a whole journal, or some entity types or shards, to a JSONL
+    /// file: every event byte for byte, the latest snapshots, a checksum per
+    /// entity (the node stopped, for a local journal).
     Export {
-        /// Entity type.
-        entity_type: String,
+        /// Entity types (default: every type of a local journal; for Scylla, this binary's registered types).
+        types: Vec<String>,
         /// Output file.
         #[arg(long)]
         out: PathBuf,
-        /// Where the journal is.
+        /// Only entities of these shards (repeatable).
+        #[arg(long = "shard")]
+        shards: Vec<u32>,
+        /// A local journal directory.
+        #[arg(long, conflicts_with = "scylla")]
+        data_dir: Option<PathBuf>,
+        /// A Scylla/Cassandra journal: scylla://[user:password@]host:port/keyspace.
+        #[arg(long)]
+        scylla: Option<String>,
+    },
+    /// Import an export into another journal (local or Scylla), checking
+    /// each entity's checksum after it is written; an entity that already
+    /// has events there is refused and reported.
+    Import {
+        /// The file `journal export` wrote.
+        file: PathBuf,
+        /// Where to write.
         #[command(flatten)]
-        source: SourceArgs,
+        target: super::transfer::Target,
     },
 }
 
@@ -248,15 +266,6 @@ impl Source {
     }
 }
 
-/// One line of `journal export`: the event with its entity.
-#[derive(serde::Serialize)]
-struct ExportLine<'a> {
-    entity_type: &'a str,
-    entity_id: &'a str,
-    #[serde(flatten)]
-    event: EventBody,
-}
-
 /// What `journal state` prints for a type this binary does not know.
 #[derive(serde::Serialize)]
 struct RawEvents<'a> {
@@ -323,32 +332,19 @@ pub(crate) async fn run(cmd: JournalCmd, registry: Registry) -> anyhow::Result<(
             }
         }
         JournalCmd::Verify { types, source } => super::verify::run(&source, &types, &registry).await?,
-        JournalCmd::Export { entity_type, out, source } => {
-            let src = Source::open(&source).await?;
-            let entities = src.entities(&entity_type).await?;
-            let bar = indicatif::ProgressBar::new(entities.len() as u64);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} entities {msg}")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            let file = std::fs::File::create(&out).with_context(|| format!("cannot create {}", out.display()))?;
-            let mut w = std::io::BufWriter::new(file);
-            let mut n = 0u64;
-            for e in &entities {
-                let id = e.id.clone();
-                src.events(&entity_type, &id, 1, u64::MAX, |event| {
-                    serde_json::to_writer(&mut w, &ExportLine { entity_type: &entity_type, entity_id: &id, event })?;
-                    w.write_all(b"\n")?;
-                    n += 1;
-                    Ok(())
-                })
-                .await?;
-                bar.inc(1);
-                bar.set_message(format!("{n} events"));
+        JournalCmd::Export { types, out, shards, data_dir, scylla } => {
+            let src = super::transfer::open(data_dir.as_deref(), scylla.as_deref(), false).await?;
+            let sum = super::transfer::export(&src, &types, &shards, &out, &registry).await?;
+            eprintln!("exported to {}", out.display());
+            print_line(&sum)?;
+        }
+        JournalCmd::Import { file, target } => {
+            let dst = super::transfer::open(target.to_data_dir.as_deref(), target.to_scylla.as_deref(), true).await?;
+            let sum = super::transfer::import(&file, &dst).await?;
+            print_line(&sum)?;
+            if sum.refused_existing > 0 {
+                bail!("{} entities already had events in the target and were not imported", sum.refused_existing);
             }
-            w.flush()?;
-            bar.finish();
-            eprintln!("exported {n} events of {} entities to {}", entities.len(), out.display());
         }
     }
     Ok(())

@@ -103,6 +103,29 @@ impl std::str::FromStr for AutoscalerKind {
     }
 }
 
+/// How a node writes its logs to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(try_from = "String", into = "String")]
+pub enum LogFormat {
+    /// Human-readable lines; coloured only when stderr is a terminal and
+    /// `NO_COLOR` is unset (default).
+    #[default]
+    Text,
+    /// One JSON object per line (timestamp, level, target, fields, spans).
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            other => Err(format!("unknown log format `{other}`: text or json")),
+        }
+    }
+}
+
 macro_rules! string_enum {
     ($t:ty { $($v:path => $s:literal),* $(,)? }) => {
         impl TryFrom<String> for $t {
@@ -120,6 +143,7 @@ macro_rules! string_enum {
 }
 
 string_enum!(ClusterMode { ClusterMode::Auto => "auto", ClusterMode::On => "on", ClusterMode::Off => "off" });
+string_enum!(LogFormat { LogFormat::Text => "text", LogFormat::Json => "json" });
 string_enum!(AutoscalerKind {
     AutoscalerKind::None => "none",
     AutoscalerKind::DryRun => "dry-run",

@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-pub use kinds::{AutoscalerKind, ClusterMode, JournalKind};
+pub use kinds::{AutoscalerKind, ClusterMode, JournalKind, LogFormat};
 pub use knob::{Knob, Source};
 pub use sections::{
     AuthSection, AutoscalerSection, ClusterSection, ExecutorsSection, HttpSection, JournalSection, LimitsSection,

@@ -6,7 +6,7 @@ use tessera_cluster::autoscaler::PolicyConfig;
 use tessera_cluster::{Roles, ScaleGroup};
 use tessera_journal::Durability;
 
-use super::kinds::{AutoscalerKind, ClusterMode, JournalKind};
+use super::kinds::{AutoscalerKind, ClusterMode, JournalKind, LogFormat};
 use super::knob::section;
 
 section! {
@@ -26,6 +26,10 @@ section! {
         snapshot_every: u32 = 100, flag "snapshot-every";
         /// How long the embedded journal keeps shard-feed entries, seconds (Scylla: `?feed_ttl_secs=` on its URL).
         feed_retention_secs: u64 = 7 * 24 * 3600, flag "feed-retention-secs";
+        /// The embedded journal's block cache, bytes.
+        cache_bytes: u64 = 64 << 20, flag "journal-cache-bytes";
+        /// The embedded journal's memtable size per keyspace before it is written to a table file, bytes (what its writes hold in memory).
+        memtable_bytes: u64 = 16 << 20, flag "journal-memtable-bytes";
     }
 }
 
@@ -287,6 +291,8 @@ section! {
         max_in_flight: usize = 10_000, flag "max-in-flight";
         /// Most commands queued per entity; beyond it callers get 429.
         entity_queue_limit: usize = 1_000, flag "entity-queue-limit";
+        /// Without NATS: most async calls and commands accepted and not yet finished; beyond it callers get 503 (with NATS, JetStream holds them).
+        async_queue_limit: usize = 10_000, flag "async-queue-limit";
         /// Deadline of one invocation, ms.
         invocation_timeout_ms: u64 = 30_000, flag "invocation-timeout-ms";
         /// Most entities in memory; beyond it the least recently used are passivated.
@@ -311,5 +317,7 @@ section! {
     ObservabilitySection "observability" {
         /// The log filter (`tracing` directives), unless `RUST_LOG` is set; read when logging starts.
         log: String = "info,fjall=warn,lsm_tree=warn".into(), flag "log";
+        /// Log lines as `text` (coloured only on a terminal without `NO_COLOR`) or `json` (one object per line); read when logging starts.
+        log_format: LogFormat = LogFormat::Text, flag "log-format";
     }
 }

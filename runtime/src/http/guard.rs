@@ -17,7 +17,7 @@ use crate::wire::ErrorBody;
 pub(crate) fn need<'a>(template: &str, param: impl Fn(&str) -> Option<&'a str>, public_metrics: bool) -> Need<'a> {
     let p = |name: &str| param(name).unwrap_or("");
     match template {
-        "/healthz" | "/v1/openapi.json" => Need::Public,
+        "/healthz" | "/readyz" | "/v1/openapi.json" => Need::Public,
         "/metrics" if public_metrics => Need::Public,
         "/metrics" => Need::Metrics,
         "/v1/registry" | "/v1/invocations/{id}" => Need::Authenticated,
@@ -90,6 +90,7 @@ mod tests {
         };
         for (template, want) in [
             ("/healthz", Need::Public),
+            ("/readyz", Need::Public),
             ("/v1/openapi.json", Need::Public),
             ("/metrics", Need::Metrics),
             ("/v1/registry", Need::Authenticated),

@@ -337,6 +337,19 @@ pub(crate) async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// 200 once the node should get traffic; 503 (`not_ready`, `Retry-After`)
+/// while a cluster member has not yet taken its share of the shards, or
+/// while it leaves.
+pub(crate) async fn readyz(State(s): State<super::AppState>) -> Response {
+    if (s.ready)() {
+        return "ready\n".into_response();
+    }
+    let body = ErrorBody::new("not_ready", 503, "the node has not taken its share of the shards yet, or is leaving");
+    let mut r = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1));
+    r
+}
+
 pub(crate) async fn metrics(State(node): State<Node>) -> Response {
     let mut resp = node.metrics().render().into_response();
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));

@@ -14,7 +14,7 @@
 //! | `GET /v1/feed/{type}?from=start\|end` | every shard of a type, live (SSE) |
 //! | `GET /v1/projections`, `GET /v1/projections/{name}` | projections, their checkpoints and lag |
 //! | `POST /v1/projections/{name}/rewind`, `…/reset` | move checkpoints back (`{"to", "entity_type", "shard"}`) |
-//! | `GET /healthz`, `GET /metrics` | liveness, Prometheus |
+//! | `GET /healthz`, `GET /readyz`, `GET /metrics` | liveness, readiness (shard leases held), Prometheus |
 //! | `GET /v1/openapi.json` | the OpenAPI 3.1 document of all of the above ([`openapi`]) |
 //!
 //! With `[auth]` configured every route but `/healthz` needs bearer
@@ -47,13 +47,19 @@ use crate::auth::Authenticator;
 use crate::autoscaler::AutoscalerStatus;
 use crate::node::Node;
 
-/// What the handlers share: the node core, the autoscaler's status, and
-/// the authenticator (`None`: auth off).
+/// Whether the node is ready for traffic (`GET /readyz`): a standalone
+/// node once it serves; a cluster member once it held its share of the
+/// shard leases, and no longer while it leaves.
+pub(crate) type Readiness = std::sync::Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// What the handlers share: the node core, the autoscaler's status, the
+/// authenticator (`None`: auth off) and the readiness check.
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub(crate) node: Node,
     pub(crate) autoscaler: AutoscalerStatus,
     pub(crate) auth: Option<Authenticator>,
+    pub(crate) ready: Readiness,
 }
 
 impl axum::extract::FromRef<AppState> for Node {
@@ -79,7 +85,7 @@ pub(crate) struct HttpServer {
 /// config names.
 pub fn router(node: Node) -> Result<Router, crate::auth::AuthConfigError> {
     let auth = Authenticator::from_config(&node.config().auth)?;
-    Ok(routes(AppState { node, autoscaler: AutoscalerStatus::default(), auth }))
+    Ok(routes(AppState { node, autoscaler: AutoscalerStatus::default(), auth, ready: std::sync::Arc::new(|| true) }))
 }
 
 fn routes(state: AppState) -> Router {
@@ -101,6 +107,7 @@ fn routes(state: AppState) -> Router {
         .route("/v1/projections/{name}/reset", post(feed::reset))
         .route("/v1/openapi.json", get(handlers::openapi))
         .route("/healthz", get(handlers::healthz))
+        .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(handlers::metrics));
     let router = match state.auth {
         Some(_) => router.route_layer(axum::middleware::from_fn_with_state(state.clone(), guard::check)),
@@ -134,10 +141,11 @@ impl HttpListener {
         autoscaler: AutoscalerStatus,
         auth: Option<Authenticator>,
         tls: Option<tokio_rustls::TlsAcceptor>,
+        ready: Readiness,
     ) -> HttpServer {
         let Self { listener, addr } = self;
         let (stop, stopped) = oneshot::channel::<()>();
-        let app = routes(AppState { node, autoscaler, auth });
+        let app = routes(AppState { node, autoscaler, auth, ready });
         let stopped = async {
             let _ = stopped.await;
         };

@@ -20,12 +20,12 @@ use crate::wire;
 #[openapi(
     info(
         title = "Tessera",
-        description = "Stateful functions: entity commands, state and journal reads, stateless functions sync and async, the shard feed, projections. Errors are `{\"error\": {kind, message, status, ...}}`. With `[auth]` configured every route but `/healthz` needs a bearer token (see docs/security.md).",
+        description = "Stateful functions: entity commands, state and journal reads, stateless functions sync and async, the shard feed, projections. Errors are `{\"error\": {kind, message, status, ...}}`. With `[auth]` configured every route but `/healthz` and `/readyz` needs a bearer token (see docs/security.md).",
         license(name = "Apache-2.0")
     ),
     paths(
         command, state, events, entities, function, invocation, registry, autoscaler, shard_feed, type_feed,
-        projections, projection, rewind, reset, healthz, metrics, openapi
+        projections, projection, rewind, reset, healthz, readyz, metrics, openapi
     ),
     components(schemas(
         wire::ErrorBody, wire::ErrorDetail, wire::StateBody, wire::EventBody, wire::EventsBody, wire::EntityBody,
@@ -373,6 +373,14 @@ fn reset() {}
 #[utoipa::path(get, path = "/healthz", tag = "node", security(()), responses((status = 200, description = "`ok`", content_type = "text/plain", body = String)))]
 #[allow(dead_code)]
 fn healthz() {}
+
+/// Readiness.
+#[utoipa::path(get, path = "/readyz", tag = "node", security(()), responses(
+    (status = 200, description = "`ready`: a standalone node serving, or a cluster member holding its share of the shard leases", content_type = "text/plain", body = String),
+    (status = 503, description = "Not ready yet (joining, taking shards) or leaving (`Retry-After`)", body = wire::ErrorBody),
+))]
+#[allow(dead_code)]
+fn readyz() {}
 
 /// Prometheus metrics.
 #[utoipa::path(

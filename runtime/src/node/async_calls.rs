@@ -184,9 +184,38 @@ impl Node {
 
 /// The in-process queue of a node without NATS: calls run on this node in
 /// a background task, retried like redeliveries; not durable (a crash
-/// loses queued calls, whose rows stay `pending`).
+/// loses queued calls, whose rows stay `pending`). Bounded: past `limit`
+/// calls and commands accepted and not finished, new ones are refused
+/// with 503 (so a flood of async calls cannot grow the node's memory).
 pub struct LocalQueue {
     tx: tokio::sync::mpsc::UnboundedSender<Queued>,
+    pending: Pending,
+}
+
+/// Calls and commands accepted by a [`LocalQueue`] and not finished.
+#[derive(Clone)]
+pub(crate) struct Pending {
+    count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    limit: usize,
+}
+
+impl Pending {
+    fn take(&self) -> Result<(), InvokeError> {
+        use std::sync::atomic::Ordering;
+        let before = self.count.fetch_add(1, Ordering::AcqRel);
+        if before >= self.limit {
+            self.count.fetch_sub(1, Ordering::AcqRel);
+            return Err(InvokeError::Unavailable(format!(
+                "the async queue is full ({} calls and commands waiting); retry later",
+                self.limit
+            )));
+        }
+        Ok(())
+    }
+    /// One accepted call or command finished (or was given up).
+    pub(crate) fn done(&self) {
+        self.count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 enum Queued {
@@ -198,33 +227,57 @@ enum Queued {
 pub struct LocalQueueRunner {
     rx: tokio::sync::mpsc::UnboundedReceiver<Queued>,
     max_deliver: u32,
+    pending: Pending,
 }
 
 impl LocalQueue {
-    /// A queue and its runner; each call is tried up to `max_deliver` times.
-    pub fn new(max_deliver: u32) -> (Self, LocalQueueRunner) {
+    /// A queue and its runner; each call is tried up to `max_deliver` times;
+    /// at most `limit` accepted and not finished.
+    pub fn new(max_deliver: u32, limit: usize) -> (Self, LocalQueueRunner) {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        (Self { tx }, LocalQueueRunner { rx, max_deliver: max_deliver.max(1) })
+        let pending = Pending { count: Default::default(), limit: limit.max(1) };
+        (Self { tx, pending: pending.clone() }, LocalQueueRunner { rx, max_deliver: max_deliver.max(1), pending })
     }
 }
 
 #[async_trait::async_trait]
 impl CallQueue for LocalQueue {
     async fn enqueue(&self, call: QueuedCall) -> Result<(), InvokeError> {
-        self.tx.send(Queued::Call(call)).map_err(|_| InvokeError::Unavailable("node shutting down".into()))
+        self.pending.take()?;
+        self.tx.send(Queued::Call(call)).map_err(|_| {
+            self.pending.done();
+            InvokeError::Unavailable("node shutting down".into())
+        })
     }
     async fn enqueue_command(&self, cmd: QueuedCommand) -> Result<(), InvokeError> {
-        self.tx.send(Queued::Command(cmd)).map_err(|_| InvokeError::Unavailable("node shutting down".into()))
+        self.pending.take()?;
+        self.tx.send(Queued::Command(cmd)).map_err(|_| {
+            self.pending.done();
+            InvokeError::Unavailable("node shutting down".into())
+        })
     }
     async fn finished(&self, _: &InvocationResult) {}
     async fn dead_letter(&self, _: &QueuedCall, _: &InvokeError) {}
+}
+
+/// Runs `f` when dropped (the end of a task, however it ends).
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }
 
 impl LocalQueueRunner {
     /// Runs every queued call on `node`, each in its own task, until the
     /// queue is dropped.
     pub async fn run(mut self, node: Node) {
-        let commands = super::async_commands::LocalCommands::default();
+        let commands = super::async_commands::LocalCommands::new(self.pending.clone());
         while let Some(q) = self.rx.recv().await {
             let c = match q {
                 Queued::Call(c) => c,
@@ -233,8 +286,9 @@ impl LocalQueueRunner {
                     continue;
                 }
             };
-            let (node, max) = (node.clone(), self.max_deliver);
+            let (node, max, pending) = (node.clone(), self.max_deliver, self.pending.clone());
             tokio::spawn(async move {
+                let _done = scopeguard(move || pending.done());
                 for attempt in 1..=max {
                     let call = AsyncCall {
                         id: &c.id,

@@ -132,15 +132,21 @@ impl Node {
 /// The async entity commands of a node without NATS: run in-process, in
 /// order per entity (not durable: a crash loses what is queued, whose rows
 /// stay `pending`).
-#[derive(Default, Clone)]
+#[derive(Clone)]
 pub(crate) struct LocalCommands {
     queues: Arc<Mutex<HashMap<(String, String), Fifo>>>,
+    pending: super::async_calls::Pending,
 }
 
 /// One entity's queued commands; the front one is running.
 type Fifo = VecDeque<QueuedCommand>;
 
 impl LocalCommands {
+    /// Queues of commands counted in `pending` (one is done when it ran).
+    pub(crate) fn new(pending: super::async_calls::Pending) -> Self {
+        Self { queues: Arc::default(), pending }
+    }
+
     /// Queues `cmd` behind its entity's earlier ones; starts a drainer when
     /// the entity had none.
     pub(crate) fn push(&self, node: &Node, cmd: QueuedCommand, max_deliver: u32) {
@@ -167,6 +173,7 @@ impl LocalCommands {
                         AsyncDecision::Retry(d) => tokio::time::sleep(d.max(Duration::from_millis(50))).await,
                     }
                 }
+                me.pending.done();
                 let mut q = me.queues.lock().unwrap_or_else(|p| p.into_inner());
                 let done = q.get_mut(&key).map(|q| {
                     q.pop_front();

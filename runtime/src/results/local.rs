@@ -37,8 +37,10 @@ impl LocalResultStore {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Self, ResultStoreError> {
         let db = Database::builder(dir).cache_size(16 << 20).open().map_err(unavailable)?;
-        let rows = db.keyspace("results", KeyspaceCreateOptions::default).map_err(unavailable)?;
-        let expiry = db.keyspace("expiry", KeyspaceCreateOptions::default).map_err(unavailable)?;
+        // Rows are written once or twice and read rarely: small memtables.
+        let options = || KeyspaceCreateOptions::default().max_memtable_size(8 << 20);
+        let rows = db.keyspace("results", options).map_err(unavailable)?;
+        let expiry = db.keyspace("expiry", options).map_err(unavailable)?;
         Ok(Self { inner: Arc::new(Inner { db, rows, expiry, write: Mutex::new(()) }) })
     }
 

@@ -20,4 +20,7 @@ pub mod http;
 pub mod node;
 #[cfg(feature = "node")]
 pub mod process;
+pub mod proxy;
+#[cfg(feature = "node")]
+pub mod report;
 pub mod servers;
