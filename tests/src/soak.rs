@@ -83,6 +83,22 @@ pub struct SoakReport {
     pub samples: Vec<Sample>,
 }
 
+impl SoakReport {
+    /// One line: passivations, memory after warm-up and at the end, open
+    /// files, answers by kind.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} passivations; RSS {:.0} MiB after warm-up, {:.0} MiB at the end; open files {}..{}; answers {:?}",
+            self.passivations,
+            self.rss_after_warmup_mib,
+            self.rss_at_end_mib,
+            self.open_files_range.0,
+            self.open_files_range.1,
+            self.answers
+        )
+    }
+}
+
 fn rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()

@@ -586,14 +586,6 @@ async fn a_two_minute_soak_stays_flat_and_clean() {
         r.requests,
         0,
         None,
-        &format!(
-            "{} passivations; RSS {:.0} MiB after warm-up, {:.0} MiB at the end; open files {}..{}; answers {:?}; plot in target/soak/soak.svg",
-            r.passivations,
-            r.rss_after_warmup_mib,
-            r.rss_at_end_mib,
-            r.open_files_range.0,
-            r.open_files_range.1,
-            r.answers
-        ),
+        &format!("{}; plot in target/soak/soak.svg", r.summary()),
     );
 }

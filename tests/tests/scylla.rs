@@ -629,32 +629,22 @@ async fn export_and_import_round_trip_local_to_cassandra_to_local() {
         .unwrap()
     };
     let s = |p: &std::path::Path| p.to_str().unwrap().to_owned();
-    let entity_lines = |path: &std::path::Path| -> Vec<serde_json::Value> {
+    // The export's lines of one kind, without a field that may differ.
+    let lines_of = |path: &std::path::Path, kind: &str, without: &str| -> Vec<serde_json::Value> {
         std::fs::read_to_string(path)
             .unwrap()
             .lines()
             .skip(1)
             .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .filter(|v| v["kind"] == "entity")
+            .filter(|v| v["kind"] == kind)
             .map(|mut v| {
-                v.as_object_mut().unwrap().remove("last_seq");
+                v.as_object_mut().unwrap().remove(without);
                 v
             })
             .collect()
     };
-    let events_of = |path: &std::path::Path| -> Vec<serde_json::Value> {
-        std::fs::read_to_string(path)
-            .unwrap()
-            .lines()
-            .skip(1)
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .filter(|v| v["kind"] == "event")
-            .map(|mut v| {
-                v.as_object_mut().unwrap().remove("timestamp_ms");
-                v
-            })
-            .collect()
-    };
+    let entity_lines = |path: &std::path::Path| lines_of(path, "entity", "last_seq");
+    let events_of = |path: &std::path::Path| lines_of(path, "event", "timestamp_ms");
 
     let f1 = dir.path().join("1.jsonl");
     let o =

@@ -53,17 +53,7 @@ async fn main() -> anyhow::Result<()> {
         o.sample_every
     );
     let r = tessera_tests::soak::run(&o).await?;
-    eprintln!(
-        "soak: {:.0} s, {} requests, {} passivations; RSS {:.0} MiB after warm-up, {:.0} MiB at the end; open files {}..{}; answers {:?}",
-        r.seconds,
-        r.requests,
-        r.passivations,
-        r.rss_after_warmup_mib,
-        r.rss_at_end_mib,
-        r.open_files_range.0,
-        r.open_files_range.1,
-        r.answers
-    );
+    eprintln!("soak: {:.0} s, {} requests, {}", r.seconds, r.requests, r.summary());
     eprintln!("results in {}", a.out.display());
     anyhow::ensure!(r.clean, "unexpected answers: {:?}", r.unexpected);
     anyhow::ensure!(r.flat, "memory or open files grew");
