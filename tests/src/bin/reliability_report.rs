@@ -17,7 +17,14 @@ fn cell(v: &Value) -> String {
 }
 
 fn main() -> anyhow::Result<()> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    // The workspace at run time (cargo sets CARGO_MANIFEST_DIR for `cargo
+    // run`): a compile-time path would name another checkout whose build
+    // was reused.
+    let start = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::current_dir().ok())
+        .unwrap_or_default();
+    let root = start.ancestors().find(|p| p.join("Cargo.lock").exists()).map(Path::to_path_buf).unwrap_or(start);
     let dir = root.join("target/reliability");
     let mut records: Vec<(String, Value)> = Vec::new();
     for e in std::fs::read_dir(&dir).map_err(|e| anyhow::anyhow!("{}: {e} (run the tests first)", dir.display()))? {

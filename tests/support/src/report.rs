@@ -9,9 +9,21 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
+/// The workspace being tested, found at run time (the nearest directory
+/// with a Cargo.lock above `CARGO_MANIFEST_DIR`, which cargo sets for test
+/// and run processes, or the current directory): a compile-time path would
+/// point at another checkout whose build artifacts were reused.
+pub fn workspace_root() -> PathBuf {
+    let start = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::current_dir().ok())
+        .unwrap_or_default();
+    start.ancestors().find(|p| p.join("Cargo.lock").exists()).map(std::path::Path::to_path_buf).unwrap_or(start)
+}
+
 /// Where the records go.
 pub fn dir() -> PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/reliability")
+    workspace_root().join("target/reliability")
 }
 
 /// A fault tried: the fault, the test, the load held during it, commands
