@@ -88,7 +88,7 @@ impl Cluster {
             }
         }
         let store = ClusterStore::open(js, &config.prefix, config.lease_ttl).await?;
-        let ownership_serves_entities = config.roles.entities();
+        let serves_entities = config.roles.entities();
         let (view, watch) = View::start(&store);
         let me = &config.node_id;
         for e in store.snapshot().await? {
@@ -113,7 +113,7 @@ impl Cluster {
             host,
             started_ms: now_ms(),
             draining: AtomicBool::new(false),
-            ready: AtomicBool::new(!ownership_serves_entities),
+            ready: AtomicBool::new(!serves_entities),
             left: Notify::new(),
             stopped: AtomicBool::new(false),
         });

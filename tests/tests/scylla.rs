@@ -46,6 +46,25 @@ async fn node(url: &str, tweak: impl FnOnce(&mut NodeConfig)) -> (tessera_runtim
     .await
 }
 
+/// Audits stock entities `s:0`..`s:{n-1}` in the journal: no invocation
+/// appears twice; returns the invocations seen.
+async fn assert_each_invocation_applied_once(url: &str, n: usize) -> HashSet<String> {
+    let j = ScyllaJournal::connect(url, 1024).await.unwrap();
+    let mut seen = HashSet::new();
+    for e in 0..n {
+        let events: Vec<_> = futures::TryStreamExt::try_collect::<Vec<_>>(
+            j.read(&EntityKey::new("stock", format!("s:{e}")), 1..=u64::MAX),
+        )
+        .await
+        .unwrap();
+        for ev in events {
+            let meta = tessera_runtime::envelope::EventMeta::decode(&ev.metadata);
+            assert!(seen.insert(meta.invocation.clone()), "applied twice: {}", meta.invocation);
+        }
+    }
+    seen
+}
+
 fn cmd(base: &str, id: &str, command: &str) -> String {
     format!("{base}/v1/entities/stock/{id}/{command}")
 }
@@ -345,19 +364,7 @@ async fn the_server_stopped_mid_load_loses_nothing_acknowledged_and_the_node_rec
             assert_eq!(h["tessera-deduplicated"], "true", "acknowledged {key} was already there");
         }
     }
-    let j = ScyllaJournal::connect(&url, 1024).await.unwrap();
-    let mut seen = HashSet::new();
-    for e in 0..4 {
-        let events: Vec<_> = futures::TryStreamExt::try_collect::<Vec<_>>(
-            j.read(&EntityKey::new("stock", format!("s:{e}")), 1..=u64::MAX),
-        )
-        .await
-        .unwrap();
-        for ev in events {
-            let meta = tessera_runtime::envelope::EventMeta::decode(&ev.metadata);
-            assert!(seen.insert(meta.invocation.clone()), "applied twice: {}", meta.invocation);
-        }
-    }
+    let seen = assert_each_invocation_applied_once(&url, 4).await;
     assert_eq!(seen.len(), attempted.len(), "every attempted command applied exactly once");
     let timeouts = errors.iter().filter(|e| e.0 == 504).count();
     tessera_test_support::report::fault(
@@ -542,19 +549,7 @@ async fn a_slow_and_flaky_journal_keeps_memory_bounded_and_loses_nothing() {
     futures::StreamExt::collect::<Vec<()>>(futures::StreamExt::buffer_unordered(futures::stream::iter(retries), 32))
         .await;
     node.kill().await;
-    let j = ScyllaJournal::connect(&url, 1024).await.unwrap();
-    let mut seen = HashSet::new();
-    for e in 0..32 {
-        let events: Vec<_> = futures::TryStreamExt::try_collect::<Vec<_>>(
-            j.read(&EntityKey::new("stock", format!("s:{e}")), 1..=u64::MAX),
-        )
-        .await
-        .unwrap();
-        for ev in events {
-            let meta = tessera_runtime::envelope::EventMeta::decode(&ev.metadata);
-            assert!(seen.insert(meta.invocation.clone()), "applied twice: {}", meta.invocation);
-        }
-    }
+    let seen = assert_each_invocation_applied_once(&url, 32).await;
     for key in all.acked.iter().chain(&all.other) {
         assert!(seen.contains(key), "{key} is in the journal");
     }
