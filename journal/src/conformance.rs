@@ -418,6 +418,56 @@ pub async fn delete_prefix(b: &mut dyn TestBackend) {
     assert_eq!(read_all(&*j, &e, 1, u64::MAX).await.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![11]);
 }
 
+/// `purge` leaves nothing of the entity (events, snapshot, keys, listing,
+/// feed entries) and nothing of any other entity is touched; the entity can
+/// start again at seq 1, its new feed entries after every offset given out.
+pub async fn purge_leaves_nothing_of_the_entity(b: &mut dyn TestBackend) {
+    let j = b.open().await;
+    let day = std::time::Duration::from_secs(86_400);
+    let (e, other) = (key("purged"), key("kept-beside-purged"));
+    let entity_ids = |j: Arc<dyn Journal>| async move {
+        let list: Vec<_> = j.entities("conf").try_collect().await.unwrap();
+        list.into_iter().map(|i| i.entity_id).collect::<HashSet<_>>()
+    };
+    let feed_of = |j: Arc<dyn Journal>, shard: u32| async move {
+        j.events_by_shard("conf", shard, 0).try_collect::<Vec<_>>().await.unwrap()
+    };
+    j.commit(&e, AppendRequest::new(0, events(1..=3)).with_key("k1", day)).await.unwrap();
+    j.commit(&other, AppendRequest::new(0, events(1..=2)).with_key("k1", day)).await.unwrap();
+    j.commit(&e, AppendRequest::new(3, events(4..=5)).with_key("k2", day)).await.unwrap();
+    j.save_snapshot(&e, Snapshot { seq: 4, version: 1, timestamp_ms: 1, payload: b"s".to_vec() }).await.unwrap();
+    let (shard, other_shard) = (e.shard(j.shards()), other.shard(j.shards()));
+    let last_offset = feed_of(j.clone(), shard).await.last().map(|f| f.offset).unwrap();
+
+    j.purge(&e).await.unwrap();
+    assert_eq!(j.last_seq(&e).await.unwrap(), 0);
+    assert!(read_all(&*j, &e, 1, u64::MAX).await.is_empty());
+    assert!(j.load_snapshot(&e).await.unwrap().is_none());
+    assert_eq!(j.find_key(&e, "k1").await.unwrap(), None);
+    assert_eq!(j.find_key(&e, "k2").await.unwrap(), None);
+    assert!(!entity_ids(j.clone()).await.contains("purged"));
+    assert!(feed_of(j.clone(), shard).await.iter().all(|f| f.entity != e), "feed entries of the purged entity");
+    // The other entity is untouched.
+    assert_eq!(read_all(&*j, &other, 1, u64::MAX).await.len(), 2);
+    assert_eq!(j.find_key(&other, "k1").await.unwrap(), Some(2));
+    assert_eq!(feed_of(j.clone(), other_shard).await.iter().filter(|f| f.entity == other).count(), 2);
+    // Purging again, or an entity never written, changes nothing.
+    j.purge(&e).await.unwrap();
+    j.purge(&key("never-written")).await.unwrap();
+
+    // A new life from seq 1; its feed entry comes after every offset given out.
+    j.commit(&e, AppendRequest::new(0, events(9..=9)).with_key("k1", day)).await.expect("starts again at seq 1");
+    assert_eq!(read_all(&*j, &e, 1, u64::MAX).await.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1]);
+    let feed = feed_of(j.clone(), shard).await;
+    let mine: Vec<_> = feed.iter().filter(|f| f.entity == e).collect();
+    assert_eq!(mine.len(), 1);
+    assert!(mine[0].offset > last_offset, "offsets are never reused");
+    drop(j);
+    let j = b.reopen().await;
+    assert_eq!(j.last_seq(&e).await.unwrap(), 1, "the purge and the new life survive a restart");
+    assert_eq!(read_all(&*j, &other, 1, u64::MAX).await.len(), 2);
+}
+
 /// Listing the entities of a type, ordered by id, other types excluded.
 pub async fn lists_entities(b: &mut dyn TestBackend) {
     let j = b.open().await;
@@ -527,7 +577,8 @@ macro_rules! journal_conformance_tests {
             concurrent_entities, ranges_and_paging, snapshots, shard_feed, delete_prefix,
             lists_entities, reopen_keeps_everything, fence_refuses_stale_writers, fence_survives_reopen,
             feed_offsets_are_gapless_under_concurrency_and_restarts, refused_appends_leave_no_hole_in_the_feed,
-            idempotency_keys_are_remembered_by_time_not_count, a_reader_behind_retention_gets_an_error);
+            idempotency_keys_are_remembered_by_time_not_count, a_reader_behind_retention_gets_an_error,
+            purge_leaves_nothing_of_the_entity);
     };
     (@suite $name:ident, $backend:expr; $($test:ident),*) => {
         mod $name {

@@ -114,6 +114,16 @@ pub trait Journal: Send + Sync + 'static {
     /// are never reused: later appends continue after the last seq.
     async fn delete_to(&self, entity: &EntityKey, seq: u64) -> Result<(), JournalError>;
 
+    /// Removes everything the journal holds of the entity: its events, its
+    /// snapshot, its idempotency keys, its fence, its entry in the entity
+    /// list and its entries in the shard feed (later offsets are not
+    /// renumbered: a feed reader skips the hole). Purging an entity the
+    /// journal does not know is a no-op. The caller makes sure nothing is
+    /// appended to the entity meanwhile (the runtime purges only an entity
+    /// whose last event is its tombstone); afterwards the entity has no
+    /// journal, and a new append starts it again at seq 1.
+    async fn purge(&self, entity: &EntityKey) -> Result<(), JournalError>;
+
     /// The entities of a type that have a journal, ordered by id.
     fn entities(&self, entity_type: &str) -> EntityStream;
 

@@ -236,6 +236,14 @@ impl Journal for MemoryJournal {
         Ok(())
     }
 
+    async fn purge(&self, entity: &EntityKey) -> Result<(), JournalError> {
+        let mut store = self.lock();
+        store.logs.remove(entity);
+        store.keys.retain(|(e, _), _| e != entity);
+        store.feed.retain(|_, (e, _, _)| e != entity);
+        Ok(())
+    }
+
     fn entities(&self, entity_type: &str) -> EntityStream {
         let store = self.lock();
         let mut list: Vec<EntityInfo> = store

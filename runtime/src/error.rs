@@ -73,6 +73,13 @@ pub enum InvokeError {
     /// No projection of that name on the node.
     #[error("unknown projection `{0}`")]
     UnknownProjection(String),
+    /// The entity was deleted (404): its commands and reads are refused
+    /// until its journal is purged, after which the id starts afresh.
+    #[error("entity deleted: {0}")]
+    Deleted(String),
+    /// There is no such entity to delete: nothing was ever written to it (404).
+    #[error("entity not found: {0}")]
+    EntityNotFound(String),
 }
 
 impl InvokeError {
@@ -82,7 +89,9 @@ impl InvokeError {
             Self::UnknownEntityType(_)
             | Self::UnknownCommand(_)
             | Self::UnknownFunction(_)
-            | Self::UnknownProjection(_) => 404,
+            | Self::UnknownProjection(_)
+            | Self::Deleted(_)
+            | Self::EntityNotFound(_) => 404,
             Self::FeedExpired(_) => 410,
             Self::OutOfRange(_) => 416,
             Self::Malformed(_) => 400,
@@ -118,6 +127,8 @@ impl InvokeError {
             Self::FeedExpired(_) => "feed_expired",
             Self::OutOfRange(_) => "out_of_range",
             Self::UnknownProjection(_) => "unknown_projection",
+            Self::Deleted(_) => "entity_deleted",
+            Self::EntityNotFound(_) => "entity_not_found",
         }
     }
 
@@ -145,7 +156,9 @@ impl InvokeError {
             | Self::Internal(s)
             | Self::FeedExpired(s)
             | Self::OutOfRange(s)
-            | Self::UnknownProjection(s) => s.clone(),
+            | Self::UnknownProjection(s)
+            | Self::Deleted(s)
+            | Self::EntityNotFound(s) => s.clone(),
             Self::TooLarge { limit } => limit.to_string(),
             Self::Rejected(r) => r.message.clone(),
         }
@@ -196,6 +209,8 @@ impl InvokeError {
             (_, "feed_expired") => Self::FeedExpired(detail),
             (_, "out_of_range") => Self::OutOfRange(detail),
             (_, "unknown_projection") => Self::UnknownProjection(detail),
+            (_, "entity_deleted") => Self::Deleted(detail),
+            (_, "entity_not_found") => Self::EntityNotFound(detail),
             (503, _) => Self::Unavailable(detail),
             (504, _) => Self::Timeout(detail),
             _ => Self::Internal(format!("status {status}: {}", e.message)),

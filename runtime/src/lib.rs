@@ -45,8 +45,8 @@ pub(crate) fn now_ms() -> i64 {
 }
 pub use error::InvokeError;
 pub use node::{
-    AsyncCall, AsyncDecision, CallQueue, Forwarder, Invocation, LocalQueue, LocalQueueRunner, Node, Outbox, QueuedCall,
-    QueuedCommand, ReadFrom,
+    AsyncCall, AsyncDecision, CallQueue, DELETE_COMMAND, DeleteReason, Forwarder, Invocation, LocalQueue,
+    LocalQueueRunner, Node, Outbox, QueuedCall, QueuedCommand, ReadFrom,
 };
 pub use server::{JournalLayer, NodeBuilder, NodeError, ResultsLayer, Server};
 pub use shard::{CommandReply, Replay, StateView, replay};

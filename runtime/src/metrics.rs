@@ -35,6 +35,10 @@ pub struct Metrics {
     pub commit_latency: Histogram,
     /// Snapshots written.
     pub snapshots: IntCounter,
+    /// Deleted entities whose journal was purged.
+    pub purges: IntCounter,
+    /// Entities deleted, by reason (`api`, `ttl`).
+    pub deletions: IntCounterVec,
     /// Handler panics caught.
     pub handler_panics: IntCounter,
     /// Calls queued per executor.
@@ -179,6 +183,11 @@ impl Metrics {
         )
         .expect("metric");
         let snapshots = IntCounter::new("tessera_snapshots_total", "Snapshots written").expect("metric");
+        let purges = IntCounter::new("tessera_entity_purges_total", "Deleted entities whose journal was purged")
+            .expect("metric");
+        let deletions =
+            IntCounterVec::new(Opts::new("tessera_entity_deletions_total", "Entities deleted, by reason"), &["reason"])
+                .expect("metric");
         let handler_panics = IntCounter::new("tessera_handler_panics_total", "Handler panics caught").expect("metric");
         let executor_queue_depth =
             IntGaugeVec::new(Opts::new("tessera_executor_queue_depth", "Calls queued per executor"), &["executor"])
@@ -261,6 +270,8 @@ impl Metrics {
             Box::new(commit_batch.clone()),
             Box::new(commit_latency.clone()),
             Box::new(snapshots.clone()),
+            Box::new(purges.clone()),
+            Box::new(deletions.clone()),
             Box::new(handler_panics.clone()),
             Box::new(executor_queue_depth.clone()),
             Box::new(executor_batch_size.clone()),
@@ -297,6 +308,8 @@ impl Metrics {
             commit_batch,
             commit_latency,
             snapshots,
+            purges,
+            deletions,
             handler_panics,
             executor_queue_depth,
             executor_batch_size,

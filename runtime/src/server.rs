@@ -261,6 +261,9 @@ impl NodeBuilder {
 
         let mut services = Services::default();
         services.tasks.push(sweeper(results, c.limits.result_ttl_secs));
+        for (entity_type, ttl) in c.state_ttls() {
+            services.tasks.push(state_ttl_sweeper(node.clone(), entity_type, ttl));
+        }
         if let Some(runner) = local_runner {
             services.tasks.push(tokio::spawn(runner.run(node.clone())));
         }
@@ -406,6 +409,22 @@ fn sweeper(results: Arc<dyn ResultStore>, ttl_secs: u64) -> JoinHandle<()> {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!(purged = n, "expired results purged"),
                 Err(e) => tracing::warn!(error = %e, "cannot purge expired results"),
+            }
+        }
+    })
+}
+
+/// Deletes the entities of a type nobody wrote to for `ttl` (each node
+/// sweeps the shards it serves), every quarter of the TTL (1 s to 1 h).
+fn state_ttl_sweeper(node: Node, entity_type: String, ttl: Duration) -> JoinHandle<()> {
+    let every = (ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            match node.sweep_ttl(&entity_type, ttl).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(entity_type, deleted = n, "state TTL: idle entities deleted"),
+                Err(e) => tracing::warn!(entity_type, error = %e, "state TTL sweep failed; tried again"),
             }
         }
     })

@@ -312,6 +312,9 @@ impl tessera_journal::Journal for StallingJournal {
     ) -> Result<(), tessera_journal::JournalError> {
         self.inner.delete_to(entity, seq).await
     }
+    async fn purge(&self, entity: &tessera_journal::EntityKey) -> Result<(), tessera_journal::JournalError> {
+        self.inner.purge(entity).await
+    }
     fn entities(&self, entity_type: &str) -> tessera_journal::EntityStream {
         self.inner.entities(entity_type)
     }

@@ -3,7 +3,8 @@
 
 mod common;
 
-use common::{get, node, post, wait_result};
+use common::{delete, get, node, post, wait_result};
+use futures::TryStreamExt;
 use futures::future::join_all;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -482,5 +483,126 @@ async fn the_in_process_async_queue_is_bounded() {
         "503 `unavailable` with Retry-After; taken again once it drains",
         0,
     );
+    node.shutdown().await;
+}
+
+/// Where the journal still mentions `needle` (an entity id): entity ids of
+/// every type (the runtime's own included: checkpoints, dispatcher state),
+/// their events' payloads and metadata, snapshots and the shard feeds.
+async fn mentions(j: &LocalJournal, needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let has = |b: &[u8]| b.windows(needle.len()).any(|w| w == needle.as_bytes());
+    for t in j.entity_types().unwrap() {
+        let ids: Vec<_> = j.entities(&t).try_collect().await.unwrap();
+        for info in ids {
+            let key = EntityKey::new(t.clone(), info.entity_id.clone());
+            if info.entity_id.contains(needle) {
+                found.push(format!("entity {key}"));
+            }
+            let events: Vec<_> = j.read(&key, 1..=u64::MAX).try_collect().await.unwrap();
+            for e in events.iter().filter(|e| has(&e.payload) || has(&e.metadata)) {
+                found.push(format!("{key} event {}", e.seq));
+            }
+            if j.load_snapshot(&key).await.unwrap().is_some_and(|s| has(&s.payload)) {
+                found.push(format!("{key} snapshot"));
+            }
+        }
+        for shard in 0..j.shards() {
+            let feed: Vec<_> = j.events_by_shard(&t, shard, 0).try_collect().await.unwrap_or_default();
+            for f in feed.iter().filter(|f| f.entity.entity_id.contains(needle)) {
+                found.push(format!("feed {t}/{shard} offset {}", f.offset));
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_entity_answers_404_and_after_its_grace_period_nothing_of_it_is_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let tweak = |c: &mut tessera_runtime::NodeConfig| {
+        c.limits.delete_grace_secs = 2;
+        c.journal.snapshot_every = 2;
+    };
+    let (node, base) = node(dir.path(), tweak).await;
+    let state = |id: &str| format!("{base}/v1/entities/stock/{id}");
+    post(&cmd(&base, "stock", "s:del", "restock"), r#"{"qty":10}"#, Some("restock-1")).await;
+    for _ in 0..3 {
+        post(&cmd(&base, "stock", "s:del", "purchase"), r#"{"qty":1}"#, None).await;
+    }
+    post(&cmd(&base, "stock", "s:kept", "restock"), r#"{"qty":7}"#, None).await;
+
+    let (s, d) = delete(&state("s:del")).await;
+    assert_eq!((s, d["deleted_at_seq"].as_u64()), (200, Some(5)), "{d}");
+    assert!(d["purge_at"].as_str().unwrap().ends_with('Z'));
+    let (s, again) = delete(&state("s:del")).await;
+    assert_eq!((s, again["deleted_at_seq"].clone()), (200, d["deleted_at_seq"].clone()), "a delete is idempotent");
+    let (s, e) = get(&state("s:del")).await;
+    assert_eq!((s, e["error"]["kind"].as_str()), (404, Some("entity_deleted")), "{e}");
+    let (s, _, e) = post(&cmd(&base, "stock", "s:del", "purchase"), r#"{"qty":1}"#, None).await;
+    assert_eq!((s, e["error"]["kind"].as_str()), (404, Some("entity_deleted")));
+    let (s, _, e) = post(&cmd(&base, "stock", "s:del", "restock"), r#"{"qty":10}"#, Some("restock-1")).await;
+    assert_eq!((s, e["error"]["kind"].as_str()), (404, Some("entity_deleted")), "a retry of an old key too");
+    let (s, e) = delete(&state("s:never-written")).await;
+    assert_eq!((s, e["error"]["kind"].as_str()), (404, Some("entity_not_found")));
+    let (s, _, e) = post(&cmd(&base, "stock", "s:kept", "tessera.delete"), "", None).await;
+    assert_eq!(
+        (s, e["error"]["kind"].as_str()),
+        (404, Some("unknown_command")),
+        "the runtime's command is not the client's"
+    );
+    assert_eq!(get(&state("s:kept")).await.0, 200, "other entities are untouched");
+
+    // A restart within the grace period: the purge timer is durable.
+    node.shutdown().await;
+    let (node, base) = common::node(dir.path(), tweak).await;
+    let key = EntityKey::new("stock", "s:del");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while node.journal().last_seq(&key).await.unwrap() != 0 {
+        assert!(tokio::time::Instant::now() < deadline, "not purged within 30 s of a 2 s grace period");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(node.metrics().purges.get(), 1);
+    // The dispatcher drops the purged entity from its stored state too.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (s, fresh) = get(&format!("{base}/v1/entities/stock/s:del")).await;
+    assert_eq!((s, fresh["seq"].as_u64()), (200, Some(0)), "after the purge the id starts afresh: {fresh}");
+    node.shutdown().await;
+
+    let j = LocalJournal::open(dir.path()).unwrap();
+    assert_eq!(mentions(&j, "s:del").await, Vec::<String>::new(), "nothing of the entity is left");
+    assert_eq!(j.find_key(&key, "restock-1").await.unwrap(), None, "its idempotency keys are gone");
+    assert_eq!(j.last_seq(&EntityKey::new("stock", "s:kept")).await.unwrap(), 1);
+    drop(j);
+
+    let (node, base) = common::node(dir.path(), tweak).await;
+    let (s, h, r) = post(&cmd(&base, "stock", "s:del", "restock"), r#"{"qty":3}"#, Some("restock-1")).await;
+    assert_eq!((s, r, h["tessera-seq"].to_str().unwrap()), (200, json!({"on_hand": 3}), "1"), "a new life");
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entity_type_with_a_state_ttl_loses_the_entities_nobody_writes_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, base) = node(dir.path(), |c| {
+        c.limits.state_ttl_by_type = "stock=1".into();
+        c.limits.delete_grace_secs = 1;
+    })
+    .await;
+    post(&cmd(&base, "stock", "s:idle", "restock"), r#"{"qty":1}"#, None).await;
+    let idle = EntityKey::new("stock", "s:idle");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut busy_writes = 0;
+    // `s:busy` is written every 200 ms: younger than its TTL at every sweep.
+    while node.journal().last_seq(&idle).await.unwrap() != 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the idle entity was not deleted and purged in 30 s");
+        let (s, _, _) = post(&cmd(&base, "stock", "s:busy", "restock"), r#"{"qty":1}"#, None).await;
+        assert_eq!(s, 200, "a busy entity is never deleted by its TTL");
+        busy_writes += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (s, busy) = get(&format!("{base}/v1/entities/stock/s:busy")).await;
+    assert_eq!((s, busy["seq"].as_u64()), (200, Some(busy_writes)));
+    assert!(node.metrics().deletions.with_label_values(&["ttl"]).get() >= 1);
     node.shutdown().await;
 }

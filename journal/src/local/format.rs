@@ -204,6 +204,15 @@ pub(crate) fn expired_key(unit: &[u8]) -> Vec<u8> {
     k
 }
 
+/// `feed_floor/{unit}` in the meta keyspace: the unit's last offset when
+/// a purge removed entries from it (the tail may have been among them, and
+/// offsets are never given out twice).
+pub(crate) fn floor_key(unit: &[u8]) -> Vec<u8> {
+    let mut k = b"feed_floor/".to_vec();
+    k.extend_from_slice(unit);
+    k
+}
+
 /// `feed_unit/{unit}` in the meta keyspace: a feed that exists (the sweep's list).
 pub(crate) const UNIT_MARK: &[u8] = b"feed_unit/";
 

@@ -464,7 +464,7 @@ impl Journal for LocalJournal {
         let unit = format::unit_prefix(entity_type, shard);
         self.blocking(move |inner| {
             let expired_to = writer::expired_to(&inner.meta, &unit)?;
-            let last = writer::last_offset(&inner.feed, &unit)?;
+            let last = writer::last_offset(&inner.feed, &unit)?.max(writer::floor(&inner.meta, &unit)?);
             Ok(FeedBounds { expired_to, last: last.max(expired_to) })
         })
         .await
@@ -483,6 +483,28 @@ impl Journal for LocalJournal {
     async fn delete_to(&self, entity: &EntityKey, seq: u64) -> Result<(), JournalError> {
         let (ack, rx) = oneshot::channel();
         self.submit(Op::DeleteTo { key: entity.clone(), seq, ack })?;
+        rx.await.map_err(|_| JournalError::Closed)?
+    }
+
+    async fn purge(&self, entity: &EntityKey) -> Result<(), JournalError> {
+        // Its feed entries are found by a scan of the unit's feed, here on
+        // a reader thread (the writer only removes them).
+        let (e, shard) = (entity.clone(), entity.shard(self.inner.shards));
+        let feed = self
+            .blocking(move |inner| {
+                let unit = format::unit_prefix(&e.entity_type, shard);
+                let mut keys = Vec::new();
+                for item in inner.feed.range(format::feed_key(&unit, 0)..=format::feed_key(&unit, u64::MAX)) {
+                    let (k, v) = item.into_inner().map_err(unavailable)?;
+                    if format::decode_feed_ref(&v).is_ok_and(|(owner, _, _)| owner == e) {
+                        keys.push(k.to_vec());
+                    }
+                }
+                Ok(keys)
+            })
+            .await?;
+        let (ack, rx) = oneshot::channel();
+        self.submit(Op::Purge { key: entity.clone(), feed, ack })?;
         rx.await.map_err(|_| JournalError::Closed)?
     }
 

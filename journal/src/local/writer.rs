@@ -29,10 +29,32 @@ use crate::types::{AppendAck, AppendRequest, EntityKey, Snapshot};
 
 /// A write queued for the writer thread.
 pub(crate) enum Op {
-    Append { key: EntityKey, request: AppendRequest, ack: oneshot::Sender<Result<AppendAck, AppendError>> },
-    RaiseFence { key: EntityKey, epoch: u64, ack: oneshot::Sender<Result<(), AppendError>> },
-    Snapshot { key: EntityKey, snapshot: Snapshot, ack: oneshot::Sender<Result<(), JournalError>> },
-    DeleteTo { key: EntityKey, seq: u64, ack: oneshot::Sender<Result<(), JournalError>> },
+    Append {
+        key: EntityKey,
+        request: AppendRequest,
+        ack: oneshot::Sender<Result<AppendAck, AppendError>>,
+    },
+    RaiseFence {
+        key: EntityKey,
+        epoch: u64,
+        ack: oneshot::Sender<Result<(), AppendError>>,
+    },
+    Snapshot {
+        key: EntityKey,
+        snapshot: Snapshot,
+        ack: oneshot::Sender<Result<(), JournalError>>,
+    },
+    DeleteTo {
+        key: EntityKey,
+        seq: u64,
+        ack: oneshot::Sender<Result<(), JournalError>>,
+    },
+    /// Removes the entity's rows; `feed` holds its feed entries' keys (read off the writer thread).
+    Purge {
+        key: EntityKey,
+        feed: Vec<Vec<u8>>,
+        ack: oneshot::Sender<Result<(), JournalError>>,
+    },
 }
 
 impl Op {
@@ -41,7 +63,9 @@ impl Op {
         match self {
             Self::Append { ack, .. } => drop(ack.send(Err(err.clone().into()))),
             Self::RaiseFence { ack, .. } => drop(ack.send(Err(err.clone().into()))),
-            Self::Snapshot { ack, .. } | Self::DeleteTo { ack, .. } => drop(ack.send(Err(err.clone()))),
+            Self::Snapshot { ack, .. } | Self::DeleteTo { ack, .. } | Self::Purge { ack, .. } => {
+                drop(ack.send(Err(err.clone())))
+            }
         }
     }
 }
@@ -223,7 +247,8 @@ impl Writer {
         if let Some(l) = self.feed_last.get(unit) {
             return Ok(*l);
         }
-        let last = last_offset(&self.s().ks.feed, unit)?.max(expired_to(&self.s().ks.meta, unit)?);
+        let meta = &self.s().ks.meta;
+        let last = last_offset(&self.s().ks.feed, unit)?.max(expired_to(meta, unit)?).max(floor(meta, unit)?);
         self.feed_last.insert(unit.to_vec(), last);
         Ok(last)
     }
@@ -380,7 +405,7 @@ impl Writer {
                     }
                 }
                 // A delete scans committed keys, so it runs after this batch commits.
-                op @ Op::DeleteTo { .. } => deferred.push(op),
+                op @ (Op::DeleteTo { .. } | Op::Purge { .. }) => deferred.push(op),
             }
         }
 
@@ -409,8 +434,10 @@ impl Writer {
             }
         }
         for op in deferred {
-            if let Op::DeleteTo { key, seq, ack } = op {
-                let _ = ack.send(self.delete_to(&key, seq));
+            match op {
+                Op::DeleteTo { key, seq, ack } => drop(ack.send(self.delete_to(&key, seq))),
+                Op::Purge { key, feed, ack } => drop(ack.send(self.purge(&key, feed))),
+                _ => {}
             }
         }
     }
@@ -477,6 +504,45 @@ impl Writer {
         self.cache.insert(ikey, m);
         Ok(())
     }
+}
+
+impl Writer {
+    /// Removes every row of the entity, and `feed` (its feed entries), in
+    /// one batch; the unit's last offset is kept as its floor.
+    fn purge(&mut self, key: &EntityKey, feed: Vec<Vec<u8>>) -> Result<(), JournalError> {
+        let ikey = format::index_key(key);
+        let prefix = format::entity_prefix(key);
+        let unit = format::unit_prefix(&key.entity_type, key.shard(self.o.shards));
+        let last = self.feed_last(&unit)?;
+        let ks = &self.s().ks;
+        let mut batch = self.s().db.batch().durability(self.o.durability);
+        for item in ks.events.prefix(&prefix) {
+            batch.remove(&ks.events, item.key().map_err(unavailable)?);
+        }
+        for item in ks.keys.prefix(&prefix) {
+            let (k, v) = item.into_inner().map_err(unavailable)?;
+            if let Ok((_, expires)) = format::decode_key_record(&v) {
+                batch.remove(&ks.key_expiry, format::key_expiry(expires, &k));
+            }
+            batch.remove(&ks.keys, k);
+        }
+        batch.remove(&ks.index, ikey.clone());
+        batch.remove(&ks.snapshots, ikey.clone());
+        if !feed.is_empty() {
+            batch.insert(&ks.meta, format::floor_key(&unit), last.to_be_bytes().to_vec());
+        }
+        for k in feed {
+            batch.remove(&ks.feed, k);
+        }
+        batch.commit().map_err(|e| self.broke(&e))?;
+        self.cache.remove(&ikey);
+        Ok(())
+    }
+}
+
+/// The unit's floor: its last offset when a purge removed entries (0: none).
+pub(crate) fn floor(meta: &Keyspace, unit: &[u8]) -> Result<u64, JournalError> {
+    Ok(meta.get(format::floor_key(unit)).map_err(unavailable)?.and_then(|v| format::decode_u64(&v)).unwrap_or(0))
 }
 
 /// The last offset of a unit's feed (0: empty).

@@ -39,6 +39,7 @@ mod append;
 mod bucket;
 mod config;
 mod feed;
+mod purge;
 mod read;
 mod rows;
 pub mod schema;
@@ -234,6 +235,10 @@ impl Journal for ScyllaJournal {
 
     async fn delete_to(&self, entity: &EntityKey, seq: u64) -> Result<(), JournalError> {
         self.delete_to_inner(entity, seq).await
+    }
+
+    async fn purge(&self, entity: &EntityKey) -> Result<(), JournalError> {
+        self.purge_inner(entity).await
     }
 
     fn entities(&self, entity_type: &str) -> EntityStream {

@@ -67,6 +67,14 @@ pub(crate) struct Statements {
     pub(crate) index_insert: PreparedStatement,
     pub(crate) index_read: PreparedStatement,
     pub(crate) delete_to: PreparedStatement,
+    /// A purge: one events partition, the snapshot, the keys, the index
+    /// entry, a feed entry's entity columns, an intent.
+    pub(crate) purge_partition: PreparedStatement,
+    pub(crate) purge_snapshot: PreparedStatement,
+    pub(crate) purge_keys: PreparedStatement,
+    pub(crate) purge_index: PreparedStatement,
+    pub(crate) feed_scrub: PreparedStatement,
+    pub(crate) intent_delete: PreparedStatement,
 }
 
 const PK: &str = "entity_type = :entity_type AND entity_id = :entity_id AND bucket = :bucket";
@@ -253,6 +261,32 @@ impl Statements {
             ))
             .await?,
             delete_to: idem(format!("DELETE FROM {ks}.events WHERE {PK} AND seq <= :to_seq")).await?,
+            purge_partition: idem(format!("DELETE FROM {ks}.events WHERE {PK}")).await?,
+            purge_snapshot: idem(format!(
+                "DELETE FROM {ks}.snapshots WHERE entity_type = :entity_type AND entity_id = :entity_id"
+            ))
+            .await?,
+            purge_keys: idem(format!(
+                "DELETE FROM {ks}.idempotency WHERE entity_type = :entity_type AND entity_id = :entity_id"
+            ))
+            .await?,
+            purge_index: idem(format!(
+                "DELETE FROM {ks}.entity_ids WHERE entity_type = :entity_type AND shard = :shard AND entity_id = :entity_id"
+            ))
+            .await?,
+            // The entry stays (offsets are never given out twice) as a void
+            // that names no entity.
+            feed_scrub: idem(format!(
+                "UPDATE {ks}.feed USING TTL :ttl SET void = true, entity_id = null, bucket = null, seq = null, \
+                 ts = null, intent = null \
+                 WHERE entity_type = :entity_type AND shard = :shard AND block = :block AND offset = :offset AND epoch = :epoch"
+            ))
+            .await?,
+            intent_delete: idem(format!(
+                "DELETE FROM {ks}.feed_intents \
+                 WHERE entity_type = :entity_type AND shard = :shard AND epoch = :epoch AND block = :block AND id = :id"
+            ))
+            .await?,
         })
     }
 }

@@ -12,6 +12,7 @@
 //! | `entity:{type}:read` | an entity's state, the ids of a type (`GET /v1/entities/…`, not `/events`) |
 //! | `entity:{type}:write` | every command of the type |
 //! | `entity:{type}/{command}:write` | that command |
+//! | `entity:{type}:delete` | deleting entities of the type (`DELETE /v1/entities/…`; `write` does not imply it) |
 //! | `function:{name}:call` | calling the function, sync or async |
 //! | `metrics` | `GET /metrics` |
 //! | `admin` | everything, including journal reads, feeds, projections, the autoscaler and every tenant's invocations |
@@ -38,6 +39,11 @@ pub enum Scope {
         entity_type: String,
         /// One command, `*`, or every command (`None`).
         command: Option<String>,
+    },
+    /// Deleting entities of a type.
+    EntityDelete {
+        /// The entity type or `*`.
+        entity_type: String,
     },
     /// Calling a function.
     FunctionCall {
@@ -82,10 +88,12 @@ impl std::str::FromStr for Scope {
                 match *access {
                     "read" if command.is_none() => Ok(Self::EntityRead { entity_type: ty.to_owned() }),
                     "read" => Err(err("read scopes name a type, not a command")),
+                    "delete" if command.is_none() => Ok(Self::EntityDelete { entity_type: ty.to_owned() }),
+                    "delete" => Err(err("delete scopes name a type, not a command")),
                     "write" => {
                         Ok(Self::EntityWrite { entity_type: ty.to_owned(), command: command.map(str::to_owned) })
                     }
-                    _ => Err(err("entity access is `read` or `write`")),
+                    _ => Err(err("entity access is `read`, `write` or `delete`")),
                 }
             }
             ["function", name, "call"] if name_ok(name) => Ok(Self::FunctionCall { name: (*name).to_owned() }),
@@ -103,6 +111,7 @@ impl fmt::Display for Scope {
             Self::EntityRead { entity_type } => write!(f, "entity:{entity_type}:read"),
             Self::EntityWrite { entity_type, command: None } => write!(f, "entity:{entity_type}:write"),
             Self::EntityWrite { entity_type, command: Some(c) } => write!(f, "entity:{entity_type}/{c}:write"),
+            Self::EntityDelete { entity_type } => write!(f, "entity:{entity_type}:delete"),
             Self::FunctionCall { name } => write!(f, "function:{name}:call"),
         }
     }
@@ -121,6 +130,8 @@ pub enum Need<'a> {
     EntityRead(&'a str),
     /// A command on an entity of a type.
     EntityWrite(&'a str, &'a str),
+    /// Deleting an entity of a type.
+    EntityDelete(&'a str),
     /// Calling a function.
     FunctionCall(&'a str),
     /// An admin route.
@@ -135,6 +146,7 @@ impl Need<'_> {
             Self::Metrics => Scope::Metrics,
             Self::EntityRead(t) => Scope::EntityRead { entity_type: t.to_owned() },
             Self::EntityWrite(t, c) => Scope::EntityWrite { entity_type: t.to_owned(), command: Some(c.to_owned()) },
+            Self::EntityDelete(t) => Scope::EntityDelete { entity_type: t.to_owned() },
             Self::FunctionCall(n) => Scope::FunctionCall { name: n.to_owned() },
             Self::Admin => Scope::Admin,
         })
@@ -155,6 +167,7 @@ impl Scope {
             (Self::EntityWrite { entity_type, command }, Need::EntityWrite(t, c)) => {
                 matches(entity_type, t) && command.as_deref().is_none_or(|p| matches(p, c))
             }
+            (Self::EntityDelete { entity_type }, Need::EntityDelete(t)) => matches(entity_type, t),
             (Self::FunctionCall { name }, Need::FunctionCall(n)) => matches(name, n),
             _ => false,
         }
@@ -237,6 +250,7 @@ mod tests {
             "entity:stock:write",
             "entity:stock/purchase:write",
             "entity:*/*:write",
+            "entity:stock:delete",
             "function:product.image:call",
             "function:*:call",
         ] {
@@ -246,9 +260,16 @@ mod tests {
 
     #[test]
     fn malformed_scopes_say_what_is_wrong() {
-        for bad in
-            ["", "root", "entity:stock", "entity:stock:delete", "entity:stock/buy:read", "entity::write", "function:f"]
-        {
+        for bad in [
+            "",
+            "root",
+            "entity:stock",
+            "entity:stock:drop",
+            "entity:stock/buy:delete",
+            "entity:stock/buy:read",
+            "entity::write",
+            "function:f",
+        ] {
             let e = bad.parse::<Scope>().unwrap_err();
             assert!(e.to_string().contains("invalid scope"), "{bad}: {e}");
         }
@@ -269,6 +290,10 @@ mod tests {
         assert!(!p.allows(&Need::EntityRead("stock")));
         assert!(!p.allows(&Need::Admin));
         assert!(p.allows(&Need::Metrics));
+        assert!(!p.allows(&Need::EntityDelete("stock")), "write does not imply delete");
+        let d = who(&["entity:stock:delete"]);
+        assert!(d.allows(&Need::EntityDelete("stock")) && !d.allows(&Need::EntityDelete("order")));
+        assert!(!d.allows(&Need::EntityWrite("stock", "restock")) && !d.allows(&Need::EntityRead("stock")));
     }
 
     #[test]

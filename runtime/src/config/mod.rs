@@ -194,11 +194,14 @@ impl NodeConfig {
                 self.cluster.roles
             )));
         }
-        for pair in self.limits.idempotency_retention_by_type.split(',').filter(|p| !p.trim().is_empty()) {
-            if pair.split_once('=').is_none_or(|(_, v)| v.trim().parse::<u64>().is_err()) {
-                return Err(ConfigError::Invalid(format!(
-                    "limits.idempotency_retention_by_type: `{pair}` is not TYPE=SECONDS"
-                )));
+        for (name, list) in [
+            ("idempotency_retention_by_type", &self.limits.idempotency_retention_by_type),
+            ("state_ttl_by_type", &self.limits.state_ttl_by_type),
+        ] {
+            for pair in list.split(',').filter(|p| !p.trim().is_empty()) {
+                if pair.split_once('=').is_none_or(|(_, v)| v.trim().parse::<u64>().is_err()) {
+                    return Err(ConfigError::Invalid(format!("limits.{name}: `{pair}` is not TYPE=SECONDS")));
+                }
             }
         }
         if self.projections.batch == 0 || self.journal.feed_retention_secs == 0 {
@@ -276,6 +279,17 @@ impl NodeConfig {
             .and_then(|(_, v)| v.trim().parse().ok())
             .unwrap_or(self.limits.idempotency_retention_secs);
         Duration::from_secs(secs)
+    }
+
+    /// The state TTL of each entity type that has one.
+    pub fn state_ttls(&self) -> Vec<(String, Duration)> {
+        self.limits
+            .state_ttl_by_type
+            .split(',')
+            .filter_map(|pair| pair.trim().split_once('='))
+            .filter_map(|(t, v)| Some((t.trim().to_owned(), Duration::from_secs(v.trim().parse().ok()?))))
+            .filter(|(_, ttl)| !ttl.is_zero())
+            .collect()
     }
 
     /// The idle timeout.

@@ -305,6 +305,10 @@ section! {
         idempotency_retention_secs: u64 = 24 * 3600, flag "idempotency-retention-secs";
         /// Per entity type retention overrides, `type=secs,type=secs` (e.g. `stock=3600`).
         idempotency_retention_by_type: String = String::new(), flag "idempotency-retention-by-type";
+        /// How long a deleted entity's journal is kept (its tombstone answering 404) before it is purged, seconds.
+        delete_grace_secs: u64 = 24 * 3600, flag "delete-grace-secs";
+        /// State TTL per entity type, `type=secs,type=secs`: an entity nobody wrote to for that long is deleted.
+        state_ttl_by_type: String = String::new(), flag "state-ttl-by-type";
         /// How long async results are kept, seconds.
         result_ttl_secs: u64 = 24 * 3600, flag "result-ttl-secs";
         /// Largest reply kept inline in a result row, bytes (larger ones keep only their size).

@@ -323,6 +323,21 @@ impl Projection for Dispatcher {
         self.wheels.stop(entity_type, shard);
         self.units.lock().unwrap_or_else(|p| p.into_inner()).remove(&(entity_type.to_owned(), shard));
     }
+    fn wants_checkpoint(&self, entity_type: &str, shard: u32) -> bool {
+        // Purged entities leave the stored state too: nothing of them stays.
+        let purged = self.wheels.take_purged(entity_type, shard);
+        if purged.is_empty() {
+            return false;
+        }
+        let mut units = self.units.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(s) = units.get_mut(&(entity_type.to_owned(), shard)) else { return false };
+        for (entity, seq) in purged {
+            if s.timers.get(&entity).and_then(Timers::tombstone).is_some_and(|t| t.seq == seq) {
+                s.timers.remove(&entity);
+            }
+        }
+        true
+    }
     fn checkpoint_state(&self, entity_type: &str, shard: u32) -> Option<Vec<u8>> {
         let units = self.units.lock().unwrap_or_else(|p| p.into_inner());
         let s = units.get(&(entity_type.to_owned(), shard))?;

@@ -25,7 +25,9 @@ mod wheel;
 
 pub use dispatcher::DeadLetter;
 pub(crate) use dispatcher::{DISPATCHER, Dispatcher, DispatcherState, undelivered as undelivered_of};
-pub use records::{Fired, FlowRecord, PendingTimer, Timers, is_internal, payload_json};
+pub use records::{
+    DELETED, DeleteOutcome, Fired, FlowRecord, PURGE_TIMER, PendingTimer, Timers, Tombstone, is_internal, payload_json,
+};
 
 use tessera_entities::{CommandCall, EntityRef};
 

@@ -11,6 +11,11 @@
 //! | `tessera.cancel`   | `{timer_id}`       | a handler cancels                   |
 //! | `tessera.call`     | [`FunctionCall`]   | a handler calls a function          |
 //! | `tessera.fired`    | [`Fired`]          | a due timer reached its entity      |
+//! | `tessera.deleted`  | [`Tombstone`]      | the entity was deleted              |
+//!
+//! A tombstone ends an entity's life: its pending timers are dropped and
+//! one timer takes their place, [`PURGE_TIMER`], due when the grace period
+//! ends; it purges the entity's journal (see `docs/operations.md`).
 //!
 //! A timer is named by its id and the seq of the event that scheduled it:
 //! scheduling the id again replaces it, and a fire of a replaced, cancelled
@@ -35,6 +40,11 @@ pub const CALL: &str = "tessera.call";
 /// Type name of a fired timer.
 pub const FIRED: &str = "tessera.fired";
 
+/// Type name of a tombstone.
+pub const DELETED: &str = "tessera.deleted";
+/// The id (and command name) of the timer that purges a deleted entity.
+pub const PURGE_TIMER: &str = "tessera.purge";
+
 /// Version of these records' encoding.
 pub const FLOW_VERSION: u32 = 1;
 
@@ -55,6 +65,24 @@ pub struct Fired {
     pub rejected: Option<Rejection>,
 }
 
+/// An entity's tombstone: it was deleted, and its journal is purged at `purge_at_ms`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tombstone {
+    /// When the purge is due, ms since the Unix epoch.
+    pub purge_at_ms: i64,
+    /// Why: `api` (`DELETE /v1/entities/…`) or `ttl` (the type's state TTL).
+    pub reason: String,
+}
+
+/// What a delete answers: the tombstone's seq and when the purge is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteOutcome {
+    /// The seq of the tombstone.
+    pub deleted_at_seq: u64,
+    /// When the journal is purged, ms since the Unix epoch.
+    pub purge_at_ms: i64,
+}
+
 #[derive(Serialize, Deserialize)]
 struct Cancel {
     timer_id: String,
@@ -73,6 +101,8 @@ pub enum FlowRecord {
     Call(FunctionCall),
     /// A timer fired.
     Fired(Fired),
+    /// The entity was deleted.
+    Deleted(Tombstone),
 }
 
 /// Why a stored record does not decode.
@@ -105,6 +135,7 @@ impl FlowRecord {
             Self::Cancel(_) => CANCEL,
             Self::Call(_) => CALL,
             Self::Fired(_) => FIRED,
+            Self::Deleted(_) => DELETED,
         }
     }
 
@@ -116,6 +147,7 @@ impl FlowRecord {
             Self::Cancel(id) => codec::to_msgpack(&Cancel { timer_id: id.clone() })?,
             Self::Call(c) => codec::to_msgpack(c)?,
             Self::Fired(f) => codec::to_msgpack(f)?,
+            Self::Deleted(t) => codec::to_msgpack(t)?,
         };
         Ok(NewEvent { type_name: self.type_name().into(), version: FLOW_VERSION, payload, metadata: Vec::new() })
     }
@@ -130,6 +162,7 @@ impl FlowRecord {
             CANCEL => codec::from_msgpack::<Cancel>(payload).map(|c| Self::Cancel(c.timer_id)).map_err(err),
             CALL => codec::from_msgpack(payload).map(Self::Call).map_err(err),
             FIRED => codec::from_msgpack(payload).map(Self::Fired).map_err(err),
+            DELETED => codec::from_msgpack(payload).map(Self::Deleted).map_err(err),
             _ => return None,
         })
     }
@@ -153,6 +186,7 @@ impl FlowRecord {
                           "reply_to": c.reply_to, "correlation": c.correlation }
             }),
             Self::Fired(f) => json!({ "fired": f }),
+            Self::Deleted(t) => json!({ "deleted": t }),
         }
     }
 }
@@ -225,8 +259,20 @@ impl Timers {
                     self.0.remove(&f.timer_id);
                 }
             }
+            FlowRecord::Deleted(t) => {
+                // Nothing the entity scheduled fires any more; its purge does.
+                self.0.clear();
+                let command = tessera_entities::CommandCall { name: PURGE_TIMER.into(), payload: vec![0xc0] };
+                let timer = PendingTimer { id: PURGE_TIMER.into(), seq, at_ms: t.purge_at_ms, command };
+                self.0.insert(PURGE_TIMER.into(), timer);
+            }
             FlowRecord::Send(_) | FlowRecord::Call(_) => {}
         }
+    }
+
+    /// The purge timer of a deleted entity (`None`: not deleted).
+    pub fn tombstone(&self) -> Option<&PendingTimer> {
+        self.0.get(PURGE_TIMER)
     }
 
     /// True when the timer `id` scheduled at `seq` is still pending.
@@ -314,6 +360,20 @@ mod tests {
         assert!(t.pending("expire", 2));
         t.apply(4, &fired("expire", 2));
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_tombstone_replaces_every_timer_with_the_purge() {
+        let mut t = Timers::default();
+        t.apply(1, &timer("expire", 100));
+        let tomb = FlowRecord::Deleted(Tombstone { purge_at_ms: 500, reason: "api".into() });
+        let e = tomb.to_event().unwrap();
+        assert_eq!(FlowRecord::decode(&e.type_name, &e.payload).unwrap().unwrap(), tomb);
+        t.apply(2, &tomb);
+        assert!(!t.pending("expire", 1));
+        let purge = t.tombstone().expect("deleted");
+        assert_eq!((purge.seq, purge.at_ms, purge.command.name.as_str()), (2, 500, PURGE_TIMER));
+        assert_eq!(t.len(), 1);
     }
 
     #[test]

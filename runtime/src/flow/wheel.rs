@@ -86,16 +86,26 @@ struct Running {
     task: JoinHandle<()>,
 }
 
+/// Purged entities per unit, `(entity id, tombstone seq)`, until the
+/// dispatcher drops them from its state.
+pub(crate) type Purged = Arc<Mutex<HashMap<Unit, Vec<(String, u64)>>>>;
+
 /// The armed timers of every unit this node runs.
 pub(crate) struct Wheels {
     units: Mutex<HashMap<Unit, Running>>,
     deliver: Arc<OnceLock<Arc<dyn Deliver>>>,
     metrics: Metrics,
+    purged: Purged,
 }
 
 impl Wheels {
     pub(crate) fn new(deliver: Arc<OnceLock<Arc<dyn Deliver>>>, metrics: Metrics) -> Self {
-        Self { units: Mutex::new(HashMap::new()), deliver, metrics }
+        Self { units: Mutex::new(HashMap::new()), deliver, metrics, purged: Purged::default() }
+    }
+
+    /// The entities of the unit whose purge timer fired since the last call.
+    pub(crate) fn take_purged(&self, entity_type: &str, shard: u32) -> Vec<(String, u64)> {
+        lock(&self.purged).remove(&(entity_type.to_owned(), shard)).unwrap_or_default()
     }
 
     /// Arms the unit's timers (replacing what was armed for it).
@@ -111,8 +121,9 @@ impl Wheels {
         }
         self.metrics.flow.timers_pending.add(armed.count);
         let shared = Arc::new(Shared { armed: Mutex::new(armed), wake: Notify::new() });
+        let unit = (entity_type.to_owned(), shard);
         let task =
-            tokio::spawn(run(entity_type.to_owned(), shared.clone(), self.deliver.clone(), self.metrics.clone()));
+            tokio::spawn(run(unit, shared.clone(), self.deliver.clone(), self.metrics.clone(), self.purged.clone()));
         let old = lock(&self.units).insert((entity_type.to_owned(), shard), Running { shared, task });
         if let Some(old) = old {
             self.retire(old);
@@ -148,7 +159,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Fires the unit's due timers until aborted.
-async fn run(entity_type: String, shared: Arc<Shared>, deliver: Arc<OnceLock<Arc<dyn Deliver>>>, metrics: Metrics) {
+async fn run(
+    unit: Unit,
+    shared: Arc<Shared>,
+    deliver: Arc<OnceLock<Arc<dyn Deliver>>>,
+    metrics: Metrics,
+    purged: Purged,
+) {
+    let entity_type = unit.0.clone();
     loop {
         let now = now_ms();
         let (due, next) = {
@@ -180,13 +198,17 @@ async fn run(entity_type: String, shared: Arc<Shared>, deliver: Arc<OnceLock<Arc
         };
         futures::stream::iter(due)
             .map(|(at, entity, id, seq)| {
-                let (shared, deliver, metrics, entity_type) = (&shared, &deliver, &metrics, &entity_type);
+                let (shared, deliver, metrics, entity_type, unit, purged) =
+                    (&shared, &deliver, &metrics, &entity_type, &unit, &purged);
                 async move {
                     let Some(timer) = lock(&shared.armed).timer(&entity, &id, seq) else { return };
                     let target = EntityRef::new(entity_type.clone(), entity.clone());
                     metrics.flow.timer_lateness.observe((now_ms() - at).max(0) as f64 / 1000.0);
                     match deliver.fire(&target, &timer).await {
                         Ok(()) => {
+                            if id == super::PURGE_TIMER {
+                                lock(purged).entry(unit.clone()).or_default().push((entity.clone(), seq));
+                            }
                             metrics.flow.delivered.with_label_values(&["timer"]).inc();
                             let delta = lock(&shared.armed).forget(&entity, &id, seq);
                             metrics.flow.timers_pending.add(delta);

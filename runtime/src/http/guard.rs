@@ -14,9 +14,17 @@ use crate::auth::{AuthError, Need, Principal};
 use crate::wire::ErrorBody;
 
 /// What the route `template` (as axum matched it) needs.
-pub(crate) fn need<'a>(template: &str, param: impl Fn(&str) -> Option<&'a str>, public_metrics: bool) -> Need<'a> {
+pub(crate) fn need<'a>(
+    method: &axum::http::Method,
+    template: &str,
+    param: impl Fn(&str) -> Option<&'a str>,
+    public_metrics: bool,
+) -> Need<'a> {
     let p = |name: &str| param(name).unwrap_or("");
     match template {
+        "/v1/entities/{entity_type}/{entity_id}" if method == axum::http::Method::DELETE => {
+            Need::EntityDelete(p("entity_type"))
+        }
         "/healthz" | "/readyz" | "/v1/openapi.json" => Need::Public,
         "/metrics" if public_metrics => Need::Public,
         "/metrics" => Need::Metrics,
@@ -54,7 +62,8 @@ pub(crate) async fn check(
     let template = matched.as_ref().map_or("", MatchedPath::as_str).to_owned();
     let params: Vec<(String, String)> =
         params.iter().flat_map(|p| p.iter()).map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
-    let need = need(&template, |n| params.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str()), auth.public_metrics());
+    let param = |n: &str| params.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+    let need = need(req.method(), &template, param, auth.public_metrics());
     if need == Need::Public {
         return next.run(req).await;
     }
@@ -78,6 +87,8 @@ pub(crate) async fn check(
 
 #[cfg(test)]
 mod tests {
+    use axum::http::Method;
+
     use super::*;
 
     #[test]
@@ -105,8 +116,10 @@ mod tests {
             ("/v1/autoscaler", Need::Admin),
             ("/v1/something-new", Need::Admin),
         ] {
-            assert_eq!(need(template, params, false), want, "{template}");
+            assert_eq!(need(&Method::GET, template, params, false), want, "{template}");
         }
-        assert_eq!(need("/metrics", params, true), Need::Public);
+        assert_eq!(need(&Method::GET, "/metrics", params, true), Need::Public);
+        let delete = need(&Method::DELETE, "/v1/entities/{entity_type}/{entity_id}", params, false);
+        assert_eq!(delete, Need::EntityDelete("stock"), "a delete is neither a read nor a write");
     }
 }

@@ -117,6 +117,10 @@ pub(crate) async fn command(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let format = format_of(&headers)?;
+    if command.starts_with(tessera_journal::INTERNAL_TYPE_PREFIX) {
+        let msg = format!("`{command}`: command names starting with `tessera.` are the runtime's own");
+        return Err(ApiError(InvokeError::UnknownCommand(msg), format));
+    }
     let body = body_of(body, node.config().http.max_body_bytes, format)?;
     let mode = query(q)?.mode;
     let idempotency_key =
@@ -143,6 +147,21 @@ pub(crate) async fn command(
         h.insert(wire::DEDUPLICATED, HeaderValue::from_static("true"));
     }
     Ok(resp)
+}
+
+/// `DELETE /v1/entities/{type}/{id}`: the tombstone is durable when this
+/// answers; the journal is purged when the grace period ends.
+pub(crate) async fn delete(
+    State(node): State<Node>,
+    Path((entity_type, entity_id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let o = node
+        .delete_entity(&entity_type, &entity_id, crate::DeleteReason::Api)
+        .await
+        .map_err(|e| ApiError(e, Format::Json))?;
+    let purge_at = crate::inspect::rfc3339_ms(o.purge_at_ms);
+    let (deleted_at_seq, purge_at_ms) = (o.deleted_at_seq, o.purge_at_ms);
+    Ok(Json(wire::DeletedBody { entity_type, entity_id, deleted_at_seq, purge_at_ms, purge_at }).into_response())
 }
 
 #[derive(Deserialize)]

@@ -5,6 +5,7 @@
 //! | `POST /v1/entities/{type}/{id}/{command}` | run a command (`Idempotency-Key` header optional) |
 //! | `GET /v1/autoscaler` | whether this node runs the autoscaler, and its recent decisions |
 //! | `GET /v1/entities/{type}/{id}` | state and last seq (`?at=SEQ`: as of that seq; `?read=owner`: from the owner's live entity) |
+//! | `DELETE /v1/entities/{type}/{id}` | delete: a tombstone now (then 404 `entity_deleted`), the journal purged after `limits.delete_grace_secs` |
 //! | `GET /v1/entities/{type}/{id}/events?from=&to=&limit=` | the journal as JSON |
 //! | `GET /v1/entities/{type}?after=&limit=` | entity ids of a type |
 //! | `POST /v1/functions/{name}` | call a stateless function (`?mode=async`: 202 + invocation id) |
@@ -92,7 +93,7 @@ fn routes(state: AppState) -> Router {
     let limit = state.node.config().http.max_body_bytes;
     let router = Router::new()
         .route("/v1/entities/{entity_type}/{entity_id}/{command}", post(handlers::command))
-        .route("/v1/entities/{entity_type}/{entity_id}", get(handlers::state))
+        .route("/v1/entities/{entity_type}/{entity_id}", get(handlers::state).delete(handlers::delete))
         .route("/v1/entities/{entity_type}/{entity_id}/events", get(handlers::events))
         .route("/v1/entities/{entity_type}", get(handlers::entities))
         .route("/v1/functions/{name}", post(handlers::function))

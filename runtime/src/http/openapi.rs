@@ -24,11 +24,11 @@ use crate::wire;
         license(name = "Apache-2.0")
     ),
     paths(
-        command, state, events, entities, function, invocation, registry, autoscaler, shard_feed, type_feed,
+        command, state, delete_entity, events, entities, function, invocation, registry, autoscaler, shard_feed, type_feed,
         projections, projection, rewind, reset, healthz, readyz, metrics, openapi
     ),
     components(schemas(
-        wire::ErrorBody, wire::ErrorDetail, wire::StateBody, wire::EventBody, wire::EventsBody, wire::EntityBody,
+        wire::ErrorBody, wire::ErrorDetail, wire::StateBody, wire::DeletedBody, wire::EventBody, wire::EventsBody, wire::EntityBody,
         wire::EntitiesBody, wire::AcceptedBody, wire::InvocationBody, wire::EntityTypeBody, wire::FunctionBody,
         wire::RegistryBody, wire::AutoscalerBody, wire::DecisionBody, wire::FeedEntryBody, wire::FeedBody,
         wire::ProjectionBody, wire::ProjectionsBody, wire::RewindBody, wire::RewoundBody,
@@ -95,7 +95,7 @@ struct Any(serde_json::Value);
         (status = 400, description = "Malformed body, id, key or query", body = wire::ErrorBody),
         (status = 401, description = "No or bad credentials (auth on)", body = wire::ErrorBody),
         (status = 403, description = "Outside the caller's scopes (auth on)", body = wire::ErrorBody),
-        (status = 404, description = "Unknown entity type or command", body = wire::ErrorBody),
+        (status = 404, description = "Unknown entity type or command, or the entity was deleted (`entity_deleted`)", body = wire::ErrorBody),
         (status = 409, description = "The handler rejected it (`code`, `details`)", body = wire::ErrorBody),
         (status = 421, description = "Sent to a node that does not serve the entity's shard (NATS forwarding)", body = wire::ErrorBody),
         (status = 413, description = "Body over `http.max_body_bytes`", body = wire::ErrorBody),
@@ -126,13 +126,38 @@ fn command() {}
         (status = 400, description = "Malformed id or query", body = wire::ErrorBody),
         (status = 401, description = "No or bad credentials (auth on)", body = wire::ErrorBody),
         (status = 403, description = "Outside the caller's scopes (auth on)", body = wire::ErrorBody),
-        (status = 404, description = "Unknown entity type", body = wire::ErrorBody),
+        (status = 404, description = "Unknown entity type, or the entity was deleted (`entity_deleted`)", body = wire::ErrorBody),
         (status = 416, description = "`at` past the last seq", body = wire::ErrorBody),
         (status = 503, description = "The journal is down", body = wire::ErrorBody),
     )
 )]
 #[allow(dead_code)]
 fn state() {}
+
+/// Delete an entity: its tombstone is written now (its commands and reads
+/// answer 404 `entity_deleted` from then on); every row of it is purged
+/// when `limits.delete_grace_secs` has passed, and the id starts afresh.
+/// Needs the `entity:{type}:delete` scope when auth is on.
+#[utoipa::path(
+    delete,
+    path = "/v1/entities/{entity_type}/{entity_id}",
+    tag = "entities",
+    params(
+        ("entity_type" = String, Path, description = "The entity type"),
+        ("entity_id" = String, Path, description = "The entity id"),
+    ),
+    responses(
+        (status = 200, description = "Deleted (or deleted already: the first delete's outcome)", body = wire::DeletedBody),
+        (status = 400, description = "Malformed id", body = wire::ErrorBody),
+        (status = 401, description = "No or bad credentials (auth on)", body = wire::ErrorBody),
+        (status = 403, description = "Outside the caller's scopes (auth on)", body = wire::ErrorBody),
+        (status = 404, description = "Unknown entity type, or nothing was ever written to the entity (`entity_not_found`)", body = wire::ErrorBody),
+        (status = 503, description = "The journal is down, or the shard is moving", body = wire::ErrorBody),
+        (status = 504, description = "No answer in time: retry (a delete is idempotent)", body = wire::ErrorBody),
+    )
+)]
+#[allow(dead_code)]
+fn delete_entity() {}
 
 /// An entity's journal.
 #[utoipa::path(

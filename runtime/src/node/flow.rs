@@ -72,6 +72,9 @@ impl Node {
         {
             return Err(InvokeError::ShardMoved(format!("{entity}: this node no longer serves its shard")));
         }
+        if timer.id == crate::flow::PURGE_TIMER {
+            return self.purge_entity(entity, timer.seq).await;
+        }
         let e = n
             .registry
             .entity(&entity.entity_type)

@@ -7,6 +7,7 @@
 
 mod async_calls;
 mod async_commands;
+mod deletion;
 mod flow;
 mod functions;
 pub mod ports;
@@ -23,6 +24,7 @@ use tokio::sync::{Semaphore, oneshot};
 use tracing::Instrument;
 
 pub use async_calls::{AsyncCall, AsyncDecision, LocalQueue, LocalQueueRunner};
+pub use deletion::{DELETE_COMMAND, DeleteReason};
 pub use flow::Outbox;
 pub use ports::{CallQueue, Forwarder, QueuedCall, QueuedCommand};
 
@@ -423,7 +425,9 @@ impl Node {
             .registry
             .entity(&inv.entity_type)
             .ok_or_else(|| InvokeError::UnknownEntityType(inv.entity_type.clone()))?;
-        entity.decode_command(&inv.command, &inv.body, inv.format)?;
+        if inv.command != DELETE_COMMAND {
+            entity.decode_command(&inv.command, &inv.body, inv.format)?;
+        }
         self.forward(inv).await
     }
 
@@ -452,6 +456,9 @@ impl Node {
         invocation_id: String,
         span: tracing::Span,
     ) -> Result<CommandReply, InvokeError> {
+        if inv.command == DELETE_COMMAND {
+            return self.delete_here(key, inv, invocation_id, span).await;
+        }
         let n = &self.inner;
         let entity = n
             .registry

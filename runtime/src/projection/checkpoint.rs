@@ -108,6 +108,15 @@ impl Checkpoints {
         Ok(ack.last_seq)
     }
 
+    /// Removes the checkpoints stored before `seq` (the current one stays):
+    /// state they held is gone from the journal.
+    pub async fn trim(&self, projection: &str, entity_type: &str, shard: u32, seq: u64) -> Result<(), JournalError> {
+        if seq <= 1 {
+            return Ok(());
+        }
+        self.journal.delete_to(&key(projection, entity_type, shard), seq - 1).await
+    }
+
     /// Every checkpoint in the journal: (projection, entity type, shard).
     pub async fn list(&self) -> Result<Vec<(String, String, u32)>, JournalError> {
         let ids: Vec<_> = self.journal.entities(CHECKPOINT_TYPE).try_collect().await?;

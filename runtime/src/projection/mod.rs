@@ -151,6 +151,12 @@ pub trait Projection: Send + Sync + 'static {
     /// This node stopped running the unit.
     #[doc(hidden)]
     fn stopped(&self, _entity_type: &str, _shard: u32) {}
+    /// The dispatcher only: its state changed without an event (a purged
+    /// entity left it); store the checkpoint soon.
+    #[doc(hidden)]
+    fn wants_checkpoint(&self, _entity_type: &str, _shard: u32) -> bool {
+        false
+    }
     /// The dispatcher only: it keeps its state decoded in memory (its
     /// `handle` leaves `state` empty) and encodes it when the checkpoint
     /// is stored.

@@ -374,6 +374,7 @@ async fn work(inner: Arc<Inner>, index: usize, unit: Unit, signals: Signals, sta
     // feed lags its acks): look again soon, a few times.
     let mut hinted = 0u32;
     let mut read_to_end = false;
+    let mut trim_after_store = false;
     let mut last_look = tokio::time::Instant::now();
     loop {
         let backoff = Duration::from_millis(100 * 2u64.pow(failures.min(8))).min(Duration::from_secs(30));
@@ -396,6 +397,13 @@ async fn work(inner: Arc<Inner>, index: usize, unit: Unit, signals: Signals, sta
                 }
             },
         };
+        if flow && pr.unsaved.is_none() && p.wants_checkpoint(&entity_type, shard) {
+            // State dropped without an event (a purged entity): stored now,
+            // and the older checkpoints that held it removed.
+            let now = tokio::time::Instant::now();
+            pr.unsaved = Some((now.checked_sub(FLOW_SKIP_CHECKPOINT).unwrap_or(now), 0));
+            trim_after_store = true;
+        }
         let every = if flow { flow_checkpoint_every(base_every, state_len) } else { base_every };
         let large = flow && every > base_every;
         // Store the checkpoint when due.
@@ -418,6 +426,11 @@ async fn work(inner: Arc<Inner>, index: usize, unit: Unit, signals: Signals, sta
                 Ok(seq) => {
                     pr.stored_seq = seq;
                     pr.unsaved = None;
+                    if std::mem::take(&mut trim_after_store)
+                        && let Err(e) = inner.checkpoints.trim(&name, &entity_type, shard, seq).await
+                    {
+                        tracing::warn!(projection = %name, entity_type, shard, error = %e, "old checkpoints not trimmed");
+                    }
                 }
                 // Another writer moved the checkpoint (a rewind, or the other
                 // side of a move): start again from what it wrote.

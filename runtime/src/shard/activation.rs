@@ -257,6 +257,9 @@ mod tests {
         async fn delete_to(&self, e: &EntityKey, seq: u64) -> Result<(), JournalError> {
             self.inner.delete_to(e, seq).await
         }
+        async fn purge(&self, e: &EntityKey) -> Result<(), JournalError> {
+            self.inner.purge(e).await
+        }
         fn entities(&self, t: &str) -> EntityStream {
             self.inner.entities(t)
         }

@@ -62,6 +62,15 @@ impl Actor for ShardActor {
                 let (key, entity) = (s.key.clone(), s.entity.clone());
                 m.enqueue(key, entity, Work::State(s), now);
             }
+            ShardMsg::Delete(d) => {
+                let (key, entity) = (d.key.clone(), d.entity.clone());
+                m.enqueue(key, entity, Work::Delete(d), now);
+            }
+            ShardMsg::Purge(p) => {
+                let (key, entity) = (p.key.clone(), p.entity.clone());
+                m.enqueue(key, entity, Work::Purge(p), now);
+            }
+            ShardMsg::Purged { key } => m.purged(&key),
             ShardMsg::Activated { key, incarnation, result } => m.activated(key, incarnation, result, now),
             ShardMsg::Appended { key, incarnation, result } => m.appended(key, incarnation, result, now),
             ShardMsg::Release { entity_type, force, reply } => {
@@ -148,6 +157,21 @@ fn run(io: Io, me: &ActorRef<ShardMsg>, ctx: &Arc<ShardContext>, shard: u32) {
                 .instrument(span),
             );
         }
+        Io::Purge(p) => {
+            tokio::spawn(async move {
+                let result = purge_if_tombstoned(&ctx, &p.key, p.seq).await;
+                match &result {
+                    Ok(true) => {
+                        ctx.metrics.purges.inc();
+                        tracing::info!(entity = %p.key, "deleted entity purged");
+                    }
+                    Ok(false) => tracing::debug!(entity = %p.key, seq = p.seq, "nothing to purge (purged already)"),
+                    Err(e) => tracing::warn!(entity = %p.key, error = %e, "purge failed; it is tried again"),
+                }
+                let _ = me.send_message(ShardMsg::Purged { key: p.key });
+                let _ = p.reply.send(result);
+            });
+        }
         Io::Snapshot { key, snapshot } => {
             tokio::spawn(async move {
                 match ctx.journal.save_snapshot(&key, snapshot).await {
@@ -157,6 +181,20 @@ fn run(io: Io, me: &ActorRef<ShardMsg>, ctx: &Arc<ShardContext>, shard: u32) {
             });
         }
     }
+}
+
+/// Purges the entity's journal when its last event is the tombstone at
+/// `seq`; `false` when it is not (purged already, or a new life began).
+async fn purge_if_tombstoned(ctx: &ShardContext, key: &EntityKey, seq: u64) -> Result<bool, InvokeError> {
+    if ctx.journal.last_seq(key).await? != seq {
+        return Ok(false);
+    }
+    let last: Vec<_> = ctx.journal.read(key, seq..=seq).try_collect().await?;
+    if !last.first().is_some_and(|e| e.type_name == crate::flow::DELETED) {
+        return Ok(false);
+    }
+    ctx.journal.purge(key).await?;
+    Ok(true)
 }
 
 /// The reply of the append that committed a key at `seq` (the last event

@@ -22,7 +22,9 @@ use tessera_journal::{AppendRequest, EntityKey, Snapshot};
 use super::activation::{self, Rebuilt};
 use super::dedup::DedupWindow;
 use super::step::{self, Decision, Lease, Record};
-use super::{CommandReply, CommandRequest, Committed, ShardContext, StateRequest, StateView};
+use super::{
+    CommandReply, CommandRequest, Committed, DeleteRequest, PurgeRequest, ShardContext, StateRequest, StateView,
+};
 use crate::envelope::{DedupEntry, SNAPSHOT_FORMAT};
 use crate::error::InvokeError;
 use crate::flow::{FlowRecord, Timers};
@@ -36,12 +38,17 @@ pub(crate) enum Io {
     Append { key: EntityKey, incarnation: u64, request: AppendRequest, epoch: Option<u64>, span: tracing::Span },
     /// Save a snapshot (fire and forget: a lost snapshot costs replay time only).
     Snapshot { key: EntityKey, snapshot: Snapshot },
+    /// Purge the entity's journal if its tombstone is still at the
+    /// request's seq; answer with `Purged`.
+    Purge(PurgeRequest),
 }
 
 /// Work waiting for an entity.
 pub(crate) enum Work {
     Command(CommandRequest),
     State(StateRequest),
+    Delete(DeleteRequest),
+    Purge(PurgeRequest),
 }
 
 impl Work {
@@ -53,8 +60,18 @@ impl Work {
             Self::State(s) => {
                 let _ = s.reply.send(Err(e));
             }
+            Self::Delete(d) => {
+                let _ = d.reply.send(Err(e));
+            }
+            Self::Purge(p) => {
+                let _ = p.reply.send(Err(e));
+            }
         }
     }
+}
+
+fn deleted(key: &EntityKey) -> InvokeError {
+    InvokeError::Deleted(format!("{key} was deleted; its journal is purged when the grace period ends"))
 }
 
 /// A command whose events are being appended.
@@ -105,6 +122,8 @@ pub(crate) struct Machine {
     next_incarnation: u64,
     /// Entity types whose slice of this shard is being handed off.
     releasing: HashSet<String>,
+    /// Entities whose journal is being purged: refused until it is done.
+    purging: HashSet<EntityKey>,
     io: Vec<Io>,
 }
 
@@ -118,6 +137,7 @@ impl Machine {
             idle_ticks,
             next_incarnation: 1,
             releasing: HashSet::new(),
+            purging: HashSet::new(),
             io: Vec::new(),
         }
     }
@@ -148,6 +168,13 @@ impl Machine {
         if self.releasing.contains(&key.entity_type) {
             return work.fail(InvokeError::ShardMoved(format!("{key} is being handed to another node")));
         }
+        if self.purging.contains(&key) {
+            return match work {
+                // Already under way: this fire has nothing left to do.
+                Work::Purge(p) => drop(p.reply.send(Ok(false))),
+                w => w.fail(deleted(&key)),
+            };
+        }
         let clock = self.clock;
         if let Some(slot) = self.slots.get_mut(&key) {
             slot.last_used = clock;
@@ -160,10 +187,30 @@ impl Machine {
             }
             return;
         }
+        if let Work::Purge(p) = work {
+            // No need to rebuild what is about to be removed.
+            return self.start_purge(&key, p);
+        }
         if self.slots.len() >= self.ctx.shard_budget {
             self.evict_lru();
         }
         self.activate(key, entity, VecDeque::from([work]));
+    }
+
+    /// Passivates the entity (failing what waits for it) and asks for its purge.
+    fn start_purge(&mut self, key: &EntityKey, p: PurgeRequest) {
+        if let Some(slot) = self.remove(key, "purge") {
+            for w in slot.queue {
+                w.fail(deleted(key));
+            }
+        }
+        self.purging.insert(key.clone());
+        self.io.push(Io::Purge(p));
+    }
+
+    /// A purge finished: the entity may be activated again (a new life).
+    pub(crate) fn purged(&mut self, key: &EntityKey) {
+        self.purging.remove(key);
     }
 
     /// Creates a slot in the activating state and asks for its rebuild. In
@@ -249,15 +296,7 @@ impl Machine {
                 }
                 return;
             };
-            let c = match next {
-                Work::State(s) => {
-                    let timers = slot.timers.as_deref().map(Timers::to_list).unwrap_or_default();
-                    let _ = s.reply.send(Ok(StateView { state: slot.entity.state_json(state), seq: slot.seq, timers }));
-                    continue;
-                }
-                Work::Command(c) => c,
-            };
-            let _guard = c.span.clone().entered();
+            let deleted_now = slot.timers.as_deref().and_then(Timers::tombstone).is_some();
             let record = Record {
                 key,
                 entity: &slot.entity,
@@ -267,11 +306,36 @@ impl Machine {
                 fence: slot.fence,
                 timers: slot.timers.as_deref(),
             };
-            let CommandRequest { command, invocation_id, retryable, span, reply: port, timer, .. } = c;
-            let cmd = step::Command { command, invocation_id: invocation_id.clone(), retryable, timer };
             let node_id = self.ctx.node_id.as_deref();
-            let retain = (self.ctx.key_retention)(&key.entity_type);
-            match step::decide(&record, cmd, now_ms, lease, node_id, self.ctx.dedup, retain) {
+            let (decision, port, invocation_id, retryable, span) = match next {
+                Work::State(_) | Work::Command(CommandRequest { timer: None, .. }) if deleted_now => {
+                    next.fail(deleted(key));
+                    continue;
+                }
+                Work::State(s) => {
+                    let timers = slot.timers.as_deref().map(Timers::to_list).unwrap_or_default();
+                    let _ = s.reply.send(Ok(StateView { state: slot.entity.state_json(state), seq: slot.seq, timers }));
+                    continue;
+                }
+                Work::Purge(p) => return self.start_purge(key, p),
+                Work::Delete(d) => {
+                    let DeleteRequest { invocation_id, grace, reason, span, reply, .. } = d;
+                    let grace_ms = grace.as_millis().min(i64::MAX as u128) as i64;
+                    let del = step::Delete { invocation_id: invocation_id.clone(), grace_ms, reason };
+                    let decision = span.in_scope(|| step::decide_delete(&record, del, now_ms, lease, node_id));
+                    (decision, reply, invocation_id, false, span)
+                }
+                Work::Command(c) => {
+                    let CommandRequest { command, invocation_id, retryable, span, reply: port, timer, .. } = c;
+                    let cmd = step::Command { command, invocation_id: invocation_id.clone(), retryable, timer };
+                    let retain = (self.ctx.key_retention)(&key.entity_type);
+                    let decision =
+                        span.in_scope(|| step::decide(&record, cmd, now_ms, lease, node_id, self.ctx.dedup, retain));
+                    (decision, port, invocation_id, retryable, span)
+                }
+            };
+            let _guard = span.clone().entered();
+            match decision {
                 Decision::Remembered(r) => {
                     tracing::debug!(invocation = %r.invocation_id, seq = r.seq, "answered from the idempotency window");
                     let _ = port.send(Ok(r));

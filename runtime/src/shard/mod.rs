@@ -97,6 +97,28 @@ pub(crate) struct CommandRequest {
     pub(crate) reply: RpcReplyPort<Result<CommandReply, InvokeError>>,
 }
 
+/// Delete an entity: append its tombstone (see `flow::records`).
+pub(crate) struct DeleteRequest {
+    pub(crate) key: EntityKey,
+    pub(crate) entity: Arc<dyn DynEntity>,
+    pub(crate) invocation_id: String,
+    /// How long until its journal is purged.
+    pub(crate) grace: Duration,
+    /// `api` or `ttl`.
+    pub(crate) reason: String,
+    pub(crate) span: tracing::Span,
+    pub(crate) reply: RpcReplyPort<Result<CommandReply, InvokeError>>,
+}
+
+/// Purge a deleted entity's journal, if its tombstone is still at `seq`
+/// (a purge timer fired again after a purge finds nothing, or a new life).
+pub(crate) struct PurgeRequest {
+    pub(crate) key: EntityKey,
+    pub(crate) entity: Arc<dyn DynEntity>,
+    pub(crate) seq: u64,
+    pub(crate) reply: RpcReplyPort<Result<bool, InvokeError>>,
+}
+
 pub(crate) struct StateRequest {
     pub(crate) key: EntityKey,
     pub(crate) entity: Arc<dyn DynEntity>,
@@ -117,6 +139,12 @@ pub(crate) enum Committed {
 pub(crate) enum ShardMsg {
     Command(CommandRequest),
     State(StateRequest),
+    Delete(DeleteRequest),
+    Purge(PurgeRequest),
+    /// A purge finished (the entity may be activated again).
+    Purged {
+        key: EntityKey,
+    },
     Activated {
         key: EntityKey,
         incarnation: u64,

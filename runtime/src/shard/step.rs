@@ -206,6 +206,57 @@ pub(crate) fn decide(
     Decision::Append(request, Pending { typed, reply, events: n as u64, timers, epoch })
 }
 
+/// A delete as the decision sees it.
+pub(crate) struct Delete {
+    pub(crate) invocation_id: String,
+    /// How long until the purge.
+    pub(crate) grace_ms: i64,
+    /// `api` or `ttl`.
+    pub(crate) reason: String,
+}
+
+/// Decides a delete: the tombstone to append; for an entity deleted
+/// already, the first delete's outcome; for one never written, not found.
+pub(crate) fn decide_delete(r: &Record<'_>, d: Delete, now_ms: i64, lease: Lease, node_id: Option<&str>) -> Decision {
+    let outcome = |seq, purge_at_ms| {
+        tessera_entities::codec::to_msgpack(&crate::flow::DeleteOutcome { deleted_at_seq: seq, purge_at_ms })
+            .map_err(|e| InvokeError::Internal(e.to_string()))
+    };
+    if let Some(t) = r.timers.and_then(Timers::tombstone) {
+        return match outcome(t.seq, t.at_ms) {
+            Ok(reply) => {
+                Decision::Reply(CommandReply { reply, seq: r.seq, invocation_id: d.invocation_id, deduplicated: true })
+            }
+            Err(e) => Decision::Refuse(e),
+        };
+    }
+    if r.seq == 0 {
+        return Decision::Refuse(InvokeError::EntityNotFound(format!("{}: nothing was ever written to it", r.key)));
+    }
+    let epoch = match lease {
+        Lease::Unfenced => None,
+        Lease::Held(e) => Some(e),
+        Lease::Lost => {
+            return Decision::Refuse(InvokeError::ShardMoved(format!(
+                "this node no longer holds the lease of {}; nothing was written",
+                r.key
+            )));
+        }
+    };
+    let purge_at_ms = now_ms.saturating_add(d.grace_ms);
+    let record = FlowRecord::Deleted(crate::flow::Tombstone { purge_at_ms, reason: d.reason });
+    let (mut event, reply) = match (record.to_event(), outcome(r.seq + 1, purge_at_ms)) {
+        (Ok(e), Ok(reply)) => (e, reply),
+        (Err(e), _) => return Decision::Refuse(InvokeError::Internal(format!("{}: {e}", r.key))),
+        (_, Err(e)) => return Decision::Refuse(e),
+    };
+    event.metadata =
+        EventMeta { invocation: d.invocation_id, reply: None, node: epoch.and(node_id.map(str::to_owned)), epoch }
+            .encode();
+    let request = AppendRequest::new(r.seq, vec![event]).with_fence(r.fence);
+    Decision::Append(request, Pending { typed: None, reply, events: 1, timers: vec![(r.seq + 1, record)], epoch })
+}
+
 /// Whether a snapshot is due after `events_since_snapshot` (0: never).
 pub(crate) fn snapshot_due(events_since_snapshot: u64, every: u64) -> bool {
     every > 0 && events_since_snapshot >= every

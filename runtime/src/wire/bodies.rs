@@ -71,6 +71,21 @@ pub struct StateBody {
     pub dead_letters: Vec<Value>,
 }
 
+/// `DELETE /v1/entities/{type}/{id}`: the tombstone, and when the purge is due.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DeletedBody {
+    /// The entity type.
+    pub entity_type: String,
+    /// The entity id.
+    pub entity_id: String,
+    /// The seq of its tombstone.
+    pub deleted_at_seq: u64,
+    /// When its journal is purged, ms since the Unix epoch.
+    pub purge_at_ms: i64,
+    /// The same, RFC 3339.
+    pub purge_at: String,
+}
+
 /// One journal event as JSON (payloads are self-describing MessagePack, so
 /// no user type is needed to show them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]

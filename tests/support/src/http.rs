@@ -23,6 +23,13 @@ pub async fn post(url: &str, body: &str, key: Option<&str>) -> (u16, reqwest::he
     (status, headers, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
 }
 
+/// DELETEs; the JSON answer.
+pub async fn delete(url: &str) -> (u16, Value) {
+    let resp = client().delete(url).send().await.expect("request");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
 /// GETs JSON.
 pub async fn get(url: &str) -> (u16, Value) {
     let resp = client().get(url).send().await.expect("request");

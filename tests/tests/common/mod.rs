@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use tessera_runtime::{NodeConfig, Server};
-pub use tessera_test_support::http::{client, error_body, get, post, segment, wait_result};
+pub use tessera_test_support::http::{client, delete, error_body, get, post, segment, wait_result};
 pub use tessera_test_support::process::NodeProcess;
 pub use tessera_test_support::servers::{nats_url, scylla_server, unique_keyspace, unique_prefix};
 

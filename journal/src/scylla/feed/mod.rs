@@ -46,6 +46,7 @@ use tokio::sync::{OnceCell, watch};
 
 use super::rows::{Named, to_event};
 use super::schema::FEED_BLOCK;
+use super::session::unavailable;
 use super::{PAGE, ScyllaJournal};
 use crate::error::JournalError;
 use crate::journal::ShardStream;
@@ -305,6 +306,33 @@ impl ScyllaJournal {
             out.extend(page);
         }
         Ok(out)
+    }
+
+    /// Turns the entity's entries in its unit's feed into voids that name
+    /// no entity, and deletes their intents (a purge).
+    pub(crate) async fn scrub_feed_of(&self, key: &EntityKey, shard: u32) -> Result<(), JournalError> {
+        let unit: Unit = (key.entity_type.clone(), shard);
+        let (_, limit) = self.visible(&unit).await?;
+        let upto = limit.saturating_add(MAX_PENDING as u64);
+        let mine: Vec<Entry> = self
+            .all_entries(&unit, 0, upto)
+            .await?
+            .into_iter()
+            .filter(|e| !e.void && e.entity_id == key.entity_id)
+            .collect();
+        for e in mine {
+            let v = Self::unit_pk(&unit)
+                .big("block", block(e.offset))
+                .big("offset", e.offset as i64)
+                .big("epoch", e.epoch as i64)
+                .with("ttl", CqlValue::Int(self.ttl()));
+            self.inner.session.execute_unpaged(&self.inner.st.feed_scrub, v).await.map_err(unavailable)?;
+            if let Some(id) = e.intent {
+                let v = Self::unit_pk(&unit).big("epoch", e.epoch as i64).big("block", block(id)).big("id", id as i64);
+                self.inner.session.execute_unpaged(&self.inner.st.intent_delete, v).await.map_err(unavailable)?;
+            }
+        }
+        Ok(())
     }
 
     /// An event if it is the one at this feed offset.
