@@ -161,10 +161,11 @@ impl NatsClient {
     async fn request(
         &self,
         subject: String,
-        headers: HeaderMap,
+        mut headers: HeaderMap,
         body: Vec<u8>,
         format: Format,
     ) -> Result<Reply, ClientError> {
+        with_trace_context(&mut headers);
         let req = async_nats::Request::new().headers(headers).payload(body.into()).timeout(Some(self.timeout));
         let msg = self.client.send_request(subject.clone(), req).await.map_err(|e| match e.kind() {
             RequestErrorKind::NoResponders => ClientError::NoResponders { subject: subject.clone() },
@@ -350,6 +351,7 @@ impl NatsClient {
         h.insert(protocol::INVOCATION_ID, id.as_str());
         h.insert(protocol::NATS_MSG_ID, id.as_str());
         h.insert(protocol::CONTENT_TYPE, format.content_type());
+        with_trace_context(&mut h);
         let js = async_nats::jetstream::new(self.client.clone());
         let ack =
             js.publish_with_headers(subject, h, body.into()).await.map_err(|e| ClientError::Other(e.to_string()))?;
@@ -357,5 +359,13 @@ impl NatsClient {
             ClientError::Other(format!("JetStream did not store the {what} (is a node running with --nats?): {e}"))
         })?;
         Ok(id)
+    }
+}
+
+/// With traces on: the current span's `traceparent`, so the receiver's
+/// spans join this trace.
+pub(crate) fn with_trace_context(h: &mut HeaderMap) {
+    if let Some(tp) = crate::telemetry::current_traceparent() {
+        h.insert(crate::telemetry::TRACEPARENT, tp.as_str());
     }
 }

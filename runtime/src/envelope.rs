@@ -26,6 +26,10 @@ pub struct EventMeta {
     /// trail of ownership: per entity, epochs never decrease along seq).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<u64>,
+    /// With traces on, on events whose append sends messages or calls: the
+    /// W3C `traceparent` of the invocation, so their delivery joins its trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
 }
 
 impl EventMeta {

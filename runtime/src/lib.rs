@@ -35,6 +35,7 @@ pub mod projection;
 pub mod results;
 mod server;
 mod shard;
+pub mod telemetry;
 pub mod wire;
 
 pub use config::{ClusterMode, JournalKind, NodeConfig};

@@ -1131,3 +1131,75 @@ async fn readyz(base: &str) -> u16 {
 fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as i64
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_command_forwarded_between_two_nodes_is_one_trace() {
+    let _serial = SERIAL.lock().await;
+    let receiver = otlp::Receiver::start().await;
+    let c = Cluster::new().await;
+    let nats = nats_url();
+    let extra = ["--otlp-endpoint", receiver.endpoint.as_str()];
+    let env = [("OTEL_BSP_SCHEDULE_DELAY", "200")];
+    let a = c.start_with_env("a", &nats, &extra, &env).await;
+    let b = c.start_with_env("b", &nats, &extra, &env).await;
+    c.wait_even(&["a", "b"], Duration::from_secs(30)).await;
+    let st = c.status().await;
+    let entity = (0..1000)
+        .map(|i| format!("s{i}"))
+        .find(|id| st.owner("flaky", tessera_journal::shard_of("flaky", id, SHARDS)).is_some_and(|l| l.owner == "b"))
+        .expect("an entity b serves");
+
+    // The caller's trace context, as a W3C header; the command goes to `a`, which forwards it to `b`.
+    let (trace_id, caller_span) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let r = client()
+        .post(format!("{}/v1/entities/flaky/{entity}/batch", a.base))
+        .header("content-type", "application/json")
+        .header("traceparent", format!("00-{trace_id}-{caller_span}-01"))
+        .body(r#"{"n":1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let invocation_id = r.headers()["tessera-invocation-id"].to_str().unwrap().to_owned();
+
+    let started = Instant::now();
+    let spans = loop {
+        let spans = receiver.trace(trace_id);
+        let on = |node: &str, name: &str| spans.iter().any(|s| s.instance == node && s.name == name);
+        if on("a", "invoke") && on("b", "invoke") && on("b", "nats") {
+            break spans;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "spans of the trace so far: {spans:#?}; received (spans, traces): {:?}",
+            receiver.received()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // One trace: every span's parent is in it, or is the caller's span.
+    let ids: std::collections::HashSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
+    for s in &spans {
+        assert!(
+            ids.contains(s.parent_span_id.as_str()) || s.parent_span_id == caller_span,
+            "{} on {} has a parent outside the trace: {spans:#?}",
+            s.name,
+            s.instance
+        );
+    }
+    let root = spans.iter().find(|s| s.parent_span_id == caller_span).expect("a span under the caller's");
+    assert_eq!((root.instance.as_str(), root.name.as_str()), ("a", "http.request"));
+    // The owner's span of the command names the entity and the invocation.
+    let owner = spans.iter().find(|s| s.instance == "b" && s.name == "invoke").unwrap();
+    assert_eq!(owner.attributes.get("entity_id"), Some(&entity));
+    assert_eq!(owner.attributes.get("entity_type").map(String::as_str), Some("flaky"));
+    assert_eq!(owner.attributes.get("invocation_id"), Some(&invocation_id), "{owner:?}");
+    // b's NATS span hangs under a's forwarding invoke.
+    let nats_span = spans.iter().find(|s| s.instance == "b" && s.name == "nats").unwrap();
+    let parent = spans.iter().find(|s| s.span_id == nats_span.parent_span_id).expect("its parent was exported");
+    assert_eq!(parent.instance, "a");
+    report(
+        "traces",
+        json!({"spans": spans.len(), "nodes": 2, "names": spans.iter().map(|s| format!("{}:{}", s.instance, s.name)).collect::<Vec<_>>()}),
+    );
+    drop((a, b));
+}

@@ -712,3 +712,84 @@ async fn export_and_import_round_trip_local_to_cassandra_to_local() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("truncated export"), "{}", String::from_utf8_lossy(&o.stderr));
     drop_keyspace(&url).await;
 }
+
+/// Where any table of the keyspace still names `needle` (an entity id): an
+/// `entity_id` column of any table, or an event, snapshot or checkpoint
+/// payload holding it.
+async fn keyspace_mentions(url: &str, needle: &str) -> Vec<String> {
+    let j = ScyllaJournal::connect(url, 1024).await.unwrap();
+    let (s, ks) = (j.session(), j.config().keyspace.clone());
+    let cql = "SELECT table_name FROM system_schema.columns WHERE keyspace_name = ? AND column_name = 'entity_id' \
+               ALLOW FILTERING";
+    let r = s.query_unpaged(cql, (ks.clone(),)).await.unwrap().into_rows_result().unwrap();
+    let tables: Vec<(String,)> = r.rows::<(String,)>().unwrap().collect::<Result<_, _>>().unwrap();
+    assert!(tables.len() >= 6, "the tables that name entities: {tables:?}");
+    let mut found = Vec::new();
+    for (t,) in tables {
+        let r =
+            s.query_unpaged(format!("SELECT entity_id FROM {ks}.{t}"), ()).await.unwrap().into_rows_result().unwrap();
+        let n = r
+            .rows::<(Option<String>,)>()
+            .unwrap()
+            .filter(|row| row.as_ref().unwrap().0.as_deref() == Some(needle))
+            .count();
+        if n > 0 {
+            found.push(format!("{t}: {n} rows"));
+        }
+    }
+    let has = |b: &Option<Vec<u8>>| b.as_ref().is_some_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()));
+    type Payloads = (String, Option<Vec<u8>>, Option<Vec<u8>>);
+    let cql = format!("SELECT entity_id, payload, snap_payload FROM {ks}.events");
+    let r = s.query_unpaged(cql, ()).await.unwrap().into_rows_result().unwrap();
+    for row in r.rows::<Payloads>().unwrap() {
+        let (id, payload, snap) = row.unwrap();
+        if has(&payload) || has(&snap) {
+            found.push(format!("events of {id}: a payload names it"));
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_entity_leaves_no_row_in_any_table_after_its_grace_period() {
+    let url = format!("{}/{}", scylla_server(), unique_keyspace());
+    migrated(&url).await;
+    let tweak = |c: &mut NodeConfig| {
+        c.limits.delete_grace_secs = 2;
+        c.journal.snapshot_every = 10;
+    };
+    let (n, base) = node(&url, tweak).await;
+    post(&cmd(&base, "s:del", "restock"), r#"{"qty":100}"#, Some("po-1")).await;
+    // More events than a partition holds (bucket size 50): the purge removes every partition.
+    for _ in 0..59 {
+        assert_eq!(post(&cmd(&base, "s:del", "purchase"), r#"{"qty":1}"#, None).await.0, 200);
+    }
+    post(&cmd(&base, "s:kept", "restock"), r#"{"qty":1}"#, Some("po-1")).await;
+    let (s, d) = common::delete(&format!("{base}/v1/entities/stock/s:del")).await;
+    assert_eq!((s, d["deleted_at_seq"].as_u64()), (200, Some(61)), "{d}");
+    let (s, e) = get(&format!("{base}/v1/entities/stock/s:del")).await;
+    assert_eq!((s, e["error"]["kind"].as_str()), (404, Some("entity_deleted")));
+
+    let j = ScyllaJournal::connect(&url, 1024).await.unwrap();
+    let key = EntityKey::new("stock", "s:del");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while j.last_seq(&key).await.unwrap() != 0 {
+        assert!(tokio::time::Instant::now() < deadline, "not purged within 60 s of a 2 s grace period");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The dispatcher's stored state and older checkpoints follow within a poll.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = keyspace_mentions(&url, "s:del").await;
+        if left.is_empty() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "left after the purge: {left:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(j.last_seq(&EntityKey::new("stock", "s:kept")).await.unwrap(), 1, "the other entity is untouched");
+    let (s, h, r) = post(&cmd(&base, "s:del", "restock"), r#"{"qty":3}"#, Some("po-1")).await;
+    assert_eq!((s, r, h["tessera-seq"].to_str().unwrap()), (200, json!({"on_hand": 3}), "1"), "a new life");
+    n.shutdown().await;
+    drop_keyspace(&url).await;
+}

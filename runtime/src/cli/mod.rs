@@ -128,7 +128,16 @@ pub fn http_client() -> anyhow::Result<reqwest::Client> {
 }
 
 /// Runs a shared subcommand; `serve` wraps its stores in `layers`.
+/// Traces still buffered are exported before it returns.
 pub async fn run_with(cmd: Command, registry: Registry, layers: Layers) -> anyhow::Result<()> {
+    let r = run_command(cmd, registry, layers).await;
+    if crate::telemetry::enabled() {
+        tokio::task::spawn_blocking(crate::telemetry::shutdown).await.ok();
+    }
+    r
+}
+
+async fn run_command(cmd: Command, registry: Registry, layers: Layers) -> anyhow::Result<()> {
     match cmd {
         Command::Serve(a) => serve::run(*a, registry, layers).await,
         Command::Send(a) => send::send(a).await,
@@ -153,6 +162,8 @@ pub async fn run_with(cmd: Command, registry: Registry, layers: Layers) -> anyho
 /// is parsed: a reloadable filter would cost a lock on every span of every
 /// invocation (measured: ~15% of durable throughput at `info`).
 pub fn init_tracing() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let directives = std::env::var("RUST_LOG").ok().or_else(|| configured("log", |o| o.log));
     let filter = directives
         .and_then(|d| tracing_subscriber::EnvFilter::try_new(d).ok())
@@ -160,13 +171,58 @@ pub fn init_tracing() {
     let format = configured("log-format", |o| String::from(o.log_format))
         .and_then(|f| f.parse::<crate::config::LogFormat>().ok())
         .unwrap_or_default();
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = match format {
-        crate::config::LogFormat::Json => {
-            builder.json().with_current_span(true).with_span_list(false).flatten_event(true).try_init()
+    // Traces over OTLP when an endpoint is configured (spans pass the same filter as logs).
+    let otlp = configured("otlp-endpoint", |o| o.otlp_endpoint)
+        .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok())
+        .filter(|e| !e.trim().is_empty())
+        .map(|endpoint| crate::telemetry::OtlpSettings {
+            endpoint,
+            service_name: "tessera".into(),
+            instance: flag_value("node-id").or_else(|| std::env::var("TESSERA_NODE_ID").ok()),
+        });
+    let otel = otlp.and_then(|s| match crate::telemetry::layer(&s) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            eprintln!("traces are not exported: {e}");
+            None
         }
-        crate::config::LogFormat::Text => builder.with_ansi(colour_logs()).try_init(),
+    });
+    let json = matches!(format, crate::config::LogFormat::Json);
+    let _ = match otel {
+        // No traces: one global filter (the cheapest: spans below it are never built).
+        None => {
+            let registry = tracing_subscriber::registry().with(filter);
+            let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+            if json {
+                registry.with(fmt.json().with_current_span(true).with_span_list(false).flatten_event(true)).try_init()
+            } else {
+                registry.with(fmt.with_ansi(colour_logs())).try_init()
+            }
+        }
+        // Traces: logs keep their filter; spans at info and above go to the
+        // exporter whatever the log level (not the exporter's own HTTP stack).
+        Some(otel) => {
+            use tracing_subscriber::Layer;
+            let registry = tracing_subscriber::registry().with(otel.with_filter(crate::telemetry::span_filter()));
+            let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+            if json {
+                let fmt = fmt.json().with_current_span(true).with_span_list(false).flatten_event(true);
+                registry.with(fmt.with_filter(filter)).try_init()
+            } else {
+                registry.with(fmt.with_ansi(colour_logs()).with_filter(filter)).try_init()
+            }
+        }
     };
+}
+
+/// The value of `--{name} V` or `--{name}=V` on the command line.
+fn flag_value(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().enumerate().find_map(|(i, a)| match a.strip_prefix(&format!("--{name}")) {
+        Some("") => args.get(i + 1).cloned(),
+        Some(rest) => rest.strip_prefix('=').map(str::to_owned),
+        None => None,
+    })
 }
 
 /// Colours in text logs: only on a terminal, never with `NO_COLOR` set.
@@ -179,14 +235,7 @@ fn colour_logs() -> bool {
 /// environment (`TESSERA_{FLAG}`) and the config file set it (read ahead of
 /// the real parse; anything unreadable is left to that parse to report).
 fn configured(flag_name: &str, pick: impl Fn(crate::config::ObservabilitySection) -> String) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    let flag = |name: &str| {
-        args.iter().enumerate().find_map(|(i, a)| match a.strip_prefix(&format!("--{name}")) {
-            Some("") => args.get(i + 1).cloned(),
-            Some(rest) => rest.strip_prefix('=').map(str::to_owned),
-            None => None,
-        })
-    };
+    let flag = flag_value;
     let env = format!("TESSERA_{}", flag_name.to_uppercase().replace('-', "_"));
     if let Some(v) = flag(flag_name).or_else(|| std::env::var(&env).ok()) {
         return Some(v);

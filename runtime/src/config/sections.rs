@@ -323,5 +323,7 @@ section! {
         log: String = "info,fjall=warn,lsm_tree=warn".into(), flag "log";
         /// Log lines as `text` (coloured only on a terminal without `NO_COLOR`) or `json` (one object per line); read when logging starts.
         log_format: LogFormat = LogFormat::Text, flag "log-format";
+        /// Export traces over OTLP/HTTP to this collector (e.g. `http://collector:4318`; off when empty; `OTEL_EXPORTER_OTLP_ENDPOINT` also works); read when logging starts.
+        otlp_endpoint: String = String::new(), flag "otlp-endpoint";
     }
 }

@@ -18,10 +18,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tessera_entities::{CommandCall, EntityRef, FunctionCall, Message, Rejection, Response, codec};
+use tracing::Instrument;
 
 use super::records::{FlowRecord, Timers};
 use super::wheel::Wheels;
 use super::{Deliver, retriable};
+use crate::envelope::EventMeta;
 use crate::error::InvokeError;
 use crate::metrics::Metrics;
 use crate::now_ms;
@@ -79,8 +81,8 @@ impl DispatcherState {
 
 /// A send or call to carry out.
 enum Job {
-    Send { from: EntityRef, seq: u64, committed_ms: i64, message: Message },
-    Call { from: EntityRef, seq: u64, committed_ms: i64, call: FunctionCall },
+    Send { from: EntityRef, seq: u64, committed_ms: i64, message: Message, trace: Option<String> },
+    Call { from: EntityRef, seq: u64, committed_ms: i64, call: FunctionCall, trace: Option<String> },
 }
 
 /// How one delivery ended.
@@ -126,10 +128,24 @@ impl Dispatcher {
         self.deliver.get().cloned().ok_or_else(|| ProjectionError::Failed("the node is still starting".into()))
     }
 
-    /// Runs one job to its end (reply included).
+    /// Runs one job to its end (reply included); with traces on, in a
+    /// span that joins the trace of the invocation that sent it.
     async fn run(&self, deliver: &dyn Deliver, job: &Job) -> Done {
+        if !crate::telemetry::enabled() {
+            return self.run_job(deliver, job).await;
+        }
+        let (kind, from, seq, trace) = match job {
+            Job::Send { from, seq, trace, .. } => ("send", from, seq, trace),
+            Job::Call { from, seq, trace, .. } => ("call", from, seq, trace),
+        };
+        let span = tracing::info_span!("deliver", kind, from = %from, seq);
+        crate::telemetry::set_remote_parent(&span, trace.as_deref(), None);
+        self.run_job(deliver, job).instrument(span).await
+    }
+
+    async fn run_job(&self, deliver: &dyn Deliver, job: &Job) -> Done {
         match job {
-            Job::Send { from, seq, committed_ms, message } => {
+            Job::Send { from, seq, committed_ms, message, .. } => {
                 let key = super::delivery_key(from, *seq, "");
                 let outcome = deliver.command(&message.target, &message.command, key.clone()).await;
                 let result = match self.settle("send", &key, outcome) {
@@ -160,7 +176,7 @@ impl Dispatcher {
                     }
                 }
             }
-            Job::Call { from, seq, committed_ms, call } => {
+            Job::Call { from, seq, committed_ms, call, .. } => {
                 let key = super::delivery_key(from, *seq, "");
                 let outcome = deliver.function(&call.function, &call.input, key.clone()).await;
                 let result = match outcome {
@@ -356,15 +372,24 @@ impl Projection for Dispatcher {
         let mut dead = Vec::new();
         for e in batch.events {
             let from = || EntityRef::new(e.entity_type.clone(), e.entity_id.clone());
+            let trace = || crate::telemetry::enabled().then(|| EventMeta::decode(&e.metadata).trace).flatten();
             match FlowRecord::decode(&e.event_type, &e.payload) {
                 None => {}
                 Some(Err(err)) => dead.push(self.dead(&from(), e.seq, "record", "", &e.event_type, err.to_string())),
-                Some(Ok(FlowRecord::Send(message))) => {
-                    jobs.push(Job::Send { from: from(), seq: e.seq, committed_ms: e.timestamp_ms, message })
-                }
-                Some(Ok(FlowRecord::Call(call))) => {
-                    jobs.push(Job::Call { from: from(), seq: e.seq, committed_ms: e.timestamp_ms, call })
-                }
+                Some(Ok(FlowRecord::Send(message))) => jobs.push(Job::Send {
+                    from: from(),
+                    seq: e.seq,
+                    committed_ms: e.timestamp_ms,
+                    message,
+                    trace: trace(),
+                }),
+                Some(Ok(FlowRecord::Call(call))) => jobs.push(Job::Call {
+                    from: from(),
+                    seq: e.seq,
+                    committed_ms: e.timestamp_ms,
+                    call,
+                    trace: trace(),
+                }),
                 Some(Ok(timer_change)) => changes.push((&e.entity_id, e.seq, timer_change)),
             }
         }
@@ -479,6 +504,7 @@ mod tests {
                 reply_to: None,
                 correlation: None,
             },
+            trace: None,
         }
     }
 

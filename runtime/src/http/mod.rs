@@ -116,9 +116,26 @@ fn routes(state: AppState) -> Router {
     };
     router
         .fallback(handlers::not_found)
+        .layer(axum::middleware::from_fn(trace_context))
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::map_response(handlers::json_errors))
         .with_state(state)
+}
+
+/// With traces on: the request runs in a span whose parent is the trace
+/// context of its `traceparent` header (when it has one).
+async fn trace_context(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    use tracing::Instrument;
+    if !crate::telemetry::enabled() {
+        return next.run(req).await;
+    }
+    let span = tracing::info_span!("http.request", method = %req.method(), path = %req.uri().path());
+    let (parent, state) = {
+        let header = |n: &str| req.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        (header(crate::telemetry::TRACEPARENT), header(crate::telemetry::TRACESTATE))
+    };
+    crate::telemetry::set_remote_parent(&span, parent.as_deref(), state.as_deref());
+    next.run(req).instrument(span).await
 }
 
 impl HttpServer {

@@ -239,5 +239,6 @@ fn check(
         command,
         body: m.payload.to_vec(),
         format,
+        trace: header(crate::telemetry::TRACEPARENT),
     })
 }

@@ -163,6 +163,11 @@ enum Served {
 /// Handles one command request (from the node-wide queue subscription, or
 /// in a cluster from the subscription of a shard this node owns).
 pub(crate) async fn command(node: &Node, link: &NatsLink, msg: Message) {
+    let h = msg.headers.clone();
+    super::request::traced("command", h.as_ref(), serve_command(node, link, msg)).await
+}
+
+async fn serve_command(node: &Node, link: &NatsLink, msg: Message) {
     let reply = msg.reply.as_ref();
     let h = msg.headers.as_ref();
     let format = match contract::content_format(header(h, wire::CONTENT_TYPE)) {
@@ -230,6 +235,11 @@ pub(crate) async fn command(node: &Node, link: &NatsLink, msg: Message) {
 }
 
 async fn call(node: &Node, link: &NatsLink, msg: Message) {
+    let h = msg.headers.clone();
+    super::request::traced("call", h.as_ref(), serve_call(node, link, msg)).await
+}
+
+async fn serve_call(node: &Node, link: &NatsLink, msg: Message) {
     let reply = msg.reply.as_ref();
     let h = msg.headers.as_ref();
     let format = match contract::content_format(header(h, wire::CONTENT_TYPE)) {
@@ -287,7 +297,8 @@ async fn invoke_async(node: &Node, link: &NatsLink, msg: jetstream::Message, max
     });
     let decision = match checked {
         Ok(format) => {
-            let call = AsyncCall { id: &id, function: &name, body: &msg.payload, format, request_id };
+            let trace = header(h, crate::telemetry::TRACEPARENT);
+            let call = AsyncCall { id: &id, function: &name, body: &msg.payload, format, request_id, trace };
             node.run_async(call, delivered.max(1) as u32, last).await
         }
         Err(e) => node.refuse_async(&id, &name, &e).await,

@@ -35,6 +35,7 @@ impl CallQueue for JetStreamQueue {
         if let Some(r) = &call.request_id {
             h.insert(wire::REQUEST_ID, r.as_str());
         }
+        crate::client::with_trace_context(&mut h);
         let ack = self
             .link
             .js
@@ -52,6 +53,7 @@ impl CallQueue for JetStreamQueue {
         h.insert(wire::CONTENT_TYPE, cmd.format.content_type());
         h.insert(wire::ENTITY, cmd.entity_id.as_str());
         h.insert(wire::COMMAND, cmd.command.as_str());
+        crate::client::with_trace_context(&mut h);
         let shard = tessera_journal::shard_of(&cmd.entity_type, &cmd.entity_id, self.shards);
         let subject = self.link.subjects.entity_command(&cmd.entity_type, shard, self.groups);
         let ack = self
@@ -66,7 +68,9 @@ impl CallQueue for JetStreamQueue {
 
     async fn finished(&self, row: &InvocationResult) {
         let body = rmp_serde::to_vec_named(row).unwrap_or_default();
-        match self.link.js.publish(self.link.subjects.result(&row.invocation_id), body.into()).await {
+        let mut h = HeaderMap::new();
+        crate::client::with_trace_context(&mut h);
+        match self.link.js.publish_with_headers(self.link.subjects.result(&row.invocation_id), h, body.into()).await {
             Ok(ack) => {
                 if let Err(e) = ack.await {
                     tracing::warn!(invocation = %row.invocation_id, error = %e, "result not stored in JetStream");

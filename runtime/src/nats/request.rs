@@ -27,6 +27,20 @@ pub(crate) fn header<'a>(h: Option<&'a HeaderMap>, name: &str) -> Option<&'a str
     h.and_then(|h| h.get(name)).map(|v| v.as_str())
 }
 
+/// Runs `f` — the handling of one NATS message with headers `h` — in a
+/// span named `name` whose parent is the message's `traceparent` (with
+/// traces on; otherwise just runs it).
+pub(crate) async fn traced<F: std::future::Future>(name: &'static str, h: Option<&HeaderMap>, f: F) -> F::Output {
+    use tracing::Instrument;
+    if !crate::telemetry::enabled() {
+        return f.await;
+    }
+    let span = tracing::info_span!("nats", op = name);
+    let (parent, state) = (header(h, crate::telemetry::TRACEPARENT), header(h, crate::telemetry::TRACESTATE));
+    crate::telemetry::set_remote_parent(&span, parent, state);
+    f.instrument(span).await
+}
+
 /// Reads a command request; the error is what to answer.
 pub(crate) fn parse_command(
     prefix: &str,

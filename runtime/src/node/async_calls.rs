@@ -3,6 +3,7 @@
 //! stored once.
 
 use std::time::Duration;
+use tracing::Instrument;
 
 use tessera_entities::Format;
 
@@ -25,6 +26,8 @@ pub struct AsyncCall<'a> {
     pub format: Format,
     /// The caller's request id, if any.
     pub request_id: Option<&'a str>,
+    /// The caller's W3C `traceparent`, if it was traced.
+    pub trace: Option<&'a str>,
 }
 
 /// What to do with an async invocation's message after a run.
@@ -60,7 +63,8 @@ impl Node {
         let mut row = InvocationResult::pending(&id, format!("function:{name}"), format.content_type(), now, ttl);
         row.request_id = request_id.clone();
         n.results.put(row.clone()).await.map_err(|e| InvokeError::Unavailable(e.to_string()))?;
-        let call = QueuedCall { id, function: name.to_owned(), body: body.to_vec(), format, request_id };
+        let trace = crate::telemetry::current_traceparent();
+        let call = QueuedCall { id, function: name.to_owned(), body: body.to_vec(), format, request_id, trace };
         n.queue.enqueue(call).await?;
         Ok(row)
     }
@@ -75,7 +79,16 @@ impl Node {
     /// again. Retryable failures ask for redelivery until `last_attempt`,
     /// which dead-letters the call.
     pub async fn run_async(&self, call: AsyncCall<'_>, attempt: u32, last_attempt: bool) -> AsyncDecision {
-        let AsyncCall { id, function: name, body, format, request_id } = call;
+        if !crate::telemetry::enabled() {
+            return self.run_async_inner(call, attempt, last_attempt).await;
+        }
+        let span = tracing::info_span!("async_call", invocation_id = %call.id, function = %call.function, attempt);
+        crate::telemetry::set_remote_parent(&span, call.trace, None);
+        self.run_async_inner(call, attempt, last_attempt).instrument(span).await
+    }
+
+    async fn run_async_inner(&self, call: AsyncCall<'_>, attempt: u32, last_attempt: bool) -> AsyncDecision {
+        let AsyncCall { id, function: name, body, format, request_id, .. } = call;
         let n = &self.inner;
         let retry = AsyncDecision::Retry(Duration::from_millis(200 * u64::from(attempt.min(25))));
         let now = now_ms();
@@ -175,10 +188,10 @@ impl Node {
     }
 
     async fn dead_letter(&self, id: &str, name: &str, body: &[u8], format: Format, e: &InvokeError) {
-        let call =
-            QueuedCall { id: id.to_owned(), function: name.to_owned(), body: body.to_vec(), format, request_id: None };
+        let (id, function, body) = (id.to_owned(), name.to_owned(), body.to_vec());
+        let call = QueuedCall { id, function, body, format, request_id: None, trace: None };
         self.inner.queue.dead_letter(&call, e).await;
-        tracing::warn!(invocation = %id, function = %name, error = %e, "invocation dead-lettered");
+        tracing::warn!(invocation = %call.id, function = %name, error = %e, "invocation dead-lettered");
     }
 }
 
@@ -296,6 +309,7 @@ impl LocalQueueRunner {
                         body: &c.body,
                         format: c.format,
                         request_id: c.request_id.as_deref(),
+                        trace: c.trace.as_deref(),
                     };
                     match node.run_async(call, attempt, attempt == max).await {
                         AsyncDecision::Ack => return,

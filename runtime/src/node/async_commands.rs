@@ -8,6 +8,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tracing::Instrument;
 
 use super::ports::QueuedCommand;
 use super::{AsyncDecision, Invocation, Node, new_invocation_id};
@@ -44,6 +45,7 @@ impl Node {
             command: inv.command,
             body: inv.body,
             format: inv.format,
+            trace: crate::telemetry::current_traceparent(),
         };
         let ttl = (n.config.limits.result_ttl_secs as i64).saturating_mul(1000);
         let row = InvocationResult::pending(&cmd.id, target(&cmd), cmd.format.content_type(), now, ttl);
@@ -65,6 +67,15 @@ impl Node {
     /// failures ask for redelivery (a shard that moved, always; others
     /// until `last_attempt`, which stores the failure).
     pub async fn run_async_command(&self, cmd: &QueuedCommand, attempt: u32, last_attempt: bool) -> AsyncDecision {
+        if !crate::telemetry::enabled() {
+            return self.run_async_command_inner(cmd, attempt, last_attempt).await;
+        }
+        let span = tracing::info_span!("async_command", invocation_id = %cmd.id, attempt);
+        crate::telemetry::set_remote_parent(&span, cmd.trace.as_deref(), None);
+        self.run_async_command_inner(cmd, attempt, last_attempt).instrument(span).await
+    }
+
+    async fn run_async_command_inner(&self, cmd: &QueuedCommand, attempt: u32, last_attempt: bool) -> AsyncDecision {
         let n = &self.inner;
         let retry = AsyncDecision::Retry(Duration::from_millis(100 * u64::from(attempt.min(20))));
         let now = now_ms();

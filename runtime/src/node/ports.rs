@@ -47,6 +47,8 @@ pub struct QueuedCall {
     pub format: Format,
     /// The caller's request id, if any.
     pub request_id: Option<String>,
+    /// With traces on: the caller's W3C `traceparent` (the run joins its trace).
+    pub trace: Option<String>,
 }
 
 /// An async entity command handed to the queue: delivered (at least once,
@@ -65,6 +67,8 @@ pub struct QueuedCommand {
     pub body: Vec<u8>,
     /// The body's format.
     pub format: Format,
+    /// With traces on: the caller's W3C `traceparent` (the run joins its trace).
+    pub trace: Option<String>,
 }
 
 /// Where async calls wait to run, and where their outcomes are announced.

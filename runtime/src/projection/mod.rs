@@ -65,6 +65,9 @@ pub struct FeedEvent {
     pub timestamp_ms: i64,
     /// The event, MessagePack.
     pub payload: Vec<u8>,
+    /// The runtime's metadata of the event (MessagePack `EventMeta`:
+    /// invocation id, node, epoch, trace context).
+    pub metadata: Vec<u8>,
 }
 
 impl FeedEvent {
@@ -79,6 +82,7 @@ impl FeedEvent {
             version: e.event.version,
             timestamp_ms: e.event.timestamp_ms,
             payload: e.event.payload,
+            metadata: e.event.metadata,
         }
     }
 

@@ -190,7 +190,7 @@ async fn purge_if_tombstoned(ctx: &ShardContext, key: &EntityKey, seq: u64) -> R
         return Ok(false);
     }
     let last: Vec<_> = ctx.journal.read(key, seq..=seq).try_collect().await?;
-    if !last.first().is_some_and(|e| e.type_name == crate::flow::DELETED) {
+    if last.first().is_none_or(|e| e.type_name != crate::flow::DELETED) {
         return Ok(false);
     }
     ctx.journal.purge(key).await?;

@@ -179,6 +179,7 @@ pub(crate) fn decide(
             Err(e) => return Decision::Refuse(InvokeError::Internal(format!("{}: {e}", r.key))),
         }
     }
+    let sends = records.iter().any(|r| matches!(r, FlowRecord::Send(_) | FlowRecord::Call(_)));
     let timers = records
         .into_iter()
         .enumerate()
@@ -191,6 +192,7 @@ pub(crate) fn decide(
         reply: None,
         node: epoch.and(node_id.map(str::to_owned)),
         epoch,
+        trace: if sends { crate::telemetry::current_traceparent() } else { None },
     };
     let last_meta = EventMeta { reply: c.retryable.then(|| reply.clone()), ..base.clone() }.encode();
     let meta = if n > 1 { base.encode() } else { Vec::new() };
@@ -250,9 +252,8 @@ pub(crate) fn decide_delete(r: &Record<'_>, d: Delete, now_ms: i64, lease: Lease
         (Err(e), _) => return Decision::Refuse(InvokeError::Internal(format!("{}: {e}", r.key))),
         (_, Err(e)) => return Decision::Refuse(e),
     };
-    event.metadata =
-        EventMeta { invocation: d.invocation_id, reply: None, node: epoch.and(node_id.map(str::to_owned)), epoch }
-            .encode();
+    let node = epoch.and(node_id.map(str::to_owned));
+    event.metadata = EventMeta { invocation: d.invocation_id, reply: None, node, epoch, trace: None }.encode();
     let request = AppendRequest::new(r.seq, vec![event]).with_fence(r.fence);
     Decision::Append(request, Pending { typed: None, reply, events: 1, timers: vec![(r.seq + 1, record)], epoch })
 }

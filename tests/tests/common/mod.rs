@@ -41,6 +41,7 @@ pub trait TestNode: Sized {
 impl TestNode for NodeProcess {}
 
 pub mod cluster;
+pub mod otlp;
 
 /// Bad entity commands, each with the error kind every edge must answer.
 pub struct BadCommand {
