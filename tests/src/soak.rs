@@ -48,6 +48,10 @@ pub struct Sample {
     pub t_s: f64,
     /// Resident memory, MiB.
     pub rss_mib: f64,
+    /// Of it, anonymous memory (the heap), MiB.
+    pub rss_anon_mib: f64,
+    /// The size of the node's data directory (journal and result store), MiB.
+    pub data_mib: f64,
     /// Open file descriptors.
     pub open_files: u64,
     /// Requests answered so far.
@@ -100,11 +104,32 @@ impl SoakReport {
 }
 
 fn rss_mib(pid: u32) -> f64 {
+    status_mib(pid, "VmRSS:")
+}
+
+/// A `/proc/{pid}/status` line in MiB.
+fn status_mib(pid: u32, field: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .and_then(|s| s.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse::<f64>().ok())
         .unwrap_or(0.0)
         / 1024.0
+}
+
+/// The bytes under `dir`, MiB.
+fn dir_mib(dir: &std::path::Path) -> f64 {
+    fn walk(p: &std::path::Path) -> u64 {
+        std::fs::read_dir(p).map_or(0, |d| {
+            d.flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => walk(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+    }
+    walk(dir) as f64 / (1024.0 * 1024.0)
 }
 
 fn open_files(pid: u32) -> u64 {
@@ -230,6 +255,8 @@ pub async fn run(o: &SoakOptions) -> anyhow::Result<SoakReport> {
         samples.push(Sample {
             t_s: started.elapsed().as_secs_f64(),
             rss_mib: rss_mib(pid),
+            rss_anon_mib: status_mib(pid, "RssAnon:"),
+            data_mib: dir_mib(data.path()),
             open_files: open_files(pid),
             requests: requests.load(Ordering::Relaxed),
             active_entities: gauge(&metrics, "tessera_active_entities"),
@@ -287,14 +314,16 @@ fn plot(r: &SoakReport) -> String {
         .windows(2)
         .map(|w| (w[1].t_s, (w[1].requests - w[0].requests) as f64 / (w[1].t_s - w[0].t_s).max(1e-3)))
         .collect();
-    let panels: [(&str, Vec<(f64, f64)>); 3] = [
+    let panels: [(&str, Vec<(f64, f64)>); 5] = [
         ("resident memory (MiB)", r.samples.iter().map(|s| (s.t_s, s.rss_mib)).collect()),
+        ("of it anonymous (MiB)", r.samples.iter().map(|s| (s.t_s, s.rss_anon_mib)).collect()),
+        ("data on disk (MiB)", r.samples.iter().map(|s| (s.t_s, s.data_mib)).collect()),
         ("open files", r.samples.iter().map(|s| (s.t_s, s.open_files as f64)).collect()),
         ("requests/s", rates),
     ];
     let mut svg = format!(
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{}"><rect width="100%" height="100%" fill="white"/><text x="60" y="18" font-family="sans-serif" font-size="14">soak: {:.0} s, {} requests, {} passivations; x = seconds</text>"#,
-        H * 3.0 + 40.0,
+        H * 5.0 + 40.0,
         r.seconds,
         r.requests,
         r.passivations

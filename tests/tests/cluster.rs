@@ -1197,6 +1197,19 @@ async fn one_command_forwarded_between_two_nodes_is_one_trace() {
     let nats_span = spans.iter().find(|s| s.instance == "b" && s.name == "nats").unwrap();
     let parent = spans.iter().find(|s| s.span_id == nats_span.parent_span_id).expect("its parent was exported");
     assert_eq!(parent.instance, "a");
+    // The console of either node shows both members and the whole shard map.
+    let url = format!("{}/ui/#/", a.base);
+    let (dom, console) = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || chromium(&url, None)
+    })
+    .await
+    .unwrap();
+    assert!(dom.contains("Members (2)") && dom.contains("(leader)"), "{dom}");
+    assert_eq!(dom.matches(r#"class="cell""#).count(), SHARDS as usize * c.entity_types, "{dom}");
+    assert_eq!(console, Vec::<String>::new());
+    let png = screenshots().join("console-cluster-map.png");
+    tokio::task::spawn_blocking(move || chromium(&url, Some(&png))).await.unwrap();
     report(
         "traces",
         json!({"spans": spans.len(), "nodes": 2, "names": spans.iter().map(|s| format!("{}:{}", s.instance, s.name)).collect::<Vec<_>>()}),

@@ -606,3 +606,65 @@ async fn an_entity_type_with_a_state_ttl_loses_the_entities_nobody_writes_to() {
     assert!(node.metrics().deletions.with_label_values(&["ttl"]).get() >= 1);
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_console_shows_the_node_its_entities_and_a_journal_in_a_real_browser() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, base) = node(dir.path(), |_| {}).await;
+    post(&cmd(&base, "stock", "s1:a", "restock"), r#"{"qty":10}"#, None).await;
+    post(&cmd(&base, "stock", "s1:a", "purchase"), r#"{"qty":3}"#, None).await;
+    post(&cmd(&base, "stock", "s1:a", "purchase"), r#"{"qty":2}"#, None).await;
+    post(&cmd(&base, "stock", "s2:b", "restock"), r#"{"qty":1}"#, None).await;
+    let (s, _, accepted) =
+        post(&format!("{base}/v1/functions/product.upsert?mode=async"), r#"{"sku":"a","name":"A","price":1}"#, None)
+            .await;
+    assert_eq!(s, 202);
+    let invocation = accepted["invocation_id"].as_str().unwrap().to_owned();
+    wait_result(&base, &invocation, Duration::from_secs(10)).await;
+
+    let shots = common::screenshots();
+    let pages = [
+        ("cluster", "#/".to_owned(), vec![format!(r#"id="node-id">{}<"#, node.node_id()), "Standalone".into()]),
+        ("types", "#/entities".into(), vec![r##"href="#/entities/stock""##.into(), "purchase".into()]),
+        ("search", "#/entities/stock?q=s1".into(), vec![r##"href="#/entity/stock/s1%3Aa""##.into()]),
+        (
+            "entity",
+            "#/entity/stock/s1%3Aa?at=2&from=1&to=3".into(),
+            vec![
+                r#"data-seq="3""#.into(),
+                r#"id="last-seq">3<"#.into(),
+                "Purchased".into(),
+                // The state at seq 2, and the diff from 1 to 3.
+                r#""on_hand": 7"#.into(),
+                "<code>.on_hand</code>".into(),
+            ],
+        ),
+        ("projections", "#/projections".into(), vec!["tessera.dispatch".into()]),
+        (
+            "invocation",
+            format!("#/invocations/{invocation}"),
+            vec!["status <b>ok</b> · function:product.upsert".into()],
+        ),
+        ("autoscaler", "#/autoscaler".into(), vec!["not the leader".into()]),
+    ];
+    for (name, route, wants) in pages {
+        let url = format!("{base}/ui/{route}");
+        let (dom, console) = tokio::task::spawn_blocking({
+            let url = url.clone();
+            move || common::chromium(&url, None)
+        })
+        .await
+        .unwrap();
+        assert!(
+            dom.contains(r#"data-page=""#) && !dom.contains(r#"data-page="error""#),
+            "{name}: the page did not render: {dom}"
+        );
+        for want in wants {
+            assert!(dom.contains(&want), "{name} ({url}): `{want}` not in the page: {dom}");
+        }
+        assert_eq!(console, Vec::<String>::new(), "{name}: console messages");
+        let png = shots.join(format!("console-{name}.png"));
+        tokio::task::spawn_blocking(move || common::chromium(&url, Some(&png))).await.unwrap();
+    }
+    node.shutdown().await;
+}

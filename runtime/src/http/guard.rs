@@ -25,7 +25,8 @@ pub(crate) fn need<'a>(
         "/v1/entities/{entity_type}/{entity_id}" if method == axum::http::Method::DELETE => {
             Need::EntityDelete(p("entity_type"))
         }
-        "/healthz" | "/readyz" | "/v1/openapi.json" => Need::Public,
+        // The console's page and scripts hold no data (its API calls need admin).
+        "/healthz" | "/readyz" | "/v1/openapi.json" | "/ui" | "/ui/" | "/ui/{file}" => Need::Public,
         "/metrics" if public_metrics => Need::Public,
         "/metrics" => Need::Metrics,
         "/v1/registry" | "/v1/invocations/{id}" => Need::Authenticated,
@@ -114,6 +115,8 @@ mod tests {
             ("/v1/feed/{entity_type}/{shard}", Need::Admin),
             ("/v1/projections/{name}/rewind", Need::Admin),
             ("/v1/autoscaler", Need::Admin),
+            ("/v1/cluster", Need::Admin),
+            ("/ui/{file}", Need::Public),
             ("/v1/something-new", Need::Admin),
         ] {
             assert_eq!(need(&Method::GET, template, params, false), want, "{template}");

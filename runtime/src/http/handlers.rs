@@ -232,6 +232,7 @@ pub(crate) async fn events(
 pub(crate) struct EntitiesQuery {
     after: Option<String>,
     limit: Option<usize>,
+    prefix: Option<String>,
 }
 
 pub(crate) async fn entities(
@@ -241,7 +242,8 @@ pub(crate) async fn entities(
 ) -> Result<Json<EntitiesBody>, ApiError> {
     let q = query(q)?;
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
-    let list = node.entities(&entity_type, q.after.as_deref(), limit).await?;
+    let prefix = q.prefix.as_deref().unwrap_or_default();
+    let list = node.entities_with_prefix(&entity_type, q.after.as_deref(), prefix, limit).await?;
     let next_after = (list.len() == limit).then(|| list.last().map(|e| e.entity_id.clone())).flatten();
     let entities = list
         .into_iter()
@@ -412,6 +414,28 @@ pub(crate) async fn json_errors(resp: Response) -> Response {
 pub(crate) async fn not_found(uri: axum::http::Uri) -> Response {
     let body = ErrorBody::new("not_found", 404, format!("no route for {uri}"));
     (StatusCode::NOT_FOUND, Json(body)).into_response()
+}
+
+/// `GET /v1/cluster`: members, the leader and the shard map as the cluster
+/// bucket shows them now; outside a cluster, this node alone.
+pub(crate) async fn cluster(State(app): State<super::AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let node = &app.node;
+    let Some(store) = &app.cluster else {
+        return Ok(Json(serde_json::json!({
+            "clustered": false,
+            "node_id": node.node_id(),
+            "shards": node.config().journal.shards,
+            "entity_types": node.registry().entities().map(|e| e.type_name().to_owned()).collect::<Vec<_>>(),
+        })));
+    };
+    let status = tessera_cluster::ClusterStatus::read(store)
+        .await
+        .map_err(|e| ApiError(InvokeError::Unavailable(format!("cluster bucket: {e}")), Format::Json))?;
+    let mut v =
+        serde_json::to_value(status).map_err(|e| ApiError(InvokeError::Internal(e.to_string()), Format::Json))?;
+    v["clustered"] = serde_json::Value::Bool(true);
+    v["node_id"] = serde_json::Value::String(node.node_id().to_owned());
+    Ok(Json(v))
 }
 
 pub(crate) async fn autoscaler(State(app): State<super::AppState>) -> Json<wire::AutoscalerBody> {

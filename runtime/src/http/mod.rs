@@ -4,10 +4,12 @@
 //! |---|---|
 //! | `POST /v1/entities/{type}/{id}/{command}` | run a command (`Idempotency-Key` header optional) |
 //! | `GET /v1/autoscaler` | whether this node runs the autoscaler, and its recent decisions |
+//! | `GET /v1/cluster` | members, leader and shard map (this node alone outside a cluster) |
+//! | `GET /ui` | the admin console ([`ui`]: assets in the binary; its API calls need the admin scope) |
 //! | `GET /v1/entities/{type}/{id}` | state and last seq (`?at=SEQ`: as of that seq; `?read=owner`: from the owner's live entity) |
 //! | `DELETE /v1/entities/{type}/{id}` | delete: a tombstone now (then 404 `entity_deleted`), the journal purged after `limits.delete_grace_secs` |
 //! | `GET /v1/entities/{type}/{id}/events?from=&to=&limit=` | the journal as JSON |
-//! | `GET /v1/entities/{type}?after=&limit=` | entity ids of a type |
+//! | `GET /v1/entities/{type}?after=&limit=&prefix=` | entity ids of a type |
 //! | `POST /v1/functions/{name}` | call a stateless function (`?mode=async`: 202 + invocation id) |
 //! | `GET /v1/invocations/{id}` | an async call's result (202 while pending, 404 unknown/expired) |
 //! | `GET /v1/registry` | entity types, their commands, functions |
@@ -31,6 +33,7 @@ mod guard;
 mod handlers;
 pub mod openapi;
 mod tls;
+mod ui;
 
 pub(crate) use handlers::invocation_response;
 pub(crate) use tls::tls_acceptor;
@@ -61,6 +64,8 @@ pub(crate) struct AppState {
     pub(crate) autoscaler: AutoscalerStatus,
     pub(crate) auth: Option<Authenticator>,
     pub(crate) ready: Readiness,
+    /// In a cluster: its bucket (`GET /v1/cluster` reads members and leases there).
+    pub(crate) cluster: Option<tessera_cluster::ClusterStore>,
 }
 
 impl axum::extract::FromRef<AppState> for Node {
@@ -86,7 +91,8 @@ pub(crate) struct HttpServer {
 /// config names.
 pub fn router(node: Node) -> Result<Router, crate::auth::AuthConfigError> {
     let auth = Authenticator::from_config(&node.config().auth)?;
-    Ok(routes(AppState { node, autoscaler: AutoscalerStatus::default(), auth, ready: std::sync::Arc::new(|| true) }))
+    let ready = std::sync::Arc::new(|| true);
+    Ok(routes(AppState { node, autoscaler: AutoscalerStatus::default(), auth, ready, cluster: None }))
 }
 
 fn routes(state: AppState) -> Router {
@@ -100,6 +106,10 @@ fn routes(state: AppState) -> Router {
         .route("/v1/invocations/{id}", get(handlers::invocation))
         .route("/v1/registry", get(handlers::registry))
         .route("/v1/autoscaler", get(handlers::autoscaler))
+        .route("/v1/cluster", get(handlers::cluster))
+        .route("/ui", get(ui::index))
+        .route("/ui/", get(ui::index))
+        .route("/ui/{file}", get(ui::asset))
         .route("/v1/feed/{entity_type}/{shard}", get(feed::shard_feed))
         .route("/v1/feed/{entity_type}", get(feed::type_feed))
         .route("/v1/projections", get(feed::projections))
@@ -160,10 +170,11 @@ impl HttpListener {
         auth: Option<Authenticator>,
         tls: Option<tokio_rustls::TlsAcceptor>,
         ready: Readiness,
+        cluster: Option<tessera_cluster::ClusterStore>,
     ) -> HttpServer {
         let Self { listener, addr } = self;
         let (stop, stopped) = oneshot::channel::<()>();
-        let app = routes(AppState { node, autoscaler, auth, ready });
+        let app = routes(AppState { node, autoscaler, auth, ready, cluster });
         let stopped = async {
             let _ = stopped.await;
         };

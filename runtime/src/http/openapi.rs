@@ -24,7 +24,7 @@ use crate::wire;
         license(name = "Apache-2.0")
     ),
     paths(
-        command, state, delete_entity, events, entities, function, invocation, registry, autoscaler, shard_feed, type_feed,
+        command, state, delete_entity, events, entities, function, invocation, registry, autoscaler, cluster, shard_feed, type_feed,
         projections, projection, rewind, reset, healthz, readyz, metrics, openapi
     ),
     components(schemas(
@@ -192,6 +192,7 @@ fn events() {}
         ("entity_type" = String, Path, description = "The entity type"),
         ("after" = Option<String>, Query, description = "Start after this id"),
         ("limit" = Option<u64>, Query, description = "Ids per page (1-10000, default 1000)"),
+        ("prefix" = Option<String>, Query, description = "Only ids starting with this (a scan of the type's list)"),
     ),
     responses(
         (status = 200, description = "A page of entities", body = wire::EntitiesBody),
@@ -277,6 +278,22 @@ fn registry() {}
 )]
 #[allow(dead_code)]
 fn autoscaler() {}
+
+/// The cluster as its bucket shows it now: members, the leader, every
+/// shard lease (`clustered: false` and this node alone outside a cluster).
+#[utoipa::path(
+    get,
+    path = "/v1/cluster",
+    tag = "node",
+    responses(
+        (status = 200, description = "Members, leader and shard map", body = Object),
+        (status = 401, description = "No or bad credentials (auth on)", body = wire::ErrorBody),
+        (status = 403, description = "Needs `admin` (auth on)", body = wire::ErrorBody),
+        (status = 503, description = "The cluster bucket cannot be read", body = wire::ErrorBody),
+    )
+)]
+#[allow(dead_code)]
+fn cluster() {}
 
 /// A page of one unit's shard feed (or its live SSE stream).
 #[utoipa::path(

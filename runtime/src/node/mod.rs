@@ -610,12 +610,26 @@ impl Node {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<EntityInfo>, InvokeError> {
-        let after = after.map(str::to_owned);
+        self.entities_with_prefix(entity_type, after, "", limit).await
+    }
+
+    /// [`Self::entities`] whose ids start with `prefix` (a scan of the type's list).
+    pub async fn entities_with_prefix(
+        &self,
+        entity_type: &str,
+        after: Option<&str>,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<EntityInfo>, InvokeError> {
+        let (after, prefix) = (after.map(str::to_owned), prefix.to_owned());
         Ok(self
             .inner
             .journal
             .entities(entity_type)
-            .try_filter(move |e| std::future::ready(after.as_deref().is_none_or(|a| e.entity_id.as_str() > a)))
+            .try_filter(move |e| {
+                let id = e.entity_id.as_str();
+                std::future::ready(after.as_deref().is_none_or(|a| id > a) && id.starts_with(prefix.as_str()))
+            })
             .take(limit)
             .try_collect()
             .await?)

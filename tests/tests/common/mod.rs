@@ -96,3 +96,44 @@ pub async fn http_bad_command(base: &str, c: &BadCommand) -> (u16, String) {
     let bytes = resp.bytes().await.expect("body");
     (status, error_body(&bytes, msgpack).error.kind)
 }
+
+/// Debian's Chromium, headless, on `url`: the DOM once the page's fetches
+/// are done, its console lines, and a screenshot when `png` is given.
+pub fn chromium(url: &str, png: Option<&std::path::Path>) -> (String, Vec<String>) {
+    let bin = std::env::var("TESSERA_CHROMIUM").unwrap_or_else(|_| "chromium".into());
+    let profile = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-quic",
+        "--no-first-run",
+        "--hide-scrollbars",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--window-size=1280,860",
+        "--virtual-time-budget=8000",
+    ])
+    .arg(format!("--user-data-dir={}", profile.path().display()));
+    match png {
+        Some(p) => cmd.arg(format!("--screenshot={}", p.display())),
+        None => cmd.arg("--dump-dom"),
+    };
+    let out = cmd.arg(url).output().unwrap_or_else(|e| {
+        panic!("{bin}: {e} — the console test needs Debian's chromium (deploy/local/test-all.sh installs it)")
+    });
+    let console =
+        String::from_utf8_lossy(&out.stderr).lines().filter(|l| l.contains(":CONSOLE")).map(str::to_owned).collect();
+    (String::from_utf8_lossy(&out.stdout).into_owned(), console)
+}
+
+/// Where the console tests put their screenshots (`target/ui-screens`).
+pub fn screenshots() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/ui-screens");
+    std::fs::create_dir_all(&dir).expect("screenshot dir");
+    dir
+}
