@@ -81,10 +81,7 @@ impl Node {
         span: tracing::Span,
     ) -> Result<CommandReply, InvokeError> {
         let n = &self.inner;
-        let entity = n
-            .registry
-            .entity(&key.entity_type)
-            .ok_or_else(|| InvokeError::UnknownEntityType(key.entity_type.clone()))?;
+        let entity = self.entity_type(&key.entity_type)?;
         let reason: String = codec::decode(&inv.body, inv.format).unwrap_or_else(|_| "api".into());
         let reason = if reason == "ttl" { DeleteReason::Ttl } else { DeleteReason::Api };
         let _in_flight = InFlight::enter(n)?;
@@ -112,11 +109,7 @@ impl Node {
     /// A deleted entity's purge timer fired (on this node, which owns its
     /// unit): purge its journal if the tombstone at `seq` is still its last event.
     pub(crate) async fn purge_entity(&self, entity: &EntityRef, seq: u64) -> Result<(), InvokeError> {
-        let n = &self.inner;
-        let e = n
-            .registry
-            .entity(&entity.entity_type)
-            .ok_or_else(|| InvokeError::UnknownEntityType(entity.entity_type.clone()))?;
+        let e = self.entity_type(&entity.entity_type)?;
         let key = EntityKey::new(entity.entity_type.clone(), entity.id.clone());
         let actor = self.shard_actor(&key)?;
         let (tx, rx) = oneshot::channel();

@@ -460,10 +460,7 @@ impl Node {
             return self.delete_here(key, inv, invocation_id, span).await;
         }
         let n = &self.inner;
-        let entity = n
-            .registry
-            .entity(&key.entity_type)
-            .ok_or_else(|| InvokeError::UnknownEntityType(key.entity_type.clone()))?;
+        let entity = self.entity_type(&key.entity_type)?;
         let command = entity.decode_command(&inv.command, &inv.body, inv.format)?;
         let _in_flight = InFlight::enter(n)?;
         let actor = self.shard_actor(&key)?;
@@ -482,6 +479,11 @@ impl Node {
             .send_message(ShardMsg::Command(req))
             .map_err(|_| InvokeError::Unavailable("shard actor is restarting".into()))?;
         self.await_reply(rx).await
+    }
+
+    /// The registered entity type, or `unknown_entity_type`.
+    fn entity_type(&self, entity_type: &str) -> Result<&Arc<dyn tessera_entities::DynEntity>, InvokeError> {
+        self.inner.registry.entity(entity_type).ok_or_else(|| InvokeError::UnknownEntityType(entity_type.into()))
     }
 
     fn shard_actor(&self, key: &EntityKey) -> Result<ActorRef<ShardMsg>, InvokeError> {

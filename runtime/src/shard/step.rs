@@ -158,15 +158,9 @@ pub(crate) fn decide(
         let reply = CommandReply { reply, seq: r.seq, invocation_id: c.invocation_id, deduplicated: false };
         return Decision::Reply(reply);
     }
-    let epoch = match lease {
-        Lease::Unfenced => None,
-        Lease::Held(e) => Some(e),
-        Lease::Lost => {
-            return Decision::Refuse(InvokeError::ShardMoved(format!(
-                "this node no longer holds the lease of {}; nothing was written",
-                r.key
-            )));
-        }
+    let epoch = match epoch_of(lease, r.key) {
+        Ok(e) => e,
+        Err(e) => return Decision::Refuse(e),
     };
     let first_record_seq = r.seq + 1 + user_events.len() as u64;
     let mut events: Vec<NewEvent> = user_events
@@ -208,6 +202,17 @@ pub(crate) fn decide(
     Decision::Append(request, Pending { typed, reply, events: n as u64, timers, epoch })
 }
 
+/// The epoch an append is fenced with, refused when the lease is lost.
+fn epoch_of(lease: Lease, key: &EntityKey) -> Result<Option<u64>, InvokeError> {
+    match lease {
+        Lease::Unfenced => Ok(None),
+        Lease::Held(e) => Ok(Some(e)),
+        Lease::Lost => {
+            Err(InvokeError::ShardMoved(format!("this node no longer holds the lease of {key}; nothing was written")))
+        }
+    }
+}
+
 /// A delete as the decision sees it.
 pub(crate) struct Delete {
     pub(crate) invocation_id: String,
@@ -235,15 +240,9 @@ pub(crate) fn decide_delete(r: &Record<'_>, d: Delete, now_ms: i64, lease: Lease
     if r.seq == 0 {
         return Decision::Refuse(InvokeError::EntityNotFound(format!("{}: nothing was ever written to it", r.key)));
     }
-    let epoch = match lease {
-        Lease::Unfenced => None,
-        Lease::Held(e) => Some(e),
-        Lease::Lost => {
-            return Decision::Refuse(InvokeError::ShardMoved(format!(
-                "this node no longer holds the lease of {}; nothing was written",
-                r.key
-            )));
-        }
+    let epoch = match epoch_of(lease, r.key) {
+        Ok(e) => e,
+        Err(e) => return Decision::Refuse(e),
     };
     let purge_at_ms = now_ms.saturating_add(d.grace_ms);
     let record = FlowRecord::Deleted(crate::flow::Tombstone { purge_at_ms, reason: d.reason });
