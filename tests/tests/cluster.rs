@@ -1197,6 +1197,12 @@ async fn one_command_forwarded_between_two_nodes_is_one_trace() {
     let nats_span = spans.iter().find(|s| s.instance == "b" && s.name == "nats").unwrap();
     let parent = spans.iter().find(|s| s.span_id == nats_span.parent_span_id).expect("its parent was exported");
     assert_eq!(parent.instance, "a");
+    // A delete sent to `a` is forwarded to the owner like a command.
+    let (s, d) = delete(&format!("{}/v1/entities/flaky/{entity}", a.base)).await;
+    assert_eq!((s, d["deleted_at_seq"].as_u64()), (200, Some(2)), "{d}");
+    let (s, e) = get(&format!("{}/v1/entities/flaky/{entity}?read=owner", b.base)).await;
+    assert_eq!((s, e["error"]["kind"].as_str()), (404, Some("entity_deleted")), "{e}");
+
     // The console of either node shows both members and the whole shard map.
     let url = format!("{}/ui/#/", a.base);
     let (dom, console) = tokio::task::spawn_blocking({
