@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace, starting the servers the tests need with
 # the project's own scripts (a nats-server with JetStream on a fresh store, a
-# Cassandra 5 on a fresh data directory) and stopping what it started.
+# Cassandra 5 on a fresh data directory, a Jaeger) and stopping what it started.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tessera-target}"
@@ -29,6 +29,12 @@ if [ -z "${TESSERA_SCYLLA_URL:-}" ]; then
   export TESSERA_SCYLLA_URL="scylla://cassandra:cassandra@127.0.0.1:${TESSERA_CASSANDRA_PORT:-9042}"
 fi
 echo "test-all: Cassandra at $TESSERA_SCYLLA_URL"
+
+# The trace tests export to a real Jaeger and read the traces back from it.
+if ! deploy/local/jaeger.sh status >/dev/null 2>&1; then
+  deploy/local/jaeger.sh start
+  cleanup+=("deploy/local/jaeger.sh stop")
+fi
 
 # The admin console is tested in Debian's Chromium, headless.
 if ! command -v "${TESSERA_CHROMIUM:-chromium}" >/dev/null 2>&1; then

@@ -98,17 +98,9 @@ async fn the_autoscaler_adds_nodes_under_load_and_removes_them_after() {
     assert!(decisions.iter().any(|d| d["to"].as_u64() < d["from"].as_u64()), "a scale-down: {v}");
     // The console plots the decisions and lists each one.
     let url = format!("{}/ui/#/autoscaler", n1.base);
-    let (dom, console) = tokio::task::spawn_blocking({
-        let url = url.clone();
-        move || chromium(&url, None)
-    })
-    .await
-    .unwrap();
+    let dom = console_page(&url, "autoscaler-plot").await;
     assert!(dom.contains(r#"id="decisions-plot""#) && dom.contains("runs the autoscaler (leader)"), "{dom}");
     assert!(dom.matches("<tr>").count() > decisions.len(), "a row per decision (more may have come): {dom}");
-    assert_eq!(console, Vec::<String>::new());
-    let png = screenshots().join("console-autoscaler-plot.png");
-    tokio::task::spawn_blocking(move || chromium(&url, Some(&png))).await.unwrap();
     report(
         "autoscaler",
         json!({"grew_to_3_after_ms": scaled_up_ms, "shrank_to_1_after_ms": scaled_down_ms,

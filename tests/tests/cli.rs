@@ -93,6 +93,19 @@ async fn send_call_and_inspect_over_http_and_on_the_data_dir() {
         .collect();
     assert_eq!(kinds, ["event", "event", "entity"], "a header, the two events, the entity's checksum line");
     assert!(exported.contains(r#""entity_id":"s:1""#));
+    // `--shard` keeps the entities of those shards and nothing else.
+    let shards: u32 = serde_json::from_str::<Value>(exported.lines().next().unwrap()).unwrap()["shards"]
+        .as_u64()
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let home = tessera_journal::shard_of("stock", "s:1", shards);
+    for (shard, holds) in [(home, true), ((home + 1) % shards, false)] {
+        let (d, e) = (dir.path().to_str().unwrap().to_owned(), export.to_str().unwrap().to_owned());
+        let o = run(&["journal", "export", "stock", "--shard", &shard.to_string(), "--out", &e, "--data-dir", &d]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(std::fs::read_to_string(&export).unwrap().contains(r#""entity_id":"s:1""#), holds, "shard {shard}");
+    }
     assert!(!offline.4.status.success());
     assert!(String::from_utf8_lossy(&offline.4.stderr).contains("no Tessera journal"));
 }

@@ -322,9 +322,9 @@ async fn traced_post(url: &str, body: Value, trace_id: &str) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saga_and_an_async_command_stay_in_their_callers_traces() {
-    let receiver = common::otlp::Receiver::start().await;
+    let jaeger = common::jaeger::Jaeger::connect().await;
     let dir = tempfile::tempdir().unwrap();
-    let extra = ["--otlp-endpoint", receiver.endpoint.as_str(), "--node-id", "n1"];
+    let extra = ["--otlp-endpoint", jaeger.endpoint.as_str(), "--node-id", "n1"];
     let env = [("TESSERA_TEST_BANK", "1"), ("OTEL_BSP_SCHEDULE_DELAY", "200")];
     let node = common::NodeProcess::serve(common::test_node_bin(), dir.path(), &extra, &env).await.unwrap();
     let base = node.base.clone();
@@ -332,25 +332,25 @@ async fn a_saga_and_an_async_command_stay_in_their_callers_traces() {
         traced_post(
             &format!("{base}/v1/entities/account/acc-1/deposit"),
             json!({"amount": 100}),
-            "1".repeat(32).as_str()
+            &common::jaeger::Jaeger::new_trace_id()
         )
         .await,
         200
     );
 
     // A transfer: the transfer entity messages both accounts; every hop joins the caller's trace.
-    let saga = "2".repeat(32);
+    let saga = common::jaeger::Jaeger::new_trace_id();
     let body = json!({"from": "acc-1", "to": "acc-2", "amount": 30, "timeout_ms": 60_000});
     assert_eq!(traced_post(&format!("{base}/v1/entities/transfer/tr-1/start"), body, &saga).await, 200);
     // An async command: it waits in the queue, runs later, in the same trace.
-    let queued = "3".repeat(32);
+    let queued = common::jaeger::Jaeger::new_trace_id();
     let url = format!("{base}/v1/entities/account/acc-3/deposit?mode=async");
     assert_eq!(traced_post(&url, json!({"amount": 5}), &queued).await, 202);
 
     let started = Instant::now();
     loop {
-        let (s, q) = (receiver.trace(&saga), receiver.trace(&queued));
-        let invoked = |spans: &[common::otlp::Span], id: &str| {
+        let (s, q) = (jaeger.trace(&saga).await, jaeger.trace(&queued).await);
+        let invoked = |spans: &[common::jaeger::Span], id: &str| {
             spans.iter().any(|s| s.name == "invoke" && s.attributes.get("entity_id").map(String::as_str) == Some(id))
         };
         let saga_done = invoked(&s, "acc-1") && invoked(&s, "acc-2") && s.iter().any(|x| x.name == "deliver");

@@ -18,7 +18,6 @@ use std::time::Duration;
 use futures::TryStreamExt;
 use tessera_entities::{EntityRef, Format, codec};
 use tessera_journal::EntityKey;
-use tokio::sync::oneshot;
 
 use super::{InFlight, Invocation, Node};
 use crate::error::InvokeError;
@@ -85,21 +84,13 @@ impl Node {
         let reason: String = codec::decode(&inv.body, inv.format).unwrap_or_else(|_| "api".into());
         let reason = if reason == "ttl" { DeleteReason::Ttl } else { DeleteReason::Api };
         let _in_flight = InFlight::enter(n)?;
-        let actor = self.shard_actor(&key)?;
-        let (tx, rx) = oneshot::channel();
-        let req = DeleteRequest {
-            key,
-            entity: entity.clone(),
-            invocation_id,
-            grace: Duration::from_secs(n.config.limits.delete_grace_secs),
-            reason: reason.as_str().into(),
-            span,
-            reply: tx.into(),
-        };
-        actor
-            .send_message(ShardMsg::Delete(req))
-            .map_err(|_| InvokeError::Unavailable("shard actor is restarting".into()))?;
-        let reply = self.await_reply(rx).await?;
+        let grace = Duration::from_secs(n.config.limits.delete_grace_secs);
+        let reply = self
+            .ask_shard(key, |key, reply| {
+                let (entity, reason) = (entity.clone(), reason.as_str().into());
+                ShardMsg::Delete(DeleteRequest { key, entity, invocation_id, grace, reason, span, reply })
+            })
+            .await?;
         if !reply.deduplicated {
             n.metrics.deletions.with_label_values(&[reason.as_str()]).inc();
         }
@@ -111,12 +102,9 @@ impl Node {
     pub(crate) async fn purge_entity(&self, entity: &EntityRef, seq: u64) -> Result<(), InvokeError> {
         let e = self.entity_type(&entity.entity_type)?;
         let key = EntityKey::new(entity.entity_type.clone(), entity.id.clone());
-        let actor = self.shard_actor(&key)?;
-        let (tx, rx) = oneshot::channel();
-        actor
-            .send_message(ShardMsg::Purge(PurgeRequest { key, entity: e.clone(), seq, reply: tx.into() }))
-            .map_err(|_| InvokeError::Unavailable("shard actor is restarting".into()))?;
-        self.await_reply(rx).await.map(|_| ())
+        self.ask_shard(key, |key, reply| ShardMsg::Purge(PurgeRequest { key, entity: e.clone(), seq, reply }))
+            .await
+            .map(|_| ())
     }
 
     /// One sweep of the state TTL of `entity_type`: deletes (reason `ttl`)

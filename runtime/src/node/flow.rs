@@ -7,7 +7,6 @@ use std::sync::Weak;
 use futures::{StreamExt, TryStreamExt};
 use tessera_entities::{CommandCall, EntityRef, Format};
 use tessera_journal::EntityKey;
-use tokio::sync::oneshot;
 use tracing::Instrument;
 
 use super::{InFlight, Invocation, Node, NodeInner};
@@ -82,24 +81,26 @@ impl Node {
         let command = e.decode_command(&timer.command.name, &timer.command.payload, Format::MsgPack)?;
         let _in_flight = InFlight::enter(n)?;
         let key = EntityKey::new(entity.entity_type.clone(), entity.id.clone());
-        let actor = self.shard_actor(&key)?;
         let invocation_id = crate::flow::delivery_key(entity, timer.seq, ":fired");
         let span = tracing::info_span!("timer", entity = %entity, timer = %timer.id, invocation_id = %invocation_id);
-        let (tx, rx) = oneshot::channel();
-        let req = CommandRequest {
-            key,
-            entity: e.clone(),
-            command,
-            retryable: true,
-            invocation_id,
-            timer: Some(TimerFire { id: timer.id.clone(), seq: timer.seq }),
-            span: span.clone(),
-            reply: tx.into(),
-        };
-        actor
-            .send_message(ShardMsg::Command(req))
-            .map_err(|_| InvokeError::Unavailable("shard actor is restarting".into()))?;
-        self.await_reply(rx).instrument(span).await.map(|_| ())
+        let fire = Some(TimerFire { id: timer.id.clone(), seq: timer.seq });
+        let inner = span.clone();
+        self.ask_shard(key, |key, reply| {
+            let (entity, span) = (e.clone(), inner);
+            ShardMsg::Command(CommandRequest {
+                key,
+                entity,
+                command,
+                retryable: true,
+                invocation_id,
+                timer: fire,
+                span,
+                reply,
+            })
+        })
+        .instrument(span)
+        .await
+        .map(|_| ())
     }
 
     /// What `entity` committed that is not delivered yet, and its dead

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use futures::{StreamExt, TryStreamExt};
-use ractor::{Actor, ActorRef};
+use ractor::{Actor, ActorRef, RpcReplyPort};
 use tessera_entities::{Format, Registry};
 use tessera_journal::{EntityInfo, EntityKey, Journal};
 use tokio::sync::{Semaphore, oneshot};
@@ -463,22 +463,21 @@ impl Node {
         let entity = self.entity_type(&key.entity_type)?;
         let command = entity.decode_command(&inv.command, &inv.body, inv.format)?;
         let _in_flight = InFlight::enter(n)?;
-        let actor = self.shard_actor(&key)?;
-        let (tx, rx) = oneshot::channel();
-        let req = CommandRequest {
-            key,
-            entity: entity.clone(),
-            command,
-            retryable: inv.idempotency_key.is_some(),
-            invocation_id,
-            span,
-            timer: None,
-            reply: tx.into(),
-        };
-        actor
-            .send_message(ShardMsg::Command(req))
-            .map_err(|_| InvokeError::Unavailable("shard actor is restarting".into()))?;
-        self.await_reply(rx).await
+        let retryable = inv.idempotency_key.is_some();
+        self.ask_shard(key, |key, reply| {
+            let entity = entity.clone();
+            ShardMsg::Command(CommandRequest {
+                key,
+                entity,
+                command,
+                retryable,
+                invocation_id,
+                span,
+                timer: None,
+                reply,
+            })
+        })
+        .await
     }
 
     /// The registered entity type, or `unknown_entity_type`.
@@ -489,6 +488,21 @@ impl Node {
     fn shard_actor(&self, key: &EntityKey) -> Result<ActorRef<ShardMsg>, InvokeError> {
         let shard = key.shard(self.inner.config.journal.shards);
         self.inner.refs.get(shard).ok_or_else(|| InvokeError::Unavailable(format!("shard {shard} is not running")))
+    }
+
+    /// Sends the shard actor that holds `key` the message `ask` builds
+    /// around a reply port, and awaits its reply (within the invocation timeout).
+    async fn ask_shard<T: Send + 'static>(
+        &self,
+        key: EntityKey,
+        ask: impl FnOnce(EntityKey, RpcReplyPort<Result<T, InvokeError>>) -> ShardMsg,
+    ) -> Result<T, InvokeError> {
+        let actor = self.shard_actor(&key)?;
+        let (tx, rx) = oneshot::channel();
+        actor
+            .send_message(ask(key, tx.into()))
+            .map_err(|_| InvokeError::Unavailable("shard actor is restarting".into()))?;
+        self.await_reply(rx).await
     }
 
     async fn await_reply<T>(&self, rx: oneshot::Receiver<Result<T, InvokeError>>) -> Result<T, InvokeError> {
@@ -566,12 +580,7 @@ impl Node {
         key: EntityKey,
         entity: &Arc<dyn tessera_entities::DynEntity>,
     ) -> Result<StateView, InvokeError> {
-        let actor = self.shard_actor(&key)?;
-        let (tx, rx) = oneshot::channel();
-        actor
-            .send_message(ShardMsg::State(StateRequest { key, entity: entity.clone(), reply: tx.into() }))
-            .map_err(|_| InvokeError::Unavailable("shard actor is restarting".into()))?;
-        self.await_reply(rx).await
+        self.ask_shard(key, |key, reply| ShardMsg::State(StateRequest { key, entity: entity.clone(), reply })).await
     }
 
     async fn forward_state(&self, entity_type: &str, entity_id: &str) -> Result<StateView, InvokeError> {

@@ -41,7 +41,7 @@ pub trait TestNode: Sized {
 impl TestNode for NodeProcess {}
 
 pub mod cluster;
-pub mod otlp;
+pub mod jaeger;
 
 /// Bad entity commands, each with the error kind every edge must answer.
 pub struct BadCommand {
@@ -129,6 +129,22 @@ pub fn chromium(url: &str, png: Option<&std::path::Path>) -> (String, Vec<String
     let console =
         String::from_utf8_lossy(&out.stderr).lines().filter(|l| l.contains(":CONSOLE")).map(str::to_owned).collect();
     (String::from_utf8_lossy(&out.stdout).into_owned(), console)
+}
+
+/// A console page as a user sees it: its DOM once its fetches are done,
+/// checked to have written nothing to the browser console, and a screenshot
+/// of it saved as `target/ui-screens/console-{shot}.png`.
+pub async fn console_page(url: &str, shot: &str) -> String {
+    let (dom, console) = tokio::task::spawn_blocking({
+        let url = url.to_owned();
+        move || chromium(&url, None)
+    })
+    .await
+    .unwrap();
+    assert_eq!(console, Vec::<String>::new(), "{url}: console messages");
+    let (url, png) = (url.to_owned(), screenshots().join(format!("console-{shot}.png")));
+    tokio::task::spawn_blocking(move || chromium(&url, Some(&png))).await.unwrap();
+    dom
 }
 
 /// Where the console tests put their screenshots (`target/ui-screens`).
