@@ -39,12 +39,12 @@ build() {
   export GOMODCACHE="$mod/gomod" GOCACHE="$mod/gocache" GOFLAGS=-buildvcs=false
   local ok=0
   (
-    cd "$mod" && go mod init tessera-jaeger >/dev/null 2>&1 \
+    cd "$mod" && go mod init tessera-jaeger \
       && go get -tool "github.com/jaegertracing/jaeger/cmd/jaeger@$VERSION" \
       && go build -o "$BIN.tmp" github.com/jaegertracing/jaeger/cmd/jaeger
-  ) || ok=$?
+  ) >"$DIR/build.log" 2>&1 || ok=$?
   chmod -R u+w "$mod" 2>/dev/null || true; rm -rf "$mod"
-  [ "$ok" = 0 ] || { rm -f "$BIN.tmp"; die "could not build Jaeger $VERSION"; }
+  [ "$ok" = 0 ] || { rm -f "$BIN.tmp"; tail -20 "$DIR/build.log" >&2; die "could not build Jaeger $VERSION (log: $DIR/build.log)"; }
   mv "$BIN.tmp" "$BIN"
 }
 

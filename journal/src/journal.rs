@@ -129,4 +129,39 @@ pub trait Journal: Send + Sync + 'static {
 
     /// The number of shards the feed is partitioned by.
     fn shards(&self) -> u32;
+
+    /// What an embedded storage engine holds in memory now (the local
+    /// journal); `None` for a journal that keeps its data elsewhere.
+    fn storage_stats(&self) -> Option<StorageStats> {
+        None
+    }
+}
+
+/// Memory an embedded storage engine holds, for metrics and the soak.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StorageStats {
+    /// Bytes in memtables, active and sealed (written, not yet in a table file).
+    pub write_buffer_bytes: u64,
+    /// Bytes in the block cache.
+    pub cache_bytes: u64,
+    /// The block cache's capacity.
+    pub cache_capacity_bytes: u64,
+    /// Sealed memtables waiting to be written to table files.
+    pub outstanding_flushes: u64,
+    /// Write-ahead journal files not yet released.
+    pub journal_files: u64,
+}
+
+impl StorageStats {
+    /// The figures of a fjall database.
+    pub fn of_fjall(db: &fjall::Database) -> Self {
+        Self {
+            write_buffer_bytes: db.write_buffer_size(),
+            cache_bytes: db.cache_size(),
+            cache_capacity_bytes: db.cache_capacity(),
+            outstanding_flushes: db.outstanding_flushes() as u64,
+            journal_files: db.journal_count() as u64,
+        }
+    }
 }

@@ -59,6 +59,8 @@ pub struct Metrics {
     pub cluster_forwards: IntCounter,
     /// Shard leases lost without a hand-off (cluster).
     pub cluster_leases_lost: IntCounter,
+    /// Forwarded commands sent again because the shard's owner changed while they were in flight.
+    pub cluster_reroutes: IntCounter,
     /// Invocations finished per second over the last second.
     pub request_rate: prometheus::Gauge,
     /// 1 while the autoscaler runs on this node (it holds the leader lease).
@@ -82,6 +84,12 @@ pub struct Metrics {
     pub auth_refusals: IntCounterVec,
     /// Messages between entities, timers and function calls.
     pub flow: FlowMetrics,
+    /// Memory an embedded store holds, by store (`journal`, `results`) and
+    /// kind (`write_buffer`: memtables not yet in table files; `cache`: the
+    /// block cache); set when `/metrics` is read.
+    pub storage_memory: IntGaugeVec,
+    /// Sealed memtables waiting to be flushed, by store.
+    pub storage_flushes_pending: IntGaugeVec,
 }
 
 /// Metrics of messages, timers and calls (the dispatcher's).
@@ -218,6 +226,11 @@ impl Metrics {
         let cluster_leases_lost =
             IntCounter::new("tessera_cluster_leases_lost_total", "Shard leases lost without a hand-off")
                 .expect("metric");
+        let cluster_reroutes = IntCounter::new(
+            "tessera_cluster_reroutes_total",
+            "Forwarded commands sent again because the shard's owner changed while they were in flight",
+        )
+        .expect("metric");
         let request_rate =
             prometheus::Gauge::new("tessera_request_rate", "Invocations finished per second (last second)")
                 .expect("metric");
@@ -258,6 +271,7 @@ impl Metrics {
             Box::new(autoscaler_decisions.clone()),
             Box::new(cluster_forwards.clone()),
             Box::new(cluster_leases_lost.clone()),
+            Box::new(cluster_reroutes.clone()),
             Box::new(requests.clone()),
             Box::new(latency.clone()),
             Box::new(in_flight.clone()),
@@ -288,12 +302,26 @@ impl Metrics {
         )
         .expect("metric");
         registry.register(Box::new(auth_refusals.clone())).expect("unique metric");
+        let storage_memory = IntGaugeVec::new(
+            Opts::new("tessera_storage_memory_bytes", "Memory an embedded store holds, by store and kind"),
+            &["store", "kind"],
+        )
+        .expect("metric");
+        let storage_flushes_pending = IntGaugeVec::new(
+            Opts::new("tessera_storage_flushes_pending", "Sealed memtables waiting to be flushed"),
+            &["store"],
+        )
+        .expect("metric");
+        registry.register(Box::new(storage_memory.clone())).expect("unique metric");
+        registry.register(Box::new(storage_flushes_pending.clone())).expect("unique metric");
         let flow = FlowMetrics::new();
         for c in flow.collectors() {
             registry.register(c).expect("unique metric");
         }
         Self {
             flow,
+            storage_memory,
+            storage_flushes_pending,
             auth_refusals,
             registry,
             requests,
@@ -320,6 +348,7 @@ impl Metrics {
             cluster_leases,
             cluster_forwards,
             cluster_leases_lost,
+            cluster_reroutes,
             request_rate,
             autoscaler_leader,
             autoscaler_target_nodes,
@@ -336,6 +365,14 @@ impl Metrics {
     pub fn requests_finished(&self) -> f64 {
         use prometheus::core::Collector;
         self.requests.collect().iter().flat_map(|f| f.get_metric()).map(|m| m.get_counter().get_value()).sum()
+    }
+
+    /// Sets the storage gauges of `store` from its engine's figures.
+    pub fn record_storage(&self, store: &str, stats: tessera_journal::StorageStats) {
+        let memory = |kind: &str, v: u64| self.storage_memory.with_label_values(&[store, kind]).set(v as i64);
+        memory("write_buffer", stats.write_buffer_bytes);
+        memory("cache", stats.cache_bytes);
+        self.storage_flushes_pending.with_label_values(&[store]).set(stats.outstanding_flushes as i64);
     }
 
     /// The Prometheus text exposition of every metric.

@@ -466,6 +466,7 @@ async fn join_cluster(
     cc.roles = c.cluster.roles;
     let cluster = tessera_cluster::Cluster::join(&link.js, cc, ownership, host).await?;
     let view = cluster.view();
+    node.set_directory(Arc::new(LeaseDirectory(view.clone())));
     let groups = c.autoscaler.group_policies().map_err(ConfigError::Invalid)?;
     let job = scaler.map(|scaler| crate::autoscaler::AutoscalerArgs {
         groups,
@@ -584,5 +585,14 @@ impl Server {
         }
         node.stop().await;
         tracing::info!("node stopped");
+    }
+}
+
+/// The node core's [`crate::node::ShardDirectory`]: the cluster's watched lease table.
+struct LeaseDirectory(tessera_cluster::View);
+
+impl crate::node::ShardDirectory for LeaseDirectory {
+    fn owner(&self, entity_type: &str, shard: u32) -> Option<(String, u64)> {
+        self.0.holder(&tessera_cluster::store::shard_key(entity_type, shard)).map(|(owner, epoch, _)| (owner, epoch))
     }
 }

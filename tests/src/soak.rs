@@ -39,6 +39,9 @@ pub struct SoakOptions {
     pub out: PathBuf,
     /// More flags for the node (e.g. smaller journal caches for a short run).
     pub node_args: Vec<String>,
+    /// A program the node runs under (e.g. `heaptrack`), given the node's
+    /// command line; the samples are still of the node's own process.
+    pub node_wrapper: Option<String>,
 }
 
 /// One sample of the node.
@@ -58,6 +61,10 @@ pub struct Sample {
     pub requests: u64,
     /// Active entities (the node's gauge).
     pub active_entities: u64,
+    /// Memtables of the journal and result store not yet in table files, MiB.
+    pub write_buffer_mib: f64,
+    /// Their block caches, MiB.
+    pub block_cache_mib: f64,
 }
 
 /// What a soak saw.
@@ -145,6 +152,32 @@ fn gauge(metrics: &str, name: &str) -> u64 {
         .sum::<f64>() as u64
 }
 
+/// A labelled metric's value: the lines of `name` whose labels include
+/// every `key="value"` of `labels`, summed.
+fn labelled(metrics: &str, name: &str, labels: &[&str]) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{') && labels.iter().all(|p| l.contains(p)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// The node's own process under a wrapper that starts it as a child (or
+/// grandchild): the newest process running `bin`.
+fn wrapped_pid(bin: &Path) -> Option<u32> {
+    let bin = std::fs::canonicalize(bin).ok()?;
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == bin))
+        .max()
+}
+
 /// A small xorshift: the load is the same on every run.
 struct Rng(u64);
 
@@ -160,7 +193,15 @@ impl Rng {
 /// Runs the soak; the node is killed at the end.
 pub async fn run(o: &SoakOptions) -> anyhow::Result<SoakReport> {
     let data = tempfile::tempdir()?;
-    let mut child = tokio::process::Command::new(&o.node_bin)
+    let mut command = match &o.node_wrapper {
+        Some(w) => {
+            let mut c = tokio::process::Command::new(w);
+            c.arg(&o.node_bin);
+            c
+        }
+        None => tokio::process::Command::new(&o.node_bin),
+    };
+    let mut child = command
         .args(["serve", "--data-dir"])
         .arg(data.path())
         .args(["--http", "127.0.0.1:0", "--idle-timeout-secs", "2", "--max-active-entities"])
@@ -170,7 +211,7 @@ pub async fn run(o: &SoakOptions) -> anyhow::Result<SoakReport> {
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()?;
-    let pid = child.id().ok_or_else(|| anyhow::anyhow!("no pid"))?;
+    let mut pid = child.id().ok_or_else(|| anyhow::anyhow!("no pid"))?;
     let stderr = child.stderr.take().ok_or_else(|| anyhow::anyhow!("no stderr"))?;
     let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stderr));
     let base = loop {
@@ -180,6 +221,9 @@ pub async fn run(o: &SoakOptions) -> anyhow::Result<SoakReport> {
         }
     };
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    if o.node_wrapper.is_some() {
+        pid = wrapped_pid(&o.node_bin).ok_or_else(|| anyhow::anyhow!("the wrapped node's process not found"))?;
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     let requests = Arc::new(AtomicU64::new(0));
@@ -260,6 +304,8 @@ pub async fn run(o: &SoakOptions) -> anyhow::Result<SoakReport> {
             open_files: open_files(pid),
             requests: requests.load(Ordering::Relaxed),
             active_entities: gauge(&metrics, "tessera_active_entities"),
+            write_buffer_mib: mib(labelled(&metrics, "tessera_storage_memory_bytes", &[r#"kind="write_buffer""#])),
+            block_cache_mib: mib(labelled(&metrics, "tessera_storage_memory_bytes", &[r#"kind="cache""#])),
         });
     }
     stop.store(true, Ordering::Relaxed);
@@ -271,6 +317,11 @@ pub async fn run(o: &SoakOptions) -> anyhow::Result<SoakReport> {
             *answers.entry(k).or_default() += v;
         }
         unexpected.extend(u);
+    }
+    if o.node_wrapper.is_some() {
+        // Stop the node itself so the wrapper (a profiler) writes its output.
+        let _ = std::process::Command::new("kill").arg(pid.to_string()).status();
+        let _ = tokio::time::timeout(Duration::from_secs(120), child.wait()).await;
     }
     let _ = child.kill().await;
 
@@ -314,16 +365,17 @@ fn plot(r: &SoakReport) -> String {
         .windows(2)
         .map(|w| (w[1].t_s, (w[1].requests - w[0].requests) as f64 / (w[1].t_s - w[0].t_s).max(1e-3)))
         .collect();
-    let panels: [(&str, Vec<(f64, f64)>); 5] = [
+    let panels: [(&str, Vec<(f64, f64)>); 6] = [
         ("resident memory (MiB)", r.samples.iter().map(|s| (s.t_s, s.rss_mib)).collect()),
         ("of it anonymous (MiB)", r.samples.iter().map(|s| (s.t_s, s.rss_anon_mib)).collect()),
+        ("storage engines' memtables (MiB)", r.samples.iter().map(|s| (s.t_s, s.write_buffer_mib)).collect()),
         ("data on disk (MiB)", r.samples.iter().map(|s| (s.t_s, s.data_mib)).collect()),
         ("open files", r.samples.iter().map(|s| (s.t_s, s.open_files as f64)).collect()),
         ("requests/s", rates),
     ];
     let mut svg = format!(
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{}"><rect width="100%" height="100%" fill="white"/><text x="60" y="18" font-family="sans-serif" font-size="14">soak: {:.0} s, {} requests, {} passivations; x = seconds</text>"#,
-        H * 5.0 + 40.0,
+        H * 6.0 + 40.0,
         r.seconds,
         r.requests,
         r.passivations

@@ -682,6 +682,99 @@ async fn a_stalled_owner_cannot_write_after_a_new_owner_loaded_the_entity() {
     b.kill().await;
 }
 
+/// Commands forwarded to an owner that dies (kill -9) while they are inside
+/// it are sent again to the new owner as soon as it holds the shard: the
+/// callers wait for the failover, not for their timeout (10 s here: without
+/// the re-send they would get 504), and each command is applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn commands_in_flight_when_their_owner_dies_are_sent_again_to_the_new_owner() {
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::new().await;
+    let nats = nats_url();
+    let gate = c.dir.path().join("stall-a");
+    let gate_env = gate.to_str().unwrap_or_default().to_owned();
+    let timeout = ["--invocation-timeout-ms", "10000"];
+    let a = c.start_with_env("a", &nats, &timeout, &[("TESSERA_TEST_STALL_FILE", &gate_env)]).await;
+    let b = c.start("b", &nats, &timeout).await;
+    c.wait_even(&["a", "b"], Duration::from_secs(30)).await;
+    let st = c.status().await;
+    let entities: Vec<String> = (0..10_000)
+        .map(|i| format!("r{i}"))
+        .filter(|id| st.owner("flaky", tessera_journal::shard_of("flaky", id, SHARDS)).is_some_and(|l| l.owner == "a"))
+        .take(8)
+        .collect();
+
+    // `a`'s appends stall: commands sent to `b` without keys are forwarded to `a` and wait inside it.
+    std::fs::write(&gate, b"").expect("gate");
+    let calls: Vec<_> = entities
+        .iter()
+        .map(|e| {
+            let url = format!("{}/v1/entities/flaky/{e}/batch", b.base);
+            tokio::spawn(async move {
+                let r = client()
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .body(r#"{"n":1}"#)
+                    .timeout(Duration::from_secs(60))
+                    .send()
+                    .await;
+                let status = r.as_ref().map_or(0, |r| r.status().as_u16());
+                let body = match r {
+                    Ok(r) => r.text().await.unwrap_or_default(),
+                    Err(e) => e.to_string(),
+                };
+                (status, body, Instant::now())
+            })
+        })
+        .collect();
+    let stalled = gate.with_file_name("stall-a.stalled");
+    let started = Instant::now();
+    while !stalled.exists() {
+        assert!(started.elapsed() < Duration::from_secs(10), "no command reached the stall");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    a.kill().await;
+    let killed = Instant::now();
+
+    let mut latest_ms = 0u128;
+    for call in calls {
+        let (status, body, done) = call.await.expect("call");
+        assert_eq!(status, 200, "{body}");
+        latest_ms = latest_ms.max(done.saturating_duration_since(killed).as_millis());
+    }
+    // Each once, committed by the new owner.
+    for e in &entities {
+        let events = all_events(&b.base, e).await;
+        assert_eq!(events.len(), 1, "{e}: {events:?}");
+        assert_eq!(events[0]["node"], json!("b"), "{e}: {events:?}");
+    }
+    let metrics = client().get(format!("{}/metrics", b.base)).send().await.unwrap().text().await.unwrap();
+    let reroutes: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tessera_cluster_reroutes_total ")?.parse().ok())
+        .unwrap_or_default();
+    assert!(reroutes >= entities.len() as f64, "every command was sent again: {reroutes}");
+    report(
+        "inflight_reroute",
+        json!({"commands": entities.len(), "latest_completion_after_kill_ms": latest_ms as u64,
+               "lease_ttl_ms": TTL_MS, "invocation_timeout_ms": 10_000, "reroutes": reroutes}),
+    );
+    tessera_test_support::report::fault(
+        "02b-cluster-kill-inflight",
+        "a cluster node killed (SIGKILL) with commands forwarded to it in flight",
+        "tests/tests/cluster.rs commands_in_flight_when_their_owner_dies_are_sent_again_to_the_new_owner",
+        "8 commands without keys through the other node, each stalled inside the owner's append",
+        entities.len() as u64,
+        0,
+        Some(latest_ms as u64),
+        &format!(
+            "each sent again to the new owner when its lease changed ({reroutes} re-sends), answered 200 and journaled once, by the new owner; recovery = from the kill to the last caller's answer (TTL {TTL_MS} ms; the callers' timeout 10 s)"
+        ),
+    );
+    b.kill().await;
+}
+
 /// Throughput with 1, 2 and 3 nodes against one Cassandra, beside a
 /// non-clustered node (same journal, same HTTP path) as the baseline. Not
 /// run by default (it measures, asserts nothing): `cargo test -p

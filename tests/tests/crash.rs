@@ -566,6 +566,7 @@ async fn a_two_minute_soak_stays_flat_and_clean() {
         node_args: ["--journal-cache-bytes", "8388608", "--journal-memtable-bytes", "2097152"]
             .map(str::to_owned)
             .to_vec(),
+        node_wrapper: None,
     };
     let r = tessera_tests::soak::run(&o).await.expect("the soak runs");
     assert!(r.clean, "unexpected answers: {:?}", r.unexpected);

@@ -8,6 +8,7 @@
 //! (fjall's files).
 
 mod format;
+mod meta_cache;
 mod store;
 mod writer;
 
@@ -549,5 +550,9 @@ impl Journal for LocalJournal {
 
     fn shards(&self) -> u32 {
         self.inner.shards
+    }
+
+    fn storage_stats(&self) -> Option<crate::StorageStats> {
+        self.inner.store.get().ok().map(|store| crate::StorageStats::of_fjall(&store.db))
     }
 }

@@ -22,6 +22,7 @@ use fjall::{Keyspace, PersistMode};
 use tokio::sync::oneshot;
 
 use super::format::{self, EntityMeta};
+use super::meta_cache::{self, MetaCache};
 use super::store::{self, Shared, Store};
 use crate::error::{AppendError, JournalError};
 use crate::memory::now_ms;
@@ -73,7 +74,6 @@ impl Op {
 /// Observations of each commit, for metrics.
 pub type CommitObserver = Box<dyn Fn(usize, std::time::Duration) + Send + Sync>;
 
-const CACHE_LIMIT: usize = 1 << 20;
 /// Most entries one sweep removes per shard (the rest go on the next sweep).
 const SWEEP_LIMIT: usize = 10_000;
 
@@ -103,7 +103,7 @@ pub(crate) struct Writer {
     current: Option<Arc<Store>>,
     broken: Option<Broken>,
     o: WriterOptions,
-    cache: HashMap<Vec<u8>, EntityMeta>,
+    cache: MetaCache,
     /// The last offset assigned per feed unit (type × shard; loaded on first use).
     feed_last: HashMap<Vec<u8>, u64>,
     last_sweep: Instant,
@@ -135,7 +135,7 @@ impl Done {
 impl Writer {
     pub(crate) fn new(shared: Arc<Shared>, o: WriterOptions) -> Result<Self, JournalError> {
         let current = Some(shared.get()?);
-        let (cache, feed_last) = (HashMap::new(), HashMap::new());
+        let (cache, feed_last) = (MetaCache::new(meta_cache::GENERATION), HashMap::new());
         Ok(Self { shared, current, broken: None, o, cache, feed_last, last_sweep: Instant::now() })
     }
 
@@ -223,8 +223,8 @@ impl Writer {
     }
 
     fn meta(&mut self, pending: &HashMap<Vec<u8>, EntityMeta>, ikey: &[u8]) -> Result<EntityMeta, JournalError> {
-        if let Some(m) = pending.get(ikey).or_else(|| self.cache.get(ikey)) {
-            return Ok(*m);
+        if let Some(m) = pending.get(ikey).copied().or_else(|| self.cache.get(ikey)) {
+            return Ok(m);
         }
         let m = match self.s().ks.index.get(ikey).map_err(unavailable)? {
             None => EntityMeta::default(),
@@ -234,9 +234,6 @@ impl Writer {
                 detail,
             })?,
         };
-        if self.cache.len() >= CACHE_LIMIT {
-            self.cache.clear();
-        }
         self.cache.insert(ikey.to_vec(), m);
         Ok(m)
     }

@@ -372,6 +372,7 @@ pub(crate) async fn readyz(State(s): State<super::AppState>) -> Response {
 }
 
 pub(crate) async fn metrics(State(node): State<Node>) -> Response {
+    node.record_storage_metrics();
     let mut resp = node.metrics().render().into_response();
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
     resp

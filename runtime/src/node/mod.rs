@@ -26,7 +26,7 @@ use tracing::Instrument;
 pub use async_calls::{AsyncCall, AsyncDecision, LocalQueue, LocalQueueRunner};
 pub use deletion::{DELETE_COMMAND, DeleteReason};
 pub use flow::Outbox;
-pub use ports::{CallQueue, Forwarder, QueuedCall, QueuedCommand};
+pub use ports::{CallQueue, Forwarder, QueuedCall, QueuedCommand, ShardDirectory};
 
 use crate::config::NodeConfig;
 use crate::error::InvokeError;
@@ -127,6 +127,29 @@ pub(crate) struct NodeInner {
     projections: Projections,
     /// Bounds the feed settlements running after lease acquisitions.
     feed_openings: Semaphore,
+    /// In a cluster, once joined: who owns each shard (re-routes forwarded
+    /// commands whose owner changed while they were in flight).
+    directory: std::sync::OnceLock<Arc<dyn ShardDirectory>>,
+}
+
+/// Resolves once the unit's lease holder (or its epoch) is no longer the one
+/// first seen: returns the first seen and the new one (`None`: nobody holds
+/// it now). While nobody holds it, the first holder to appear is the baseline.
+async fn owner_change(
+    directory: &dyn ShardDirectory,
+    entity_type: &str,
+    shard: u32,
+) -> (Option<(String, u64)>, Option<(String, u64)>) {
+    let mut first = directory.owner(entity_type, shard);
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let now = directory.owner(entity_type, shard);
+        match &first {
+            None => first = now,
+            Some(_) if now != first => return (first, now),
+            Some(_) => {}
+        }
+    }
 }
 
 /// The node core: cheap to clone, shared by every edge.
@@ -235,6 +258,7 @@ impl Node {
                 config: p.config,
                 projections,
                 feed_openings: Semaphore::new(16),
+                directory: std::sync::OnceLock::new(),
             }),
         };
         let _ = deliver.set(Arc::new(flow::NodeDeliver(Arc::downgrade(&node.inner))));
@@ -407,8 +431,8 @@ impl Node {
             // The invocation stays whole: it is forwarded if the shard moved
             // away while the command waited here.
             let key = EntityKey::new(inv.entity_type.clone(), inv.entity_id.clone());
-            return match self.invoke_inner(key, &inv, invocation_id, span).await {
-                Err(InvokeError::ShardMoved(_)) if may_forward => self.forward(inv).await,
+            return match self.invoke_inner(key, &inv, invocation_id.clone(), span).await {
+                Err(InvokeError::ShardMoved(_)) if may_forward => self.forward(inv, &invocation_id).await,
                 other => other,
             };
         }
@@ -428,10 +452,23 @@ impl Node {
         if inv.command != DELETE_COMMAND {
             entity.decode_command(&inv.command, &inv.body, inv.format)?;
         }
-        self.forward(inv).await
+        let invocation_id = invocation_id.clone();
+        self.forward(inv, &invocation_id).await
     }
 
-    async fn forward(&self, inv: Invocation) -> Result<CommandReply, InvokeError> {
+    /// Plugs in the cluster's lease table (once; later calls are ignored).
+    pub fn set_directory(&self, directory: Arc<dyn ShardDirectory>) {
+        let _ = self.inner.directory.set(directory);
+    }
+
+    /// Forwards the command to the shard's owner. It carries the caller's
+    /// idempotency key or, without one, its invocation id as the key, so
+    /// that it can be sent again safely: when the shard's owner changes
+    /// while the command is in flight (the owner died, or handed the shard
+    /// over), it is re-sent to the new owner at once, and applied once
+    /// whether or not the old owner committed it. The caller waits for the
+    /// failover, not for its whole timeout.
+    async fn forward(&self, mut inv: Invocation, invocation_id: &str) -> Result<CommandReply, InvokeError> {
         let n = &self.inner;
         let Some(forwarder) = &n.forwarder else {
             return Err(InvokeError::Unavailable("this node cannot forward (no NATS)".into()));
@@ -444,7 +481,29 @@ impl Node {
         let _in_flight = InFlight::enter(n)?;
         n.metrics.cluster_forwards.inc();
         tracing::debug!("forwarding to the shard's owner");
-        forwarder.command(inv).await
+        if inv.idempotency_key.is_none() {
+            inv.idempotency_key = Some(invocation_id.to_owned());
+        }
+        let Some(directory) = n.directory.get() else { return forwarder.command(inv).await };
+        let shard = tessera_journal::shard_of(&inv.entity_type, &inv.entity_id, n.config.journal.shards);
+        let deadline = Instant::now() + n.config.invocation_timeout();
+        loop {
+            let attempt = forwarder.command(inv.clone());
+            let moved = owner_change(directory.as_ref(), &inv.entity_type, shard);
+            tokio::select! {
+                r = attempt => return r,
+                (from, to) = moved => {
+                    n.metrics.cluster_reroutes.inc();
+                    tracing::info!(?from, ?to, "the shard's owner changed while the command was in flight; sending it again");
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(InvokeError::Timeout(format!(
+                    "the shard's owner changed and no new owner answered within {} ms; retry with the same idempotency key",
+                    n.config.limits.invocation_timeout_ms
+                )));
+            }
+        }
     }
 
     /// Runs the command of `inv` for `key` (taken from `inv`, whose type and
@@ -488,6 +547,18 @@ impl Node {
     fn shard_actor(&self, key: &EntityKey) -> Result<ActorRef<ShardMsg>, InvokeError> {
         let shard = key.shard(self.inner.config.journal.shards);
         self.inner.refs.get(shard).ok_or_else(|| InvokeError::Unavailable(format!("shard {shard} is not running")))
+    }
+
+    /// Sets the storage gauges from the embedded journal's and result
+    /// store's engines (no-op for stores kept elsewhere).
+    pub fn record_storage_metrics(&self) {
+        let n = &self.inner;
+        if let Some(s) = n.journal.storage_stats() {
+            n.metrics.record_storage("journal", s);
+        }
+        if let Some(s) = n.results.storage_stats() {
+            n.metrics.record_storage("results", s);
+        }
     }
 
     /// Sends the shard actor that holds `key` the message `ask` builds

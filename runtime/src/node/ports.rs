@@ -33,6 +33,15 @@ pub trait Forwarder: Send + Sync + 'static {
     ) -> Result<Option<Vec<u8>>, InvokeError>;
 }
 
+/// Who owns each shard now, as the cluster's lease table shows it (the
+/// cluster's watched view; the composition root plugs it in once the node
+/// joined). Used to re-route a forwarded command whose owner changed while
+/// it was in flight.
+pub trait ShardDirectory: Send + Sync + 'static {
+    /// The live holder of the unit's lease and its epoch, if any.
+    fn owner(&self, entity_type: &str, shard: u32) -> Option<(String, u64)>;
+}
+
 /// An async function call handed to the queue: the queue delivers it (at
 /// least once) to some node's `Node::run_async`.
 #[derive(Debug, Clone)]

@@ -97,6 +97,10 @@ async fn blocking<T: Send + 'static>(
 
 #[async_trait::async_trait]
 impl ResultStore for LocalResultStore {
+    fn storage_stats(&self) -> Option<tessera_journal::StorageStats> {
+        Some(tessera_journal::StorageStats::of_fjall(&self.inner.db))
+    }
+
     async fn put(&self, row: InvocationResult) -> Result<PutOutcome, ResultStoreError> {
         let me = self.clone();
         blocking(move || me.put_sync(row)).await

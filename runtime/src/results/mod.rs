@@ -165,4 +165,8 @@ pub trait ResultStore: Send + Sync + 'static {
     async fn get(&self, invocation_id: &str, now_ms: i64) -> Result<Option<InvocationResult>, ResultStoreError>;
     /// Deletes rows expired at `now_ms`; returns how many.
     async fn purge_expired(&self, now_ms: i64) -> Result<u64, ResultStoreError>;
+    /// What an embedded store holds in memory (the local store), for metrics.
+    fn storage_stats(&self) -> Option<tessera_journal::StorageStats> {
+        None
+    }
 }

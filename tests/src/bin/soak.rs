@@ -29,6 +29,13 @@ struct Args {
     /// Where the results go.
     #[arg(long, default_value = "bench-results/soak")]
     out: PathBuf,
+    /// Run the node under this program (e.g. `heaptrack`, whose profile
+    /// lands in the working directory).
+    #[arg(long)]
+    node_wrapper: Option<String>,
+    /// More flags for the node (after `--`), e.g. `-- --journal-memtable-bytes 4194304`.
+    #[arg(last = true)]
+    node_args: Vec<String>,
 }
 
 #[tokio::main]
@@ -42,7 +49,8 @@ async fn main() -> anyhow::Result<()> {
         entities: a.entities,
         max_active: a.max_active,
         out: a.out.clone(),
-        node_args: Vec::new(),
+        node_args: a.node_args.clone(),
+        node_wrapper: a.node_wrapper.clone(),
     };
     anyhow::ensure!(o.node_bin.exists(), "{} not found: build it (cargo build -p tessera-tests)", o.node_bin.display());
     eprintln!(

@@ -4,6 +4,11 @@
 
 use clap::Parser;
 
+// The allocator the shipped binaries (`tessera`, `inventory`) use, so the
+// soak measures the memory users would see.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Test node.
 #[derive(Parser)]
 struct Cli {
