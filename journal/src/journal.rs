@@ -145,12 +145,8 @@ pub struct StorageStats {
     pub write_buffer_bytes: u64,
     /// Bytes in the block cache.
     pub cache_bytes: u64,
-    /// The block cache's capacity.
-    pub cache_capacity_bytes: u64,
     /// Sealed memtables waiting to be written to table files.
     pub outstanding_flushes: u64,
-    /// Write-ahead journal files not yet released.
-    pub journal_files: u64,
 }
 
 impl StorageStats {
@@ -159,9 +155,7 @@ impl StorageStats {
         Self {
             write_buffer_bytes: db.write_buffer_size(),
             cache_bytes: db.cache_size(),
-            cache_capacity_bytes: db.cache_capacity(),
             outstanding_flushes: db.outstanding_flushes() as u64,
-            journal_files: db.journal_count() as u64,
         }
     }
 }

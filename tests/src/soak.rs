@@ -145,11 +145,7 @@ fn open_files(pid: u32) -> u64 {
 
 /// A metric's value, summed over its labels.
 fn gauge(metrics: &str, name: &str) -> u64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(name) && (l[name.len()..].starts_with(' ') || l[name.len()..].starts_with('{')))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
+    labelled(metrics, name, &[])
 }
 
 /// A labelled metric's value: the lines of `name` whose labels include
@@ -157,7 +153,8 @@ fn gauge(metrics: &str, name: &str) -> u64 {
 fn labelled(metrics: &str, name: &str, labels: &[&str]) -> u64 {
     metrics
         .lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{') && labels.iter().all(|p| l.contains(p)))
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with([' ', '{'])))
+        .filter(|l| labels.iter().all(|p| l.contains(p)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
 }

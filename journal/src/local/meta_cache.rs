@@ -40,7 +40,9 @@ impl MetaCache {
     }
 
     pub(crate) fn insert(&mut self, ikey: Vec<u8>, m: EntityMeta) {
-        if self.young.len() >= self.generation && !self.young.contains_key(&ikey) {
+        if self.young.len() >= self.generation {
+            // The old generation goes; a stale copy of `ikey` in it can
+            // never be read, since `get` looks in the young one first.
             self.old = std::mem::take(&mut self.young);
         }
         self.young.insert(ikey, m);
@@ -48,7 +50,6 @@ impl MetaCache {
 
     pub(crate) fn extend(&mut self, entries: impl IntoIterator<Item = (Vec<u8>, EntityMeta)>) {
         for (k, m) in entries {
-            self.old.remove(&k);
             self.insert(k, m);
         }
     }

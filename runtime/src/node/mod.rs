@@ -452,7 +452,6 @@ impl Node {
         if inv.command != DELETE_COMMAND {
             entity.decode_command(&inv.command, &inv.body, inv.format)?;
         }
-        let invocation_id = invocation_id.clone();
         self.forward(inv, &invocation_id).await
     }
 
