@@ -373,6 +373,47 @@ pub async fn idempotency_keys_are_remembered_by_time_not_count(b: &mut dyn TestB
     ));
 }
 
+/// One append may carry several invocations' keys (a runtime batching an
+/// entity's queued commands), each recorded at its own seq; a later append
+/// with any of them is a duplicate naming that key's seq, and writes
+/// nothing; malformed keys (outside the append, twice) are refused.
+pub async fn several_keys_in_one_append_each_at_its_seq(b: &mut dyn TestBackend) {
+    use std::time::Duration;
+    let j = b.open().await;
+    let e = key("idem-batch");
+    let day = Duration::from_secs(86_400);
+    let batch =
+        AppendRequest::new(0, events(1..=4)).with_key_at("a", day, 1).with_key_at("c", day, 3).with_key("d", day);
+    j.commit(&e, batch).await.expect("append");
+    assert_eq!(j.find_key(&e, "a").await.unwrap(), Some(1));
+    assert_eq!(j.find_key(&e, "c").await.unwrap(), Some(3));
+    assert_eq!(j.find_key(&e, "d").await.unwrap(), Some(4));
+    let retry = AppendRequest::new(4, events(5..=6)).with_key_at("new", day, 5).with_key("c", day);
+    match j.commit(&e, retry).await {
+        Err(AppendError::Duplicate { key, seq: 3, .. }) => assert_eq!(key, "c"),
+        other => panic!("a batch holding a committed key is a duplicate of it, got {other:?}"),
+    }
+    assert_eq!(j.last_seq(&e).await.unwrap(), 4, "nothing written");
+    assert_eq!(j.find_key(&e, "new").await.unwrap(), None, "the refused batch recorded none of its keys");
+    for bad in [
+        AppendRequest::new(4, events(5..=5)).with_key_at("x", day, 9),
+        AppendRequest::new(4, events(5..=6)).with_key_at("x", day, 5).with_key("x", day),
+        AppendRequest::new(4, events(5..=6)).with_key_at("x", day, 6).with_key("y", day),
+    ] {
+        assert!(
+            matches!(j.commit(&e, bad).await, Err(AppendError::Journal(JournalError::Invalid(_)))),
+            "malformed keys are refused"
+        );
+    }
+    assert_eq!(j.last_seq(&e).await.unwrap(), 4);
+    drop(j);
+    let j = b.reopen().await;
+    assert!(matches!(
+        j.commit(&e, AppendRequest::new(4, events(5..=5)).with_key("a", day)).await,
+        Err(AppendError::Duplicate { seq: 1, .. })
+    ));
+}
+
 /// A reader that fell behind the feed's retention gets `FeedExpired`, not a
 /// silent skip; from the expired point on it reads on.
 pub async fn a_reader_behind_retention_gets_an_error(b: &mut dyn TestBackend) {
@@ -577,7 +618,8 @@ macro_rules! journal_conformance_tests {
             concurrent_entities, ranges_and_paging, snapshots, shard_feed, delete_prefix,
             lists_entities, reopen_keeps_everything, fence_refuses_stale_writers, fence_survives_reopen,
             feed_offsets_are_gapless_under_concurrency_and_restarts, refused_appends_leave_no_hole_in_the_feed,
-            idempotency_keys_are_remembered_by_time_not_count, a_reader_behind_retention_gets_an_error,
+            idempotency_keys_are_remembered_by_time_not_count, several_keys_in_one_append_each_at_its_seq,
+            a_reader_behind_retention_gets_an_error,
             purge_leaves_nothing_of_the_entity);
     };
     (@suite $name:ident, $backend:expr; $($test:ident),*) => {

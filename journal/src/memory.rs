@@ -72,18 +72,20 @@ pub(crate) fn now_ms() -> i64 {
 impl Journal for MemoryJournal {
     async fn commit(&self, entity: &EntityKey, request: AppendRequest) -> Result<AppendAck, AppendError> {
         let lease_held = request.lease_held();
-        let AppendRequest { expected_seq, events, snapshot, fence, key, .. } = request;
-        if events.is_empty() {
+        if request.events.is_empty() {
             return Err(JournalError::Invalid("append of no events".into()).into());
         }
+        request.check_keys()?;
+        let AppendRequest { expected_seq, events, snapshot, fence, keys, .. } = request;
         let timestamp_ms = now_ms();
         let mut store = self.lock();
         let store = &mut *store;
-        if let Some(k) = &key
-            && let Some((seq, expires)) = store.keys.get(&(entity.clone(), k.key.clone()))
-            && *expires > timestamp_ms
-        {
-            return Err(AppendError::Duplicate { entity: entity.to_string(), key: k.key.clone(), seq: *seq });
+        for k in &keys {
+            if let Some((seq, expires)) = store.keys.get(&(entity.clone(), k.key.clone()))
+                && *expires > timestamp_ms
+            {
+                return Err(AppendError::Duplicate { entity: entity.to_string(), key: k.key.clone(), seq: *seq });
+            }
         }
         let log = store.logs.entry(entity.clone()).or_default();
         if let Some(epoch) = fence.filter(|e| *e != log.fence || !lease_held) {
@@ -123,8 +125,8 @@ impl Journal for MemoryJournal {
         if snapshot.is_some() {
             log.snapshot = snapshot;
         }
-        if let Some(k) = key {
-            store.keys.insert((entity.clone(), k.key), (last_seq, timestamp_ms.saturating_add(k.retain_ms)));
+        for k in keys {
+            store.keys.insert((entity.clone(), k.key), (k.seq, timestamp_ms.saturating_add(k.retain_ms)));
         }
         if let Some(r) = self.retention_ms {
             let cutoff = timestamp_ms - r;

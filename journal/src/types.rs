@@ -93,10 +93,13 @@ pub struct AppendRequest {
     /// entity's fence (see [`crate::Journal::raise_fence`]) equals it.
     /// `None`: an unfenced writer (one node owns everything).
     pub fence: Option<u64>,
-    /// The invocation's idempotency key: the append commits only if the
-    /// entity has not committed it within its retention (else
-    /// [`crate::AppendError::Duplicate`], nothing written), and records it.
-    pub key: Option<IdempotencyKey>,
+    /// The idempotency keys of the invocations in the append (one per
+    /// invocation that carried one; a runtime that batches several commands
+    /// of an entity into one append gives several): the append commits only
+    /// if the entity has committed none of them within its retention (else
+    /// [`crate::AppendError::Duplicate`] naming the first found, nothing
+    /// written), and records each at its own seq.
+    pub keys: Vec<IdempotencyKey>,
     /// The writer's lease, asked right before the commit is sent (after
     /// anything written ahead of it, such as a feed entry, is durable):
     /// `false` fails the append with [`crate::AppendError::Fenced`], nothing written.
@@ -113,7 +116,7 @@ impl std::fmt::Debug for AppendRequest {
             .field("events", &self.events.len())
             .field("snapshot", &self.snapshot.as_ref().map(|s| s.seq))
             .field("fence", &self.fence)
-            .field("key", &self.key)
+            .field("keys", &self.keys)
             .field("lease", &self.lease.is_some())
             .finish()
     }
@@ -126,6 +129,9 @@ pub struct IdempotencyKey {
     pub key: String,
     /// How long it is remembered after the commit, ms.
     pub retain_ms: i64,
+    /// The seq it is recorded at: the last event of its invocation (whose
+    /// metadata holds the reply), within the append.
+    pub seq: u64,
 }
 
 /// The extent of a shard's feed.
@@ -140,7 +146,7 @@ pub struct FeedBounds {
 impl AppendRequest {
     /// Events after `expected_seq`, no snapshot, unfenced.
     pub fn new(expected_seq: u64, events: Vec<NewEvent>) -> Self {
-        Self { expected_seq, events, snapshot: None, fence: None, key: None, lease: None }
+        Self { expected_seq, events, snapshot: None, fence: None, keys: Vec::new(), lease: None }
     }
     /// Asks `check` whether the lease is still held right before the commit.
     pub fn with_lease(mut self, check: LeaseCheck) -> Self {
@@ -151,10 +157,37 @@ impl AppendRequest {
     pub fn lease_held(&self) -> bool {
         self.lease.as_ref().is_none_or(|l| l())
     }
-    /// Records (and checks) an idempotency key, remembered for `retain`.
-    pub fn with_key(mut self, key: impl Into<String>, retain: std::time::Duration) -> Self {
-        self.key = Some(IdempotencyKey { key: key.into(), retain_ms: retain.as_millis().min(i64::MAX as u128) as i64 });
+    /// Records (and checks) an idempotency key at the append's last event,
+    /// remembered for `retain`. Call after the events are set.
+    pub fn with_key(self, key: impl Into<String>, retain: std::time::Duration) -> Self {
+        let seq = self.expected_seq + self.events.len() as u64;
+        self.with_key_at(key, retain, seq)
+    }
+    /// Records (and checks) an idempotency key at `seq`, one of the append's
+    /// events (the last of its invocation's), remembered for `retain`.
+    pub fn with_key_at(mut self, key: impl Into<String>, retain: std::time::Duration, seq: u64) -> Self {
+        let retain_ms = retain.as_millis().min(i64::MAX as u128) as i64;
+        self.keys.push(IdempotencyKey { key: key.into(), retain_ms, seq });
         self
+    }
+    /// The keys are well formed: each at one of the append's seqs, none twice.
+    pub fn check_keys(&self) -> Result<(), crate::JournalError> {
+        let range = self.expected_seq + 1..=self.expected_seq + self.events.len() as u64;
+        for (i, k) in self.keys.iter().enumerate() {
+            if !range.contains(&k.seq) {
+                return Err(crate::JournalError::Invalid(format!(
+                    "idempotency key {:?} at seq {} is outside the append ({range:?})",
+                    k.key, k.seq
+                )));
+            }
+            if self.keys[..i].iter().any(|o| o.key == k.key || o.seq == k.seq) {
+                return Err(crate::JournalError::Invalid(format!(
+                    "idempotency key {:?} (or its seq {}) appears twice in one append",
+                    k.key, k.seq
+                )));
+            }
+        }
+        Ok(())
     }
     /// Writes `snapshot` atomically with the events.
     pub fn with_snapshot(mut self, snapshot: Option<Snapshot>) -> Self {

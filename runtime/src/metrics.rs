@@ -31,6 +31,8 @@ pub struct Metrics {
     pub passivations: IntCounterVec,
     /// Appends per group commit.
     pub commit_batch: Histogram,
+    /// Commands of one entity written in one append (hot entities batch).
+    pub entity_batch: Histogram,
     /// Duration of a group commit, including the fsync.
     pub commit_latency: Histogram,
     /// Snapshots written.
@@ -185,6 +187,14 @@ impl Metrics {
                 .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0]),
         )
         .expect("metric");
+        let entity_batch = Histogram::with_opts(
+            HistogramOpts::new(
+                "tessera_entity_batch_commands",
+                "Commands of one entity decided together and written in one append",
+            )
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0]),
+        )
+        .expect("metric");
         let commit_latency = Histogram::with_opts(
             HistogramOpts::new("tessera_journal_commit_duration_seconds", "Group commit duration incl. fsync")
                 .buckets(latency_buckets()),
@@ -282,6 +292,7 @@ impl Metrics {
             Box::new(activations.clone()),
             Box::new(passivations.clone()),
             Box::new(commit_batch.clone()),
+            Box::new(entity_batch.clone()),
             Box::new(commit_latency.clone()),
             Box::new(snapshots.clone()),
             Box::new(purges.clone()),
@@ -334,6 +345,7 @@ impl Metrics {
             activations,
             passivations,
             commit_batch,
+            entity_batch,
             commit_latency,
             snapshots,
             purges,

@@ -26,7 +26,7 @@ use super::meta_cache::{self, MetaCache};
 use super::store::{self, Shared, Store};
 use crate::error::{AppendError, JournalError};
 use crate::memory::now_ms;
-use crate::types::{AppendAck, AppendRequest, EntityKey, Snapshot};
+use crate::types::{AppendAck, AppendRequest, EntityKey, IdempotencyKey, Snapshot};
 
 /// A write queued for the writer thread.
 pub(crate) enum Op {
@@ -261,6 +261,21 @@ impl Writer {
         Ok((expires > now).then_some(seq))
     }
 
+    /// The first of `keys` the entity committed and still remembers, with its seq.
+    fn first_remembered(
+        &self,
+        entity: &EntityKey,
+        keys: &[IdempotencyKey],
+        now: i64,
+    ) -> Result<Option<(String, u64)>, JournalError> {
+        for k in keys {
+            if let Some(seq) = self.remembered(entity, &k.key, now)? {
+                return Ok(Some((k.key.clone(), seq)));
+            }
+        }
+        Ok(None)
+    }
+
     /// Writes every op it can into one batch, commits once, then acks.
     fn commit_group(&mut self, ops: &mut Vec<Op>) {
         let started = std::time::Instant::now();
@@ -275,7 +290,11 @@ impl Writer {
             match op {
                 Op::Append { key, request, ack } => {
                     let lease_held = request.lease_held();
-                    let AppendRequest { expected_seq: expected, events, snapshot, fence, key: idem, .. } = request;
+                    if let Err(e) = request.check_keys() {
+                        let _ = ack.send(Err(e.into()));
+                        continue;
+                    }
+                    let AppendRequest { expected_seq: expected, events, snapshot, fence, keys: idem, .. } = request;
                     let ikey = format::index_key(&key);
                     let mut m = match self.meta(&pending, &ikey) {
                         Ok(m) => m,
@@ -302,18 +321,15 @@ impl Writer {
                     }
                     // One append per entity is in a group at most (single
                     // writer per entity), so the committed index is the truth.
-                    if let Some(k) = &idem {
-                        match self.remembered(&key, &k.key, timestamp_ms) {
-                            Ok(Some(seq)) => {
-                                let e = AppendError::Duplicate { entity: key.to_string(), key: k.key.clone(), seq };
-                                let _ = ack.send(Err(e));
-                                continue;
-                            }
-                            Ok(None) => {}
-                            Err(e) => {
-                                let _ = ack.send(Err(e.into()));
-                                continue;
-                            }
+                    match self.first_remembered(&key, &idem, timestamp_ms) {
+                        Ok(None) => {}
+                        Ok(Some((k, seq))) => {
+                            let _ = ack.send(Err(AppendError::Duplicate { entity: key.to_string(), key: k, seq }));
+                            continue;
+                        }
+                        Err(e) => {
+                            let _ = ack.send(Err(e.into()));
+                            continue;
                         }
                     }
                     let last_seq = expected + events.len() as u64;
@@ -353,10 +369,10 @@ impl Writer {
                         batch.insert(&self.s().ks.feed, format::feed_key(&unit, offset), feed_ref);
                     }
                     feed_pending.insert(unit, offset);
-                    if let Some(k) = idem {
+                    for k in idem {
                         let kk = format::key_key(&key, &k.key);
                         let expires = timestamp_ms.saturating_add(k.retain_ms);
-                        batch.insert(&self.s().ks.keys, kk.clone(), format::encode_key_record(last_seq, expires));
+                        batch.insert(&self.s().ks.keys, kk.clone(), format::encode_key_record(k.seq, expires));
                         batch.insert(&self.s().ks.key_expiry, format::key_expiry(expires, &kk), Vec::<u8>::new());
                     }
                     m.last_seq = last_seq;

@@ -35,8 +35,8 @@ pub(crate) struct Append<'a> {
     pub(crate) ts: i64,
     /// The feed intent the event rows carry (none: a type without a feed).
     pub(crate) intent: Option<u64>,
-    /// The idempotency key, stored on the last event.
-    pub(crate) key: Option<&'a str>,
+    /// The idempotency keys, each stored on the event it names.
+    pub(crate) keys: &'a [IdempotencyKey],
 }
 
 impl ScyllaJournal {
@@ -81,11 +81,10 @@ impl ScyllaJournal {
         batch.append_statement(head_stmt.clone());
         let mut values = Vec::with_capacity(a.events.len() + 1);
         values.push(head);
-        let n = a.events.len();
         for (i, e) in a.events.iter().enumerate() {
             batch.append_statement(st.insert_event.clone());
-            let idem = a.key.filter(|_| i + 1 == n).map_or(CqlValue::Empty, |k| CqlValue::Text(k.to_owned()));
             let seq = a.expected + 1 + i as u64;
+            let idem = a.keys.iter().find(|k| k.seq == seq).map_or(CqlValue::Empty, |k| CqlValue::Text(k.key.clone()));
             values.push(
                 Named::partition(&key.entity_type, &key.entity_id, bucket)
                     .big("seq", seq as i64)
@@ -163,13 +162,13 @@ impl ScyllaJournal {
 
     /// Records a key ahead of its append (its own partition, so not in the
     /// append's transaction; `remembered` confirms it against the event).
-    async fn remember(&self, key: &EntityKey, k: &IdempotencyKey, seq: u64) -> Result<(), JournalError> {
+    async fn remember(&self, key: &EntityKey, k: &IdempotencyKey) -> Result<(), JournalError> {
         let ttl = (k.retain_ms / 1000).clamp(1, i32::MAX as i64) as i32;
         let v = Named::new()
             .text("entity_type", &key.entity_type)
             .text("entity_id", &key.entity_id)
             .text("key", &k.key)
-            .big("seq", seq as i64)
+            .big("seq", k.seq as i64)
             .with("ttl", CqlValue::Int(ttl));
         self.inner.session.execute_unpaged(&self.inner.st.key_put, v).await.map_err(unavailable)?;
         Ok(())
@@ -180,16 +179,18 @@ impl ScyllaJournal {
     /// conditional append; offsets are given to it once it is known to have
     /// committed (`feed`).
     pub(crate) async fn commit_fed(&self, key: &EntityKey, req: AppendRequest) -> Result<(u64, i64), AppendError> {
-        let AppendRequest { expected_seq: expected, events, snapshot, fence, key: idem, lease } = req;
-        if events.is_empty() {
+        if req.events.is_empty() {
             return Err(JournalError::Invalid("append of no events".into()).into());
         }
+        req.check_keys()?;
+        let AppendRequest { expected_seq: expected, events, snapshot, fence, keys: idem, lease } = req;
         let n = events.len() as u64;
-        if let Some(k) = &idem {
-            if let Some(seq) = self.remembered(key, &k.key).await? {
+        if !idem.is_empty() {
+            let seen = futures::future::try_join_all(idem.iter().map(|k| self.remembered(key, &k.key))).await?;
+            if let Some((k, seq)) = idem.iter().zip(seen).find_map(|(k, s)| s.map(|s| (k, s))) {
                 return Err(AppendError::Duplicate { entity: key.to_string(), key: k.key.clone(), seq });
             }
-            self.remember(key, k, expected + n).await?;
+            futures::future::try_join_all(idem.iter().map(|k| self.remember(key, k))).await?;
         }
         let mut a = Append {
             expected,
@@ -198,7 +199,7 @@ impl ScyllaJournal {
             fence,
             ts: now_ms(),
             intent: None,
-            key: idem.as_ref().map(|k| k.key.as_str()),
+            keys: &idem,
         };
         if key.entity_type.starts_with(crate::INTERNAL_TYPE_PREFIX) {
             // Runtime bookkeeping (e.g. projection checkpoints): no feed.

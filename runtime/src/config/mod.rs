@@ -160,6 +160,7 @@ impl NodeConfig {
             ("http.max_body_bytes", self.http.max_body_bytes),
             ("limits.max_active_entities", self.limits.max_active_entities),
             ("journal.max_commit_batch", self.journal.max_commit_batch),
+            ("journal.entity_batch", self.journal.entity_batch),
         ] {
             if v == 0 {
                 return Err(ConfigError::Invalid(format!("{name} must be positive")));

@@ -22,6 +22,10 @@ section! {
         max_commit_batch: usize = 4096, flag "max-commit-batch";
         /// Shards (a power of two, fixed for the life of a journal and a cluster).
         shards: u32 = tessera_journal::DEFAULT_SHARDS, flag "shards";
+        /// Most commands of one entity decided one after another (each against the state the previous leave) and written in one append, while its previous append is in flight (1: one command per append).
+        entity_batch: usize = 256, flag "entity-batch";
+        /// An entity's batch takes no more commands once its events reach this size, bytes (Cassandra refuses batches over 50 KiB by default).
+        entity_batch_bytes: usize = 32 << 10, flag "entity-batch-bytes";
         /// Snapshot every this many events of an entity (0: never).
         snapshot_every: u32 = 100, flag "snapshot-every";
         /// How long the embedded journal keeps shard-feed entries, seconds (Scylla: `?feed_ttl_secs=` on its URL).

@@ -35,8 +35,8 @@ use crate::metrics::Metrics;
 use crate::projection::{Projection, Projections};
 use crate::results::ResultStore;
 use crate::shard::{
-    CommandReply, CommandRequest, DedupLimits, ShardContext, ShardMsg, ShardRefs, ShardSupervisor, StateRequest,
-    StateView,
+    BatchLimits, CommandReply, CommandRequest, DedupLimits, ShardContext, ShardMsg, ShardRefs, ShardSupervisor,
+    StateRequest, StateView,
 };
 use crate::shard::{Replay, replay};
 
@@ -232,6 +232,7 @@ impl Node {
                 Arc::new(move |t: &str| config.idempotency_retention(t))
             },
             entity_queue_limit: c.limits.entity_queue_limit,
+            batch: BatchLimits { commands: c.journal.entity_batch, bytes: c.journal.entity_batch_bytes },
             snapshot_every: u64::from(c.journal.snapshot_every),
             idle_timeout: c.idle_timeout(),
             shard_budget: c.limits.max_active_entities.div_ceil(c.journal.shards as usize).max(1),

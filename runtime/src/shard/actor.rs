@@ -148,7 +148,7 @@ fn run(io: Io, me: &ActorRef<ShardMsg>, ctx: &Arc<ShardContext>, shard: u32) {
                             }
                             Ok(Committed::Appended(ack))
                         }
-                        Err(AppendError::Duplicate { seq, .. }) => remembered(&ctx, &key, seq).await,
+                        Err(AppendError::Duplicate { key: k, seq, .. }) => remembered(&ctx, &key, k, seq).await,
                         Err(e) => Err(InvokeError::from(e)),
                     };
                     ctx.metrics.journal_in_flight.dec();
@@ -199,11 +199,11 @@ async fn purge_if_tombstoned(ctx: &ShardContext, key: &EntityKey, seq: u64) -> R
 
 /// The reply of the append that committed a key at `seq` (the last event
 /// of that append carries it in its metadata).
-async fn remembered(ctx: &ShardContext, key: &EntityKey, seq: u64) -> Result<Committed, InvokeError> {
+async fn remembered(ctx: &ShardContext, key: &EntityKey, k: String, seq: u64) -> Result<Committed, InvokeError> {
     let events: Vec<_> = ctx.journal.read(key, seq..=seq).try_collect().await?;
     let reply = events.first().and_then(|e| EventMeta::decode(&e.metadata).reply);
     match reply {
-        Some(reply) => Ok(Committed::Remembered { seq, reply }),
+        Some(reply) => Ok(Committed::Remembered { key: k, seq, reply }),
         None => Err(InvokeError::Internal(format!(
             "{key}: the idempotency key was committed at seq {seq}, but that event holds no reply"
         ))),

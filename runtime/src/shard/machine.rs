@@ -5,29 +5,27 @@
 //! and feeds the outcomes back as messages. Replies go through the ports
 //! carried by the requests.
 //!
-//! Invariants: an entity runs one command at a time (`busy`); an outcome
+//! Invariants: an entity has one append in flight at a time (`busy`, a
+//! [`Batch`] of the commands it answers; see `batch.rs`); an outcome
 //! is only accepted from the incarnation that asked for it (a reset entity
 //! ignores its old appends); events are applied and replied to only after
 //! the journal acknowledged them.
 
-use std::any::Any;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
-use ractor::RpcReplyPort;
 use tessera_entities::{DynEntity, DynState};
 use tessera_journal::{AppendRequest, EntityKey, Snapshot};
 
 use super::activation::{self, Rebuilt};
+use super::batch::{Answer, Batch, Wrote};
 use super::dedup::DedupWindow;
 use super::step::{self, Decision, Lease, Record};
-use super::{
-    CommandReply, CommandRequest, Committed, DeleteRequest, PurgeRequest, ShardContext, StateRequest, StateView,
-};
+use super::{CommandRequest, Committed, DeleteRequest, PurgeRequest, ShardContext, StateRequest, StateView};
 use crate::envelope::{DedupEntry, SNAPSHOT_FORMAT};
 use crate::error::InvokeError;
-use crate::flow::{FlowRecord, Timers};
+use crate::flow::Timers;
 
 /// IO the machine asks for.
 pub(crate) enum Io {
@@ -74,19 +72,6 @@ fn deleted(key: &EntityKey) -> InvokeError {
     InvokeError::Deleted(format!("{key} was deleted; its journal is purged when the grace period ends"))
 }
 
-/// A command whose events are being appended.
-struct InFlight {
-    typed: Option<Box<dyn Any + Send>>,
-    /// Records that change the entity's timers, with their seqs.
-    timers: Vec<(u64, FlowRecord)>,
-    reply: Vec<u8>,
-    port: RpcReplyPort<Result<CommandReply, InvokeError>>,
-    invocation_id: String,
-    retryable: bool,
-    events: u64,
-    span: tracing::Span,
-}
-
 /// One active entity.
 struct Slot {
     entity: Arc<dyn DynEntity>,
@@ -94,7 +79,8 @@ struct Slot {
     state: Option<DynState>,
     seq: u64,
     incarnation: u64,
-    busy: Option<Box<InFlight>>,
+    /// Its append in flight and the commands it answers.
+    busy: Option<Box<Batch>>,
     queue: VecDeque<Work>,
     dedup: Option<Box<DedupWindow>>,
     events_since_snapshot: u64,
@@ -110,6 +96,11 @@ impl Slot {
     fn idle(&self) -> bool {
         self.state.is_some() && self.busy.is_none() && self.queue.is_empty()
     }
+}
+
+/// The bytes of an append's events (payloads and metadata).
+fn event_bytes(r: &AppendRequest) -> usize {
+    r.events.iter().map(|e| e.payload.len() + e.metadata.len() + e.type_name.len()).sum()
 }
 
 /// The shard's entities and what is asked of the outside.
@@ -354,21 +345,100 @@ impl Machine {
                     self.reset(key);
                     return;
                 }
-                Decision::Append(request, pending) => {
-                    let incarnation = slot.incarnation;
-                    slot.busy = Some(Box::new(InFlight {
-                        typed: pending.typed,
-                        timers: pending.timers,
-                        reply: pending.reply,
+                Decision::Append(mut request, pending) => {
+                    let bytes = event_bytes(&request);
+                    let last_seq = request.expected_seq + request.events.len() as u64;
+                    let epoch = pending.epoch;
+                    let first = Wrote {
                         port,
                         invocation_id,
-                        retryable,
-                        events: pending.events,
                         span: span.clone(),
-                    }));
-                    let (key, epoch) = (key.clone(), pending.epoch);
-                    self.io.push(Io::Append { key, incarnation, request, epoch, span });
-                    return;
+                        reply: pending.reply,
+                        retryable,
+                        last_seq,
+                        timers: pending.timers,
+                    };
+                    let mut batch = Batch::new(first, pending.typed, pending.events, bytes);
+                    drop(_guard);
+                    self.fill(key, &mut batch, &mut request, lease, now_ms);
+                    self.ctx.metrics.entity_batch.observe(batch.len() as f64);
+                    let Some(slot) = self.slots.get_mut(key) else { return };
+                    slot.busy = Some(Box::new(batch));
+                    let incarnation = slot.incarnation;
+                    return self.io.push(Io::Append { key: key.clone(), incarnation, request, epoch, span });
+                }
+            }
+        }
+    }
+
+    /// Decides the entity's queued commands after the first of a batch,
+    /// each against the state the ones before it leave, adding their events
+    /// to `request` (see `batch.rs`). Stops at the batch's limits, at work
+    /// that is not a plain command (a read, a delete, a timer's fire wait
+    /// for the append), at a key already in the batch, and at a panic.
+    fn fill(&mut self, key: &EntityKey, batch: &mut Batch, request: &mut AppendRequest, lease: Lease, now_ms: i64) {
+        let limits = self.ctx.batch;
+        let node_id = self.ctx.node_id.as_deref();
+        let retain = (self.ctx.key_retention)(&key.entity_type);
+        let Some(slot) = self.slots.get_mut(key) else { return };
+        while batch.len() < limits.commands && batch.bytes < limits.bytes {
+            match slot.queue.front() {
+                Some(Work::Command(c)) if c.timer.is_none() && !(c.retryable && batch.has(&c.invocation_id)) => {}
+                _ => break,
+            }
+            let Some(state) = slot.state.as_mut() else { break };
+            if let Some(typed) = batch.take_typed() {
+                let entity = slot.entity.clone();
+                if let Err(panic) = catch_unwind(AssertUnwindSafe(|| entity.apply_effect(state, typed))) {
+                    let msg = step::panic_message(&*panic);
+                    tracing::error!(entity = %key, panic = %msg, "apply panicked; the entity is rebuilt after its append");
+                    self.ctx.metrics.handler_panics.inc();
+                    batch.poison(msg);
+                    break;
+                }
+            }
+            let Some(Work::Command(c)) = slot.queue.pop_front() else { break };
+            let CommandRequest { command, invocation_id, retryable, span, reply: port, timer, .. } = c;
+            let record = Record {
+                key,
+                entity: &slot.entity,
+                state: &*state,
+                seq: slot.seq + batch.events,
+                dedup: slot.dedup.as_deref(),
+                fence: slot.fence,
+                timers: slot.timers.as_deref(),
+            };
+            let cmd = step::Command { command, invocation_id: invocation_id.clone(), retryable, timer };
+            let decision = span.in_scope(|| step::decide(&record, cmd, now_ms, lease, node_id, self.ctx.dedup, retain));
+            match decision {
+                Decision::Remembered(r) => {
+                    // Tells of a committed command: no need to wait.
+                    let _ = port.send(Ok(r));
+                }
+                Decision::Reply(r) => batch.hold(port, invocation_id, span, Ok(r)),
+                Decision::Refuse(e) => batch.hold(port, invocation_id, span, Err(e)),
+                Decision::Reset(e) => {
+                    tracing::error!(parent: &span, entity = %key, error = %e, "handler panicked; the entity is rebuilt after its append");
+                    self.ctx.metrics.handler_panics.inc();
+                    batch.hold(port, invocation_id, span, Err(e));
+                    batch.reset_after = true;
+                    break;
+                }
+                Decision::Append(more, pending) => {
+                    let bytes = event_bytes(&more);
+                    let last_seq = more.expected_seq + more.events.len() as u64;
+                    request.events.extend(more.events);
+                    request.keys.extend(more.keys);
+                    let w = Wrote {
+                        port,
+                        invocation_id,
+                        span,
+                        reply: pending.reply,
+                        retryable,
+                        last_seq,
+                        timers: pending.timers,
+                    };
+                    batch.wrote(w, pending.typed, pending.events, bytes);
                 }
             }
         }
@@ -383,73 +453,83 @@ impl Machine {
         now_ms: i64,
     ) {
         let Some(slot) = self.slots.get_mut(&key).filter(|s| s.incarnation == incarnation) else { return };
-        let Some(f) = slot.busy.take() else { return };
-        let InFlight { typed, timers, reply, port, invocation_id, retryable, events, span } = *f;
-        let _guard = span.enter();
+        let Some(mut batch) = slot.busy.take() else { return };
         let ack = match result {
             Ok(Committed::Appended(ack)) => ack,
-            Ok(Committed::Remembered { seq, reply }) => {
-                // A retry the journal remembered: the original reply, nothing applied.
-                tracing::debug!(invocation = %invocation_id, seq, "answered from the journal's idempotency index");
-                let entry = DedupEntry { id: invocation_id.clone(), seq, at_ms: now_ms, reply: reply.clone() };
-                slot.dedup.get_or_insert_with(Box::default).insert(entry, self.ctx.dedup);
-                let _ = port.send(Ok(CommandReply { reply, seq, invocation_id, deduplicated: true }));
-                drop(_guard);
-                self.drain(&key, None, now_ms);
+            Ok(Committed::Remembered { key: invocation, seq, reply }) => {
+                // A retry the journal remembered: the original reply, nothing written.
+                tracing::debug!(invocation = %invocation, seq, "answered from the journal's idempotency index");
+                // Alone, nothing of the batch was applied: the entity goes on as it was.
+                let alone = batch.len() == 1 && !batch.poisoned();
+                let answers = batch.remembered(&invocation, seq, &reply);
+                self.answer(&key, answers, now_ms);
+                if alone {
+                    self.drain(&key, None, now_ms);
+                } else {
+                    self.reset(&key);
+                }
                 return;
             }
             Err(e) => {
                 // Correct whether or not the failed write landed: the entity
                 // is rebuilt from what the journal holds.
-                tracing::warn!(entity = %key, error = %e, "append failed; reloading the entity from its journal");
-                let _ = port.send(Err(e));
-                drop(_guard);
+                tracing::warn!(entity = %key, error = %e, commands = batch.len(), "append failed; reloading the entity from its journal");
+                batch.fail(&e);
                 self.reset(&key);
                 return;
             }
         };
-        let Some(state) = slot.state.as_mut() else { return };
-        let entity = slot.entity.clone();
-        let applied = match typed {
-            Some(typed) => catch_unwind(AssertUnwindSafe(|| entity.apply_effect(state, typed))),
-            None => Ok(()),
-        };
-        if let Err(panic) = applied {
-            let msg = step::panic_message(&*panic);
-            tracing::error!(entity = %key, panic = %msg, "apply panicked after the events were persisted");
-            self.ctx.metrics.handler_panics.inc();
-            let _ = port.send(Err(InvokeError::HandlerPanicked(format!(
-                "apply panicked after the events were persisted (seq {}): {msg}",
-                ack.last_seq
-            ))));
-            drop(_guard);
+        if let (Some(state), Some(typed)) = (slot.state.as_mut(), batch.take_typed()) {
+            let entity = slot.entity.clone();
+            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| entity.apply_effect(state, typed))) {
+                let msg = step::panic_message(&*panic);
+                tracing::error!(entity = %key, panic = %msg, "apply panicked after the events were persisted");
+                self.ctx.metrics.handler_panics.inc();
+                batch.poison(msg);
+            }
+        }
+        slot.seq = ack.last_seq;
+        slot.events_since_snapshot += batch.events;
+        let reset = batch.reset_after;
+        self.answer(&key, batch.committed(), ack.timestamp_ms);
+        if reset {
             self.reset(&key);
             return;
         }
-        slot.seq = ack.last_seq;
-        slot.events_since_snapshot += events;
-        if !timers.is_empty() {
-            let pending = slot.timers.get_or_insert_with(Box::default);
-            for (seq, record) in &timers {
-                pending.apply(*seq, record);
-            }
-            if pending.is_empty() {
-                slot.timers = None;
-            }
-        }
-        if retryable {
-            let entry = DedupEntry {
-                id: invocation_id.clone(),
-                seq: ack.last_seq,
-                at_ms: ack.timestamp_ms,
-                reply: reply.clone(),
-            };
-            slot.dedup.get_or_insert_with(Box::default).insert(entry, self.ctx.dedup);
-        }
-        let _ = port.send(Ok(CommandReply { reply, seq: ack.last_seq, invocation_id, deduplicated: false }));
-        drop(_guard);
         self.maybe_snapshot(&key, now_ms);
         self.drain(&key, None, now_ms);
+    }
+
+    /// Sends a batch's answers in order, first applying each member's timer
+    /// records and remembering keyed replies (committed at `at_ms`).
+    fn answer(&mut self, key: &EntityKey, answers: Vec<Answer>, at_ms: i64) {
+        let limits = self.ctx.dedup;
+        let slot = self.slots.get_mut(key);
+        let Some(slot) = slot else {
+            for a in answers {
+                let _ = a.port.send(a.result);
+            }
+            return;
+        };
+        for a in answers {
+            let _guard = a.span.enter();
+            if !a.timers.is_empty() {
+                let pending = slot.timers.get_or_insert_with(Box::default);
+                for (seq, record) in &a.timers {
+                    pending.apply(*seq, record);
+                }
+                if pending.is_empty() {
+                    slot.timers = None;
+                }
+            }
+            if a.remember
+                && let Ok(r) = &a.result
+            {
+                let entry = DedupEntry { id: r.invocation_id.clone(), seq: r.seq, at_ms, reply: r.reply.clone() };
+                slot.dedup.get_or_insert_with(Box::default).insert(entry, limits);
+            }
+            let _ = a.port.send(a.result);
+        }
     }
 
     /// Asks for a snapshot when enough events accumulated.
@@ -528,11 +608,11 @@ impl Machine {
                 continue;
             }
             if let Some(slot) = self.remove(&k, "handoff") {
-                if let Some(f) = slot.busy {
-                    let _ = f.port.send(Err(InvokeError::Timeout(format!(
+                if let Some(b) = slot.busy {
+                    b.fail(&InvokeError::Timeout(format!(
                         "{k} moved to another node while its events were being written; the outcome is unknown, \
                          retry with the same idempotency key"
-                    ))));
+                    )));
                 }
                 for w in slot.queue {
                     w.fail(InvokeError::ShardMoved(format!("{k} moved to another node")));
@@ -565,8 +645,8 @@ impl Machine {
         let n = self.slots.len() as i64;
         self.ctx.metrics.active_entities.sub(n);
         for (_, slot) in self.slots.drain() {
-            if let Some(f) = slot.busy {
-                let _ = f.port.send(Err(InvokeError::Unavailable("node shutting down".into())));
+            if let Some(b) = slot.busy {
+                b.fail(&InvokeError::Unavailable("node shutting down".into()));
             }
             for w in slot.queue {
                 w.fail(InvokeError::Unavailable("node shutting down".into()));

@@ -6,6 +6,7 @@
 //!   the idempotency record, refuse, reset, append these events);
 //! - [`machine`]: the shard's state machine — queues, activation,
 //!   in-flight appends, passivation, hand-off — asking for IO as data;
+//!   a hot entity's queued commands go in one append ([`batch`]);
 //! - [`actor`]: the ractor glue that runs that IO in spawned tasks (the
 //!   actor never awaits the journal) and feeds the outcomes back.
 //!
@@ -14,6 +15,7 @@
 
 mod activation;
 mod actor;
+mod batch;
 mod dedup;
 mod machine;
 mod step;
@@ -28,6 +30,7 @@ use tessera_journal::{AppendAck, EntityKey, Journal};
 
 pub use activation::{Replay, replay};
 pub(crate) use actor::ShardActor;
+pub(crate) use batch::BatchLimits;
 pub(crate) use dedup::DedupLimits;
 pub(crate) use step::TimerFire;
 pub(crate) use supervisor::{ShardRefs, ShardSupervisor};
@@ -71,6 +74,8 @@ pub(crate) struct ShardContext {
     /// How long keyed commands are remembered in the journal, per entity type.
     pub(crate) key_retention: Arc<dyn Fn(&str) -> Duration + Send + Sync>,
     pub(crate) entity_queue_limit: usize,
+    /// How many queued commands of an entity go in one append.
+    pub(crate) batch: BatchLimits,
     pub(crate) snapshot_every: u64,
     pub(crate) idle_timeout: Duration,
     pub(crate) shard_budget: usize,
@@ -129,10 +134,10 @@ pub(crate) struct StateRequest {
 pub(crate) enum Committed {
     /// The events are durable.
     Appended(AppendAck),
-    /// The journal already held this idempotency key (a retry that arrived
-    /// after the in-memory window forgot it): nothing was written; this is
-    /// the original reply, at the seq of the original append.
-    Remembered { seq: u64, reply: Vec<u8> },
+    /// The journal already held the idempotency key `key` (a retry that
+    /// arrived after the in-memory window forgot it): nothing was written;
+    /// this is that invocation's original reply, at the seq it committed at.
+    Remembered { key: String, seq: u64, reply: Vec<u8> },
 }
 
 /// Messages of a shard actor.

@@ -31,10 +31,13 @@ enum Cmd {
     Boom,
     Get,
     Ping,
+    /// Persists an event whose apply panics.
+    Bad,
 }
 #[derive(Serialize, Deserialize)]
 enum Ev {
     Added,
+    Bad,
 }
 impl Entity for Tally {
     const TYPE: &'static str = "tally";
@@ -50,10 +53,14 @@ impl Entity for Tally {
             Cmd::Get => Ok(Effect::reply(s.n)),
             Cmd::Ping => Ok(Effect::persist(Ev::Added, s.n + 1)
                 .and_send(tessera_entities::EntityRef::new("tally", "other"), &serde_json::json!("add"))),
+            Cmd::Bad => Ok(Effect::persist(Ev::Bad, 0)),
         }
     }
-    fn apply(&self, s: &mut Count, _: &Ev) {
-        s.n += 1;
+    fn apply(&self, s: &mut Count, e: &Ev) {
+        match e {
+            Ev::Added => s.n += 1,
+            Ev::Bad => panic!("bad event"),
+        }
     }
 }
 
@@ -179,7 +186,7 @@ fn a_pending_timer_runs_its_command_once_and_a_refused_one_is_spent_too() {
     let Decision::Append(req, pending) = &ran else { panic!("the timer's command runs") };
     let types: Vec<&str> = req.events.iter().map(|e| e.type_name.as_str()).collect();
     assert_eq!(types, ["Added", "tessera.fired"], "its events, then the record that it fired");
-    assert!(req.key.is_some(), "keyed: a second delivery is answered from the journal");
+    assert_eq!(req.keys.len(), 1, "keyed: a second delivery is answered from the journal");
     assert_eq!(pending.timers.len(), 1, "the slot forgets the timer when the append commits");
     let refused = step::decide(&record, fire("refuse", "expire", 2), NOW, Lease::Unfenced, None, LIMITS, DAY);
     let Decision::Append(req, pending) = &refused else { panic!("a refused timer is spent all the same") };
@@ -201,8 +208,8 @@ fn an_append_carries_the_fence_the_epoch_and_the_reply_to_remember() {
         panic!("an append")
     };
     assert_eq!(
-        req.key.as_ref().map(|k| (k.key.as_str(), k.retain_ms)),
-        Some(("k", 86_400_000)),
+        req.keys.iter().map(|k| (k.key.as_str(), k.retain_ms, k.seq)).collect::<Vec<_>>(),
+        vec![("k", 86_400_000, 10)],
         "the key goes to the journal"
     );
     assert_eq!((req.expected_seq, req.fence, req.events.len()), (9, Some(5), 1), "fenced with the activation epoch");
@@ -236,7 +243,18 @@ fn machine(
     snapshot_every: u64,
     fence: Option<Arc<tessera_cluster::Ownership>>,
 ) -> Machine {
+    batching_machine(budget, queue_limit, snapshot_every, fence, 256)
+}
+
+fn batching_machine(
+    budget: usize,
+    queue_limit: usize,
+    snapshot_every: u64,
+    fence: Option<Arc<tessera_cluster::Ownership>>,
+    batch: usize,
+) -> Machine {
     let ctx = ShardContext {
+        batch: super::BatchLimits { commands: batch, bytes: 32 << 10 },
         journal: Arc::new(MemoryJournal::default()),
         metrics: Metrics::new(),
         dedup: LIMITS,
@@ -255,19 +273,24 @@ fn machine(
 type Reply = oneshot::Receiver<Result<CommandReply, InvokeError>>;
 
 fn command(m: &mut Machine, id: &str, name: &str) -> Reply {
+    keyed(m, id, name, None)
+}
+
+/// A command, with the caller's idempotency key when `key` is set.
+fn keyed(m: &mut Machine, id: &str, name: &str, key: Option<&str>) -> Reply {
     let (tx, rx) = oneshot::channel();
-    let key = EntityKey::new("tally", id);
+    let entity_key = EntityKey::new("tally", id);
     let req = CommandRequest {
-        key: key.clone(),
+        key: entity_key.clone(),
         entity: tally(),
         command: tally().decode_command(name, b"null", Format::Json).unwrap(),
-        invocation_id: format!("inv-{id}-{name}"),
-        retryable: false,
+        invocation_id: key.map_or_else(|| format!("inv-{id}-{name}"), str::to_owned),
+        retryable: key.is_some(),
         timer: None,
         span: tracing::Span::none(),
         reply: tx.into(),
     };
-    m.enqueue(key, tally(), Work::Command(req), NOW);
+    m.enqueue(entity_key, tally(), Work::Command(req), NOW);
     rx
 }
 
@@ -298,7 +321,22 @@ fn activate(m: &mut Machine, id: &str, seq: u64) -> u64 {
 }
 
 fn ack(seq: u64) -> Result<super::Committed, InvokeError> {
-    Ok(super::Committed::Appended(AppendAck { first_seq: seq, last_seq: seq, timestamp_ms: NOW }))
+    acked(seq, seq)
+}
+
+fn acked(first_seq: u64, last_seq: u64) -> Result<super::Committed, InvokeError> {
+    Ok(super::Committed::Appended(AppendAck { first_seq, last_seq, timestamp_ms: NOW }))
+}
+
+/// The one append asked for: its expected seq, its events' types and its keys with their seqs.
+fn the_append(io: &[Io]) -> (u64, Vec<String>, Vec<(String, u64)>) {
+    let [Io::Append { request, .. }] = io else { panic!("one append asked for") };
+    let types = request.events.iter().map(|e| e.type_name.clone()).collect();
+    (request.expected_seq, types, request.keys.iter().map(|k| (k.key.clone(), k.seq)).collect())
+}
+
+fn answer(r: Reply) -> Result<(u64, u64), InvokeError> {
+    r.blocking_recv().unwrap().map(|c| (c.seq, rmp_serde::from_slice(&c.reply).unwrap()))
 }
 
 fn appends(io: &[Io]) -> Vec<(u64, u64)> {
@@ -326,8 +364,177 @@ fn one_command_at_a_time_and_a_bounded_queue() {
     );
     m.appended(EntityKey::new("tally", "a"), inc, ack(1), NOW);
     assert_eq!(first.blocking_recv().unwrap().unwrap().seq, 1);
-    assert_eq!(appends(&m.take_io()), vec![(inc, 1)], "then the next queued command");
+    assert_eq!(appends(&m.take_io()), vec![(inc, 1)], "then the queued commands, in one append");
     assert!(second.try_recv().is_err() && third.try_recv().is_err(), "still waiting");
+}
+
+#[test]
+fn queued_commands_are_decided_against_the_pending_state_and_written_in_one_append() {
+    let mut m = machine(100, 10, 0, None);
+    let a = EntityKey::new("tally", "a");
+    let first = command(&mut m, "a", "add");
+    let inc = activate(&mut m, "a", 0);
+    assert_eq!(the_append(&m.take_io()).1, ["Added"]);
+    let adds: Vec<Reply> = (0..3).map(|_| command(&mut m, "a", "add")).collect();
+    let (mut refused, mut get) = (command(&mut m, "a", "refuse"), command(&mut m, "a", "get"));
+    m.appended(a.clone(), inc, ack(1), NOW);
+    assert_eq!(answer(first).unwrap(), (1, 1));
+    let (expected, types, _) = the_append(&m.take_io());
+    assert_eq!((expected, types.len()), (1, 3), "three commands' events in one append after seq 1");
+    assert!(refused.try_recv().is_err() && get.try_recv().is_err(), "decided, but held until it is durable");
+    m.appended(a.clone(), inc, acked(2, 4), NOW);
+    let got: Vec<(u64, u64)> = adds.into_iter().map(|r| answer(r).unwrap()).collect();
+    assert_eq!(got, vec![(2, 2), (3, 3), (4, 4)], "each its own seq, each decided after the one before");
+    assert!(matches!(refused.blocking_recv().unwrap(), Err(InvokeError::Rejected(_))));
+    assert_eq!(answer(get).unwrap(), (4, 4), "a read decided against the pending state, answered once durable");
+    assert_eq!(read(&mut m, "a").blocking_recv().unwrap().unwrap().seq, 4);
+}
+
+#[test]
+fn a_failed_batch_fails_every_command_in_it_and_rebuilds_the_entity() {
+    let mut m = machine(100, 10, 0, None);
+    let a = EntityKey::new("tally", "a");
+    let first = command(&mut m, "a", "add");
+    let inc = activate(&mut m, "a", 0);
+    m.take_io();
+    let (second, get) = (command(&mut m, "a", "add"), command(&mut m, "a", "get"));
+    m.appended(a.clone(), inc, ack(1), NOW);
+    assert!(answer(first).is_ok());
+    m.take_io();
+    m.appended(a.clone(), inc, Err(InvokeError::Unavailable("journal down".into())), NOW);
+    assert!(matches!(answer(second), Err(InvokeError::Unavailable(_))));
+    assert!(matches!(answer(get), Err(InvokeError::Unavailable(_))), "its read saw state that never became durable");
+    let _again = read(&mut m, "a");
+    assert!(matches!(m.take_io().as_slice(), [Io::Activate { .. }]), "rebuilt from the journal");
+}
+
+#[test]
+fn reads_and_a_repeated_key_wait_for_the_append_before_them() {
+    let mut m = machine(100, 10, 0, None);
+    let a = EntityKey::new("tally", "a");
+    let first = command(&mut m, "a", "add");
+    let inc = activate(&mut m, "a", 0);
+    m.take_io();
+    let (x, view) = (keyed(&mut m, "a", "add", Some("k1")), read(&mut m, "a"));
+    let (k2, k2_again, z) =
+        (keyed(&mut m, "a", "add", Some("k2")), keyed(&mut m, "a", "add", Some("k2")), command(&mut m, "a", "add"));
+    m.appended(a.clone(), inc, ack(1), NOW);
+    assert!(answer(first).is_ok());
+    assert_eq!(the_append(&m.take_io()), (1, vec!["Added".into()], vec![("k1".into(), 2)]), "stops at the read");
+    m.appended(a.clone(), inc, ack(2), NOW);
+    assert_eq!(answer(x).unwrap(), (2, 2));
+    assert_eq!(view.blocking_recv().unwrap().unwrap().seq, 2, "the read sees only durable state");
+    assert_eq!(the_append(&m.take_io()).2, vec![("k2".into(), 3)], "stops at a key already in the batch");
+    m.appended(a.clone(), inc, ack(3), NOW);
+    assert_eq!(answer(k2).unwrap(), (3, 3));
+    let again = k2_again.blocking_recv().unwrap().unwrap();
+    assert!(again.deduplicated && again.seq == 3, "the retry is answered from the window, not applied twice");
+    assert_eq!(the_append(&m.take_io()).0, 3);
+    m.appended(a, inc, ack(4), NOW);
+    assert_eq!(answer(z).unwrap(), (4, 4));
+}
+
+#[test]
+fn keyed_commands_in_one_append_each_record_their_key_at_their_own_seq() {
+    let mut m = machine(100, 10, 0, None);
+    let a = EntityKey::new("tally", "a");
+    let first = command(&mut m, "a", "add");
+    let inc = activate(&mut m, "a", 0);
+    m.take_io();
+    let (k1, plain, k2) =
+        (keyed(&mut m, "a", "add", Some("k1")), command(&mut m, "a", "add"), keyed(&mut m, "a", "add", Some("k2")));
+    m.appended(a.clone(), inc, ack(1), NOW);
+    assert!(answer(first).is_ok());
+    let (_, _, keys) = the_append(&m.take_io());
+    assert_eq!(keys, vec![("k1".into(), 2), ("k2".into(), 4)]);
+    m.appended(a.clone(), inc, acked(2, 4), NOW);
+    assert_eq!((answer(k1).unwrap(), answer(plain).unwrap(), answer(k2).unwrap()), ((2, 2), (3, 3), (4, 4)));
+    // Retried later, both are answered from the window.
+    let retry = keyed(&mut m, "a", "add", Some("k1")).blocking_recv().unwrap().unwrap();
+    assert!(retry.deduplicated && retry.seq == 2);
+}
+
+#[test]
+fn a_retry_the_journal_remembers_fails_the_rest_of_its_batch_retryably() {
+    let mut m = machine(100, 10, 0, None);
+    let a = EntityKey::new("tally", "a");
+    let first = command(&mut m, "a", "add");
+    let inc = activate(&mut m, "a", 0);
+    m.take_io();
+    let (plain, old) = (command(&mut m, "a", "add"), keyed(&mut m, "a", "add", Some("old")));
+    m.appended(a.clone(), inc, ack(1), NOW);
+    assert!(answer(first).is_ok());
+    m.take_io();
+    let reply = rmp_serde::to_vec(&7u64).unwrap();
+    m.appended(a.clone(), inc, Ok(super::Committed::Remembered { key: "old".into(), seq: 1, reply }), NOW);
+    let remembered = old.blocking_recv().unwrap().unwrap();
+    assert!(remembered.deduplicated && remembered.seq == 1, "the original outcome");
+    assert!(matches!(answer(plain), Err(InvokeError::Unavailable(m)) if m.contains("send it again")));
+    let _again = read(&mut m, "a");
+    assert!(matches!(m.take_io().as_slice(), [Io::Activate { .. }]), "its pending state is thrown away");
+}
+
+#[test]
+fn an_apply_that_panics_mid_batch_ends_it_and_the_entity_is_rebuilt_after() {
+    let mut m = machine(100, 10, 0, None);
+    let a = EntityKey::new("tally", "a");
+    let first = command(&mut m, "a", "add");
+    let inc = activate(&mut m, "a", 0);
+    m.take_io();
+    let (bad, next) = (command(&mut m, "a", "bad"), command(&mut m, "a", "add"));
+    m.appended(a.clone(), inc, ack(1), NOW);
+    assert!(answer(first).is_ok());
+    assert_eq!(the_append(&m.take_io()).1, ["Bad"], "the next command is not decided against a broken state");
+    m.appended(a.clone(), inc, ack(2), NOW);
+    assert!(matches!(answer(bad), Err(InvokeError::HandlerPanicked(m)) if m.contains("persisted (seq 2)")));
+    let io = m.take_io();
+    assert!(matches!(io.as_slice(), [Io::Activate { .. }]), "rebuilt for the command still queued");
+    drop(next);
+}
+
+#[test]
+fn a_timer_fire_waits_for_the_append_before_it() {
+    let mut m = machine(100, 10, 0, None);
+    let a = EntityKey::new("tally", "a");
+    let first = command(&mut m, "a", "add");
+    let inc = activate(&mut m, "a", 0);
+    m.take_io();
+    let (tx, _fired) = oneshot::channel();
+    let fire = CommandRequest {
+        key: a.clone(),
+        entity: tally(),
+        command: tally().decode_command("add", b"null", Format::Json).unwrap(),
+        invocation_id: "tessera/tally/a/timer".into(),
+        retryable: true,
+        timer: Some(step::TimerFire { id: "t".into(), seq: 1 }),
+        span: tracing::Span::none(),
+        reply: tx.into(),
+    };
+    let second = command(&mut m, "a", "add");
+    m.enqueue(a.clone(), tally(), Work::Command(fire), NOW);
+    m.appended(a.clone(), inc, ack(1), NOW);
+    assert!(answer(first).is_ok());
+    assert_eq!(the_append(&m.take_io()).1.len(), 1, "the fire is decided against durable timers, after");
+    m.appended(a, inc, ack(2), NOW);
+    assert_eq!(answer(second).unwrap(), (2, 2));
+}
+
+#[test]
+fn a_batch_takes_at_most_its_limit_of_commands() {
+    let mut m = batching_machine(100, 10, 0, None, 2);
+    let a = EntityKey::new("tally", "a");
+    let first = command(&mut m, "a", "add");
+    let inc = activate(&mut m, "a", 0);
+    m.take_io();
+    let rest: Vec<Reply> = (0..3).map(|_| command(&mut m, "a", "add")).collect();
+    m.appended(a.clone(), inc, ack(1), NOW);
+    assert!(answer(first).is_ok());
+    assert_eq!(the_append(&m.take_io()).1.len(), 2);
+    m.appended(a.clone(), inc, acked(2, 3), NOW);
+    assert_eq!(the_append(&m.take_io()).1.len(), 1, "the third waits for the next append");
+    m.appended(a, inc, ack(4), NOW);
+    let seqs: Vec<u64> = rest.into_iter().map(|r| answer(r).unwrap().0).collect();
+    assert_eq!(seqs, vec![2, 3, 4]);
 }
 
 #[test]
