@@ -15,6 +15,7 @@
 //! ```
 
 mod counter;
+mod hot;
 mod messages;
 mod nats;
 mod projection;
@@ -35,7 +36,7 @@ pub struct BenchArgs {
     /// Directory for the JSON results.
     #[arg(long, default_value = "bench-results")]
     pub out: PathBuf,
-    /// Run only these benchmarks (durable, memory, replay, entities, projection, messages, nats, scylla). Default: all.
+    /// Run only these benchmarks (durable, hot, memory, replay, entities, projection, messages, nats, scylla). Default: all.
     #[arg(long)]
     pub only: Vec<String>,
     /// Small sizes: checks that everything runs, figures mean little.
@@ -173,7 +174,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let sizes = if args.quick { Sizes::quick() } else { Sizes::full() };
     let scratch = args.scratch.clone().unwrap_or_else(std::env::temp_dir);
     std::fs::create_dir_all(&args.out)?;
-    let all = ["durable", "memory", "replay", "entities", "projection", "messages", "nats", "scylla"];
+    let all = ["durable", "hot", "memory", "replay", "entities", "projection", "messages", "nats", "scylla"];
     let selected: Vec<&str> = if args.only.is_empty() {
         all.to_vec()
     } else {
@@ -193,6 +194,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         eprintln!("== bench {name} ==");
         let mut result = match name {
             "durable" => runs::durable(sizes, &scratch).await?,
+            "hot" => hot::run(sizes, &scratch).await?,
             "memory" => runs::in_memory(sizes).await?,
             "replay" => runs::replay(sizes, &scratch).await?,
             "projection" => projection::run(sizes, &scratch).await?,

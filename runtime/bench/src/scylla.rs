@@ -125,6 +125,9 @@ pub(super) async fn run(s: Sizes, server: &str) -> anyhow::Result<Value> {
     let (fenced, raises, fenced_latency) = journal_appends(&j, "fenced", n, callers, Some(7)).await?;
     eprintln!("journal appends: {unfenced:.0}/s unfenced, {fenced:.0}/s fenced; fence raises {raises:.0}/s");
 
+    // One hot entity: its queued commands in one conditional append, vs one per append.
+    let hot = super::hot::scylla(&url, s, 64).await?;
+
     // Replay: one entity, unconditional appends of 1000 events.
     let plain = ScyllaJournal::connect(&format!("{url}?conditional=false"), 1024).await?;
     let key = EntityKey::new("bench-counter", "big");
@@ -169,6 +172,7 @@ pub(super) async fn run(s: Sizes, server: &str) -> anyhow::Result<Value> {
             "fenced_appends_per_sec": fenced.round(), "fenced_latency": fenced_latency,
             "ratio_fenced_to_unfenced": ratio(fenced, unfenced), "fence_raises_per_sec": raises.round(),
         },
+        "hot_entity": hot,
         "baseline_raw_driver": { "inserts_per_sec": raw.round(), "paged_read_events_per_sec": raw_read.round() },
         "ratio_runtime_to_baseline": ratio(conditional, raw),
         "ratio_unconditional_to_baseline": ratio(unconditional, raw),
