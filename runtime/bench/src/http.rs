@@ -1,0 +1,221 @@
+//! HTTP end to end, driven by an external load generator (`wrk`, from
+//! Debian's packages; `deploy/local/bench-http.sh` installs it): durable
+//! `add` commands on the local journal over 10 000 counters at 64 and 256
+//! connections and on one hot counter, beside a raw axum echo server (same
+//! axum, same route shape, same runtime, same allocator, no work) under the
+//! same generator. While each load runs, a light probe (one request every
+//! 10 ms, on its own connection) measures what a caller beside the load
+//! sees. The generator shares the machine's cores with the node, so its
+//! CPU time is reported beside the node's.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tessera_runtime::NodeBuilder;
+use tessera_runtime::config::JournalKind;
+
+use super::runs::{bench_config, ratio};
+use super::{histogram, registry, summary};
+
+/// The wrk script: POST `{"by":1}` to a random counter of `ENTITIES`; at the
+/// end, one JSON line with its figures.
+const SCRIPT: &str = r#"
+local entities = tonumber(os.getenv("ENTITIES") or "10000")
+wrk.method = "POST"
+wrk.body = '{"by":1}'
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  local id = math.random(0, entities - 1)
+  return wrk.format(nil, "/v1/entities/bench-counter/e-" .. id .. "/add")
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRK_JSON {"requests":%d,"duration_us":%d,"non_2xx":%d,"socket_errors":%d,"p50_us":%d,"p90_us":%d,"p99_us":%d,"p999_us":%d,"max_us":%d,"mean_us":%.1f}\n',
+    summary.requests, summary.duration, e.status, e.connect + e.read + e.write + e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency:percentile(99.9),
+    latency.max, latency.mean))
+end
+"#;
+
+/// CPU seconds (user + system) a process used, from `/proc/PID/stat`.
+fn cpu_secs(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    // Fields after the command name (which may hold spaces) start at `) `.
+    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of stat (11 and 12 after the name); 100 ticks/s on Linux.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Runs wrk for `secs` at `connections` against `addr` (counters `0..entities`),
+/// with the probe beside it; returns wrk's figures, the probe's, and the
+/// CPU seconds of the generator and of this process.
+async fn load(addr: &str, connections: u64, entities: u64, secs: u64, script: &Path) -> anyhow::Result<Value> {
+    let self_cpu = cpu_secs("self");
+    let mut wrk = tokio::process::Command::new("wrk")
+        .args(["-t1", &format!("-c{connections}"), &format!("-d{secs}s"), "--timeout", "10s", "-s"])
+        .arg(script)
+        .arg(format!("http://{addr}"))
+        .env("ENTITIES", entities.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let pid = wrk.id().map(|p| p.to_string()).unwrap_or_default();
+    let probe = tokio::spawn(probe(addr.to_owned(), entities, Duration::from_secs(secs)));
+    let mut wrk_cpu = 0.0;
+    let out = loop {
+        tokio::select! {
+            status = wrk.wait() => { status?; break wrk.wait_with_output().await?; }
+            () = tokio::time::sleep(Duration::from_millis(100)) => wrk_cpu = cpu_secs(&pid),
+        }
+    };
+    let node_cpu = cpu_secs("self") - self_cpu;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("WRK_JSON "))
+        .ok_or_else(|| anyhow::anyhow!("wrk printed no figures: {text}\n{}", String::from_utf8_lossy(&out.stderr)))?;
+    let mut w: Value = serde_json::from_str(line)?;
+    let secs_run = w["duration_us"].as_f64().unwrap_or(1.0) / 1e6;
+    w["requests_per_sec"] = json!((w["requests"].as_f64().unwrap_or(0.0) / secs_run).round());
+    let probe = probe.await??;
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+    eprintln!(
+        "{addr} c{connections} e{entities}: {} req/s, p99 {} us, p99.9 {} us, max {} us (probe p99 {} us); wrk cpu {wrk_cpu:.1}s, node {node_cpu:.1}s",
+        w["requests_per_sec"], w["p99_us"], w["p999_us"], w["max_us"], probe["p99_us"]
+    );
+    Ok(json!({
+        "connections": connections, "entities": entities, "seconds": secs,
+        "wrk": w, "probe": probe,
+        "cpu": {
+            "generator_secs": (wrk_cpu * 10.0).round() / 10.0,
+            "server_process_secs": (node_cpu * 10.0).round() / 10.0,
+            "generator_share_of_machine": ((wrk_cpu / (secs_run * cores)) * 1000.0).round() / 1000.0,
+            "server_share_of_machine": ((node_cpu / (secs_run * cores)) * 1000.0).round() / 1000.0,
+        },
+    }))
+}
+
+/// One request every 10 ms for `dur`, on its own connection; latency summary.
+async fn probe(addr: String, entities: u64, dur: Duration) -> anyhow::Result<Value> {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(1).build()?;
+    let mut h = histogram();
+    let (started, mut i, mut failed) = (Instant::now(), 0u64, 0u64);
+    // Let the load start first.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    while started.elapsed() + Duration::from_millis(500) < dur {
+        let url = format!("http://{addr}/v1/entities/bench-counter/e-{}/add", (i * 7919) % entities);
+        let t = Instant::now();
+        let r = client.post(url).header("content-type", "application/json").body(r#"{"by":1}"#).send().await;
+        match r {
+            Ok(r) if r.status().is_success() => {
+                let _ = r.bytes().await;
+                h.record(t.elapsed().as_micros().max(1) as u64)?;
+            }
+            _ => failed += 1,
+        }
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut s = summary(&h);
+    s["failed"] = json!(failed);
+    Ok(s)
+}
+
+/// The raw baseline: an axum server on the same route shape that answers
+/// each POST with its body.
+async fn echo_server() -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
+    use axum::routing::post;
+    let app = axum::Router::new().route(
+        "/v1/entities/{t}/{id}/{cmd}",
+        post(|body: axum::body::Bytes| async move { ([("content-type", "application/json")], body) }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?.to_string();
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((addr, task))
+}
+
+/// Whether wrk is installed.
+pub(super) fn wrk_installed() -> bool {
+    std::process::Command::new("wrk").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
+}
+
+pub(super) async fn run(quick: bool, scratch: &Path) -> anyhow::Result<Value> {
+    anyhow::ensure!(wrk_installed(), "the http benchmark needs wrk (deploy/local/bench-http.sh installs it)");
+    let secs = if quick { 2 } else { 30 };
+    let dir = tempfile::Builder::new().prefix("tessera-bench-http-").tempdir_in(scratch)?;
+    let script = dir.path().join("add.lua");
+    std::fs::write(&script, SCRIPT)?;
+
+    let (echo_addr, echo) = echo_server().await?;
+    let echo64 = load(&echo_addr, 64, 10_000, secs, &script).await?;
+    let echo256 = load(&echo_addr, 256, 10_000, secs, &script).await?;
+    echo.abort();
+
+    let config = bench_config(JournalKind::Local, &dir.path().join("node")).with(|c| {
+        c.http.listen = Some("127.0.0.1:0".into());
+        c.limits.max_in_flight = 100_000;
+    });
+    let server = NodeBuilder::new(registry()).config(config).build().await?;
+    let addr = server.http_addr().ok_or_else(|| anyhow::anyhow!("the node serves no HTTP"))?.to_string();
+    // Warm: activate the counters.
+    let client = reqwest::Client::new();
+    let ids: Vec<u64> = (0..10_000).collect();
+    for chunk in ids.chunks(500) {
+        let gets = chunk.iter().map(|i| {
+            client
+                .post(format!("http://{addr}/v1/entities/bench-counter/e-{i}/get"))
+                .header("content-type", "application/json")
+                .body("null")
+                .send()
+        });
+        for r in futures::future::join_all(gets).await {
+            anyhow::ensure!(r?.status().is_success(), "warm-up request failed");
+        }
+    }
+    let metrics = server.node().metrics().clone();
+    let mut runs = Vec::new();
+    for (connections, entities) in [(64, 10_000), (256, 10_000), (64, 1), (256, 1)] {
+        let before = commit_buckets(&metrics);
+        let mut r = load(&addr, connections, entities, secs, &script).await?;
+        let after = commit_buckets(&metrics);
+        r["node"] = json!({
+            "group_commits": after.0 - before.0,
+            "group_commits_over_25ms": after.1 - before.1,
+            "group_commits_over_50ms": after.2 - before.2,
+        });
+        runs.push(r);
+    }
+    server.shutdown().await;
+    let rps = |v: &Value| v["wrk"]["requests_per_sec"].as_f64().unwrap_or(0.0);
+    Ok(json!({
+        "description": "HTTP end to end under wrk (-t1, one random counter per request, POST {\"by\":1} = one durable command, local journal with fsync per group commit) vs a raw axum echo server on the same route under the same generator; a probe (one request per 10 ms) beside each load; CPU seconds of the generator and of this process",
+        "baseline_axum_echo": { "c64": echo64, "c256": echo256 },
+        "runtime": runs,
+        "ratio_runtime_to_echo_c64": ratio(rps(&runs[0]), rps(&echo64)),
+        "ratio_runtime_to_echo_c256": ratio(rps(&runs[1]), rps(&echo256)),
+    }))
+}
+
+/// Group commits so far: all, over 25 ms, over 50 ms (from the node's
+/// commit-duration histogram, whose buckets include 0.025 and 0.05 s).
+fn commit_buckets(m: &tessera_runtime::metrics::Metrics) -> (u64, u64, u64) {
+    let h = m.commit_latency.get_sample_count();
+    let proto = prometheus::core::Collector::collect(&m.commit_latency);
+    let le = |bound: f64| -> u64 {
+        proto
+            .iter()
+            .flat_map(|f| f.get_metric())
+            .flat_map(|m| m.get_histogram().get_bucket())
+            .find(|b| (b.upper_bound() - bound).abs() < 1e-9)
+            .map_or(0, |b| b.cumulative_count())
+    };
+    (h, h - le(0.025), h - le(0.05))
+}
