@@ -186,10 +186,10 @@ pub(super) async fn run(quick: bool, scratch: &Path) -> anyhow::Result<Value> {
         let before = commit_buckets(&metrics);
         let mut r = load(&addr, connections, entities, secs, &script).await?;
         let after = commit_buckets(&metrics);
+        let d: Vec<u64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
         r["node"] = json!({
-            "group_commits": after.0 - before.0,
-            "group_commits_over_25ms": after.1 - before.1,
-            "group_commits_over_50ms": after.2 - before.2,
+            "group_commits": d[0], "group_commits_over_25ms": d[1], "group_commits_over_50ms": d[2],
+            "commands": d[3], "commands_over_10ms": d[4], "commands_over_50ms": d[5],
         });
         runs.push(r);
     }
@@ -204,18 +204,32 @@ pub(super) async fn run(quick: bool, scratch: &Path) -> anyhow::Result<Value> {
     }))
 }
 
-/// Group commits so far: all, over 25 ms, over 50 ms (from the node's
-/// commit-duration histogram, whose buckets include 0.025 and 0.05 s).
-fn commit_buckets(m: &tessera_runtime::metrics::Metrics) -> (u64, u64, u64) {
-    let h = m.commit_latency.get_sample_count();
-    let proto = prometheus::core::Collector::collect(&m.commit_latency);
-    let le = |bound: f64| -> u64 {
-        proto
+/// Counts so far from the node's histograms (their buckets include 0.01,
+/// 0.025 and 0.05 s): group commits (all, over 25 ms, over 50 ms) and
+/// commands as the node timed them (all, over 10 ms, over 50 ms).
+fn commit_buckets(m: &tessera_runtime::metrics::Metrics) -> [u64; 6] {
+    let over = |c: &dyn prometheus::core::Collector, bounds: [f64; 2]| -> [u64; 3] {
+        let proto = c.collect();
+        let buckets: Vec<_> = proto
             .iter()
             .flat_map(|f| f.get_metric())
-            .flat_map(|m| m.get_histogram().get_bucket())
-            .find(|b| (b.upper_bound() - bound).abs() < 1e-9)
-            .map_or(0, |b| b.cumulative_count())
+            .filter(|m| m.get_label().iter().all(|l| l.value() == "command"))
+            .flat_map(|m| m.get_histogram().get_bucket().to_vec())
+            .collect();
+        let le = |bound: f64| {
+            buckets.iter().find(|b| (b.upper_bound() - bound).abs() < 1e-9).map_or(0, |b| b.cumulative_count())
+        };
+        let all = buckets.last().map_or(0, |b| b.cumulative_count());
+        let total = proto
+            .iter()
+            .flat_map(|f| f.get_metric())
+            .filter(|m| m.get_label().iter().all(|l| l.value() == "command"))
+            .map(|m| m.get_histogram().get_sample_count())
+            .sum::<u64>()
+            .max(all);
+        [total, total - le(bounds[0]), total - le(bounds[1])]
     };
-    (h, h - le(0.025), h - le(0.05))
+    let [c, c25, c50] = over(&m.commit_latency, [0.025, 0.05]);
+    let [r, r10, r50] = over(&m.latency, [0.01, 0.05]);
+    [c, c25, c50, r, r10, r50]
 }
