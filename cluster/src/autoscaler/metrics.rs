@@ -55,13 +55,21 @@ pub struct NodeMetrics {
 #[derive(Debug, Default)]
 pub struct Window {
     span_ms: i64,
+    /// The recent part (the surge check's), ms.
+    recent_ms: i64,
     samples: HashMap<String, VecDeque<NodeMetrics>>,
 }
 
 impl Window {
     /// A window of `span`.
     pub fn new(span: Duration) -> Self {
-        Self { span_ms: span.as_millis() as i64, samples: HashMap::new() }
+        Self { span_ms: span.as_millis() as i64, recent_ms: 2_000, samples: HashMap::new() }
+    }
+
+    /// Also averages the last `recent` on their own (the policy's surge check; default 2 s).
+    pub fn with_recent(mut self, recent: Duration) -> Self {
+        self.recent_ms = recent.as_millis() as i64;
+        self
     }
 
     /// Adds a sample.
@@ -110,6 +118,13 @@ impl Window {
             o.function_concurrency += q.iter().map(|m| m.function_concurrency).sum::<f64>() / n;
             o.db_concurrency += q.iter().map(|m| m.db_concurrency).sum::<f64>() / n;
             o.request_rate += q.iter().map(|m| m.request_rate).sum::<f64>() / n;
+            // Samples are a second apart: the last `recent` of them.
+            let newest = q.back().map_or(0, |m| m.at_ms);
+            let recent: Vec<&NodeMetrics> = q.iter().filter(|m| newest - m.at_ms < self.recent_ms).collect();
+            let r = recent.len().max(1) as f64;
+            o.recent_request_concurrency += recent.iter().map(|m| m.request_concurrency).sum::<f64>() / r;
+            o.recent_db_concurrency += recent.iter().map(|m| m.db_concurrency).sum::<f64>() / r;
+            o.recent_request_rate += recent.iter().map(|m| m.request_rate).sum::<f64>() / r;
         }
         o
     }

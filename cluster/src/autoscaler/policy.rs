@@ -18,7 +18,17 @@
 //!   scale-up when the request rate jumped above `rate_jump_factor` × the
 //!   rate at the decision (a real surge should not wait a minute); the new
 //!   size still comes from the concurrency.
-//! - At most `max_step` nodes per decision; always within `[min, max]`.
+//! - A surge does not wait for the window: when the last
+//!   `panic_window_secs` alone ask for at least `panic_threshold` × the
+//!   current size (after Knative's panic mode), the size goes at once to
+//!   what they ask for, inside a stable window too and past `max_step`
+//!   (shedding a surge for a window and a warm-up costs more than a few
+//!   node-minutes). The rate, too, must have jumped by that factor since
+//!   the last decision (a queue still waiting for nodes already asked for
+//!   is no new surge). A surge sizes for the queue it saw, so its stable
+//!   window is the shorter scale-down one: the overshoot goes once the
+//!   queue drained.
+//! - Otherwise at most `max_step` nodes per decision; always within `[min, max]`.
 //! - The request rate never causes a scale-down (a low rate with high
 //!   concurrency is slow work, not idle nodes).
 
@@ -53,6 +63,11 @@ pub struct PolicyConfig {
     pub rate_jump_factor: f64,
     /// Most nodes added or removed per decision (default 2).
     pub max_step: usize,
+    /// A surge: the last `panic_window_secs` want this many times the
+    /// current size (default 2.0; 0 turns it off).
+    pub panic_threshold: f64,
+    /// Seconds the surge check looks at (default 2).
+    pub panic_window_secs: u64,
 }
 
 impl Default for PolicyConfig {
@@ -68,6 +83,8 @@ impl Default for PolicyConfig {
             scale_down_stable_secs: 30,
             rate_jump_factor: 1.5,
             max_step: 2,
+            panic_threshold: 2.0,
+            panic_window_secs: 2,
         }
     }
 }
@@ -89,6 +106,15 @@ pub struct Observation {
     /// calls that found no node), counted like user-function concurrency.
     #[serde(default)]
     pub backlog: f64,
+    /// Request concurrency over the last `panic_window_secs` only (0: not measured).
+    #[serde(default)]
+    pub recent_request_concurrency: f64,
+    /// Database concurrency over the last `panic_window_secs` only.
+    #[serde(default)]
+    pub recent_db_concurrency: f64,
+    /// Request rate over the last `panic_window_secs` only.
+    #[serde(default)]
+    pub recent_request_rate: f64,
 }
 
 /// Which way a decision went.
@@ -109,6 +135,10 @@ pub struct PolicyState {
     /// The last change: when (time since start), which way, and the request
     /// rate (window average) then.
     pub last_change: Option<(Duration, Direction, f64)>,
+    /// The last change was a surge's (its stable window is the shorter
+    /// scale-down one: a surge overshoots to drain the queue quickly).
+    #[serde(default)]
+    pub surged: bool,
 }
 
 /// The policy's answer.
@@ -158,7 +188,7 @@ pub fn decide(cfg: &PolicyConfig, o: &Observation, now: Duration, state: &Policy
     let step = cfg.max_step.max(1);
     let hold = |reason: String| (Decision::Hold { nodes: current, reason }, *state);
     let scale = |to: usize, dir: Direction, reason: String| {
-        let next = PolicyState { target: Some(to), last_change: Some((now, dir, o.request_rate)) };
+        let next = PolicyState { target: Some(to), last_change: Some((now, dir, o.request_rate)), surged: false };
         (Decision::Scale { from: current, to, reason }, next)
     };
     if current < lo {
@@ -176,8 +206,40 @@ pub fn decide(cfg: &PolicyConfig, o: &Observation, now: Duration, state: &Policy
     }
     let want = desired(cfg, o);
     let want_n = (want.ceil() as usize).clamp(lo, hi);
+    // What the last seconds ask for: their concurrency (the queue
+    // included, so that it drains soon after the new nodes serve) or, if
+    // more, their arrivals at the window's time per request and database
+    // share (a queue that only started building understates a surge).
+    let per_request = if o.request_rate > 0.0 { o.request_concurrency / o.request_rate } else { 0.0 };
+    let db_share = if o.request_concurrency > 0.0 { o.db_concurrency / o.request_concurrency } else { 0.0 };
+    let by_rate = o.recent_request_rate * per_request * (1.0 - db_share);
+    let recent = (o.recent_request_concurrency - o.recent_db_concurrency).max(0.0).max(by_rate)
+        / cfg.target_request_concurrency.max(f64::EPSILON);
+    let recent_n = (recent.ceil() as usize).clamp(lo, hi);
+    // A surge of arrivals, not a queue still waiting for nodes already
+    // asked for: the rate too must have jumped since the last decision.
+    let arrivals_jumped =
+        state.last_change.is_none_or(|(_, _, rate_then)| o.recent_request_rate >= cfg.panic_threshold * rate_then);
+    if cfg.panic_threshold > 0.0
+        && current > 0
+        && arrivals_jumped
+        && recent >= cfg.panic_threshold * current as f64
+        && recent_n > current
+    {
+        let next = PolicyState {
+            target: Some(recent_n),
+            last_change: Some((now, Direction::Up, o.recent_request_rate)),
+            surged: true,
+        };
+        let reason = format!(
+            "surge: the last {} s want {recent:.2} nodes, ≥ {}× the {current} there are",
+            cfg.panic_window_secs, cfg.panic_threshold
+        );
+        return (Decision::Scale { from: current, to: recent_n, reason }, next);
+    }
     if let Some((at, dir, rate_then)) = state.last_change {
         let stable = Duration::from_secs(match dir {
+            Direction::Up if state.surged => cfg.scale_down_stable_secs,
             Direction::Up => cfg.scale_up_stable_secs,
             Direction::Down => cfg.scale_down_stable_secs,
         });
@@ -188,13 +250,11 @@ pub fn decide(cfg: &PolicyConfig, o: &Observation, now: Duration, state: &Policy
             // window).
             if jump >= cfg.rate_jump_factor && want_n > current {
                 let to = want_n.min(current + step);
-                {
-                    return scale(
-                        to,
-                        Direction::Up,
-                        format!("request rate ×{jump:.2} since the last decision, inside its stable window"),
-                    );
-                }
+                return scale(
+                    to,
+                    Direction::Up,
+                    format!("request rate ×{jump:.2} since the last decision, inside its stable window"),
+                );
             }
             let left = stable.saturating_sub(now.saturating_sub(at)).as_secs();
             return hold(format!("stable window after scaling {dir:?}: {left} s left (wants {want:.2})"));
@@ -266,6 +326,30 @@ mod tests {
         assert_eq!(d.nodes(), 1);
     }
 
+    #[test]
+    fn a_surge_of_arrivals_scales_at_once_past_the_step_but_a_queue_alone_does_not() {
+        let cfg = PolicyConfig { max_nodes: 20, ..PolicyConfig::default() };
+        // Steady: 1 node, 500 req/s at 50 ms = 25 in flight.
+        let (_, st) = decide(&cfg, &obs(1, 25.0, 500.0), secs(0), &PolicyState::default());
+        // The last 2 s: 8000 req/s and a queue building (1 node serves 80 at once).
+        let surge =
+            Observation { recent_request_concurrency: 400.0, recent_request_rate: 8000.0, ..obs(1, 62.0, 1250.0) };
+        let (d, st) = decide(&cfg, &surge, secs(10), &st);
+        // The larger of the last 2 s's concurrency (400) and their arrivals at the window's time per
+        // request (8000 × 62 / 1250 = 397): ⌈400 / 64⌉ = 7, not capped by the step of 2.
+        assert!(matches!(&d, Decision::Scale { from: 1, to: 7, reason } if reason.starts_with("surge")), "{d:?}");
+        // Seconds later the queue is still there but the arrivals did not jump again: no second surge.
+        let queued =
+            Observation { recent_request_concurrency: 2000.0, recent_request_rate: 8000.0, ..obs(7, 900.0, 8000.0) };
+        let (d, _) = decide(&cfg, &queued, secs(14), &st);
+        assert!(matches!(d, Decision::Hold { .. }), "{d:?}");
+        // Off: the window's pace.
+        let off = PolicyConfig { panic_threshold: 0.0, ..cfg };
+        let (_, st0) = decide(&off, &obs(1, 25.0, 500.0), secs(0), &PolicyState::default());
+        let (d, _) = decide(&off, &surge, secs(10), &st0);
+        assert!(!d_reason(&d).starts_with("surge"), "{d:?}");
+    }
+
     fn d_reason(d: &Decision) -> String {
         match d {
             Decision::Hold { reason, .. } | Decision::Scale { reason, .. } => reason.clone(),
@@ -275,18 +359,18 @@ mod tests {
     #[test]
     fn tolerance_and_bounds() {
         let cfg = PolicyConfig { min_nodes: 2, max_nodes: 4, ..PolicyConfig::default() };
-        let st = PolicyState { target: Some(3), last_change: None };
+        let st = PolicyState { target: Some(3), ..PolicyState::default() };
         assert!(matches!(decide(&cfg, &obs(3, 64.0 * 3.1, 1.0), secs(0), &st).0, Decision::Hold { .. }));
         assert_eq!(decide(&cfg, &obs(3, 10_000.0, 1.0), secs(0), &st).0.nodes(), 4, "max");
         assert_eq!(decide(&cfg, &obs(3, 0.0, 0.0), secs(0), &st).0.nodes(), 2, "min");
-        let below = PolicyState { target: Some(1), last_change: None };
+        let below = PolicyState { target: Some(1), ..PolicyState::default() };
         assert_eq!(decide(&cfg, &obs(1, 0.0, 0.0), secs(0), &below).0.nodes(), 2, "raised to the minimum");
     }
 
     #[test]
     fn a_group_with_a_minimum_of_zero_grows_from_its_backlog_and_shrinks_to_nothing() {
         let cfg = PolicyConfig { min_nodes: 0, max_nodes: 3, ..PolicyConfig::default() };
-        let empty = PolicyState { target: Some(0), last_change: None };
+        let empty = PolicyState { target: Some(0), ..PolicyState::default() };
         let (d, _) = decide(&cfg, &Observation::default(), secs(0), &empty);
         assert_eq!(d.nodes(), 0, "{d:?}: nothing queued, nothing started");
         let queued = Observation { backlog: 20.0, ..Observation::default() };
@@ -303,7 +387,7 @@ mod tests {
     #[test]
     fn a_falling_rate_never_scales_down_by_itself() {
         let cfg = PolicyConfig::default();
-        let st = PolicyState { target: Some(4), last_change: None };
+        let st = PolicyState { target: Some(4), ..PolicyState::default() };
         // Rate fell to a tenth, concurrency still needs 4 nodes (slow work).
         let (d, _) = decide(&cfg, &obs(4, 250.0, 10.0), secs(0), &st);
         assert!(matches!(d, Decision::Hold { .. }), "{d:?}");

@@ -1,5 +1,6 @@
 //! A simple cluster model to run scaling policies on load traces: the
-//! Tessera policy beside a naive proportional one, in the same run.
+//! Tessera policy beside two baselines in the same run, a naive
+//! proportional one and Knative's KPA (stable and panic windows).
 //!
 //! Model, per second: nodes serve `slots_per_node` requests at once; a node
 //! added by a decision serves nothing for `warmup_secs` and then takes its
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::kpa::{KpaConfig, KpaState, kpa_decide};
 use super::policy::{Decision, Direction, Observation, PolicyConfig, PolicyState, decide};
 
 /// One row of a trace: from `time_s` on, requests arrive at `request_rate`
@@ -109,6 +111,8 @@ pub enum PolicyKind {
     Tessera,
     /// Every second, nodes = ⌈non-database concurrency now ÷ target⌉, clamped to the bounds.
     Naive,
+    /// Knative's KPA ([`super::kpa`], its defaults) on the same signal and target.
+    Kpa,
 }
 
 /// One second of a run.
@@ -193,8 +197,12 @@ pub fn run(trace: &[TracePoint], policy: PolicyKind, cfg: &PolicyConfig, model: 
     let (lo, hi) = (cfg.min_nodes.max(1), cfg.max_nodes.max(cfg.min_nodes.max(1)));
     // Seconds each provisioned node started (negative: there from the start).
     let mut nodes: Vec<f64> = vec![-1e9; model.initial_nodes.clamp(lo, hi)];
-    let mut state = PolicyState { target: Some(nodes.len()), last_change: None };
+    let mut state = PolicyState { target: Some(nodes.len()), ..PolicyState::default() };
     let mut window: VecDeque<Observation> = VecDeque::new();
+    // The KPA's history of the signal (non-database concurrency) and state.
+    let kpa_cfg = KpaConfig::default();
+    let mut kpa_history: Vec<f64> = Vec::new();
+    let mut kpa_state = KpaState::default();
     let (mut backlog, mut ticks, mut log) = (0.0f64, Vec::new(), Vec::new());
     for t in 0..=end {
         let now = t as f64;
@@ -225,6 +233,9 @@ pub fn run(trace: &[TracePoint], policy: PolicyKind, cfg: &PolicyConfig, model: 
             db_concurrency: busy * model.db_share,
             request_rate: p.request_rate,
             backlog: 0.0,
+            recent_request_concurrency: 0.0,
+            recent_db_concurrency: 0.0,
+            recent_request_rate: 0.0,
         };
         window.push_back(o);
         while window.len() as u64 > cfg.window_secs.max(1) {
@@ -234,6 +245,9 @@ pub fn run(trace: &[TracePoint], policy: PolicyKind, cfg: &PolicyConfig, model: 
         let decision = match policy {
             PolicyKind::Tessera => {
                 let n = window.len() as f64;
+                let recent: Vec<&Observation> =
+                    window.iter().rev().take(cfg.panic_window_secs.max(1) as usize).collect();
+                let r = recent.len() as f64;
                 let avg = Observation {
                     nodes: current,
                     request_concurrency: window.iter().map(|o| o.request_concurrency).sum::<f64>() / n,
@@ -241,10 +255,27 @@ pub fn run(trace: &[TracePoint], policy: PolicyKind, cfg: &PolicyConfig, model: 
                     db_concurrency: window.iter().map(|o| o.db_concurrency).sum::<f64>() / n,
                     request_rate: window.iter().map(|o| o.request_rate).sum::<f64>() / n,
                     backlog: 0.0,
+                    recent_request_concurrency: recent.iter().map(|o| o.request_concurrency).sum::<f64>() / r,
+                    recent_db_concurrency: recent.iter().map(|o| o.db_concurrency).sum::<f64>() / r,
+                    recent_request_rate: recent.iter().map(|o| o.request_rate).sum::<f64>() / r,
                 };
                 let (d, next) = decide(cfg, &avg, Duration::from_secs(t), &state);
                 state = next;
                 d
+            }
+            PolicyKind::Kpa => {
+                kpa_history.push((o.request_concurrency - o.db_concurrency).max(0.0));
+                let (want, next) =
+                    kpa_decide(&kpa_cfg, &kpa_history, cfg.target_request_concurrency, ready, current, t, &kpa_state);
+                let panicking = next.panic_since.is_some();
+                kpa_state = next;
+                let to = want.clamp(lo, hi);
+                if to == current {
+                    Decision::Hold { nodes: current, reason: String::new() }
+                } else {
+                    let mode = if panicking { "panic window" } else { "stable window" };
+                    Decision::Scale { from: current, to, reason: format!("{want} nodes by the {mode}") }
+                }
             }
             PolicyKind::Naive => {
                 let want = ((o.request_concurrency - o.db_concurrency).max(0.0) / cfg.target_request_concurrency).ceil()
@@ -295,33 +326,37 @@ fn summarize(policy: PolicyKind, ticks: &[Tick], log: &[LogEntry], target_ms: f6
     }
 }
 
-/// Both policies on one trace, and the plot.
+/// The policies on one trace, and the plot.
 pub struct Comparison {
     /// The Tessera policy's run.
     pub tessera: Run,
     /// The naive policy's run.
     pub naive: Run,
+    /// Knative's KPA's run.
+    pub kpa: Run,
     /// An SVG of load, nodes and latency over time.
     pub svg: String,
 }
 
-/// Runs both policies on `trace`.
+/// Runs the three policies on `trace`.
 pub fn compare(name: &str, trace: &[TracePoint], cfg: &PolicyConfig, model: &ModelConfig) -> Comparison {
     let tessera = run(trace, PolicyKind::Tessera, cfg, model);
     let naive = run(trace, PolicyKind::Naive, cfg, model);
-    let svg = super::svg::plot(name, &tessera, &naive);
-    Comparison { tessera, naive, svg }
+    let kpa = run(trace, PolicyKind::Kpa, cfg, model);
+    let svg = super::svg::plot(name, &tessera, &naive, &kpa);
+    Comparison { tessera, naive, kpa, svg }
 }
 
 /// The decision log of both runs as CSV.
 pub fn decisions_csv(c: &Comparison) -> String {
     let mut s = String::from("time_s,policy,from,to,reason\n");
-    let mut all: Vec<&LogEntry> = c.tessera.log.iter().chain(&c.naive.log).collect();
+    let mut all: Vec<&LogEntry> = c.tessera.log.iter().chain(&c.naive.log).chain(&c.kpa.log).collect();
     all.sort_by_key(|e| e.t);
     for e in all {
         let policy = match e.policy {
             PolicyKind::Tessera => "tessera",
             PolicyKind::Naive => "naive",
+            PolicyKind::Kpa => "kpa",
         };
         s.push_str(&format!("{},{policy},{},{},\"{}\"\n", e.t, e.from, e.to, e.reason.replace('"', "'")));
     }
@@ -384,15 +419,21 @@ mod tests {
         let r = run(&trace, PolicyKind::Tessera, &cfg, &ModelConfig::default());
         for e in &r.log {
             assert!((1..=6).contains(&e.to), "bounds: {e:?}");
-            assert!(e.to.abs_diff(e.from) <= cfg.max_step, "step: {e:?}");
+            assert!(e.to.abs_diff(e.from) <= cfg.max_step || e.reason.starts_with("surge"), "step: {e:?}");
         }
         for w in r.log.windows(2) {
             let (a, b) = (&w[0], &w[1]);
+            // A surge overshoots to drain its queue: its window is the shorter one.
+            let up_window =
+                if a.reason.starts_with("surge") { cfg.scale_down_stable_secs } else { cfg.scale_up_stable_secs };
             if a.to > a.from && b.to < b.from {
-                assert!(b.t - a.t >= cfg.scale_up_stable_secs, "down inside the up window: {a:?} {b:?}");
+                assert!(b.t - a.t >= up_window, "down inside the up window: {a:?} {b:?}");
             }
             if a.to < a.from && b.to > b.from && b.t - a.t < cfg.scale_down_stable_secs {
-                assert!(b.reason.contains("request rate"), "only a rate jump reverses a scale-down early: {b:?}");
+                assert!(
+                    b.reason.contains("request rate") || b.reason.starts_with("surge"),
+                    "only a jump of the rate reverses a scale-down early: {b:?}"
+                );
             }
         }
         let naive = run(&trace, PolicyKind::Naive, &cfg, &ModelConfig::default());

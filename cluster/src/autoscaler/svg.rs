@@ -44,14 +44,15 @@ impl Panel<'_> {
 }
 
 /// The chart: three stacked panels over time.
-pub(crate) fn plot(name: &str, tessera: &Run, naive: &Run) -> String {
+pub(crate) fn plot(name: &str, tessera: &Run, naive: &Run, kpa: &Run) -> String {
     let end = tessera.ticks.last().map_or(1.0, |t| t.t as f64);
     let max_rate = tessera.ticks.iter().map(|t| t.request_rate).fold(1.0, f64::max);
-    let max_nodes = tessera.ticks.iter().chain(&naive.ticks).map(|t| t.nodes).max().unwrap_or(1) as f64 + 1.0;
+    let max_nodes =
+        tessera.ticks.iter().chain(&naive.ticks).chain(&kpa.ticks).map(|t| t.nodes).max().unwrap_or(1) as f64 + 1.0;
     let target = tessera.summary.latency_target_ms;
     let max_lat = target * 4.0;
     let mut s = format!(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{}" viewBox="0 0 {W} {}"><rect width="100%" height="100%" fill="white"/><text x="{LEFT}" y="18" font-size="15" font-family="sans-serif">{name}: Tessera policy (blue) vs naive proportional (orange); x = seconds 0–{end}</text>"#,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{}" viewBox="0 0 {W} {}"><rect width="100%" height="100%" fill="white"/><text x="{LEFT}" y="18" font-size="15" font-family="sans-serif">{name}: Tessera policy (blue) vs naive proportional (orange) vs Knative KPA (green); x = seconds 0–{end}</text>"#,
         PANEL * 3.0 + 40.0,
         PANEL * 3.0 + 40.0
     );
@@ -61,6 +62,7 @@ pub(crate) fn plot(name: &str, tessera: &Run, naive: &Run) -> String {
     let nodes = Panel { top: 30.0 + PANEL, title: "nodes provisioned", max: max_nodes, end };
     s += &nodes.frame();
     s += &polyline(naive.ticks.iter().map(|t| (nodes.x(t.t as f64), nodes.y(t.nodes as f64))), "#e8871e", 1.5);
+    s += &polyline(kpa.ticks.iter().map(|t| (nodes.x(t.t as f64), nodes.y(t.nodes as f64))), "#2a9d4b", 1.5);
     s += &polyline(tessera.ticks.iter().map(|t| (nodes.x(t.t as f64), nodes.y(t.nodes as f64))), "#1f6fd1", 2.0);
     let title = format!("mean latency (ms, clipped at {max_lat:.0}; dashed: objective {target:.0} ms)");
     let lat = Panel { top: 30.0 + 2.0 * PANEL, title: &title, max: max_lat, end };
@@ -71,6 +73,7 @@ pub(crate) fn plot(name: &str, tessera: &Run, naive: &Run) -> String {
         y = lat.y(target)
     );
     s += &polyline(naive.ticks.iter().map(|t| (lat.x(t.t as f64), lat.y(t.latency_ms))), "#e8871e", 1.2);
+    s += &polyline(kpa.ticks.iter().map(|t| (lat.x(t.t as f64), lat.y(t.latency_ms))), "#2a9d4b", 1.2);
     s += &polyline(tessera.ticks.iter().map(|t| (lat.x(t.t as f64), lat.y(t.latency_ms))), "#1f6fd1", 1.5);
     s += "</svg>\n";
     s

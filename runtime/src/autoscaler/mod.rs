@@ -209,7 +209,8 @@ impl Actor for AutoscalerActor {
         let names: Vec<&str> = args.groups.iter().map(|(g, _)| g.name()).collect();
         tracing::info!(scaler = args.scaler.name(), groups = ?names, "autoscaler running on this node");
         let span = args.groups.iter().map(|(_, p)| p.window_secs).max().unwrap_or(10).max(1);
-        let window = Window::new(Duration::from_secs(span));
+        let recent = args.groups.iter().map(|(_, p)| p.panic_window_secs).max().unwrap_or(2).max(1);
+        let window = Window::new(Duration::from_secs(span)).with_recent(Duration::from_secs(recent));
         let mut policy = BTreeMap::new();
         for (group, _) in &args.groups {
             let mut st = PolicyState::default();

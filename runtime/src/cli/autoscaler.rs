@@ -58,9 +58,9 @@ pub(crate) fn run(cmd: AutoscalerCmd) -> anyhow::Result<()> {
         let c = simulate::compare(&name, &trace, &cfg.policy, &cfg.model);
         std::fs::write(a.out.join(format!("{name}.svg")), &c.svg)?;
         std::fs::write(a.out.join(format!("{name}-decisions.csv")), simulate::decisions_csv(&c))?;
-        let summary = serde_json::json!({"tessera": c.tessera.summary, "naive": c.naive.summary});
+        let summary = serde_json::json!({"tessera": c.tessera.summary, "naive": c.naive.summary, "kpa": c.kpa.summary});
         std::fs::write(a.out.join(format!("{name}-summary.json")), serde_json::to_vec_pretty(&summary)?)?;
-        for s in [&c.tessera.summary, &c.naive.summary] {
+        for s in [&c.tessera.summary, &c.naive.summary, &c.kpa.summary] {
             println!(
                 "{name:<14} {:<8} {:>9} {:>9} {:>14.0} {:>12} {:>10.0} {:>9}",
                 format!("{:?}", s.policy).to_lowercase(),

@@ -216,6 +216,10 @@ section! {
         rate_jump_factor: f64 = PolicyConfig::default().rate_jump_factor, flag "autoscale-rate-jump-factor";
         /// Most nodes added or removed per decision.
         max_step: usize = PolicyConfig::default().max_step, flag "autoscale-max-step";
+        /// A surge: the last `panic_window_secs` ask for this many times the current size → scale at once (0: off).
+        panic_threshold: f64 = PolicyConfig::default().panic_threshold, flag "autoscale-panic-threshold";
+        /// Seconds the surge check averages over.
+        panic_window_secs: u64 = PolicyConfig::default().panic_window_secs, flag "autoscale-panic-window-secs";
         /// Scale groups the leader sizes, comma-separated: `entities` (nodes with the entities role), `functions` (functions-only nodes).
         groups: String = "entities".into(), flag "autoscale-groups";
         /// Fewest functions-only nodes (0: the group may scale to zero; async calls wait in JetStream).
@@ -245,6 +249,8 @@ impl AutoscalerSection {
             scale_down_stable_secs: self.scale_down_stable_secs,
             rate_jump_factor: self.rate_jump_factor,
             max_step: self.max_step,
+            panic_threshold: self.panic_threshold,
+            panic_window_secs: self.panic_window_secs,
         }
     }
 
