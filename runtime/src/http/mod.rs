@@ -179,7 +179,15 @@ impl HttpListener {
             let _ = stopped.await;
         };
         let task = match tls {
-            None => tokio::spawn(serve_on(listener, app, stopped)),
+            // Replies go out at once, not behind Nagle's wait for an ACK
+            // (the TLS listener sets the same on each connection).
+            None => {
+                use axum::serve::ListenerExt;
+                let listener = listener.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
+                tokio::spawn(serve_on(listener, app, stopped))
+            }
             Some(acceptor) => match tls::TlsListener::new(listener, acceptor) {
                 Ok(l) => tokio::spawn(serve_on(l, app, stopped)),
                 Err(e) => tokio::spawn(async move { tracing::error!(error = %e, "HTTPS listener failed") }),

@@ -98,6 +98,29 @@ impl Slot {
     }
 }
 
+/// Applies the batch's pending typed effect (its last member's) to
+/// `state`; an apply that panics poisons the batch (that member fails, the
+/// entity is rebuilt once the batch is answered). Whether it went cleanly.
+fn apply_pending(
+    entity: &Arc<dyn DynEntity>,
+    state: &mut DynState,
+    batch: &mut Batch,
+    key: &EntityKey,
+    metrics: &crate::metrics::Metrics,
+) -> bool {
+    let Some(typed) = batch.take_typed() else { return true };
+    match catch_unwind(AssertUnwindSafe(|| entity.apply_effect(state, typed))) {
+        Ok(()) => true,
+        Err(panic) => {
+            let msg = step::panic_message(&*panic);
+            tracing::error!(entity = %key, panic = %msg, "apply panicked; the entity is rebuilt once its batch is answered");
+            metrics.handler_panics.inc();
+            batch.poison(msg);
+            false
+        }
+    }
+}
+
 /// The bytes of an append's events (payloads and metadata).
 fn event_bytes(r: &AppendRequest) -> usize {
     r.events.iter().map(|e| e.payload.len() + e.metadata.len() + e.type_name.len()).sum()
@@ -387,15 +410,8 @@ impl Machine {
                 _ => break,
             }
             let Some(state) = slot.state.as_mut() else { break };
-            if let Some(typed) = batch.take_typed() {
-                let entity = slot.entity.clone();
-                if let Err(panic) = catch_unwind(AssertUnwindSafe(|| entity.apply_effect(state, typed))) {
-                    let msg = step::panic_message(&*panic);
-                    tracing::error!(entity = %key, panic = %msg, "apply panicked; the entity is rebuilt after its append");
-                    self.ctx.metrics.handler_panics.inc();
-                    batch.poison(msg);
-                    break;
-                }
+            if !apply_pending(&slot.entity, state, batch, key, &self.ctx.metrics) {
+                break;
             }
             let Some(Work::Command(c)) = slot.queue.pop_front() else { break };
             let CommandRequest { command, invocation_id, retryable, span, reply: port, timer, .. } = c;
@@ -479,14 +495,8 @@ impl Machine {
                 return;
             }
         };
-        if let (Some(state), Some(typed)) = (slot.state.as_mut(), batch.take_typed()) {
-            let entity = slot.entity.clone();
-            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| entity.apply_effect(state, typed))) {
-                let msg = step::panic_message(&*panic);
-                tracing::error!(entity = %key, panic = %msg, "apply panicked after the events were persisted");
-                self.ctx.metrics.handler_panics.inc();
-                batch.poison(msg);
-            }
+        if let Some(state) = slot.state.as_mut() {
+            apply_pending(&slot.entity, state, &mut batch, &key, &self.ctx.metrics);
         }
         slot.seq = ack.last_seq;
         slot.events_since_snapshot += batch.events;

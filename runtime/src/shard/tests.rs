@@ -339,6 +339,20 @@ fn answer(r: Reply) -> Result<(u64, u64), InvokeError> {
     r.blocking_recv().unwrap().map(|c| (c.seq, rmp_serde::from_slice(&c.reply).unwrap()))
 }
 
+/// Entity `tally/a` activated at seq 0 with one `add` in flight (its append asked for and taken).
+fn busy(m: &mut Machine) -> (EntityKey, u64, Reply) {
+    let first = command(m, "a", "add");
+    let inc = activate(m, "a", 0);
+    m.take_io();
+    (EntityKey::new("tally", "a"), inc, first)
+}
+
+/// The in-flight `add` of [`busy`] is acknowledged at seq 1 and answered.
+fn first_done(m: &mut Machine, a: &EntityKey, inc: u64, first: Reply) {
+    m.appended(a.clone(), inc, ack(1), NOW);
+    assert_eq!(answer(first).unwrap(), (1, 1));
+}
+
 fn appends(io: &[Io]) -> Vec<(u64, u64)> {
     io.iter()
         .filter_map(|i| match i {
@@ -393,13 +407,9 @@ fn queued_commands_are_decided_against_the_pending_state_and_written_in_one_appe
 #[test]
 fn a_failed_batch_fails_every_command_in_it_and_rebuilds_the_entity() {
     let mut m = machine(100, 10, 0, None);
-    let a = EntityKey::new("tally", "a");
-    let first = command(&mut m, "a", "add");
-    let inc = activate(&mut m, "a", 0);
-    m.take_io();
+    let (a, inc, first) = busy(&mut m);
     let (second, get) = (command(&mut m, "a", "add"), command(&mut m, "a", "get"));
-    m.appended(a.clone(), inc, ack(1), NOW);
-    assert!(answer(first).is_ok());
+    first_done(&mut m, &a, inc, first);
     m.take_io();
     m.appended(a.clone(), inc, Err(InvokeError::Unavailable("journal down".into())), NOW);
     assert!(matches!(answer(second), Err(InvokeError::Unavailable(_))));
@@ -411,15 +421,11 @@ fn a_failed_batch_fails_every_command_in_it_and_rebuilds_the_entity() {
 #[test]
 fn reads_and_a_repeated_key_wait_for_the_append_before_them() {
     let mut m = machine(100, 10, 0, None);
-    let a = EntityKey::new("tally", "a");
-    let first = command(&mut m, "a", "add");
-    let inc = activate(&mut m, "a", 0);
-    m.take_io();
+    let (a, inc, first) = busy(&mut m);
     let (x, view) = (keyed(&mut m, "a", "add", Some("k1")), read(&mut m, "a"));
     let (k2, k2_again, z) =
         (keyed(&mut m, "a", "add", Some("k2")), keyed(&mut m, "a", "add", Some("k2")), command(&mut m, "a", "add"));
-    m.appended(a.clone(), inc, ack(1), NOW);
-    assert!(answer(first).is_ok());
+    first_done(&mut m, &a, inc, first);
     assert_eq!(the_append(&m.take_io()), (1, vec!["Added".into()], vec![("k1".into(), 2)]), "stops at the read");
     m.appended(a.clone(), inc, ack(2), NOW);
     assert_eq!(answer(x).unwrap(), (2, 2));
@@ -437,14 +443,10 @@ fn reads_and_a_repeated_key_wait_for_the_append_before_them() {
 #[test]
 fn keyed_commands_in_one_append_each_record_their_key_at_their_own_seq() {
     let mut m = machine(100, 10, 0, None);
-    let a = EntityKey::new("tally", "a");
-    let first = command(&mut m, "a", "add");
-    let inc = activate(&mut m, "a", 0);
-    m.take_io();
+    let (a, inc, first) = busy(&mut m);
     let (k1, plain, k2) =
         (keyed(&mut m, "a", "add", Some("k1")), command(&mut m, "a", "add"), keyed(&mut m, "a", "add", Some("k2")));
-    m.appended(a.clone(), inc, ack(1), NOW);
-    assert!(answer(first).is_ok());
+    first_done(&mut m, &a, inc, first);
     let (_, _, keys) = the_append(&m.take_io());
     assert_eq!(keys, vec![("k1".into(), 2), ("k2".into(), 4)]);
     m.appended(a.clone(), inc, acked(2, 4), NOW);
@@ -457,13 +459,9 @@ fn keyed_commands_in_one_append_each_record_their_key_at_their_own_seq() {
 #[test]
 fn a_retry_the_journal_remembers_fails_the_rest_of_its_batch_retryably() {
     let mut m = machine(100, 10, 0, None);
-    let a = EntityKey::new("tally", "a");
-    let first = command(&mut m, "a", "add");
-    let inc = activate(&mut m, "a", 0);
-    m.take_io();
+    let (a, inc, first) = busy(&mut m);
     let (plain, old) = (command(&mut m, "a", "add"), keyed(&mut m, "a", "add", Some("old")));
-    m.appended(a.clone(), inc, ack(1), NOW);
-    assert!(answer(first).is_ok());
+    first_done(&mut m, &a, inc, first);
     m.take_io();
     let reply = rmp_serde::to_vec(&7u64).unwrap();
     m.appended(a.clone(), inc, Ok(super::Committed::Remembered { key: "old".into(), seq: 1, reply }), NOW);
@@ -477,13 +475,9 @@ fn a_retry_the_journal_remembers_fails_the_rest_of_its_batch_retryably() {
 #[test]
 fn an_apply_that_panics_mid_batch_ends_it_and_the_entity_is_rebuilt_after() {
     let mut m = machine(100, 10, 0, None);
-    let a = EntityKey::new("tally", "a");
-    let first = command(&mut m, "a", "add");
-    let inc = activate(&mut m, "a", 0);
-    m.take_io();
+    let (a, inc, first) = busy(&mut m);
     let (bad, next) = (command(&mut m, "a", "bad"), command(&mut m, "a", "add"));
-    m.appended(a.clone(), inc, ack(1), NOW);
-    assert!(answer(first).is_ok());
+    first_done(&mut m, &a, inc, first);
     assert_eq!(the_append(&m.take_io()).1, ["Bad"], "the next command is not decided against a broken state");
     m.appended(a.clone(), inc, ack(2), NOW);
     assert!(matches!(answer(bad), Err(InvokeError::HandlerPanicked(m)) if m.contains("persisted (seq 2)")));
@@ -495,10 +489,7 @@ fn an_apply_that_panics_mid_batch_ends_it_and_the_entity_is_rebuilt_after() {
 #[test]
 fn a_timer_fire_waits_for_the_append_before_it() {
     let mut m = machine(100, 10, 0, None);
-    let a = EntityKey::new("tally", "a");
-    let first = command(&mut m, "a", "add");
-    let inc = activate(&mut m, "a", 0);
-    m.take_io();
+    let (a, inc, first) = busy(&mut m);
     let (tx, _fired) = oneshot::channel();
     let fire = CommandRequest {
         key: a.clone(),
@@ -512,8 +503,7 @@ fn a_timer_fire_waits_for_the_append_before_it() {
     };
     let second = command(&mut m, "a", "add");
     m.enqueue(a.clone(), tally(), Work::Command(fire), NOW);
-    m.appended(a.clone(), inc, ack(1), NOW);
-    assert!(answer(first).is_ok());
+    first_done(&mut m, &a, inc, first);
     assert_eq!(the_append(&m.take_io()).1.len(), 1, "the fire is decided against durable timers, after");
     m.appended(a, inc, ack(2), NOW);
     assert_eq!(answer(second).unwrap(), (2, 2));
@@ -522,13 +512,9 @@ fn a_timer_fire_waits_for_the_append_before_it() {
 #[test]
 fn a_batch_takes_at_most_its_limit_of_commands() {
     let mut m = batching_machine(100, 10, 0, None, 2);
-    let a = EntityKey::new("tally", "a");
-    let first = command(&mut m, "a", "add");
-    let inc = activate(&mut m, "a", 0);
-    m.take_io();
+    let (a, inc, first) = busy(&mut m);
     let rest: Vec<Reply> = (0..3).map(|_| command(&mut m, "a", "add")).collect();
-    m.appended(a.clone(), inc, ack(1), NOW);
-    assert!(answer(first).is_ok());
+    first_done(&mut m, &a, inc, first);
     assert_eq!(the_append(&m.take_io()).1.len(), 2);
     m.appended(a.clone(), inc, acked(2, 3), NOW);
     assert_eq!(the_append(&m.take_io()).1.len(), 1, "the third waits for the next append");
