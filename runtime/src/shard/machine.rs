@@ -130,7 +130,10 @@ fn event_bytes(r: &AppendRequest) -> usize {
 pub(crate) struct Machine {
     pub(crate) shard: u32,
     pub(crate) ctx: Arc<ShardContext>,
-    slots: HashMap<EntityKey, Slot>,
+    /// Boxed: a shard's table is often at half its load (it doubles), and
+    /// an empty bucket then costs a key and a pointer, not a whole slot
+    /// (measured at 1M entities: 560 → ~400 B per active entity).
+    slots: HashMap<EntityKey, Box<Slot>>,
     clock: u32,
     idle_ticks: u32,
     next_incarnation: u64,
@@ -259,7 +262,7 @@ impl Machine {
             fence,
             timers: None,
         };
-        self.slots.insert(key.clone(), slot);
+        self.slots.insert(key.clone(), Box::new(slot));
         self.io.push(Io::Activate { key, entity, incarnation, fence });
     }
 
@@ -572,7 +575,7 @@ impl Machine {
         }
     }
 
-    fn remove(&mut self, key: &EntityKey, reason: &str) -> Option<Slot> {
+    fn remove(&mut self, key: &EntityKey, reason: &str) -> Option<Box<Slot>> {
         let slot = self.slots.remove(key)?;
         self.ctx.metrics.active_entities.dec();
         self.ctx.metrics.passivations.with_label_values(&[reason]).inc();
@@ -612,7 +615,7 @@ impl Machine {
         let keys: Vec<EntityKey> = self.slots.keys().filter(|k| k.entity_type == entity_type).cloned().collect();
         let mut busy = 0;
         for k in keys {
-            let idle = self.slots.get(&k).is_some_and(Slot::idle);
+            let idle = self.slots.get(&k).is_some_and(|s| s.idle());
             if !(idle || force) {
                 busy += 1;
                 continue;
