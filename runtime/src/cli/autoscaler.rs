@@ -1,5 +1,5 @@
 //! `autoscaler simulate`: the scaling policy on load traces, beside a naive
-//! proportional policy, through a simple cluster model.
+//! proportional policy and Knative's KPA, through a simple cluster model.
 
 use std::path::PathBuf;
 

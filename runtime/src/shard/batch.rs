@@ -159,7 +159,7 @@ impl Batch {
         self.poisoned.is_some()
     }
 
-    /// The answers once the append committed at `timestamp_ms`.
+    /// The answers once the append committed, in the order the commands were decided.
     pub(crate) fn committed(self) -> Vec<Answer> {
         let poisoned = self.poisoned;
         self.members
