@@ -230,7 +230,7 @@ pub(crate) fn key_expiry(expires_ms: i64, key_key: &[u8]) -> Vec<u8> {
     k
 }
 
-/// A remembered key: the seq of its append's last event, when it expires.
+/// A remembered key: the seq of the event it names (its invocation's last), when it expires.
 pub(crate) fn encode_key_record(seq: u64, expires_ms: i64) -> Vec<u8> {
     let mut b = seq.to_be_bytes().to_vec();
     b.extend_from_slice(&expires_ms.to_be_bytes());

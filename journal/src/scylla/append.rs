@@ -174,7 +174,7 @@ impl ScyllaJournal {
         Ok(())
     }
 
-    /// Commits one append with its feed intent and key: the key checked
+    /// Commits one append with its feed intent and keys: the keys checked
     /// and recorded, the intent written, the lease asked, then the
     /// conditional append; offsets are given to it once it is known to have
     /// committed (`feed`).
