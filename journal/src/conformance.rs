@@ -376,7 +376,8 @@ pub async fn idempotency_keys_are_remembered_by_time_not_count(b: &mut dyn TestB
 /// One append may carry several invocations' keys (a runtime batching an
 /// entity's queued commands), each recorded at its own seq; a later append
 /// with any of them is a duplicate naming that key's seq, and writes
-/// nothing; malformed keys (outside the append, twice) are refused.
+/// nothing; malformed keys (outside the append, out of seq order, a seq
+/// or a key twice) are refused.
 pub async fn several_keys_in_one_append_each_at_its_seq(b: &mut dyn TestBackend) {
     use std::time::Duration;
     let j = b.open().await;
@@ -399,6 +400,7 @@ pub async fn several_keys_in_one_append_each_at_its_seq(b: &mut dyn TestBackend)
         AppendRequest::new(4, events(5..=5)).with_key_at("x", day, 9),
         AppendRequest::new(4, events(5..=6)).with_key_at("x", day, 5).with_key("x", day),
         AppendRequest::new(4, events(5..=6)).with_key_at("x", day, 6).with_key("y", day),
+        AppendRequest::new(4, events(5..=6)).with_key("x", day).with_key_at("y", day, 5),
     ] {
         assert!(
             matches!(j.commit(&e, bad).await, Err(AppendError::Journal(JournalError::Invalid(_)))),

@@ -164,27 +164,35 @@ impl AppendRequest {
         self.with_key_at(key, retain, seq)
     }
     /// Records (and checks) an idempotency key at `seq`, one of the append's
-    /// events (the last of its invocation's), remembered for `retain`.
+    /// events (the last of its invocation's), remembered for `retain`; keys
+    /// are added in ascending seq order.
     pub fn with_key_at(mut self, key: impl Into<String>, retain: std::time::Duration, seq: u64) -> Self {
         let retain_ms = retain.as_millis().min(i64::MAX as u128) as i64;
         self.keys.push(IdempotencyKey { key: key.into(), retain_ms, seq });
         self
     }
-    /// The keys are well formed: each at one of the append's seqs, none twice.
+    /// The keys are well formed: each at one of the append's seqs, in
+    /// ascending seq order (so no seq twice), no key twice. Linear: it runs
+    /// on the local journal's single writer thread.
     pub fn check_keys(&self) -> Result<(), crate::JournalError> {
-        let range = self.expected_seq + 1..=self.expected_seq + self.events.len() as u64;
-        for (i, k) in self.keys.iter().enumerate() {
-            if !range.contains(&k.seq) {
-                return Err(crate::JournalError::Invalid(format!(
-                    "idempotency key {:?} at seq {} is outside the append ({range:?})",
-                    k.key, k.seq
-                )));
+        let invalid = |m: String| Err(crate::JournalError::Invalid(m));
+        let mut after = self.expected_seq;
+        let last = self.expected_seq + self.events.len() as u64;
+        for k in &self.keys {
+            if k.seq <= after || k.seq > last {
+                return invalid(format!(
+                    "idempotency key {:?} at seq {}: keys go in ascending seq order within the append ({}..={last})",
+                    k.key,
+                    k.seq,
+                    self.expected_seq + 1
+                ));
             }
-            if self.keys[..i].iter().any(|o| o.key == k.key || o.seq == k.seq) {
-                return Err(crate::JournalError::Invalid(format!(
-                    "idempotency key {:?} (or its seq {}) appears twice in one append",
-                    k.key, k.seq
-                )));
+            after = k.seq;
+        }
+        if self.keys.len() > 1 {
+            let mut seen = std::collections::HashSet::with_capacity(self.keys.len());
+            if let Some(k) = self.keys.iter().find(|k| !seen.insert(k.key.as_str())) {
+                return invalid(format!("idempotency key {:?} appears twice in one append", k.key));
             }
         }
         Ok(())

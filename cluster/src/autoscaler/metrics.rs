@@ -63,10 +63,11 @@ pub struct Window {
 impl Window {
     /// A window of `span`.
     pub fn new(span: Duration) -> Self {
-        Self { span_ms: span.as_millis() as i64, recent_ms: 2_000, samples: HashMap::new() }
+        let recent_ms = super::PolicyConfig::default().panic_window_secs as i64 * 1000;
+        Self { span_ms: span.as_millis() as i64, recent_ms, samples: HashMap::new() }
     }
 
-    /// Also averages the last `recent` on their own (the policy's surge check; default 2 s).
+    /// Also averages the last `recent` on their own (the policy's surge check; default: the policy's default `panic_window_secs`).
     pub fn with_recent(mut self, recent: Duration) -> Self {
         self.recent_ms = recent.as_millis() as i64;
         self

@@ -232,10 +232,7 @@ pub fn run(trace: &[TracePoint], policy: PolicyKind, cfg: &PolicyConfig, model: 
             function_concurrency: 0.0,
             db_concurrency: busy * model.db_share,
             request_rate: p.request_rate,
-            backlog: 0.0,
-            recent_request_concurrency: 0.0,
-            recent_db_concurrency: 0.0,
-            recent_request_rate: 0.0,
+            ..Observation::default()
         };
         window.push_back(o);
         while window.len() as u64 > cfg.window_secs.max(1) {

@@ -187,9 +187,9 @@ pub(super) async fn run(quick: bool, scratch: &Path) -> anyhow::Result<Value> {
     let metrics = server.node().metrics().clone();
     let mut runs = Vec::new();
     for (connections, entities) in [(64, 10_000), (256, 10_000), (64, 1), (256, 1)] {
-        let before = commit_buckets(&metrics);
+        let before = node_counts(&metrics);
         let mut r = load(&addr, connections, entities, secs, &script).await?;
-        let after = commit_buckets(&metrics);
+        let after = node_counts(&metrics);
         let d: Vec<u64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
         r["node"] = json!({
             "group_commits": d[0], "group_commits_over_25ms": d[1], "group_commits_over_50ms": d[2],
@@ -211,26 +211,19 @@ pub(super) async fn run(quick: bool, scratch: &Path) -> anyhow::Result<Value> {
 /// Counts so far from the node's histograms (their buckets include 0.01,
 /// 0.025 and 0.05 s): group commits (all, over 25 ms, over 50 ms) and
 /// commands as the node timed them (all, over 10 ms, over 50 ms).
-fn commit_buckets(m: &tessera_runtime::metrics::Metrics) -> [u64; 6] {
+fn node_counts(m: &tessera_runtime::metrics::Metrics) -> [u64; 6] {
+    // The unlabelled histogram, or the `command` series of a labelled one.
     let over = |c: &dyn prometheus::core::Collector, bounds: [f64; 2]| -> [u64; 3] {
-        let proto = c.collect();
-        let buckets: Vec<_> = proto
-            .iter()
-            .flat_map(|f| f.get_metric())
-            .filter(|m| m.get_label().iter().all(|l| l.value() == "command"))
-            .flat_map(|m| m.get_histogram().get_bucket().to_vec())
-            .collect();
-        let le = |bound: f64| {
-            buckets.iter().find(|b| (b.upper_bound() - bound).abs() < 1e-9).map_or(0, |b| b.cumulative_count())
+        let families = c.collect();
+        let series = families.iter().flat_map(|f| f.get_metric());
+        let Some(h) = series.into_iter().find(|m| m.get_label().iter().all(|l| l.value() == "command")) else {
+            return [0; 3];
         };
-        let all = buckets.last().map_or(0, |b| b.cumulative_count());
-        let total = proto
-            .iter()
-            .flat_map(|f| f.get_metric())
-            .filter(|m| m.get_label().iter().all(|l| l.value() == "command"))
-            .map(|m| m.get_histogram().get_sample_count())
-            .sum::<u64>()
-            .max(all);
+        let h = h.get_histogram();
+        let total = h.get_sample_count();
+        let le = |bound: f64| {
+            h.get_bucket().iter().find(|b| (b.upper_bound() - bound).abs() < 1e-9).map_or(0, |b| b.cumulative_count())
+        };
         [total, total - le(bounds[0]), total - le(bounds[1])]
     };
     let [c, c25, c50] = over(&m.commit_latency, [0.025, 0.05]);

@@ -197,8 +197,8 @@ async fn purge_if_tombstoned(ctx: &ShardContext, key: &EntityKey, seq: u64) -> R
     Ok(true)
 }
 
-/// The reply of the append that committed a key at `seq` (the last event
-/// of that append carries it in its metadata).
+/// The reply of the invocation that committed key `k` at `seq` (the event
+/// the key names, its invocation's last, carries it in its metadata).
 async fn remembered(ctx: &ShardContext, key: &EntityKey, k: String, seq: u64) -> Result<Committed, InvokeError> {
     let events: Vec<_> = ctx.journal.read(key, seq..=seq).try_collect().await?;
     let reply = events.first().and_then(|e| EventMeta::decode(&e.metadata).reply);

@@ -20,7 +20,10 @@ use std::any::Any;
 
 use ractor::RpcReplyPort;
 
+use tessera_journal::AppendRequest;
+
 use super::CommandReply;
+use super::step::Pending;
 use crate::error::InvokeError;
 use crate::flow::FlowRecord;
 
@@ -54,17 +57,6 @@ struct Member {
     outcome: Outcome,
 }
 
-/// A member that wrote, as the state machine hands it over.
-pub(crate) struct Wrote {
-    pub(crate) port: Port,
-    pub(crate) invocation_id: String,
-    pub(crate) span: tracing::Span,
-    pub(crate) reply: Vec<u8>,
-    pub(crate) retryable: bool,
-    pub(crate) last_seq: u64,
-    pub(crate) timers: Vec<(u64, FlowRecord)>,
-}
-
 /// A member's answer, once the append's fate is known.
 pub(crate) struct Answer {
     pub(crate) port: Port,
@@ -77,6 +69,7 @@ pub(crate) struct Answer {
 }
 
 /// An entity's append in flight and the commands it answers.
+#[derive(Default)]
 pub(crate) struct Batch {
     members: Vec<Member>,
     /// The typed effect of the last member that wrote, applied when the
@@ -94,29 +87,26 @@ pub(crate) struct Batch {
 }
 
 impl Batch {
-    /// A batch of one member that wrote `events` events of `bytes` bytes.
-    pub(crate) fn new(first: Wrote, typed: Option<Box<dyn Any + Send>>, events: u64, bytes: usize) -> Self {
-        let mut b = Self {
-            members: Vec::with_capacity(1),
-            typed: None,
-            events: 0,
-            bytes: 0,
-            poisoned: None,
-            reset_after: false,
-        };
-        b.wrote(first, typed, events, bytes);
-        b
-    }
-
-    /// Adds a member that wrote.
-    pub(crate) fn wrote(&mut self, w: Wrote, typed: Option<Box<dyn Any + Send>>, events: u64, bytes: usize) {
+    /// Adds a command that wrote: `request` is its decision's append (whose
+    /// events and keys the caller moves into the batch's append), `pending`
+    /// what to apply and answer once it is durable.
+    pub(crate) fn wrote(
+        &mut self,
+        port: Port,
+        invocation_id: String,
+        span: tracing::Span,
+        retryable: bool,
+        request: &AppendRequest,
+        pending: Pending,
+    ) {
         debug_assert!(self.typed.is_none(), "the previous member's effect is applied before the next is decided");
-        let Wrote { port, invocation_id, span, reply, retryable, last_seq, timers } = w;
-        let outcome = Outcome::Wrote { reply, retryable, last_seq, timers };
+        let last_seq = request.expected_seq + request.events.len() as u64;
+        let outcome = Outcome::Wrote { reply: pending.reply, retryable, last_seq, timers: pending.timers };
         self.members.push(Member { port, invocation_id, span, outcome });
-        self.typed = typed;
-        self.events += events;
-        self.bytes += bytes;
+        self.typed = pending.typed;
+        self.events += pending.events;
+        self.bytes +=
+            request.events.iter().map(|e| e.payload.len() + e.metadata.len() + e.type_name.len()).sum::<usize>();
     }
 
     /// Adds a member answered once the append is durable.

@@ -19,7 +19,7 @@ use tessera_entities::{DynEntity, DynState};
 use tessera_journal::{AppendRequest, EntityKey, Snapshot};
 
 use super::activation::{self, Rebuilt};
-use super::batch::{Answer, Batch, Wrote};
+use super::batch::{Answer, Batch};
 use super::dedup::DedupWindow;
 use super::step::{self, Decision, Lease, Record};
 use super::{CommandRequest, Committed, DeleteRequest, PurgeRequest, ShardContext, StateRequest, StateView};
@@ -119,11 +119,6 @@ fn apply_pending(
             false
         }
     }
-}
-
-/// The bytes of an append's events (payloads and metadata).
-fn event_bytes(r: &AppendRequest) -> usize {
-    r.events.iter().map(|e| e.payload.len() + e.metadata.len() + e.type_name.len()).sum()
 }
 
 /// The shard's entities and what is asked of the outside.
@@ -372,19 +367,9 @@ impl Machine {
                     return;
                 }
                 Decision::Append(mut request, pending) => {
-                    let bytes = event_bytes(&request);
-                    let last_seq = request.expected_seq + request.events.len() as u64;
                     let epoch = pending.epoch;
-                    let first = Wrote {
-                        port,
-                        invocation_id,
-                        span: span.clone(),
-                        reply: pending.reply,
-                        retryable,
-                        last_seq,
-                        timers: pending.timers,
-                    };
-                    let mut batch = Batch::new(first, pending.typed, pending.events, bytes);
+                    let mut batch = Batch::default();
+                    batch.wrote(port, invocation_id, span.clone(), retryable, &request, pending);
                     drop(_guard);
                     self.fill(key, &mut batch, &mut request, lease, now_ms);
                     self.ctx.metrics.entity_batch.observe(batch.len() as f64);
@@ -402,6 +387,8 @@ impl Machine {
     /// to `request` (see `batch.rs`). Stops at the batch's limits, at work
     /// that is not a plain command (a read, a delete, a timer's fire wait
     /// for the append), at a key already in the batch, and at a panic.
+    /// (A deleted entity never gets here: its commands are refused in
+    /// `drain`, and its timers were cleared by the tombstone.)
     fn fill(&mut self, key: &EntityKey, batch: &mut Batch, request: &mut AppendRequest, lease: Lease, now_ms: i64) {
         let limits = self.ctx.batch;
         let node_id = self.ctx.node_id.as_deref();
@@ -444,20 +431,9 @@ impl Machine {
                     break;
                 }
                 Decision::Append(more, pending) => {
-                    let bytes = event_bytes(&more);
-                    let last_seq = more.expected_seq + more.events.len() as u64;
+                    batch.wrote(port, invocation_id, span, retryable, &more, pending);
                     request.events.extend(more.events);
                     request.keys.extend(more.keys);
-                    let w = Wrote {
-                        port,
-                        invocation_id,
-                        span,
-                        reply: pending.reply,
-                        retryable,
-                        last_seq,
-                        timers: pending.timers,
-                    };
-                    batch.wrote(w, pending.typed, pending.events, bytes);
                 }
             }
         }

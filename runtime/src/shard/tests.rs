@@ -490,23 +490,30 @@ fn an_apply_that_panics_mid_batch_ends_it_and_the_entity_is_rebuilt_after() {
 fn a_timer_fire_waits_for_the_append_before_it() {
     let mut m = machine(100, 10, 0, None);
     let (a, inc, first) = busy(&mut m);
-    let (tx, _fired) = oneshot::channel();
-    let fire = CommandRequest {
-        key: a.clone(),
-        entity: tally(),
-        command: tally().decode_command("add", b"null", Format::Json).unwrap(),
-        invocation_id: "tessera/tally/a/timer".into(),
-        retryable: true,
-        timer: Some(step::TimerFire { id: "t".into(), seq: 1 }),
-        span: tracing::Span::none(),
-        reply: tx.into(),
-    };
     let second = command(&mut m, "a", "add");
-    m.enqueue(a.clone(), tally(), Work::Command(fire), NOW);
+    let _fired = enqueue_fire(&mut m, "t", 1);
     first_done(&mut m, &a, inc, first);
     assert_eq!(the_append(&m.take_io()).1.len(), 1, "the fire is decided against durable timers, after");
     m.appended(a, inc, ack(2), NOW);
     assert_eq!(answer(second).unwrap(), (2, 2));
+}
+
+/// Queues the fire of timer `id` (scheduled at `seq`) of `tally/a`, whose command is `add`.
+fn enqueue_fire(m: &mut Machine, id: &str, seq: u64) -> Reply {
+    let (tx, rx) = oneshot::channel();
+    let a = EntityKey::new("tally", "a");
+    let fire = CommandRequest {
+        key: a.clone(),
+        entity: tally(),
+        command: tally().decode_command("add", b"null", Format::Json).unwrap(),
+        invocation_id: format!("tessera/tally/a/timer/{id}"),
+        retryable: true,
+        timer: Some(step::TimerFire { id: id.into(), seq }),
+        span: tracing::Span::none(),
+        reply: tx.into(),
+    };
+    m.enqueue(a, tally(), Work::Command(fire), NOW);
+    rx
 }
 
 #[test]
