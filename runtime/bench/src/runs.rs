@@ -27,6 +27,14 @@ pub(super) fn bench_config(journal: JournalKind, data_dir: &Path) -> NodeConfig 
         c.limits.max_in_flight = 1_000_000;
         c.limits.max_active_entities = 10_000_000;
         c.limits.idle_timeout_secs = 3600;
+        // The journal's knobs may be tuned from the environment, as for
+        // `tessera serve` (`TESSERA_JOURNAL_MEMTABLE_BYTES=...`), to measure
+        // a setting without a rebuild.
+        for k in NodeConfig::knobs().filter(|k| k.section == "journal") {
+            if let Ok(raw) = std::env::var(k.env()) {
+                c.set(&k.key(), &raw).unwrap_or_else(|e| panic!("{}: {e}", k.env()));
+            }
+        }
     })
 }
 
