@@ -15,6 +15,9 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     /// Invocation latency, by kind.
     pub latency: HistogramVec,
+    /// HTTP requests from routing to the response handed back to hyper
+    /// (every route; excludes reading and writing the socket).
+    pub http_latency: Histogram,
     /// Invocations in flight (request concurrency).
     pub in_flight: IntGauge,
     /// Function calls running (user-function concurrency).
@@ -169,6 +172,14 @@ impl Metrics {
             &["kind"],
         )
         .expect("metric");
+        let http_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "tessera_http_request_duration_seconds",
+                "HTTP requests, routing to response (socket reads and writes excluded)",
+            )
+            .buckets(latency_buckets()),
+        )
+        .expect("metric");
         let gauge = |n: &str, h: &str| IntGauge::new(n, h).expect("metric");
         let in_flight = gauge("tessera_requests_in_flight", "Invocations in flight (request concurrency)");
         let functions_running =
@@ -284,6 +295,7 @@ impl Metrics {
             Box::new(cluster_reroutes.clone()),
             Box::new(requests.clone()),
             Box::new(latency.clone()),
+            Box::new(http_latency.clone()),
             Box::new(in_flight.clone()),
             Box::new(functions_running.clone()),
             Box::new(functions_unplaced.clone()),
@@ -337,6 +349,7 @@ impl Metrics {
             registry,
             requests,
             latency,
+            http_latency,
             in_flight,
             functions_running,
             functions_unplaced,

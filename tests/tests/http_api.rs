@@ -370,6 +370,7 @@ async fn metrics_and_health() {
         "tessera_requests_total{kind=\"command\",status=\"200\"} 1",
         "tessera_requests_total{kind=\"command\",status=\"409\"} 1",
         "tessera_request_duration_seconds_bucket",
+        "tessera_http_request_duration_seconds_count",
         "tessera_active_entities 1",
         "tessera_journal_commit_batch_size_count",
         "tessera_journal_commit_duration_seconds_sum",

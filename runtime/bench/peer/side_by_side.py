@@ -42,15 +42,7 @@ wrk.headers["Content-Type"] = "application/json"
 request = function()
   return wrk.format(nil, prefix .. math.random(0, keys - 1) .. "/purchase")
 end
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    'WRK_JSON {"requests":%d,"duration_us":%d,"non_2xx":%d,"socket_errors":%d,"p50_us":%d,"p90_us":%d,"p99_us":%d,"p999_us":%d,"max_us":%d,"mean_us":%.1f}\n',
-    summary.requests, summary.duration, e.status, e.connect + e.read + e.write + e.timeout,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency:percentile(99.9),
-    latency.max, latency.mean))
-end
-'''
+''' + open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "wrk", "report.lua")).read()
 
 
 def free_port():

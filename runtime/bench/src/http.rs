@@ -20,8 +20,10 @@ use super::runs::{bench_config, ratio};
 use super::{histogram, registry, summary};
 
 /// The wrk script: POST `{"by":1}` to a random counter of `ENTITIES`; at the
-/// end, one JSON line with its figures.
-const SCRIPT: &str = r#"
+/// end, one JSON line with its figures (`wrk/report.lua`, shared with the
+/// peer comparison).
+const SCRIPT: &str = concat!(
+    r#"
 local entities = tonumber(os.getenv("ENTITIES") or "10000")
 wrk.method = "POST"
 wrk.body = '{"by":1}'
@@ -30,15 +32,9 @@ request = function()
   local id = math.random(0, entities - 1)
   return wrk.format(nil, "/v1/entities/bench-counter/e-" .. id .. "/add")
 end
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    'WRK_JSON {"requests":%d,"duration_us":%d,"non_2xx":%d,"socket_errors":%d,"p50_us":%d,"p90_us":%d,"p99_us":%d,"p999_us":%d,"max_us":%d,"mean_us":%.1f}\n',
-    summary.requests, summary.duration, e.status, e.connect + e.read + e.write + e.timeout,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency:percentile(99.9),
-    latency.max, latency.mean))
-end
-"#;
+"#,
+    include_str!("../wrk/report.lua")
+);
 
 /// CPU seconds (user + system) a process used, from `/proc/PID/stat`.
 fn cpu_secs(pid: &str) -> f64 {
@@ -127,12 +123,21 @@ async fn probe(addr: String, entities: u64, dur: Duration) -> anyhow::Result<Val
 }
 
 /// The raw baseline: an axum server on the same route shape that answers
-/// each POST with its body.
-async fn echo_server() -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
+/// each POST with its body, after spinning on the CPU for `burn` (zero for
+/// the plain echo; the CPU-matched echo spends what the node spends per
+/// request, so it tells what any server that busy sees under this
+/// generator on this machine).
+async fn echo_server(burn: Duration) -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
     use axum::routing::post;
     let app = axum::Router::new().route(
         "/v1/entities/{t}/{id}/{cmd}",
-        post(|body: axum::body::Bytes| async move { ([("content-type", "application/json")], body) }),
+        post(move |body: axum::body::Bytes| async move {
+            let started = Instant::now();
+            while started.elapsed() < burn {
+                std::hint::spin_loop();
+            }
+            ([("content-type", "application/json")], body)
+        }),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?.to_string();
@@ -158,7 +163,7 @@ pub(super) async fn run(quick: bool, scratch: &Path) -> anyhow::Result<Value> {
     let script = dir.path().join("add.lua");
     std::fs::write(&script, SCRIPT)?;
 
-    let (echo_addr, echo) = echo_server().await?;
+    let (echo_addr, echo) = echo_server(Duration::ZERO).await?;
     let echo64 = load(&echo_addr, 64, 10_000, secs, &script).await?;
     let echo256 = load(&echo_addr, 256, 10_000, secs, &script).await?;
     echo.abort();
@@ -194,14 +199,26 @@ pub(super) async fn run(quick: bool, scratch: &Path) -> anyhow::Result<Value> {
         r["node"] = json!({
             "group_commits": d[0], "group_commits_over_25ms": d[1], "group_commits_over_50ms": d[2],
             "commands": d[3], "commands_over_10ms": d[4], "commands_over_50ms": d[5],
+            "http_requests": d[6], "http_requests_over_10ms": d[7], "http_requests_over_50ms": d[8],
         });
         runs.push(r);
     }
     server.shutdown().await;
+    // The echo again, spending per request the CPU the node spent beyond
+    // the echo's own at 64 connections.
+    let cpu_per_request = |v: &Value| {
+        v["cpu"]["server_process_secs"].as_f64().unwrap_or(0.0) / v["wrk"]["requests"].as_f64().unwrap_or(1.0).max(1.0)
+    };
+    let burn = Duration::from_secs_f64((cpu_per_request(&runs[0]) - cpu_per_request(&echo64)).max(0.0));
+    let (matched_addr, matched) = echo_server(burn).await?;
+    let mut echo_matched = load(&matched_addr, 64, 10_000, secs, &script).await?;
+    matched.abort();
+    echo_matched["burn_us"] = json!(burn.as_micros() as u64);
     let rps = |v: &Value| v["wrk"]["requests_per_sec"].as_f64().unwrap_or(0.0);
     Ok(json!({
         "description": "HTTP end to end under wrk (-t1, one random counter per request, POST {\"by\":1} = one durable command, local journal with fsync per group commit) vs a raw axum echo server on the same route under the same generator; a probe (one request per 10 ms) beside each load; CPU seconds of the generator and of this process",
         "baseline_axum_echo": { "c64": echo64, "c256": echo256 },
+        "baseline_axum_echo_cpu_matched": { "c64": echo_matched },
         "runtime": runs,
         "ratio_runtime_to_echo_c64": ratio(rps(&runs[0]), rps(&echo64)),
         "ratio_runtime_to_echo_c256": ratio(rps(&runs[1]), rps(&echo256)),
@@ -210,8 +227,9 @@ pub(super) async fn run(quick: bool, scratch: &Path) -> anyhow::Result<Value> {
 
 /// Counts so far from the node's histograms (their buckets include 0.01,
 /// 0.025 and 0.05 s): group commits (all, over 25 ms, over 50 ms) and
-/// commands as the node timed them (all, over 10 ms, over 50 ms).
-fn node_counts(m: &tessera_runtime::metrics::Metrics) -> [u64; 6] {
+/// commands as the node timed them (all, over 10 ms, over 50 ms); HTTP
+/// requests from routing to response (all, over 10 ms, over 50 ms).
+fn node_counts(m: &tessera_runtime::metrics::Metrics) -> [u64; 9] {
     // The unlabelled histogram, or the `command` series of a labelled one.
     let over = |c: &dyn prometheus::core::Collector, bounds: [f64; 2]| -> [u64; 3] {
         let families = c.collect();
@@ -228,5 +246,6 @@ fn node_counts(m: &tessera_runtime::metrics::Metrics) -> [u64; 6] {
     };
     let [c, c25, c50] = over(&m.commit_latency, [0.025, 0.05]);
     let [r, r10, r50] = over(&m.latency, [0.01, 0.05]);
-    [c, c25, c50, r, r10, r50]
+    let [h, h10, h50] = over(&m.http_latency, [0.01, 0.05]);
+    [c, c25, c50, r, r10, r50, h, h10, h50]
 }

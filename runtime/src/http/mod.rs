@@ -127,9 +127,25 @@ fn routes(state: AppState) -> Router {
     router
         .fallback(handlers::not_found)
         .layer(axum::middleware::from_fn(trace_context))
+        .layer(axum::middleware::from_fn_with_state(state.node.metrics().http_latency.clone(), timed))
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::map_response(handlers::json_errors))
         .with_state(state)
+}
+
+/// Times each request from routing to the response handed back to hyper
+/// (`tessera_http_request_duration_seconds`): beside the invocation's own
+/// histogram it tells time spent in the HTTP layer from time spent before
+/// routing or on the socket.
+async fn timed(
+    axum::extract::State(h): axum::extract::State<prometheus::Histogram>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    h.observe(started.elapsed().as_secs_f64());
+    resp
 }
 
 /// With traces on: the request runs in a span whose parent is the trace
