@@ -52,7 +52,7 @@ def free_port():
 
 
 def cpu_secs(pid):
-    """User + system CPU seconds of a process and its waited-for children."""
+    """User + system CPU seconds of a process (its threads, not its children)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             rest = f.read().rsplit(") ", 1)[1].split()

@@ -30,11 +30,8 @@ pub(super) fn bench_config(journal: JournalKind, data_dir: &Path) -> NodeConfig 
         // The journal's knobs may be tuned from the environment, as for
         // `tessera serve` (`TESSERA_JOURNAL_MEMTABLE_BYTES=...`), to measure
         // a setting without a rebuild.
-        for k in NodeConfig::knobs().filter(|k| k.section == "journal") {
-            if let Ok(raw) = std::env::var(k.env()) {
-                c.set(&k.key(), &raw).unwrap_or_else(|e| panic!("{}: {e}", k.env()));
-            }
-        }
+        let bad = c.journal.set_from_env();
+        assert!(bad.is_empty(), "{}", bad.join("; "));
     })
 }
 

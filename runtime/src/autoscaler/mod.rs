@@ -208,8 +208,11 @@ impl Actor for AutoscalerActor {
         args.metrics.autoscaler_leader.set(1);
         let names: Vec<&str> = args.groups.iter().map(|(g, _)| g.name()).collect();
         tracing::info!(scaler = args.scaler.name(), groups = ?names, "autoscaler running on this node");
-        let span = args.groups.iter().map(|(_, p)| p.window_secs).max().unwrap_or(10).max(1);
-        let recent = args.groups.iter().map(|(_, p)| p.panic_window_secs).max().unwrap_or(2).max(1);
+        // The longest of the groups' windows (groups are never empty; the defaults otherwise).
+        let longest = |f: fn(&PolicyConfig) -> u64| {
+            args.groups.iter().map(|(_, p)| f(p)).max().unwrap_or_else(|| f(&PolicyConfig::default())).max(1)
+        };
+        let (span, recent) = (longest(|p| p.window_secs), longest(|p| p.panic_window_secs));
         let window = Window::new(Duration::from_secs(span)).with_recent(Duration::from_secs(recent));
         let mut policy = BTreeMap::new();
         for (group, _) in &args.groups {

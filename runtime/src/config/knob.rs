@@ -119,6 +119,19 @@ macro_rules! section {
                 }
                 Ok(())
             }
+
+            /// Sets every knob whose `TESSERA_*` variable is set; returns
+            /// what did not parse (those knobs keep their values), each
+            /// naming its variable.
+            pub fn set_from_env(&mut self) -> Vec<String> {
+                Self::KNOBS
+                    .iter()
+                    .filter_map(|k| {
+                        let raw = std::env::var(k.env()).ok()?;
+                        self.set(k.name, &raw).err().map(|e| format!("{}: {e}", k.env()))
+                    })
+                    .collect()
+            }
         }
     };
 }

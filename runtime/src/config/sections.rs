@@ -141,11 +141,7 @@ impl NatsSection {
     /// left at its default.
     pub fn from_env() -> Self {
         let mut s = Self::default();
-        for k in Self::KNOBS {
-            if let Ok(v) = std::env::var(k.env()) {
-                let _ = s.set(k.name, &v);
-            }
-        }
+        let _ = s.set_from_env();
         s
     }
 
