@@ -2,7 +2,7 @@
 # A local single-node Apache Cassandra 5 (the CQL twin of ScyllaDB) for tests.
 #
 #   deploy/local/cassandra.sh start   fetch jars (Maven, cached in ~/.m2), write a loopback config,
-#                                     start, wait until CQL answers on the port
+#                                     start, wait until a CQL login as cassandra succeeds
 #   deploy/local/cassandra.sh stop    stop the server this script started (by its pid)
 #   deploy/local/cassandra.sh status  say whether it runs
 #   deploy/local/cassandra.sh url     print the journal URL prefix (scylla://127.0.0.1:PORT)
@@ -27,6 +27,34 @@ LOG="$DIR/cassandra-$PORT.log"
 die() { echo "cassandra.sh: $*" >&2; exit 1; }
 running() { [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# Logs in as cassandra/cassandra over the CQL native protocol (v4, SASL
+# PLAIN; TLS when the server wants it). The port opens before the default
+# superuser exists on a fresh data directory, so "answers CQL" means this.
+cql_login_ok() {
+  command -v python3 >/dev/null || { port_open "$PORT"; return; }
+  python3 - "$PORT" "${TESSERA_CASSANDRA_TLS:-0}" <<'PY' 2>/dev/null
+import socket, ssl, struct, sys
+port, tls = int(sys.argv[1]), sys.argv[2] == "1"
+s = socket.create_connection(("127.0.0.1", port), timeout=5)
+if tls:
+    ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+    s = ctx.wrap_socket(s)
+def frame(op, body):
+    s.sendall(struct.pack(">BBhBi", 4, 0, 0, op, len(body)) + body)
+    head = b""
+    while len(head) < 9: head += s.recv(9 - len(head)) or sys.exit(1)
+    n = struct.unpack(">i", head[5:9])[0]; rest = b""
+    while len(rest) < n: rest += s.recv(n - len(rest)) or sys.exit(1)
+    return head[4]
+def string(x): return struct.pack(">H", len(x)) + x
+op = frame(0x01, struct.pack(">H", 1) + string(b"CQL_VERSION") + string(b"3.0.0"))
+if op == 0x03:  # AUTHENTICATE
+    token = b"\0cassandra\0cassandra"
+    op = frame(0x0F, struct.pack(">i", len(token)) + token)
+    sys.exit(0 if op == 0x10 else 1)  # AUTH_SUCCESS
+sys.exit(0 if op == 0x02 else 1)  # READY (no authenticator)
+PY
+}
 
 install() {
   [ -f "$LIB/cassandra-all-$VERSION.jar" ] && return 0
@@ -149,11 +177,11 @@ case "${1:-}" in
     echo $! >"$PIDFILE"
     for _ in $(seq 1 180); do
       running || { tail -30 "$LOG" >&2; die "Cassandra exited during start-up; log above ($LOG)"; }
-      if port_open "$PORT"; then echo "cassandra.sh: Cassandra $VERSION answers CQL on 127.0.0.1:$PORT" >&2; exit 0; fi
+      if port_open "$PORT" && cql_login_ok; then echo "cassandra.sh: Cassandra $VERSION answers CQL (login as cassandra) on 127.0.0.1:$PORT" >&2; exit 0; fi
       sleep 1
     done
     tail -30 "$LOG" >&2
-    die "Cassandra did not open port $PORT within 180 s"
+    die "Cassandra did not accept a CQL login on port $PORT within 180 s"
     ;;
   stop)
     if running; then
