@@ -28,8 +28,21 @@
 //!   is no new surge). A surge sizes for the queue it saw, so its stable
 //!   window is the shorter scale-down one: the overshoot goes once the
 //!   queue drained.
-//! - Otherwise at most `max_step` nodes per decision; always within `[min, max]`.
-//! - The request rate never causes a scale-down (a low rate with high
+//! - A surge ends the way it came (a spike, not a step): when, after a
+//!   surge, the last seconds' arrivals fell by `panic_threshold` × from
+//!   the rate the last decision was made on and their concurrency (queue
+//!   included) wants that many times fewer nodes, the size goes at once to
+//!   what they want, with the tolerance as headroom. Only after a surge: a
+//!   sawtooth falling back after a slow climb steps down as usual (its next
+//!   climb would start short of nodes).
+//! - The undo of a surge's overshoot (sized for its queue) may pass
+//!   `max_step` too; otherwise at most `max_step` nodes per decision;
+//!   always within `[min, max]`.
+//! - Inside a stable window the rate-jump path compares the smaller of the
+//!   window's and the last seconds' rate with the rate at the last
+//!   decision: a surge or a drop is decided on the last seconds' rate, and
+//!   the window's lags it.
+//! - The request rate alone never causes a scale-down (a low rate with high
 //!   concurrency is slow work, not idle nodes).
 
 use std::time::Duration;
@@ -84,7 +97,7 @@ impl Default for PolicyConfig {
             rate_jump_factor: 1.5,
             max_step: 2,
             panic_threshold: 2.0,
-            panic_window_secs: 2,
+            panic_window_secs: 1,
         }
     }
 }
@@ -237,6 +250,30 @@ pub fn decide(cfg: &PolicyConfig, o: &Observation, now: Duration, state: &Policy
         );
         return (Decision::Scale { from: current, to: recent_n, reason }, next);
     }
+    // The mirror of a surge: arrivals fell by the panic threshold since the
+    // last decision and the last seconds' concurrency (their queue
+    // included) wants that much fewer nodes — a spike that ended. Down at
+    // once, to a size with the tolerance as headroom, past `max_step`.
+    let arrivals_fell =
+        state.last_change.is_some_and(|(_, _, rate_then)| o.recent_request_rate * cfg.panic_threshold <= rate_then);
+    let recent_down = ((recent * (1.0 + cfg.tolerance)).ceil() as usize).clamp(lo, hi);
+    if cfg.panic_threshold > 0.0
+        && state.surged
+        && arrivals_fell
+        && recent * cfg.panic_threshold <= current as f64
+        && recent_down < current
+    {
+        let next = PolicyState {
+            target: Some(recent_down),
+            last_change: Some((now, Direction::Down, o.recent_request_rate)),
+            surged: false,
+        };
+        let reason = format!(
+            "drop: arrivals fell ≥ {}× and the last {} s want {recent:.2} nodes",
+            cfg.panic_threshold, cfg.panic_window_secs
+        );
+        return (Decision::Scale { from: current, to: recent_down, reason }, next);
+    }
     if let Some((at, dir, rate_then)) = state.last_change {
         let stable = Duration::from_secs(match dir {
             Direction::Up if state.surged => cfg.scale_down_stable_secs,
@@ -244,7 +281,11 @@ pub fn decide(cfg: &PolicyConfig, o: &Observation, now: Duration, state: &Policy
             Direction::Down => cfg.scale_down_stable_secs,
         });
         if now.saturating_sub(at) < stable {
-            let jump = if rate_then > 0.0 { o.request_rate / rate_then } else { 0.0 };
+            // The window's rate lags a surge or a drop (decided on the last
+            // seconds' rate): both must have risen.
+            let rate_now =
+                if o.recent_request_rate > 0.0 { o.request_rate.min(o.recent_request_rate) } else { o.request_rate };
+            let jump = if rate_then > 0.0 { rate_now / rate_then } else { 0.0 };
             // The jump permits the move; the size still comes from the
             // concurrency (a rate ratio overshoots while a surge fills the
             // window).
@@ -276,7 +317,10 @@ pub fn decide(cfg: &PolicyConfig, o: &Observation, now: Duration, state: &Policy
         let to = want_n.min(current + step);
         scale(to, Direction::Up, format!("{want:.2} nodes wanted by concurrency"))
     } else if want_down < current && -off > cfg.tolerance {
-        let to = want_down.max(current.saturating_sub(step)).max(lo);
+        // A surge overshot past `max_step` on purpose (for its queue): its
+        // undo may, too.
+        let floor = if state.surged { lo } else { current.saturating_sub(step) };
+        let to = want_down.max(floor).max(lo);
         scale(to, Direction::Down, format!("{want:.2} nodes wanted by concurrency"))
     } else {
         hold(format!("{want:.2} nodes wanted, within tolerance of {current}"))
@@ -348,6 +392,35 @@ mod tests {
         let (_, st0) = decide(&off, &obs(1, 25.0, 500.0), secs(0), &PolicyState::default());
         let (d, _) = decide(&off, &surge, secs(10), &st0);
         assert!(!d_reason(&d).starts_with("surge"), "{d:?}");
+    }
+
+    #[test]
+    fn a_surge_ends_at_once_when_its_arrivals_fall_back_and_its_overshoot_goes_in_one_move() {
+        let cfg = PolicyConfig { max_nodes: 20, ..PolicyConfig::default() };
+        let (_, st) = decide(&cfg, &obs(1, 25.0, 500.0), secs(0), &PolicyState::default());
+        let surge =
+            Observation { recent_request_concurrency: 400.0, recent_request_rate: 8000.0, ..obs(1, 62.0, 1250.0) };
+        let (_, surged) = decide(&cfg, &surge, secs(10), &st);
+        assert_eq!(surged.target, Some(7));
+        // 20 s later the spike is over: the last second is back to 500 req/s
+        // and its queue drained, while the window still remembers the spike.
+        let over =
+            Observation { recent_request_concurrency: 25.0, recent_request_rate: 500.0, ..obs(7, 300.0, 5000.0) };
+        let (d, after) = decide(&cfg, &over, secs(30), &surged);
+        assert!(matches!(&d, Decision::Scale { from: 7, to: 1, reason } if reason.starts_with("drop")), "{d:?}");
+        // The window's lagging rate (5000 vs 500 at the drop) is no jump: no way back up.
+        let (d, _) = decide(&cfg, &over, secs(31), &after);
+        assert!(matches!(d, Decision::Hold { .. }), "{d:?}");
+        // Only a surge ends that way: the same seconds after a plain scale-up hold.
+        let plain = PolicyState { surged: false, ..surged };
+        let (d, _) = decide(&cfg, &over, secs(30), &plain);
+        assert!(matches!(d, Decision::Hold { .. }), "{d:?}");
+        // Arrivals that stay (a step, not a spike): after the surge's window the
+        // overshoot sized for its queue goes in one move, past the step.
+        let stays =
+            Observation { recent_request_concurrency: 150.0, recent_request_rate: 8000.0, ..obs(7, 150.0, 8000.0) };
+        let (d, _) = decide(&cfg, &stays, secs(41), &surged);
+        assert!(matches!(&d, Decision::Scale { from: 7, to: 3, .. }), "{d:?}: ⌈150/64 × 1.1⌉ = 3");
     }
 
     fn d_reason(d: &Decision) -> String {
