@@ -204,6 +204,13 @@ pub fn decide(cfg: &PolicyConfig, o: &Observation, now: Duration, state: &Policy
         let next = PolicyState { target: Some(to), last_change: Some((now, dir, o.request_rate)), surged: false };
         (Decision::Scale { from: current, to, reason }, next)
     };
+    // A move decided on the last seconds (a surge or a drop): their rate is
+    // the one later jumps are measured from.
+    let at_once = |to: usize, dir: Direction, reason: String| {
+        let surged = dir == Direction::Up;
+        let next = PolicyState { target: Some(to), last_change: Some((now, dir, o.recent_request_rate)), surged };
+        (Decision::Scale { from: current, to, reason }, next)
+    };
     if current < lo {
         return scale(lo.min(current + step), Direction::Up, format!("below the minimum of {lo} nodes"));
     }
@@ -239,16 +246,11 @@ pub fn decide(cfg: &PolicyConfig, o: &Observation, now: Duration, state: &Policy
         && recent >= cfg.panic_threshold * current as f64
         && recent_n > current
     {
-        let next = PolicyState {
-            target: Some(recent_n),
-            last_change: Some((now, Direction::Up, o.recent_request_rate)),
-            surged: true,
-        };
         let reason = format!(
             "surge: the last {} s want {recent:.2} nodes, ≥ {}× the {current} there are",
             cfg.panic_window_secs, cfg.panic_threshold
         );
-        return (Decision::Scale { from: current, to: recent_n, reason }, next);
+        return at_once(recent_n, Direction::Up, reason);
     }
     // The mirror of a surge: arrivals fell by the panic threshold since the
     // last decision and the last seconds' concurrency (their queue
@@ -263,16 +265,11 @@ pub fn decide(cfg: &PolicyConfig, o: &Observation, now: Duration, state: &Policy
         && recent * cfg.panic_threshold <= current as f64
         && recent_down < current
     {
-        let next = PolicyState {
-            target: Some(recent_down),
-            last_change: Some((now, Direction::Down, o.recent_request_rate)),
-            surged: false,
-        };
         let reason = format!(
             "drop: arrivals fell ≥ {}× and the last {} s want {recent:.2} nodes",
             cfg.panic_threshold, cfg.panic_window_secs
         );
-        return (Decision::Scale { from: current, to: recent_down, reason }, next);
+        return at_once(recent_down, Direction::Down, reason);
     }
     if let Some((at, dir, rate_then)) = state.last_change {
         let stable = Duration::from_secs(match dir {
