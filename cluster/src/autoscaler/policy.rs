@@ -367,16 +367,22 @@ mod tests {
         assert_eq!(d.nodes(), 1);
     }
 
+    /// Steady at 1 node (500 req/s at 50 ms = 25 in flight), then a last
+    /// second of 8000 req/s with a queue building (1 node serves 80 at
+    /// once), 10 s in: the surge observation, its decision and state.
+    fn steady_then_surge(cfg: &PolicyConfig) -> (Observation, Decision, PolicyState) {
+        let (_, st) = decide(cfg, &obs(1, 25.0, 500.0), secs(0), &PolicyState::default());
+        let surge =
+            Observation { recent_request_concurrency: 400.0, recent_request_rate: 8000.0, ..obs(1, 62.0, 1250.0) };
+        let (d, st) = decide(cfg, &surge, secs(10), &st);
+        (surge, d, st)
+    }
+
     #[test]
     fn a_surge_of_arrivals_scales_at_once_past_the_step_but_a_queue_alone_does_not() {
         let cfg = PolicyConfig { max_nodes: 20, ..PolicyConfig::default() };
-        // Steady: 1 node, 500 req/s at 50 ms = 25 in flight.
-        let (_, st) = decide(&cfg, &obs(1, 25.0, 500.0), secs(0), &PolicyState::default());
-        // The last 2 s: 8000 req/s and a queue building (1 node serves 80 at once).
-        let surge =
-            Observation { recent_request_concurrency: 400.0, recent_request_rate: 8000.0, ..obs(1, 62.0, 1250.0) };
-        let (d, st) = decide(&cfg, &surge, secs(10), &st);
-        // The larger of the last 2 s's concurrency (400) and their arrivals at the window's time per
+        let (surge, d, st) = steady_then_surge(&cfg);
+        // The larger of the last second's concurrency (400) and its arrivals at the window's time per
         // request (8000 × 62 / 1250 = 397): ⌈400 / 64⌉ = 7, not capped by the step of 2.
         assert!(matches!(&d, Decision::Scale { from: 1, to: 7, reason } if reason.starts_with("surge")), "{d:?}");
         // Seconds later the queue is still there but the arrivals did not jump again: no second surge.
@@ -394,10 +400,7 @@ mod tests {
     #[test]
     fn a_surge_ends_at_once_when_its_arrivals_fall_back_and_its_overshoot_goes_in_one_move() {
         let cfg = PolicyConfig { max_nodes: 20, ..PolicyConfig::default() };
-        let (_, st) = decide(&cfg, &obs(1, 25.0, 500.0), secs(0), &PolicyState::default());
-        let surge =
-            Observation { recent_request_concurrency: 400.0, recent_request_rate: 8000.0, ..obs(1, 62.0, 1250.0) };
-        let (_, surged) = decide(&cfg, &surge, secs(10), &st);
+        let (_, _, surged) = steady_then_surge(&cfg);
         assert_eq!(surged.target, Some(7));
         // 20 s later the spike is over: the last second is back to 500 req/s
         // and its queue drained, while the window still remembers the spike.
