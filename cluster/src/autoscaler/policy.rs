@@ -79,7 +79,8 @@ pub struct PolicyConfig {
     /// A surge: the last `panic_window_secs` want this many times the
     /// current size (default 2.0; 0 turns it off).
     pub panic_threshold: f64,
-    /// Seconds the surge check looks at (default 2).
+    /// Seconds the surge (and drop) check looks at (default 1: the first
+    /// sample that shows a surge sizes it).
     pub panic_window_secs: u64,
 }
 

@@ -214,7 +214,7 @@ section! {
         max_step: usize = PolicyConfig::default().max_step, flag "autoscale-max-step";
         /// A surge: the last `panic_window_secs` ask for this many times the current size → scale at once (0: off).
         panic_threshold: f64 = PolicyConfig::default().panic_threshold, flag "autoscale-panic-threshold";
-        /// Seconds the surge check averages over.
+        /// Seconds the surge and drop checks average over.
         panic_window_secs: u64 = PolicyConfig::default().panic_window_secs, flag "autoscale-panic-window-secs";
         /// Scale groups the leader sizes, comma-separated: `entities` (nodes with the entities role), `functions` (functions-only nodes).
         groups: String = "entities".into(), flag "autoscale-groups";
