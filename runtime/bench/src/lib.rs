@@ -22,6 +22,8 @@ mod nats;
 mod projection;
 mod runs;
 mod scylla;
+#[cfg(tokio_unstable)]
+pub mod task_stats;
 
 use std::path::PathBuf;
 

@@ -14,8 +14,21 @@ struct Cli {
     args: tessera_bench::BenchArgs,
 }
 
+#[cfg(not(tokio_unstable))]
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tessera_runtime::cli::init_tracing();
     tessera_bench::run(Cli::parse().args).await
+}
+
+/// With `--cfg tokio_unstable`: the same, on a runtime that times every
+/// task's polls and waits (`task_stats`).
+#[cfg(tokio_unstable)]
+fn main() -> anyhow::Result<()> {
+    let result = tessera_bench::task_stats::runtime()?.block_on(async {
+        tessera_runtime::cli::init_tracing();
+        tessera_bench::run(Cli::parse().args).await
+    });
+    tessera_bench::task_stats::write()?;
+    result
 }

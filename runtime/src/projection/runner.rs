@@ -351,6 +351,42 @@ fn flow_checkpoint_every(base: Duration, state_len: usize) -> Duration {
     (base * (1 + (state_len / 1024) as u32)).min(FLOW_SKIP_CHECKPOINT.max(base))
 }
 
+/// Spreads one unit's periodic work (checkpoint stores, idle looks) over
+/// time: every unit starts its workers at the same instant, so with fixed
+/// intervals the thousand units of a node would look and store together —
+/// a herd of reads and appends that stalled every request for 100–400 ms
+/// every 10 s under load (`BENCHMARKS.md`, "Profiles of the tail"). Each
+/// interval is drawn anew in `(d/2, d]`, so a bound stays a bound.
+struct Spread(u64);
+
+impl Spread {
+    /// Seeded from the unit, so that units draw differently.
+    fn for_unit(projection: &str, entity_type: &str, shard: u32) -> Self {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (projection, entity_type, shard).hash(&mut h);
+        Self(h.finish() | 1)
+    }
+
+    /// The next draw in `[0, 1)` (xorshift64).
+    fn draw(&mut self) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// `d` scaled by a draw into `(d/2, d]`.
+    fn within(&mut self, d: Duration) -> Duration {
+        scaled(d, self.draw())
+    }
+}
+
+/// `d` scaled by `1 - draw/2`: `(d/2, d]` for a draw in `[0, 1)`.
+fn scaled(d: Duration, draw: f64) -> Duration {
+    d.mul_f64(1.0 - draw / 2.0)
+}
+
 /// A worker: follows one unit's feed for one projection until aborted.
 /// Batches are handled as they come; the checkpoint (with the kept state)
 /// is stored at most every `checkpoint_every`, or after `batch` events, or
@@ -376,6 +412,10 @@ async fn work(inner: Arc<Inner>, index: usize, unit: Unit, signals: Signals, sta
     let mut read_to_end = false;
     let mut trim_after_store = false;
     let mut last_look = tokio::time::Instant::now();
+    let mut spread = Spread::for_unit(&name, &entity_type, shard);
+    // This period's checkpoint intervals are scaled by one draw, made again
+    // after each store.
+    let mut due = spread.draw();
     loop {
         let backoff = Duration::from_millis(100 * 2u64.pow(failures.min(8))).min(Duration::from_secs(30));
         if reload.swap(false, Ordering::AcqRel) {
@@ -406,13 +446,14 @@ async fn work(inner: Arc<Inner>, index: usize, unit: Unit, signals: Signals, sta
         }
         let every = if flow { flow_checkpoint_every(base_every, state_len) } else { base_every };
         let large = flow && every > base_every;
+        let (every, skip_every) = (scaled(every, due), scaled(FLOW_SKIP_CHECKPOINT, due));
         // Store the checkpoint when due.
         // The dispatcher counts only its records: progress over events it
         // skipped is stored rarely (a crash re-reads them, nothing more).
         if let Some((since, n)) = pr.unsaved
             && ((n >= inner.settings.batch && !large)
                 || (since.elapsed() >= every && (n > 0 || !flow))
-                || since.elapsed() >= FLOW_SKIP_CHECKPOINT)
+                || since.elapsed() >= skip_every)
         {
             if flow {
                 pr.current.state = p.checkpoint_state(&entity_type, shard);
@@ -426,6 +467,7 @@ async fn work(inner: Arc<Inner>, index: usize, unit: Unit, signals: Signals, sta
                 Ok(seq) => {
                     pr.stored_seq = seq;
                     pr.unsaved = None;
+                    due = spread.draw();
                     if std::mem::take(&mut trim_after_store)
                         && let Err(e) = inner.checkpoints.trim(&name, &entity_type, shard, seq).await
                     {
@@ -482,7 +524,7 @@ async fn work(inner: Arc<Inner>, index: usize, unit: Unit, signals: Signals, sta
             let polling = flow && pr.unsaved.is_none() && hinted == 0;
             // Caught up with unsaved progress: store it once it is due.
             let wait = match pr.unsaved {
-                Some((since, 0)) if flow => FLOW_SKIP_CHECKPOINT.saturating_sub(since.elapsed()),
+                Some((since, 0)) if flow => skip_every.saturating_sub(since.elapsed()),
                 Some((since, _)) => every.saturating_sub(since.elapsed()),
                 None if hinted > 0 => {
                     hinted -= 1;
@@ -491,8 +533,8 @@ async fn work(inner: Arc<Inner>, index: usize, unit: Unit, signals: Signals, sta
                 // The dispatcher is woken only by commits with its records:
                 // it looks often at units that had other commits, so that
                 // the events it skips stay few (and not at all at the others).
-                None if flow => inner.settings.idle_poll.min(FLOW_POLL),
-                None => inner.settings.idle_poll,
+                None if flow => spread.within(inner.settings.idle_poll.min(FLOW_POLL)),
+                None => spread.within(inner.settings.idle_poll),
             };
             let unsaved = pr.unsaved.is_some();
             match tokio::time::timeout(wait, wake.notified()).await {
@@ -595,5 +637,25 @@ mod tests {
         assert_eq!(flow_checkpoint_every(base, 1023), base, "small states as before");
         assert_eq!(flow_checkpoint_every(base, 12 * 1024), base * 13);
         assert_eq!(flow_checkpoint_every(base, 10 << 20), FLOW_SKIP_CHECKPOINT, "never rarer than the bound");
+    }
+
+    #[test]
+    fn a_spread_interval_stays_within_its_bound_and_half_of_it() {
+        let d = Duration::from_secs(10);
+        let mut s = Spread::for_unit("dispatcher", "stock", 7);
+        let draws: Vec<Duration> = (0..1000).map(|_| s.within(d)).collect();
+        assert!(draws.iter().all(|x| *x > d / 2 && *x <= d));
+        let (lo, hi) = (draws.iter().min().unwrap(), draws.iter().max().unwrap());
+        assert!(*hi - *lo > d / 3, "the draws spread over the range: {lo:?}..{hi:?}");
+    }
+
+    #[test]
+    fn units_started_together_draw_different_intervals() {
+        let d = Duration::from_secs(10);
+        let mut firsts: Vec<Duration> =
+            (0..1024).map(|shard| Spread::for_unit("dispatcher", "stock", shard).within(d)).collect();
+        firsts.sort();
+        firsts.dedup();
+        assert!(firsts.len() > 1000, "a thousand units do not store in the same instant");
     }
 }
