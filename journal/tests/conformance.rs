@@ -42,3 +42,92 @@ impl TestBackend for LocalBackend {
 
 tessera_journal::journal_conformance_tests!(memory, MemoryBackend::default());
 tessera_journal::journal_conformance_tests!(local, LocalBackend::new());
+
+/// The local journal's own format: since version 2 an append writes no
+/// index row after the entity's first; the last seq comes from the keys.
+mod local_format {
+    use futures::TryStreamExt;
+    use tessera_journal::conformance::event;
+    use tessera_journal::{AppendError, EntityKey, Journal, LocalJournal};
+
+    /// Opens `dir`; a dropped handle may still be closing on another thread.
+    async fn open(dir: &std::path::Path) -> LocalJournal {
+        for _ in 0..100 {
+            match LocalJournal::open(dir) {
+                Ok(j) => return j,
+                Err(tessera_journal::OpenError::Locked { .. }) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await
+                }
+                Err(e) => panic!("open: {e}"),
+            }
+        }
+        panic!("journal stayed locked")
+    }
+
+    async fn appends(j: &LocalJournal, e: &EntityKey, sizes: &[u64]) -> u64 {
+        let mut last = j.last_seq(e).await.expect("last seq");
+        for &n in sizes {
+            let evs = (last + 1..=last + n).map(event).collect();
+            last = j.append(e, last, evs).await.expect("append").last_seq;
+        }
+        last
+    }
+
+    async fn listed(j: &LocalJournal, entity_type: &str) -> Vec<(String, u64, u64)> {
+        let list: Vec<_> = j.entities(entity_type).try_collect().await.expect("entities");
+        list.into_iter().map(|i| (i.entity_id, i.last_seq, i.deleted_to)).collect()
+    }
+
+    #[tokio::test]
+    async fn an_entitys_last_seq_comes_back_from_its_events_after_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = EntityKey::new("stock", "s-1");
+        {
+            let j = open(dir.path()).await;
+            assert_eq!(appends(&j, &e, &[1, 2, 3, 1]).await, 7);
+            drop(j);
+        }
+        let j = open(dir.path()).await;
+        assert_eq!(j.last_seq(&e).await.unwrap(), 7, "from the last event key, not the first append's row");
+        assert_eq!(listed(&j, "stock").await, vec![("s-1".into(), 7, 0)]);
+        let stale = j.append(&e, 1, vec![event(2)]).await;
+        assert!(matches!(stale, Err(AppendError::Conflict { actual: 7, .. })), "{stale:?}");
+        assert_eq!(appends(&j, &e, &[2]).await, 9);
+    }
+
+    #[tokio::test]
+    async fn a_deleted_history_keeps_its_last_seq_across_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = EntityKey::new("stock", "s-2");
+        {
+            let j = open(dir.path()).await;
+            appends(&j, &e, &[3, 3]).await;
+            j.delete_to(&e, 6).await.expect("delete");
+            drop(j);
+        }
+        let j = open(dir.path()).await;
+        assert_eq!(j.last_seq(&e).await.unwrap(), 6, "no event left: the row the delete wrote");
+        assert_eq!(listed(&j, "stock").await, vec![("s-2".into(), 6, 6)]);
+        assert_eq!(appends(&j, &e, &[1]).await, 7);
+        drop(j);
+        let j = open(dir.path()).await;
+        assert_eq!(j.last_seq(&e).await.unwrap(), 7);
+    }
+
+    #[tokio::test]
+    async fn a_version_1_directory_is_marked_version_2_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = EntityKey::new("stock", "s-3");
+        {
+            let j = open(dir.path()).await;
+            appends(&j, &e, &[2]).await;
+            drop(j);
+        }
+        let marker = dir.path().join(tessera_journal::local::MARKER_FILE);
+        std::fs::write(&marker, br#"{"format":"tessera-local-journal","version":1}"#).unwrap();
+        let j = open(dir.path()).await;
+        let text = std::fs::read_to_string(&marker).unwrap();
+        assert!(text.contains("\"version\": 2"), "upgraded: {text}");
+        assert_eq!(appends(&j, &e, &[1]).await, 3);
+    }
+}

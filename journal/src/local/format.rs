@@ -21,6 +21,17 @@ pub(crate) fn event_key(prefix: &[u8], seq: u64) -> Vec<u8> {
     out
 }
 
+/// The seq of the last event stored under an entity's `prefix` (0: none).
+pub(crate) fn last_event_seq(events: &fjall::Keyspace, prefix: &[u8]) -> Result<u64, fjall::Error> {
+    match events.prefix(prefix).next_back() {
+        None => Ok(0),
+        Some(item) => {
+            let key = item.key()?;
+            Ok(key.len().checked_sub(8).and_then(|i| key[i..].try_into().ok()).map_or(0, u64::from_be_bytes))
+        }
+    }
+}
+
 /// `[type len u16][type]`: the prefix of a type's entries in the entity index.
 pub(crate) fn type_prefix(entity_type: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(2 + entity_type.len());
@@ -132,6 +143,13 @@ pub(crate) fn decode_event(seq: u64, record: &[u8]) -> Result<PersistedEvent, St
 }
 
 /// What the entity index holds per entity.
+///
+/// Since format version 2 the row is written when the entity's first event
+/// is, and again only when `deleted_to` or `fence` changes (and on a
+/// delete, with the last seq then current): an append writes its events
+/// and feed entries, not this row. An entity's last seq is the larger of
+/// the row's and its last event key's ([`last_event_seq`]); version-1
+/// journals wrote the row on every append, so they read the same.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct EntityMeta {
     pub(crate) last_seq: u64,

@@ -38,7 +38,12 @@ pub const MARKER_FILE: &str = "tessera-journal.json";
 /// The format name in the marker.
 pub const FORMAT_NAME: &str = "tessera-local-journal";
 /// The newest on-disk format version this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+///
+/// 2: an append no longer rewrites the entity's index row (its last seq is
+/// read from its last event key, see `format::EntityMeta`). A version-1
+/// directory is marked 2 when this build opens it (its rows read the
+/// same); a version-1 build then refuses it, as it would misread them.
+pub const FORMAT_VERSION: u32 = 2;
 /// How long feed entries are kept unless configured: 7 days.
 pub const DEFAULT_FEED_RETENTION: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 const PAGE: usize = 1024;
@@ -184,6 +189,11 @@ fn check_marker(path: &Path) -> Result<(), OpenError> {
                     supported: FORMAT_VERSION,
                 });
             }
+            if m.version < FORMAT_VERSION {
+                // Marked before anything is written in the new way.
+                write_marker(path)?;
+                tracing::info!(path = %path.display(), from = m.version, to = FORMAT_VERSION, "journal format upgraded");
+            }
             Ok(())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -191,12 +201,23 @@ fn check_marker(path: &Path) -> Result<(), OpenError> {
             if entries.next().is_some() {
                 return Err(OpenError::Foreign { path: path.display().to_string() });
             }
-            let m = Marker { format: FORMAT_NAME.into(), version: FORMAT_VERSION };
-            let json = serde_json::to_vec_pretty(&m).map_err(|e| io_err(path, e))?;
-            std::fs::write(&marker, json).map_err(|e| io_err(path, e))
+            write_marker(path)
         }
         Err(e) => Err(io_err(path, e)),
     }
+}
+
+/// Writes this build's marker: to a temporary file, synced, then renamed
+/// over the old one (a crash leaves the old marker or the new one).
+fn write_marker(path: &Path) -> Result<(), OpenError> {
+    let m = Marker { format: FORMAT_NAME.into(), version: FORMAT_VERSION };
+    let json = serde_json::to_vec_pretty(&m).map_err(|e| io_err(path, e))?;
+    let tmp = path.join(format!("{MARKER_FILE}.tmp"));
+    let mut f = std::fs::File::create(&tmp).map_err(|e| io_err(path, e))?;
+    std::io::Write::write_all(&mut f, &json).map_err(|e| io_err(path, e))?;
+    f.sync_all().map_err(|e| io_err(path, e))?;
+    std::fs::rename(&tmp, path.join(MARKER_FILE)).map_err(|e| io_err(path, e))?;
+    std::fs::File::open(path).and_then(|d| d.sync_all()).map_err(|e| io_err(path, e))
 }
 
 impl LocalJournal {
@@ -391,10 +412,13 @@ impl Journal for LocalJournal {
     async fn last_seq(&self, entity: &EntityKey) -> Result<u64, JournalError> {
         let entity = entity.clone();
         self.blocking(move |inner| {
-            match inner.index.get(format::index_key(&entity)).map_err(|e| read_err(&entity, 0, e))? {
-                None => Ok(0),
-                Some(v) => Ok(format::decode_meta(&v).map_err(|d| corrupt(&entity, 0, d))?.last_seq),
-            }
+            let indexed = match inner.index.get(format::index_key(&entity)).map_err(|e| read_err(&entity, 0, e))? {
+                None => 0,
+                Some(v) => format::decode_meta(&v).map_err(|d| corrupt(&entity, 0, d))?.last_seq,
+            };
+            let prefix = format::entity_prefix(&entity);
+            let last = format::last_event_seq(&inner.events, &prefix).map_err(|e| read_err(&entity, 0, e))?;
+            Ok(indexed.max(last))
         })
         .await
     }
@@ -511,10 +535,11 @@ impl Journal for LocalJournal {
 
     fn entities(&self, entity_type: &str) -> EntityStream {
         let me = self.clone();
-        let prefix = format::type_prefix(entity_type);
+        let entity_type = entity_type.to_owned();
+        let prefix = format::type_prefix(&entity_type);
         let start: Option<Vec<u8>> = None;
         paged(start, move |after: Option<Vec<u8>>| {
-            let (me, prefix) = (me.clone(), prefix.clone());
+            let (me, prefix, entity_type) = (me.clone(), prefix.clone(), entity_type.clone());
             async move {
                 me.blocking(move |inner| {
                     let lower = match &after {
@@ -536,8 +561,18 @@ impl Journal for LocalJournal {
                             detail: d,
                         })?;
                         last_key = Some(k.to_vec());
-                        if m.last_seq > 0 {
-                            page.push(EntityInfo { entity_id, last_seq: m.last_seq, deleted_to: m.deleted_to });
+                        let entity = EntityKey { entity_type: entity_type.clone(), entity_id };
+                        // An unreadable last event (a damaged table block)
+                        // does not end the list: the entity is listed with
+                        // its index row's last seq, and reading it fails.
+                        let last = format::last_event_seq(&inner.events, &format::entity_prefix(&entity))
+                            .unwrap_or_else(|e| {
+                                tracing::warn!(entity = %entity, error = %e, "last event unreadable: listed from its index row");
+                                0
+                            });
+                        let last_seq = m.last_seq.max(last);
+                        if last_seq > 0 {
+                            page.push(EntityInfo { entity_id: entity.entity_id, last_seq, deleted_to: m.deleted_to });
                         }
                     }
                     Ok((page, last_key.map(Some)))

@@ -222,18 +222,27 @@ impl Writer {
         }
     }
 
-    fn meta(&mut self, pending: &HashMap<Vec<u8>, EntityMeta>, ikey: &[u8]) -> Result<EntityMeta, JournalError> {
+    /// The entity's meta: pending in this group, cached, or read (the index
+    /// row, its last seq raised to the last event's: see [`EntityMeta`]).
+    fn meta(
+        &mut self,
+        pending: &HashMap<Vec<u8>, EntityMeta>,
+        key: &EntityKey,
+        ikey: &[u8],
+    ) -> Result<EntityMeta, JournalError> {
         if let Some(m) = pending.get(ikey).copied().or_else(|| self.cache.get(ikey)) {
             return Ok(m);
         }
-        let m = match self.s().ks.index.get(ikey).map_err(unavailable)? {
+        let mut m = match self.s().ks.index.get(ikey).map_err(unavailable)? {
             None => EntityMeta::default(),
             Some(v) => format::decode_meta(&v).map_err(|detail| JournalError::Corrupt {
-                entity: String::from_utf8_lossy(ikey).into_owned(),
+                entity: key.to_string(),
                 seq: 0,
                 detail,
             })?,
         };
+        let last = format::last_event_seq(&self.s().ks.events, &format::entity_prefix(key)).map_err(unavailable)?;
+        m.last_seq = m.last_seq.max(last);
         self.cache.insert(ikey.to_vec(), m);
         Ok(m)
     }
@@ -296,7 +305,7 @@ impl Writer {
                     }
                     let AppendRequest { expected_seq: expected, events, snapshot, fence, keys: idem, .. } = request;
                     let ikey = format::index_key(&key);
-                    let mut m = match self.meta(&pending, &ikey) {
+                    let mut m = match self.meta(&pending, &key, &ikey) {
                         Ok(m) => m,
                         Err(e) => {
                             let _ = ack.send(Err(e.into()));
@@ -376,13 +385,18 @@ impl Writer {
                         batch.insert(&self.s().ks.key_expiry, format::key_expiry(expires, &kk), Vec::<u8>::new());
                     }
                     m.last_seq = last_seq;
-                    batch.insert(&self.s().ks.index, ikey.clone(), format::encode_meta(m));
+                    // The index row is written with the entity's first
+                    // events only; later appends are found by their event
+                    // keys (`EntityMeta`): one memtable insert fewer each.
+                    if expected == 0 {
+                        batch.insert(&self.s().ks.index, ikey.clone(), format::encode_meta(m));
+                    }
                     pending.insert(ikey, m);
                     done.push(Done::Append(ack, AppendAck { first_seq: expected + 1, last_seq, timestamp_ms }));
                 }
                 Op::RaiseFence { key, epoch, ack } => {
                     let ikey = format::index_key(&key);
-                    match self.meta(&pending, &ikey) {
+                    match self.meta(&pending, &key, &ikey) {
                         Err(e) => {
                             let _ = ack.send(Err(e.into()));
                         }
@@ -403,7 +417,7 @@ impl Writer {
                 }
                 Op::Snapshot { key, snapshot, ack } => {
                     let ikey = format::index_key(&key);
-                    match self.meta(&pending, &ikey) {
+                    match self.meta(&pending, &key, &ikey) {
                         Err(e) => {
                             let _ = ack.send(Err(e));
                         }
@@ -498,7 +512,7 @@ impl Writer {
 
     fn delete_to(&mut self, key: &EntityKey, seq: u64) -> Result<(), JournalError> {
         let ikey = format::index_key(key);
-        let mut m = self.meta(&HashMap::new(), &ikey)?;
+        let mut m = self.meta(&HashMap::new(), key, &ikey)?;
         let to = seq.min(m.last_seq);
         if to <= m.deleted_to {
             return Ok(());

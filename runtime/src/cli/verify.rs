@@ -100,10 +100,20 @@ pub(crate) async fn run(source: &SourceArgs, extra_types: &[String], registry: &
             bar.tick();
             let key = EntityKey::new(t.as_str(), info.entity_id.as_str());
             let id = info.entity_id.as_str();
+            // The entity's own last seq too: a local journal's listing
+            // falls back to the entity's index row when its last event
+            // cannot be read.
+            let (last_seq, mut readable) = match journal.last_seq(&key).await {
+                Ok(l) => (l.max(info.last_seq), true),
+                Err(e) => {
+                    let problem = format!("its last event cannot be read: {e}");
+                    report(Problem { entity_type: t, entity_id: id, seq: info.last_seq + 1, problem }, &mut sum)?;
+                    (info.last_seq, false)
+                }
+            };
             // Every event, in order, without a gap.
             let mut expect = info.deleted_to + 1;
-            let mut events = journal.read(&key, expect..=info.last_seq);
-            let mut readable = true;
+            let mut events = journal.read(&key, expect..=last_seq);
             loop {
                 match events.try_next().await {
                     Ok(Some(ev)) => {
@@ -136,9 +146,8 @@ pub(crate) async fn run(source: &SourceArgs, extra_types: &[String], registry: &
                     }
                 }
             }
-            if readable && expect != info.last_seq + 1 {
-                let problem =
-                    format!("the journal says the last seq is {}, the events end at {}", info.last_seq, expect - 1);
+            if readable && expect != last_seq + 1 {
+                let problem = format!("the journal says the last seq is {last_seq}, the events end at {}", expect - 1);
                 report(Problem { entity_type: t, entity_id: id, seq: expect, problem }, &mut sum)?;
                 readable = false;
             }
@@ -147,7 +156,7 @@ pub(crate) async fn run(source: &SourceArgs, extra_types: &[String], registry: &
             }
             // Every event through the entity's own code.
             if let (Some(entity), true, 0) = (entity, readable, info.deleted_to) {
-                match replay(entity, &journal, &key, Replay::AsOf(info.last_seq)).await {
+                match replay(entity, &journal, &key, Replay::AsOf(last_seq)).await {
                     Ok(_) => sum.replayed += 1,
                     Err(e) => {
                         let problem = format!("does not replay: {e}");
