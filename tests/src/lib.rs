@@ -229,6 +229,15 @@ impl StallingJournal {
         p.push(suffix);
         p.into()
     }
+    /// Writes a marker whole: to a temporary name, then renamed (the test
+    /// polls for the marker and reads it at once; a plain write could be
+    /// seen created but still empty).
+    fn write_marker(&self, suffix: &str, text: &str) {
+        let tmp = self.marker(&format!("{suffix}.tmp"));
+        if std::fs::write(&tmp, text).is_ok() {
+            let _ = std::fs::rename(&tmp, self.marker(suffix));
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -241,7 +250,7 @@ impl tessera_journal::Journal for StallingJournal {
         if !self.gate.exists() {
             return self.inner.commit(entity, request).await;
         }
-        let _ = std::fs::write(self.marker(".stalled"), entity.to_string());
+        self.write_marker(".stalled", &entity.to_string());
         while self.gate.exists() {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
@@ -252,7 +261,7 @@ impl tessera_journal::Journal for StallingJournal {
             Err(tessera_journal::AppendError::Conflict { .. }) => "conflict".to_owned(),
             Err(e) => format!("error {e}"),
         };
-        let _ = std::fs::write(self.marker(".outcome"), outcome);
+        self.write_marker(".outcome", &outcome);
         r
     }
     async fn raise_fence(
