@@ -130,4 +130,17 @@ mod local_format {
         assert!(text.contains("\"version\": 2"), "upgraded: {text}");
         assert_eq!(appends(&j, &e, &[1]).await, 3);
     }
+
+    #[tokio::test]
+    async fn a_version_1_directory_held_open_by_another_is_not_marked() {
+        let dir = tempfile::tempdir().unwrap();
+        let holder = open(dir.path()).await;
+        let marker = dir.path().join(tessera_journal::local::MARKER_FILE);
+        std::fs::write(&marker, br#"{"format":"tessera-local-journal","version":1}"#).unwrap();
+        let second = LocalJournal::open(dir.path());
+        assert!(matches!(second, Err(tessera_journal::OpenError::Locked { .. })), "the holder keeps it");
+        let text = std::fs::read_to_string(&marker).unwrap();
+        assert!(text.contains("\"version\":1"), "an older build still running there keeps its marker: {text}");
+        drop(holder);
+    }
 }

@@ -174,8 +174,9 @@ struct Marker {
     version: u32,
 }
 
-/// Checks the directory's marker, writing one in a new or empty directory.
-fn check_marker(path: &Path) -> Result<(), OpenError> {
+/// Checks the directory's marker, writing one in a new or empty directory;
+/// returns the version of an older marker (upgraded once the lock is held).
+fn check_marker(path: &Path) -> Result<Option<u32>, OpenError> {
     let marker = path.join(MARKER_FILE);
     match std::fs::read(&marker) {
         Ok(bytes) => {
@@ -189,19 +190,14 @@ fn check_marker(path: &Path) -> Result<(), OpenError> {
                     supported: FORMAT_VERSION,
                 });
             }
-            if m.version < FORMAT_VERSION {
-                // Marked before anything is written in the new way.
-                write_marker(path)?;
-                tracing::info!(path = %path.display(), from = m.version, to = FORMAT_VERSION, "journal format upgraded");
-            }
-            Ok(())
+            Ok((m.version < FORMAT_VERSION).then_some(m.version))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let mut entries = std::fs::read_dir(path).map_err(|e| io_err(path, e))?;
             if entries.next().is_some() {
                 return Err(OpenError::Foreign { path: path.display().to_string() });
             }
-            write_marker(path)
+            write_marker(path).map(|()| None)
         }
         Err(e) => Err(io_err(path, e)),
     }
@@ -279,7 +275,7 @@ impl LocalJournal {
         const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
         let path = b.path;
         std::fs::create_dir_all(&path).map_err(|e| io_err(&path, e))?;
-        check_marker(&path)?;
+        let older = check_marker(&path)?;
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -299,6 +295,12 @@ impl LocalJournal {
                 Err(TryLockError::WouldBlock) => return Err(OpenError::Locked { path: path.display().to_string() }),
                 Err(TryLockError::Error(e)) => return Err(io_err(&path, e)),
             }
+        }
+        if let Some(from) = older {
+            // Under the lock (an older build may hold the directory open)
+            // and before anything is written in the new way.
+            write_marker(&path)?;
+            tracing::info!(path = %path.display(), from, to = FORMAT_VERSION, "journal format upgraded");
         }
         let store = Store::open(&path.join("data"), b.cache_bytes, b.memtable_bytes).map_err(|e| io_err(&path, e))?;
         let shared = Arc::new(Shared::new(store, path.join("data"), b.cache_bytes, b.memtable_bytes));
