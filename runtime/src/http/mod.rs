@@ -57,9 +57,27 @@ use crate::node::Node;
 pub(crate) type Readiness = std::sync::Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// What the handlers share: the node core, the autoscaler's status, the
-/// authenticator (`None`: auth off) and the readiness check.
+/// authenticator (`None`: auth off) and the readiness check. Cloned per
+/// request by the extractors, so one `Arc` (a clone of the fields was ~1.5%
+/// of the node's CPU under an HTTP load).
 #[derive(Clone)]
-pub(crate) struct AppState {
+pub(crate) struct AppState(std::sync::Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl AppState {
+    fn new(shared: Shared) -> Self {
+        Self(std::sync::Arc::new(shared))
+    }
+}
+
+/// The fields of [`AppState`].
+pub(crate) struct Shared {
     pub(crate) node: Node,
     pub(crate) autoscaler: AutoscalerStatus,
     pub(crate) auth: Option<Authenticator>,
@@ -92,7 +110,7 @@ pub(crate) struct HttpServer {
 pub fn router(node: Node) -> Result<Router, crate::auth::AuthConfigError> {
     let auth = Authenticator::from_config(&node.config().auth)?;
     let ready = std::sync::Arc::new(|| true);
-    Ok(routes(AppState { node, autoscaler: AutoscalerStatus::default(), auth, ready, cluster: None }))
+    Ok(routes(AppState::new(Shared { node, autoscaler: AutoscalerStatus::default(), auth, ready, cluster: None })))
 }
 
 fn routes(state: AppState) -> Router {
@@ -190,7 +208,7 @@ impl HttpListener {
     ) -> HttpServer {
         let Self { listener, addr } = self;
         let (stop, stopped) = oneshot::channel::<()>();
-        let app = routes(AppState { node, autoscaler, auth, ready, cluster });
+        let app = routes(AppState::new(Shared { node, autoscaler, auth, ready, cluster }));
         let stopped = async {
             let _ = stopped.await;
         };

@@ -78,13 +78,18 @@ struct Worker {
     task: JoinHandle<()>,
 }
 
+/// The workers of one unit, with the index of the projection each runs.
+type UnitWorkers = Vec<(usize, Worker)>;
+
 struct Inner {
     checkpoints: Checkpoints,
     journal: Arc<dyn Journal>,
     list: Vec<Arc<dyn Projection>>,
     /// Entity type → the projections reading it.
     by_type: HashMap<String, Vec<usize>>,
-    workers: Mutex<HashMap<Unit, Vec<(usize, Worker)>>>,
+    /// Entity type → shard → the unit's workers (by type first, so that the
+    /// commit hook looks a unit up without building a key).
+    workers: Mutex<HashMap<String, HashMap<u32, UnitWorkers>>>,
     metrics: Metrics,
     settings: ProjectionSettings,
     shards: u32,
@@ -154,7 +159,7 @@ impl Projections {
         let Some(indices) = self.inner.by_type.get(entity_type) else { return };
         let mut workers = self.inner.workers.lock().unwrap_or_else(|p| p.into_inner());
         let unit = (entity_type.to_owned(), shard);
-        let running = workers.entry(unit.clone()).or_default();
+        let running = workers.entry(unit.0.clone()).or_default().entry(shard).or_default();
         for &i in indices {
             if running.iter().any(|(j, w)| *j == i && !w.task.is_finished()) {
                 continue;
@@ -180,7 +185,7 @@ impl Projections {
     /// flight is delivered again by the next owner).
     pub(crate) fn stop_unit(&self, entity_type: &str, shard: u32) {
         let mut workers = self.inner.workers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(ws) = workers.remove(&(entity_type.to_owned(), shard)) {
+        if let Some(ws) = workers.get_mut(entity_type).and_then(|t| t.remove(&shard)) {
             for (i, w) in ws {
                 w.task.abort();
                 self.inner.list[i].stopped(entity_type, shard);
@@ -191,10 +196,12 @@ impl Projections {
     /// Stops every worker.
     pub(crate) fn stop(&self) {
         let mut workers = self.inner.workers.lock().unwrap_or_else(|p| p.into_inner());
-        for ((t, shard), ws) in workers.drain() {
-            for (i, w) in ws {
-                w.task.abort();
-                self.inner.list[i].stopped(&t, shard);
+        for (t, units) in workers.drain() {
+            for (shard, ws) in units {
+                for (i, w) in ws {
+                    w.task.abort();
+                    self.inner.list[i].stopped(&t, shard);
+                }
             }
         }
     }
@@ -206,7 +213,7 @@ impl Projections {
             return;
         }
         let workers = self.inner.workers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(ws) = workers.get(&(entity_type.to_owned(), shard)) {
+        if let Some(ws) = workers.get(entity_type).and_then(|t| t.get(&shard)) {
             for (i, w) in ws {
                 w.dirty.store(true, Ordering::Release);
                 if flow || !self.inner.list[*i].reads_flow() {
@@ -221,7 +228,7 @@ impl Projections {
         let workers = self.inner.workers.lock().unwrap_or_else(|p| p.into_inner());
         let mut out: Vec<UnitStatus> = workers
             .values()
-            .flatten()
+            .flat_map(|units| units.values().flatten())
             .filter(|(i, _)| self.inner.list[*i].name() == name)
             .map(|(_, w)| w.status.lock().unwrap_or_else(|p| p.into_inner()).clone())
             .collect();
@@ -299,7 +306,7 @@ impl Projections {
             }
             moved += 1;
             let workers = self.inner.workers.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(ws) = workers.get(&(t.clone(), *s)) {
+            if let Some(ws) = workers.get(t.as_str()).and_then(|t| t.get(s)) {
                 for (i, w) in ws {
                     if self.inner.list[*i].name() == name {
                         w.reload.store(true, Ordering::Release);

@@ -79,15 +79,34 @@ impl Actor for ShardActor {
             ShardMsg::Acquire { entity_type } => m.acquire(&entity_type),
             ShardMsg::Tick => m.tick(),
         }
-        for io in m.take_io() {
-            run(io, &myself, &m.ctx, m.shard);
+        // Appends the journal completes at their first poll (the memory
+        // journal's) are applied here, without a task and a message each;
+        // applying one may start the entity's next.
+        loop {
+            let done: Vec<Appended> =
+                m.take_io().into_iter().filter_map(|io| run(io, &myself, &m.ctx, m.shard)).collect();
+            if done.is_empty() {
+                break;
+            }
+            let now = now_ms();
+            for Appended { key, incarnation, result } in done {
+                m.appended(key, incarnation, result, now);
+            }
         }
         Ok(())
     }
 }
 
-/// Runs one IO request in its own task.
-fn run(io: Io, me: &ActorRef<ShardMsg>, ctx: &Arc<ShardContext>, shard: u32) {
+/// An append's outcome, for [`Machine::appended`].
+struct Appended {
+    key: EntityKey,
+    incarnation: u64,
+    result: Result<Committed, InvokeError>,
+}
+
+/// Runs one IO request in its own task; an append the journal completes at
+/// once is returned instead.
+fn run(io: Io, me: &ActorRef<ShardMsg>, ctx: &Arc<ShardContext>, shard: u32) -> Option<Appended> {
     let (ctx, me) = (ctx.clone(), me.clone());
     match io {
         Io::Activate { key, entity, incarnation, fence } => {
@@ -116,46 +135,18 @@ fn run(io: Io, me: &ActorRef<ShardMsg>, ctx: &Arc<ShardContext>, shard: u32) {
             );
         }
         Io::Append { key, incarnation, request, epoch, span } => {
-            tokio::spawn(
-                async move {
-                    // The fence, again right before the commit: the lease may
-                    // have lapsed while the command waited.
-                    if let Some(f) = &ctx.fence
-                        && f.fence(&key.entity_type, shard) != epoch
-                    {
-                        let e = InvokeError::ShardMoved(format!(
-                            "the lease of {}/{shard} lapsed before the commit; nothing was written",
-                            key.entity_type
-                        ));
-                        let _ = me.send_message(ShardMsg::Appended { key, incarnation, result: Err(e) });
-                        return;
-                    }
-                    let request = match (&ctx.fence, epoch) {
-                        // The lease, asked again by the journal right before
-                        // the commit is sent (after what it writes ahead of it).
-                        (Some(f), Some(e)) => {
-                            let (f, t) = (f.clone(), key.entity_type.clone());
-                            request.with_lease(Arc::new(move || f.fence(&t, shard) == Some(e)))
-                        }
-                        _ => request,
-                    };
-                    let flow = request.events.iter().any(|e| crate::flow::is_internal(&e.type_name));
-                    ctx.metrics.journal_in_flight.inc();
-                    let result = match ctx.journal.commit(&key, request).await {
-                        Ok(ack) => {
-                            if let Some(hook) = &ctx.on_commit {
-                                hook(&key.entity_type, shard, flow);
-                            }
-                            Ok(Committed::Appended(ack))
-                        }
-                        Err(AppendError::Duplicate { key: k, seq, .. }) => remembered(&ctx, &key, k, seq).await,
-                        Err(e) => Err(InvokeError::from(e)),
-                    };
-                    ctx.metrics.journal_in_flight.dec();
-                    let _ = me.send_message(ShardMsg::Appended { key, incarnation, result });
-                }
-                .instrument(span),
-            );
+            let mut commit = Box::pin(append(ctx, key.clone(), request, epoch, shard).instrument(span));
+            // One poll here: the memory journal answers at once, the others
+            // have sent the append on (to the writer thread, to the server)
+            // and are finished in a task, which polls with its own waker.
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            if let std::task::Poll::Ready(result) = commit.as_mut().poll(&mut cx) {
+                return Some(Appended { key, incarnation, result });
+            }
+            tokio::spawn(async move {
+                let result = commit.await;
+                let _ = me.send_message(ShardMsg::Appended { key, incarnation, result });
+            });
         }
         Io::Purge(p) => {
             tokio::spawn(async move {
@@ -181,6 +172,50 @@ fn run(io: Io, me: &ActorRef<ShardMsg>, ctx: &Arc<ShardContext>, shard: u32) {
             });
         }
     }
+    None
+}
+
+/// Commits one append: the fence checked again right before the commit
+/// (the lease may have lapsed while the command waited), the commit hook
+/// told of what was written.
+async fn append(
+    ctx: Arc<ShardContext>,
+    key: EntityKey,
+    request: tessera_journal::AppendRequest,
+    epoch: Option<u64>,
+    shard: u32,
+) -> Result<Committed, InvokeError> {
+    if let Some(f) = &ctx.fence
+        && f.fence(&key.entity_type, shard) != epoch
+    {
+        return Err(InvokeError::ShardMoved(format!(
+            "the lease of {}/{shard} lapsed before the commit; nothing was written",
+            key.entity_type
+        )));
+    }
+    let request = match (&ctx.fence, epoch) {
+        // The lease, asked again by the journal right before
+        // the commit is sent (after what it writes ahead of it).
+        (Some(f), Some(e)) => {
+            let (f, t) = (f.clone(), key.entity_type.clone());
+            request.with_lease(Arc::new(move || f.fence(&t, shard) == Some(e)))
+        }
+        _ => request,
+    };
+    let flow = request.events.iter().any(|e| crate::flow::is_internal(&e.type_name));
+    ctx.metrics.journal_in_flight.inc();
+    let result = match ctx.journal.commit(&key, request).await {
+        Ok(ack) => {
+            if let Some(hook) = &ctx.on_commit {
+                hook(&key.entity_type, shard, flow);
+            }
+            Ok(Committed::Appended(ack))
+        }
+        Err(AppendError::Duplicate { key: k, seq, .. }) => remembered(&ctx, &key, k, seq).await,
+        Err(e) => Err(InvokeError::from(e)),
+    };
+    ctx.metrics.journal_in_flight.dec();
+    result
 }
 
 /// Purges the entity's journal when its last event is the tombstone at
