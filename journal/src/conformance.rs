@@ -16,7 +16,7 @@ use futures::TryStreamExt;
 use crate::error::{AppendError, JournalError};
 use crate::journal::Journal;
 use crate::memory::MemoryJournal;
-use crate::types::{AppendRequest, EntityKey, NewEvent, PersistedEvent, Snapshot};
+use crate::types::{AppendRequest, EntityKey, NewEvent, PersistedEvent, ShardEvent, Snapshot};
 
 /// A backend under test: opens a journal, and reopens the same store after
 /// the test dropped every handle (a restart).
@@ -444,6 +444,39 @@ pub async fn a_reader_behind_retention_gets_an_error(b: &mut dyn TestBackend) {
     assert!(rest.iter().all(|f| f.offset > expired_to));
 }
 
+/// A reader of the runtime's records gets every offset of the feed, and
+/// each record in full; an entity's own events may come unread.
+pub async fn internal_by_shard_has_every_offset_and_the_records_in_full(b: &mut dyn TestBackend) {
+    let j = b.open().await;
+    let e = key("flow");
+    let shard = e.shard(j.shards());
+    let record = |n: u64| NewEvent {
+        type_name: format!("{}send", crate::INTERNAL_TYPE_PREFIX),
+        version: 1,
+        payload: format!("record-{n}").into_bytes(),
+        metadata: b"m".to_vec(),
+    };
+    j.append(&e, 0, vec![event(1), record(2), event(3)]).await.unwrap();
+    j.append(&e, 3, vec![record(4)]).await.unwrap();
+    let all: Vec<_> = j.events_by_shard("conf", shard, 0).try_collect().await.unwrap();
+    let internal: Vec<_> = j.internal_by_shard("conf", shard, 0).try_collect().await.unwrap();
+    let offsets = |f: &[ShardEvent]| f.iter().map(|f| (f.offset, f.entity.clone(), f.event.seq)).collect::<Vec<_>>();
+    assert_eq!(offsets(&internal), offsets(&all), "every offset, entity and seq");
+    for (i, a) in internal.iter().zip(&all) {
+        if a.event.type_name.starts_with(crate::INTERNAL_TYPE_PREFIX) {
+            assert_eq!(i.event, a.event, "a record comes in full");
+        } else {
+            assert!(
+                i.event == a.event || i.event == PersistedEvent::unread(a.event.seq, i.event.timestamp_ms),
+                "an entity's event comes in full or unread: {:?}",
+                i.event
+            );
+        }
+    }
+    let after: Vec<_> = j.internal_by_shard("conf", shard, all[1].offset).try_collect().await.unwrap();
+    assert_eq!(offsets(&after), offsets(&all[2..]), "from an offset on");
+}
+
 /// `delete_to` removes a prefix; seqs are never reused.
 pub async fn delete_prefix(b: &mut dyn TestBackend) {
     let j = b.open().await;
@@ -621,7 +654,7 @@ macro_rules! journal_conformance_tests {
             lists_entities, reopen_keeps_everything, fence_refuses_stale_writers, fence_survives_reopen,
             feed_offsets_are_gapless_under_concurrency_and_restarts, refused_appends_leave_no_hole_in_the_feed,
             idempotency_keys_are_remembered_by_time_not_count, several_keys_in_one_append_each_at_its_seq,
-            a_reader_behind_retention_gets_an_error,
+            a_reader_behind_retention_gets_an_error, internal_by_shard_has_every_offset_and_the_records_in_full,
             purge_leaves_nothing_of_the_entity);
     };
     (@suite $name:ident, $backend:expr; $($test:ident),*) => {

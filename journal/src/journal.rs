@@ -94,6 +94,16 @@ pub trait Journal: Send + Sync + 'static {
     /// Starting behind the retention fails with [`JournalError::FeedExpired`].
     fn events_by_shard(&self, entity_type: &str, shard: u32, after_offset: u64) -> ShardStream;
 
+    /// [`Self::events_by_shard`] for a reader of the runtime's own records
+    /// only (types under [`crate::INTERNAL_TYPE_PREFIX`]): every entry comes,
+    /// in order, but one whose event is an entity's own may come unread
+    /// ([`PersistedEvent::unread`]: its offset, entity, seq and time), even
+    /// if the event was deleted since. A backend whose feed says which
+    /// entries are records skips reading the others.
+    fn internal_by_shard(&self, entity_type: &str, shard: u32, after_offset: u64) -> ShardStream {
+        self.events_by_shard(entity_type, shard, after_offset)
+    }
+
     /// The extent of a feed: what retention removed, and the last committed offset.
     async fn feed_bounds(&self, entity_type: &str, shard: u32) -> Result<FeedBounds, JournalError>;
 

@@ -77,6 +77,39 @@ impl MemoryJournal {
         self.retention_ms = Some(retention.as_millis().min(i64::MAX as u128) as i64);
         self
     }
+    /// A unit's feed; with `internal_only`, an entity's own events come unread.
+    fn feed(&self, entity_type: &str, shard: u32, after_offset: u64, internal_only: bool) -> ShardStream {
+        let me = self.clone();
+        let first = after_offset;
+        let entity_type = entity_type.to_owned();
+        paged(after_offset, move |after: u64| {
+            let stripe = me.stripe(shard);
+            let Some(feed) = stripe.feeds.get(&entity_type).and_then(|f| f.get(&shard)) else {
+                return futures::future::ready(Ok((Vec::new(), None))).right_future();
+            };
+            let expired_to = feed.bounds.expired_to;
+            if after == first && after < expired_to {
+                let e = JournalError::FeedExpired { entity_type: entity_type.clone(), shard, after, expired_to };
+                return futures::future::ready(Err(e)).left_future();
+            }
+            let (mut page, mut last, mut scanned) = (Vec::new(), None, 0);
+            for (offset, (entity, seq, _)) in feed.entries.range(after + 1..).take(PAGE) {
+                (last, scanned) = (Some(*offset), scanned + 1);
+                if let Some(event) = stripe.logs.get(entity).and_then(|l| l.events.get(seq)) {
+                    let event = if internal_only && !event.type_name.starts_with(crate::INTERNAL_TYPE_PREFIX) {
+                        PersistedEvent::unread(event.seq, event.timestamp_ms)
+                    } else {
+                        event.clone()
+                    };
+                    page.push(ShardEvent { offset: *offset, entity: entity.clone(), event });
+                }
+            }
+            let next = last.filter(|_| scanned == PAGE);
+            futures::future::ready(Ok((page, next))).right_future()
+        })
+        .boxed()
+    }
+
     /// The stripe of a shard.
     fn stripe(&self, shard: u32) -> MutexGuard<'_, Stripe> {
         self.stripes[(shard % STRIPES) as usize].lock().unwrap_or_else(|p| p.into_inner())
@@ -220,30 +253,11 @@ impl Journal for MemoryJournal {
     }
 
     fn events_by_shard(&self, entity_type: &str, shard: u32, after_offset: u64) -> ShardStream {
-        let me = self.clone();
-        let first = after_offset;
-        let entity_type = entity_type.to_owned();
-        paged(after_offset, move |after: u64| {
-            let stripe = me.stripe(shard);
-            let Some(feed) = stripe.feeds.get(&entity_type).and_then(|f| f.get(&shard)) else {
-                return futures::future::ready(Ok((Vec::new(), None))).right_future();
-            };
-            let expired_to = feed.bounds.expired_to;
-            if after == first && after < expired_to {
-                let e = JournalError::FeedExpired { entity_type: entity_type.clone(), shard, after, expired_to };
-                return futures::future::ready(Err(e)).left_future();
-            }
-            let (mut page, mut last, mut scanned) = (Vec::new(), None, 0);
-            for (offset, (entity, seq, _)) in feed.entries.range(after + 1..).take(PAGE) {
-                (last, scanned) = (Some(*offset), scanned + 1);
-                if let Some(event) = stripe.logs.get(entity).and_then(|l| l.events.get(seq)) {
-                    page.push(ShardEvent { offset: *offset, entity: entity.clone(), event: event.clone() });
-                }
-            }
-            let next = last.filter(|_| scanned == PAGE);
-            futures::future::ready(Ok((page, next))).right_future()
-        })
-        .boxed()
+        self.feed(entity_type, shard, after_offset, false)
+    }
+
+    fn internal_by_shard(&self, entity_type: &str, shard: u32, after_offset: u64) -> ShardStream {
+        self.feed(entity_type, shard, after_offset, true)
     }
 
     async fn feed_bounds(&self, entity_type: &str, shard: u32) -> Result<FeedBounds, JournalError> {

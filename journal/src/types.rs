@@ -59,6 +59,14 @@ pub struct PersistedEvent {
     pub metadata: Vec<u8>,
 }
 
+impl PersistedEvent {
+    /// An event known by its place only (see [`crate::Journal::internal_by_shard`]):
+    /// empty type name, payload and metadata.
+    pub fn unread(seq: u64, timestamp_ms: i64) -> Self {
+        Self { seq, timestamp_ms, type_name: String::new(), version: 0, payload: Vec::new(), metadata: Vec::new() }
+    }
+}
+
 /// An entity's state at some seq, to start replay from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {

@@ -197,21 +197,35 @@ pub(crate) fn decode_snapshot(record: &[u8]) -> Result<Snapshot, String> {
 }
 
 /// A feed entry: the event's entity prefix and seq, and its commit time.
-pub(crate) fn encode_feed_ref(prefix: &[u8], seq: u64, ts: i64) -> Vec<u8> {
+pub(crate) fn encode_feed_ref(prefix: &[u8], seq: u64, ts: i64, internal: bool) -> Vec<u8> {
     let mut b = event_key(prefix, seq);
     b.extend_from_slice(&ts.to_be_bytes());
+    b.push(if internal { FEED_INTERNAL } else { FEED_ENTITY });
     seal(b)
 }
 
-/// A feed entry's entity, seq and commit time (entries written before
-/// feeds kept time read as time 0).
-pub(crate) fn decode_feed_ref(record: &[u8]) -> Result<(EntityKey, u64, i64), String> {
+/// The last byte of a feed entry written since it says so: its event is one
+/// of the runtime's records (a type under `INTERNAL_TYPE_PREFIX`).
+const FEED_INTERNAL: u8 = 1;
+/// … or an entity's own event.
+const FEED_ENTITY: u8 = 2;
+
+/// A feed entry's entity, seq, commit time (entries written before feeds
+/// kept time read as time 0) and whether its event is one of the runtime's
+/// records (`None`: an entry written before entries said so). Builds that
+/// know only the time ignore the last byte.
+pub(crate) fn decode_feed_ref(record: &[u8]) -> Result<(EntityKey, u64, i64, Option<bool>), String> {
     let body = unseal(record)?;
     let (key, rest) = parse_entity_prefix(body).ok_or("bad feed entry")?;
     let mut r = Reader(rest);
     let seq = r.u64().ok_or("bad feed entry seq")?;
     let ts = r.u64().map_or(0, |t| t as i64);
-    Ok((key, seq, ts))
+    let internal = match r.take(1) {
+        Some([FEED_INTERNAL]) => Some(true),
+        Some([FEED_ENTITY]) => Some(false),
+        _ => None,
+    };
+    Ok((key, seq, ts, internal))
 }
 
 /// `feed_expired_to/{unit}` in the meta keyspace: the last offset
@@ -313,12 +327,17 @@ mod tests {
     }
 
     #[test]
-    fn feed_refs_carry_their_time_and_old_ones_read_as_zero() {
+    fn feed_refs_carry_their_time_and_kind_and_old_ones_read_as_unknown() {
         let p = entity_prefix(&EntityKey::new("t", "a"));
-        let (k, seq, ts) = decode_feed_ref(&encode_feed_ref(&p, 3, 1_700)).unwrap();
-        assert_eq!((k, seq, ts), (EntityKey::new("t", "a"), 3, 1_700));
+        let (k, seq, ts, internal) = decode_feed_ref(&encode_feed_ref(&p, 3, 1_700, true)).unwrap();
+        assert_eq!((k, seq, ts, internal), (EntityKey::new("t", "a"), 3, 1_700, Some(true)));
+        assert_eq!(decode_feed_ref(&encode_feed_ref(&p, 3, 1_700, false)).unwrap().3, Some(false));
         let old = seal(event_key(&p, 3));
         assert_eq!(decode_feed_ref(&old).unwrap().2, 0);
+        let mut timed = event_key(&p, 3);
+        timed.extend_from_slice(&1_700i64.to_be_bytes());
+        let (_, _, ts, internal) = decode_feed_ref(&seal(timed)).unwrap();
+        assert_eq!((ts, internal), (1_700, None), "an entry from before the kind was kept: unknown");
         assert_eq!(decode_key_record(&encode_key_record(9, 42)).unwrap(), (9, 42));
     }
 
@@ -381,7 +400,7 @@ mod fuzz {
                 encode_event(1, "Restocked", 1, &payload, b"m"),
                 encode_meta(EntityMeta { last_seq: 3, deleted_to: 1, fence: 2 }),
                 encode_snapshot(&Snapshot { seq: 1, version: 1, timestamp_ms: 2, payload: payload.clone() }),
-                encode_feed_ref(&p, 4, 5),
+                encode_feed_ref(&p, 4, 5, false),
                 encode_key_record(6, 7),
             ] {
                 let mut body = rec[4..].to_vec();

@@ -217,6 +217,59 @@ fn write_marker(path: &Path) -> Result<(), OpenError> {
 }
 
 impl LocalJournal {
+    /// A unit's feed after `after_offset`; with `internal_only`, an entry
+    /// whose event the entry says is an entity's own comes without reading
+    /// the event (type name, payload and metadata empty).
+    fn feed(&self, entity_type: &str, shard: u32, after_offset: u64, internal_only: bool) -> ShardStream {
+        let me = self.clone();
+        let first = after_offset;
+        let unit = format::unit_prefix(entity_type, shard);
+        let entity_type = entity_type.to_owned();
+        paged(after_offset, move |after: u64| {
+            let (me, unit, entity_type) = (me.clone(), unit.clone(), entity_type.clone());
+            async move {
+                me.blocking(move |inner| {
+                    if after == first {
+                        let expired_to = writer::expired_to(&inner.meta, &unit)?;
+                        if after < expired_to {
+                            return Err(JournalError::FeedExpired { entity_type, shard, after, expired_to });
+                        }
+                    }
+                    let mut page = Vec::new();
+                    let mut last = None;
+                    let mut scanned = 0;
+                    let range = format::feed_key(&unit, after.saturating_add(1))..=format::feed_key(&unit, u64::MAX);
+                    for item in inner.feed.range(range).take(PAGE) {
+                        scanned += 1;
+                        let (k, v) = item.into_inner().map_err(unavailable)?;
+                        let offset = format::feed_offset(&k);
+                        last = Some(offset);
+                        let (entity, seq, ts, internal) =
+                            format::decode_feed_ref(&v).map_err(|d| JournalError::Corrupt {
+                                entity: "-".into(),
+                                seq: 0,
+                                detail: format!("feed offset {offset}: {d}"),
+                            })?;
+                        if internal_only && internal == Some(false) {
+                            page.push(ShardEvent { offset, entity, event: PersistedEvent::unread(seq, ts) });
+                            continue;
+                        }
+                        let prefix = format::entity_prefix(&entity);
+                        // The event may have been deleted since: skip it.
+                        if let Some(v) = inner.events.get(format::event_key(&prefix, seq)).map_err(unavailable)? {
+                            let event = format::decode_event(seq, &v).map_err(|d| corrupt(&entity, seq, d))?;
+                            page.push(ShardEvent { offset, entity, event });
+                        }
+                    }
+                    let next = last.filter(|_| scanned == PAGE);
+                    Ok((page, next))
+                })
+                .await
+            }
+        })
+        .boxed()
+    }
+
     /// Options for a journal in `path`.
     pub fn builder(path: impl Into<PathBuf>) -> LocalJournalBuilder {
         LocalJournalBuilder {
@@ -443,48 +496,11 @@ impl Journal for LocalJournal {
     }
 
     fn events_by_shard(&self, entity_type: &str, shard: u32, after_offset: u64) -> ShardStream {
-        let me = self.clone();
-        let first = after_offset;
-        let unit = format::unit_prefix(entity_type, shard);
-        let entity_type = entity_type.to_owned();
-        paged(after_offset, move |after: u64| {
-            let (me, unit, entity_type) = (me.clone(), unit.clone(), entity_type.clone());
-            async move {
-                me.blocking(move |inner| {
-                    if after == first {
-                        let expired_to = writer::expired_to(&inner.meta, &unit)?;
-                        if after < expired_to {
-                            return Err(JournalError::FeedExpired { entity_type, shard, after, expired_to });
-                        }
-                    }
-                    let mut page = Vec::new();
-                    let mut last = None;
-                    let mut scanned = 0;
-                    let range = format::feed_key(&unit, after.saturating_add(1))..=format::feed_key(&unit, u64::MAX);
-                    for item in inner.feed.range(range).take(PAGE) {
-                        scanned += 1;
-                        let (k, v) = item.into_inner().map_err(unavailable)?;
-                        let offset = format::feed_offset(&k);
-                        last = Some(offset);
-                        let (entity, seq, _) = format::decode_feed_ref(&v).map_err(|d| JournalError::Corrupt {
-                            entity: "-".into(),
-                            seq: 0,
-                            detail: format!("feed offset {offset}: {d}"),
-                        })?;
-                        let prefix = format::entity_prefix(&entity);
-                        // The event may have been deleted since: skip it.
-                        if let Some(v) = inner.events.get(format::event_key(&prefix, seq)).map_err(unavailable)? {
-                            let event = format::decode_event(seq, &v).map_err(|d| corrupt(&entity, seq, d))?;
-                            page.push(ShardEvent { offset, entity, event });
-                        }
-                    }
-                    let next = last.filter(|_| scanned == PAGE);
-                    Ok((page, next))
-                })
-                .await
-            }
-        })
-        .boxed()
+        self.feed(entity_type, shard, after_offset, false)
+    }
+
+    fn internal_by_shard(&self, entity_type: &str, shard: u32, after_offset: u64) -> ShardStream {
+        self.feed(entity_type, shard, after_offset, true)
     }
 
     async fn feed_bounds(&self, entity_type: &str, shard: u32) -> Result<FeedBounds, JournalError> {
@@ -523,7 +539,7 @@ impl Journal for LocalJournal {
                 let mut keys = Vec::new();
                 for item in inner.feed.range(format::feed_key(&unit, 0)..=format::feed_key(&unit, u64::MAX)) {
                     let (k, v) = item.into_inner().map_err(unavailable)?;
-                    if format::decode_feed_ref(&v).is_ok_and(|(owner, _, _)| owner == e) {
+                    if format::decode_feed_ref(&v).is_ok_and(|(owner, ..)| owner == e) {
                         keys.push(k.to_vec());
                     }
                 }

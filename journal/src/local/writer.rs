@@ -374,7 +374,8 @@ impl Writer {
                             format::encode_event(timestamp_ms, &e.type_name, e.version, &e.payload, &e.metadata);
                         batch.insert(&self.s().ks.events, format::event_key(&prefix, seq), record);
                         offset += 1;
-                        let feed_ref = format::encode_feed_ref(&prefix, seq, timestamp_ms);
+                        let internal = e.type_name.starts_with(crate::INTERNAL_TYPE_PREFIX);
+                        let feed_ref = format::encode_feed_ref(&prefix, seq, timestamp_ms, internal);
                         batch.insert(&self.s().ks.feed, format::feed_key(&unit, offset), feed_ref);
                     }
                     feed_pending.insert(unit, offset);
@@ -487,7 +488,7 @@ impl Writer {
             let mut removed = None;
             for item in self.s().ks.feed.range(range).take(SWEEP_LIMIT) {
                 let (k, v) = item.into_inner().map_err(unavailable)?;
-                let ts = format::decode_feed_ref(&v).map_or(0, |(_, _, ts)| ts);
+                let ts = format::decode_feed_ref(&v).map_or(0, |(_, _, ts, _)| ts);
                 if ts >= cutoff {
                     break;
                 }

@@ -70,6 +70,43 @@ pub(super) async fn run(s: Sizes, url: &str) -> anyhow::Result<Value> {
     let raw_rate = n as f64 / raw_elapsed.as_secs_f64();
     eprintln!("raw NATS request/reply echo: {raw_rate:.0}/s");
 
+    // The same echo as a deployment has it: the responder on its own
+    // connection (the node's), requests and replies carrying the headers a
+    // command and its reply carry. What the runtime adds beyond this is its
+    // own work, not the transport's.
+    let responder = async_nats::connect(url).await?;
+    let mut sub = responder.subscribe(format!("{prefix}.echo2")).await?;
+    // The server has the subscription before the first request comes.
+    responder.flush().await?;
+    let echo = tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            if let Some(reply) = m.reply {
+                let mut h = async_nats::HeaderMap::new();
+                h.insert("Tessera-Status", "200");
+                h.insert("Content-Type", "application/json");
+                h.insert("Tessera-Seq", "1");
+                h.insert("Tessera-Invocation-Id", "0192f0c4-3a7e-7c3d-9a51-6b2f1e0d4c3b");
+                let _ = responder.publish_with_headers(reply, h, m.payload).await;
+            }
+        }
+    });
+    let (raw, subject) = (client.nats().clone(), format!("{prefix}.echo2"));
+    let (pair_elapsed, pair_latency) = concurrently(n, s.callers, move |i| {
+        let (raw, subject) = (raw.clone(), subject.clone());
+        async move {
+            let mut h = async_nats::HeaderMap::new();
+            h.insert("Tessera-Entity", format!("e-{}", i % 10_000).as_str());
+            h.insert("Tessera-Command", "add");
+            h.insert("Content-Type", "application/json");
+            raw.request_with_headers(subject, h, br#"{"by":1}"#.to_vec().into()).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    echo.abort();
+    let pair_rate = n as f64 / pair_elapsed.as_secs_f64();
+    eprintln!("raw NATS echo, responder on its own connection, with headers: {pair_rate:.0}/s");
+
     // Async invocations: queue them all, wait until every one has a result.
     let m = (s.commands / 20).max(100);
     let done_before = node.metrics().requests.with_label_values(&["function", "200"]).get();
@@ -165,11 +202,13 @@ pub(super) async fn run(s: Sizes, url: &str) -> anyhow::Result<Value> {
         let _ = js.delete_stream(stream).await;
     }
     Ok(json!({
-        "description": "entity commands over NATS request/reply (memory journal, 1 event each) vs a raw async-nats request/reply echo; async function invocations and async entity commands (JetStream, result stored and published) vs raw JetStream publish + consume with acks",
+        "description": "entity commands over NATS request/reply (memory journal, 1 event each) vs a raw async-nats request/reply echo (one connection for both sides) and vs the same echo as a deployment has it (the responder on its own connection, the headers of a command and its reply); async function invocations and async entity commands (JetStream, result stored and published) vs raw JetStream publish + consume with acks",
         "commands": n, "callers": s.callers, "async_invocations": m,
         "runtime": { "commands_per_sec": rate.round(), "latency": latency, "async_invocations_per_sec": async_rate.round(), "async_entity_commands_per_sec": async_cmd_rate.round() },
         "baseline_raw_nats": { "requests_per_sec": raw_rate.round(), "latency": raw_latency, "jetstream_publish_consume_per_sec": raw_async.round() },
         "ratio_runtime_to_baseline": ratio(rate, raw_rate),
+        "baseline_raw_nats_own_connection_with_headers": { "requests_per_sec": pair_rate.round(), "latency": pair_latency },
+        "ratio_runtime_to_own_connection_echo": ratio(rate, pair_rate),
         "ratio_async_to_raw_jetstream": ratio(async_rate, raw_async),
         "ratio_async_commands_to_raw_jetstream": ratio(async_cmd_rate, raw_async),
     }))

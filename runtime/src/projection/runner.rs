@@ -503,7 +503,14 @@ async fn work(inner: Arc<Inner>, index: usize, unit: Unit, signals: Signals, sta
             Ok(Vec::new())
         } else {
             last_look = tokio::time::Instant::now();
-            inner.journal.events_by_shard(&entity_type, shard, after).take(inner.settings.batch).try_collect().await
+            // The dispatcher skips the entities' own events: where the feed
+            // says which entries are records, it does not read the others.
+            let feed = if flow {
+                inner.journal.internal_by_shard(&entity_type, shard, after)
+            } else {
+                inner.journal.events_by_shard(&entity_type, shard, after)
+            };
+            feed.take(inner.settings.batch).try_collect().await
         };
         let events = match read {
             Ok(e) => e,
