@@ -15,6 +15,11 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     /// Invocation latency, by kind.
     pub latency: HistogramVec,
+    /// `requests{kind="command",status="200"}` and `latency{kind="command"}`,
+    /// resolved once: the series every successful command updates (a label
+    /// lookup hashes the values and takes a lock).
+    pub(crate) command_ok: IntCounter,
+    pub(crate) command_latency: Histogram,
     /// HTTP requests from routing to the response handed back to hyper
     /// (every route; excludes reading and writing the socket).
     pub http_latency: Histogram,
@@ -172,6 +177,8 @@ impl Metrics {
             &["kind"],
         )
         .expect("metric");
+        let command_ok = requests.with_label_values(&["command", "200"]);
+        let command_latency = latency.with_label_values(&["command"]);
         let http_latency = Histogram::with_opts(
             HistogramOpts::new(
                 "tessera_http_request_duration_seconds",
@@ -349,6 +356,8 @@ impl Metrics {
             registry,
             requests,
             latency,
+            command_ok,
+            command_latency,
             http_latency,
             in_flight,
             functions_running,

@@ -47,7 +47,11 @@ pub(crate) fn start(node: Node, link: NatsLink, ack_wait: Duration, max_deliver:
     tokio::spawn(async move {
         let pulling: Arc<Mutex<HashSet<Unit>>> = Arc::default();
         let types: Vec<String> = node.registry().entities().map(|e| e.type_name().to_owned()).collect();
+        // The pullers end with the manager (a JoinSet aborts its tasks when
+        // dropped): a stopped node takes no more batches.
+        let mut pullers = tokio::task::JoinSet::new();
         loop {
+            while pullers.try_join_next().is_some() {}
             for t in &types {
                 for g in 0..groups {
                     let unit = (t.clone(), g);
@@ -55,7 +59,7 @@ pub(crate) fn start(node: Node, link: NatsLink, ack_wait: Duration, max_deliver:
                         continue;
                     }
                     let (node, link, pulling) = (node.clone(), link.clone(), pulling.clone());
-                    tokio::spawn(async move {
+                    pullers.spawn(async move {
                         if let Err(e) = pull(&node, &link, &unit, ack_wait, max_deliver).await {
                             tracing::warn!(entity_type = %unit.0, group = unit.1, error = %e, "async command puller stopped");
                             tokio::time::sleep(Duration::from_secs(1)).await;

@@ -372,12 +372,18 @@ impl Node {
 
     fn record(&self, kind: &str, started: Instant, result: Result<(), u16>) {
         let m = &self.inner.metrics;
-        let status = match result {
-            Ok(()) => "200".to_owned(),
-            Err(s) => s.to_string(),
-        };
-        m.requests.with_label_values(&[kind, &status]).inc();
-        m.latency.with_label_values(&[kind]).observe(started.elapsed().as_secs_f64());
+        let elapsed = started.elapsed().as_secs_f64();
+        let command = kind == "command";
+        match result {
+            Ok(()) if command => m.command_ok.inc(),
+            Ok(()) => m.requests.with_label_values(&[kind, "200"]).inc(),
+            Err(s) => m.requests.with_label_values(&[kind, &s.to_string()]).inc(),
+        }
+        if command {
+            m.command_latency.observe(elapsed);
+        } else {
+            m.latency.with_label_values(&[kind]).observe(elapsed);
+        }
     }
 
     /// Runs one entity command: decoded here, handled by the entity's shard
