@@ -14,6 +14,15 @@ use tessera_runtime::NodeBuilder;
 use tessera_runtime::client::NatsClient;
 use tessera_runtime::config::{JournalKind, NodeConfig};
 
+/// Rounds of the request/reply comparison (each `commands / 4` requests).
+const ROUNDS: usize = 3;
+
+/// The median run by rate.
+fn median(mut runs: Vec<(f64, Value)>) -> (f64, Value) {
+    runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    runs.swap_remove(runs.len() / 2)
+}
+
 fn ratio(a: f64, b: f64) -> f64 {
     if b > 0.0 { (a / b * 1000.0).round() / 1000.0 } else { 0.0 }
 }
@@ -33,20 +42,11 @@ pub(super) async fn run(s: Sizes, url: &str) -> anyhow::Result<Value> {
     let ids: Arc<Vec<String>> = Arc::new((0..s.entities).map(|i| format!("e-{i}")).collect());
     let n = s.commands / 4;
 
-    let c = client.clone();
-    let ids2 = ids.clone();
-    let (elapsed, latency) = concurrently(n, s.callers, move |i| {
-        let (c, ids) = (c.clone(), ids2.clone());
-        async move {
-            let id = &ids[(i % ids.len() as u64) as usize];
-            c.send("bench-counter", id, "add", br#"{"by":1}"#.to_vec(), Format::Json, None).await?;
-            Ok(())
-        }
-    })
-    .await?;
-    let rate = n as f64 / elapsed.as_secs_f64();
-    eprintln!("commands over NATS: {rate:.0}/s");
-
+    // The two echo responders, set up once: the raw echo on the client's
+    // own connection, and the echo as a deployment has it (the responder on
+    // its own connection, as the node is; requests and replies carrying the
+    // headers a command and its reply carry). What the runtime adds beyond
+    // the second is its own work, not the transport's.
     let raw = client.nats().clone();
     let mut sub = raw.subscribe(format!("{prefix}.echo")).await?;
     let responder = raw.clone();
@@ -57,55 +57,79 @@ pub(super) async fn run(s: Sizes, url: &str) -> anyhow::Result<Value> {
             }
         }
     });
-    let subject = format!("{prefix}.echo");
-    let (raw_elapsed, raw_latency) = concurrently(n, s.callers, move |_| {
-        let (raw, subject) = (raw.clone(), subject.clone());
-        async move {
-            raw.request(subject, br#"{"by":1}"#.to_vec().into()).await?;
-            Ok(())
-        }
-    })
-    .await?;
-    echo.abort();
-    let raw_rate = n as f64 / raw_elapsed.as_secs_f64();
-    eprintln!("raw NATS request/reply echo: {raw_rate:.0}/s");
-
-    // The same echo as a deployment has it: the responder on its own
-    // connection (the node's), requests and replies carrying the headers a
-    // command and its reply carry. What the runtime adds beyond this is its
-    // own work, not the transport's.
     let responder = async_nats::connect(url).await?;
     let mut sub = responder.subscribe(format!("{prefix}.echo2")).await?;
     // The server has the subscription before the first request comes.
     responder.flush().await?;
-    let echo = tokio::spawn(async move {
+    // Header names made once, as the node makes its reply's.
+    let names = ["Tessera-Status", "Content-Type", "Tessera-Seq", "Tessera-Invocation-Id"]
+        .map(async_nats::HeaderName::from_static);
+    let echo2 = tokio::spawn(async move {
         while let Some(m) = sub.next().await {
             if let Some(reply) = m.reply {
                 let mut h = async_nats::HeaderMap::new();
-                h.insert("Tessera-Status", "200");
-                h.insert("Content-Type", "application/json");
-                h.insert("Tessera-Seq", "1");
-                h.insert("Tessera-Invocation-Id", "0192f0c4-3a7e-7c3d-9a51-6b2f1e0d4c3b");
+                let [status, content_type, seq, id] = names.clone();
+                h.insert(status, "200");
+                h.insert(content_type, "application/json");
+                h.insert(seq, "1");
+                h.insert(id, "0192f0c4-3a7e-7c3d-9a51-6b2f1e0d4c3b");
                 let _ = responder.publish_with_headers(reply, h, m.payload).await;
             }
         }
     });
-    let (raw, subject) = (client.nats().clone(), format!("{prefix}.echo2"));
-    let (pair_elapsed, pair_latency) = concurrently(n, s.callers, move |i| {
-        let (raw, subject) = (raw.clone(), subject.clone());
-        async move {
-            let mut h = async_nats::HeaderMap::new();
-            h.insert("Tessera-Entity", format!("e-{}", i % 10_000).as_str());
-            h.insert("Tessera-Command", "add");
-            h.insert("Content-Type", "application/json");
-            raw.request_with_headers(subject, h, br#"{"by":1}"#.to_vec().into()).await?;
-            Ok(())
-        }
-    })
-    .await?;
+
+    // Rounds of the three, one after another, so that each ratio compares
+    // runs seconds apart (a shared two-core machine drifts); each figure is
+    // the median of its rounds, its latency that of the median round.
+    let mut runs: [Vec<(f64, Value)>; 3] = Default::default();
+    for round in 0..ROUNDS {
+        let (c, ids) = (client.clone(), ids.clone());
+        let (elapsed, latency) = concurrently(n, s.callers, move |i| {
+            let (c, ids) = (c.clone(), ids.clone());
+            async move {
+                let id = &ids[(i % ids.len() as u64) as usize];
+                c.send("bench-counter", id, "add", br#"{"by":1}"#.to_vec(), Format::Json, None).await?;
+                Ok(())
+            }
+        })
+        .await?;
+        runs[0].push((n as f64 / elapsed.as_secs_f64(), latency));
+
+        let (raw, subject) = (client.nats().clone(), format!("{prefix}.echo"));
+        let (elapsed, latency) = concurrently(n, s.callers, move |_| {
+            let (raw, subject) = (raw.clone(), subject.clone());
+            async move {
+                raw.request(subject, br#"{"by":1}"#.to_vec().into()).await?;
+                Ok(())
+            }
+        })
+        .await?;
+        runs[1].push((n as f64 / elapsed.as_secs_f64(), latency));
+
+        let (raw, subject) = (client.nats().clone(), format!("{prefix}.echo2"));
+        let (elapsed, latency) = concurrently(n, s.callers, move |i| {
+            let (raw, subject) = (raw.clone(), subject.clone());
+            async move {
+                let mut h = async_nats::HeaderMap::new();
+                h.insert("Tessera-Entity", format!("e-{}", i % 10_000).as_str());
+                h.insert("Tessera-Command", "add");
+                h.insert("Content-Type", "application/json");
+                raw.request_with_headers(subject, h, br#"{"by":1}"#.to_vec().into()).await?;
+                Ok(())
+            }
+        })
+        .await?;
+        runs[2].push((n as f64 / elapsed.as_secs_f64(), latency));
+        let [a, b, c] = runs.each_ref().map(|r| r[round].0);
+        eprintln!(
+            "round {round}: commands over NATS {a:.0}/s; raw echo {b:.0}/s; echo as deployed (own connection, headers) {c:.0}/s"
+        );
+    }
     echo.abort();
-    let pair_rate = n as f64 / pair_elapsed.as_secs_f64();
-    eprintln!("raw NATS echo, responder on its own connection, with headers: {pair_rate:.0}/s");
+    echo2.abort();
+    let rounds: Vec<Vec<f64>> = runs.iter().map(|r| r.iter().map(|(x, _)| x.round()).collect()).collect();
+    let [(rate, latency), (raw_rate, raw_latency), (pair_rate, pair_latency)] = runs.map(median);
+    eprintln!("medians: commands over NATS {rate:.0}/s; raw echo {raw_rate:.0}/s; echo as deployed {pair_rate:.0}/s");
 
     // Async invocations: queue them all, wait until every one has a result.
     let m = (s.commands / 20).max(100);
@@ -202,8 +226,9 @@ pub(super) async fn run(s: Sizes, url: &str) -> anyhow::Result<Value> {
         let _ = js.delete_stream(stream).await;
     }
     Ok(json!({
-        "description": "entity commands over NATS request/reply (memory journal, 1 event each) vs a raw async-nats request/reply echo (one connection for both sides) and vs the same echo as a deployment has it (the responder on its own connection, the headers of a command and its reply); async function invocations and async entity commands (JetStream, result stored and published) vs raw JetStream publish + consume with acks",
+        "description": "entity commands over NATS request/reply (memory journal, 1 event each) vs a raw async-nats request/reply echo (one connection for both sides) and vs the same echo as a deployment has it (the responder on its own connection, the headers of a command and its reply); each the median of 3 alternating rounds; async function invocations and async entity commands (JetStream, result stored and published) vs raw JetStream publish + consume with acks",
         "commands": n, "callers": s.callers, "async_invocations": m,
+        "rounds": { "runtime": rounds[0], "raw_echo": rounds[1], "echo_own_connection_with_headers": rounds[2] },
         "runtime": { "commands_per_sec": rate.round(), "latency": latency, "async_invocations_per_sec": async_rate.round(), "async_entity_commands_per_sec": async_cmd_rate.round() },
         "baseline_raw_nats": { "requests_per_sec": raw_rate.round(), "latency": raw_latency, "jetstream_publish_consume_per_sec": raw_async.round() },
         "ratio_runtime_to_baseline": ratio(rate, raw_rate),

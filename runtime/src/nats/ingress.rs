@@ -11,6 +11,7 @@ use futures::StreamExt;
 use tessera_entities::{Format, codec};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use super::{NatsError, NatsLink};
 use crate::contract;
@@ -130,28 +131,51 @@ impl NatsIngress {
     }
 }
 
-use super::request::header;
+use super::request::{header, named, names};
 
-/// Replies with a status, headers and body.
-async fn respond(
-    link: &NatsLink,
-    reply: Option<&async_nats::Subject>,
+/// A reply to send: its status (sent as a header), headers and body.
+struct Reply {
     status: u16,
-    mut headers: HeaderMap,
+    headers: HeaderMap,
     body: Vec<u8>,
-) {
+}
+
+impl Reply {
+    /// A 200 in `format` with its headers.
+    fn ok(format: Format, mut headers: HeaderMap, body: Vec<u8>) -> Self {
+        headers.insert(names::CONTENT_TYPE.clone(), format.content_type());
+        Self { status: 200, headers, body }
+    }
+
+    /// An error's status and body, in `format`.
+    fn error(e: &InvokeError, format: Format) -> Self {
+        let mut headers = HeaderMap::new();
+        headers.insert(names::CONTENT_TYPE.clone(), format.content_type());
+        let body = codec::encode(&e.to_body(), format).unwrap_or_default();
+        Self { status: e.status(), headers, body }
+    }
+}
+
+/// Sends a reply (nothing without a reply subject).
+async fn send(link: &NatsLink, reply: Option<&async_nats::Subject>, r: Reply) {
     let Some(reply) = reply else { return };
-    headers.insert(wire::STATUS, status.to_string().as_str());
+    let Reply { status, mut headers, body } = r;
+    match status {
+        200 => headers.insert(names::STATUS.clone(), "200"),
+        s => headers.insert(names::STATUS.clone(), s.to_string()),
+    }
     if let Err(e) = link.client.publish_with_headers(reply.clone(), headers, body.into()).await {
         tracing::warn!(error = %e, "cannot send NATS reply");
     }
 }
 
+/// Replies with a status, headers and body.
+async fn respond(link: &NatsLink, reply: Option<&async_nats::Subject>, status: u16, headers: HeaderMap, body: Vec<u8>) {
+    send(link, reply, Reply { status, headers, body }).await;
+}
+
 async fn respond_error(link: &NatsLink, reply: Option<&async_nats::Subject>, e: &InvokeError, format: Format) {
-    let mut h = HeaderMap::new();
-    h.insert(wire::CONTENT_TYPE, format.content_type());
-    let body = codec::encode(&e.to_body(), format).unwrap_or_default();
-    respond(link, reply, e.status(), h, body).await;
+    send(link, reply, Reply::error(e, format)).await;
 }
 
 /// What a request on a command subject produced.
@@ -163,16 +187,22 @@ enum Served {
 /// Handles one command request (from the node-wide queue subscription, or
 /// in a cluster from the subscription of a shard this node owns).
 pub(crate) async fn command(node: &Node, link: &NatsLink, msg: Message) {
-    let h = msg.headers.clone();
-    super::request::traced("command", h.as_ref(), serve_command(node, link, msg)).await
+    let span = super::request::span("command", msg.headers.as_ref());
+    serve_command(node, link, msg).instrument(span).await
 }
 
+/// Decides the reply, then sends it: one send in the handler's future (its
+/// state is the larger of the two, not their sum).
 async fn serve_command(node: &Node, link: &NatsLink, msg: Message) {
-    let reply = msg.reply.as_ref();
+    let reply = command_reply(node, link, &msg).await;
+    send(link, msg.reply.as_ref(), reply).await;
+}
+
+async fn command_reply(node: &Node, link: &NatsLink, msg: &Message) -> Reply {
     let h = msg.headers.as_ref();
-    let format = match contract::content_format(header(h, wire::CONTENT_TYPE)) {
+    let format = match contract::content_format(named(h, &names::CONTENT_TYPE)) {
         Ok(f) => f,
-        Err(e) => return respond_error(link, reply, &e, Format::Json).await,
+        Err(e) => return Reply::error(&e, Format::Json),
     };
     let result = async {
         let max_body = node.config().http.max_body_bytes;
@@ -202,7 +232,8 @@ async fn serve_command(node: &Node, link: &NatsLink, msg: Message) {
         Ok(Served::Command(node.invoke_here(inv).await?))
     }
     .await;
-    let format = header(h, wire::ACCEPT).and_then(Format::from_content_type).unwrap_or(format);
+    let format = named(h, &names::ACCEPT).and_then(Format::from_content_type).unwrap_or(format);
+    let internal = |e: String| Reply::error(&InvokeError::Internal(e), format);
     match result {
         Ok(Served::State(entity_type, entity_id, view)) => {
             let seq = view.seq;
@@ -210,33 +241,31 @@ async fn serve_command(node: &Node, link: &NatsLink, msg: Message) {
             match codec::encode(&body, format) {
                 Ok(body) => {
                     let mut out = HeaderMap::new();
-                    out.insert(wire::CONTENT_TYPE, format.content_type());
-                    out.insert(wire::SEQ, seq.to_string().as_str());
-                    respond(link, reply, 200, out, body).await;
+                    out.insert(names::SEQ.clone(), seq.to_string());
+                    Reply::ok(format, out, body)
                 }
-                Err(e) => respond_error(link, reply, &InvokeError::Internal(e.to_string()), format).await,
+                Err(e) => internal(e.to_string()),
             }
         }
         Ok(Served::Command(r)) => match codec::transcode_msgpack(&r.reply, format) {
             Ok(body) => {
                 let mut out = HeaderMap::new();
-                out.insert(wire::CONTENT_TYPE, format.content_type());
-                out.insert(wire::SEQ, r.seq.to_string().as_str());
-                out.insert(wire::INVOCATION_ID, r.invocation_id.as_str());
+                out.insert(names::SEQ.clone(), r.seq.to_string());
+                out.insert(names::INVOCATION_ID.clone(), r.invocation_id);
                 if r.deduplicated {
-                    out.insert(wire::DEDUPLICATED, "true");
+                    out.insert(names::DEDUPLICATED.clone(), "true");
                 }
-                respond(link, reply, 200, out, body).await;
+                Reply::ok(format, out, body)
             }
-            Err(e) => respond_error(link, reply, &InvokeError::Internal(e.to_string()), format).await,
+            Err(e) => internal(e.to_string()),
         },
-        Err(e) => respond_error(link, reply, &e, format).await,
+        Err(e) => Reply::error(&e, format),
     }
 }
 
 async fn call(node: &Node, link: &NatsLink, msg: Message) {
-    let h = msg.headers.clone();
-    super::request::traced("call", h.as_ref(), serve_call(node, link, msg)).await
+    let span = super::request::span("call", msg.headers.as_ref());
+    serve_call(node, link, msg).instrument(span).await
 }
 
 async fn serve_call(node: &Node, link: &NatsLink, msg: Message) {

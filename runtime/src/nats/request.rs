@@ -3,7 +3,7 @@
 //! headers are tested (and fuzzed) without a server. The edge then checks
 //! the entity's shard and runs it.
 
-use async_nats::HeaderMap;
+use async_nats::{HeaderMap, HeaderName};
 use tessera_entities::Format;
 
 use crate::contract;
@@ -27,18 +27,45 @@ pub(crate) fn header<'a>(h: Option<&'a HeaderMap>, name: &str) -> Option<&'a str
     h.and_then(|h| h.get(name)).map(|v| v.as_str())
 }
 
-/// Runs `f` — the handling of one NATS message with headers `h` — in a
-/// span named `name` whose parent is the message's `traceparent` (with
-/// traces on; otherwise just runs it).
-pub(crate) async fn traced<F: std::future::Future>(name: &'static str, h: Option<&HeaderMap>, f: F) -> F::Output {
-    use tracing::Instrument;
+/// A header's value by a name from [`names`], if present.
+pub(crate) fn named<'a>(h: Option<&'a HeaderMap>, name: &HeaderName) -> Option<&'a str> {
+    h.and_then(|h| h.get(name.clone())).map(|v| v.as_str())
+}
+
+/// The header names a command reads and its reply carries, made once: a
+/// name given as `&str` is validated and copied into a new allocation on
+/// every lookup and every insert (none of ours is one of NATS's standard
+/// names). Cloning one of these copies no bytes.
+pub(crate) mod names {
+    use async_nats::HeaderName;
+
+    use crate::wire;
+
+    pub(crate) static ENTITY: HeaderName = HeaderName::from_static(wire::ENTITY);
+    pub(crate) static COMMAND: HeaderName = HeaderName::from_static(wire::COMMAND);
+    pub(crate) static READ: HeaderName = HeaderName::from_static(wire::READ);
+    pub(crate) static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static(wire::IDEMPOTENCY_KEY);
+    pub(crate) static CONTENT_TYPE: HeaderName = HeaderName::from_static(wire::CONTENT_TYPE);
+    pub(crate) static ACCEPT: HeaderName = HeaderName::from_static(wire::ACCEPT);
+    pub(crate) static STATUS: HeaderName = HeaderName::from_static(wire::STATUS);
+    pub(crate) static SEQ: HeaderName = HeaderName::from_static(wire::SEQ);
+    pub(crate) static INVOCATION_ID: HeaderName = HeaderName::from_static(wire::INVOCATION_ID);
+    pub(crate) static DEDUPLICATED: HeaderName = HeaderName::from_static(wire::DEDUPLICATED);
+}
+
+/// The span for handling one NATS message with headers `h`, named `op`
+/// and parented to the message's `traceparent` (with traces on; otherwise
+/// `Span::none()`, which costs nothing). The handler is instrumented with
+/// it directly, so that the message's headers need not be kept (or cloned)
+/// beside the handler's future.
+pub(crate) fn span(name: &'static str, h: Option<&HeaderMap>) -> tracing::Span {
     if !crate::telemetry::enabled() {
-        return f.await;
+        return tracing::Span::none();
     }
     let span = tracing::info_span!("nats", op = name);
     let (parent, state) = (header(h, crate::telemetry::TRACEPARENT), header(h, crate::telemetry::TRACESTATE));
     crate::telemetry::set_remote_parent(&span, parent, state);
-    f.instrument(span).await
+    span
 }
 
 /// Reads a command request; the error is what to answer.
@@ -49,7 +76,7 @@ pub(crate) fn parse_command(
     payload_len: usize,
     max_body: usize,
 ) -> Result<CommandRequest, InvokeError> {
-    let format = contract::content_format(header(h, wire::CONTENT_TYPE))?;
+    let format = contract::content_format(named(h, &names::CONTENT_TYPE))?;
     let (entity_type, shard) = subject
         .strip_prefix(prefix)
         .and_then(|r| r.strip_prefix(".cmd."))
@@ -57,11 +84,11 @@ pub(crate) fn parse_command(
         .and_then(|(t, s)| Some((t.to_owned(), s.parse::<u32>().ok()?)))
         .ok_or_else(|| InvokeError::Malformed(format!("subject {subject} is not {prefix}.cmd.TYPE.SHARD")))?;
     let entity_id =
-        header(h, wire::ENTITY).ok_or_else(|| InvokeError::Malformed(format!("missing header {}", wire::ENTITY)))?;
+        named(h, &names::ENTITY).ok_or_else(|| InvokeError::Malformed(format!("missing header {}", wire::ENTITY)))?;
     contract::entity_id(entity_id)?;
-    let command = match header(h, wire::READ) {
+    let command = match named(h, &names::READ) {
         None => Some(
-            header(h, wire::COMMAND)
+            named(h, &names::COMMAND)
                 .ok_or_else(|| InvokeError::Malformed(format!("missing header {}", wire::COMMAND)))?
                 .to_owned(),
         ),
@@ -73,7 +100,7 @@ pub(crate) fn parse_command(
     if command.is_some() {
         contract::body_size(payload_len, max_body)?;
     }
-    let idempotency_key = contract::idempotency_key(header(h, wire::IDEMPOTENCY_KEY))?;
+    let idempotency_key = contract::idempotency_key(named(h, &names::IDEMPOTENCY_KEY))?;
     Ok(CommandRequest { entity_type, shard, entity_id: entity_id.to_owned(), command, format, idempotency_key })
 }
 

@@ -439,7 +439,7 @@ impl Node {
             // away while the command waited here.
             let key = EntityKey::new(inv.entity_type.clone(), inv.entity_id.clone());
             return match self.invoke_inner(key, &inv, invocation_id.clone(), span).await {
-                Err(InvokeError::ShardMoved(_)) if may_forward => self.forward(inv, &invocation_id).await,
+                Err(InvokeError::ShardMoved(_)) if may_forward => Box::pin(self.forward(inv, &invocation_id)).await,
                 other => other,
             };
         }
@@ -459,7 +459,9 @@ impl Node {
         if inv.command != DELETE_COMMAND {
             entity.decode_command(&inv.command, &inv.body, inv.format)?;
         }
-        self.forward(inv, &invocation_id).await
+        // Boxed: the cold path's future (a NATS request raced against the
+        // lease table) would otherwise be part of every command's future.
+        Box::pin(self.forward(inv, &invocation_id)).await
     }
 
     /// Plugs in the cluster's lease table (once; later calls are ignored).
@@ -522,7 +524,7 @@ impl Node {
         span: tracing::Span,
     ) -> Result<CommandReply, InvokeError> {
         if inv.command == DELETE_COMMAND {
-            return self.delete_here(key, inv, invocation_id, span).await;
+            return Box::pin(self.delete_here(key, inv, invocation_id, span)).await;
         }
         let n = &self.inner;
         let entity = self.entity_type(&key.entity_type)?;
