@@ -17,6 +17,35 @@ use tessera_runtime::config::{JournalKind, NodeConfig};
 /// Rounds of the request/reply comparison (each `commands / 4` requests).
 const ROUNDS: usize = 3;
 
+/// One round of `n` requests to an echo on `subject` (with a command's
+/// headers, or none): the rate and its latency summary.
+async fn echo_round(
+    raw: async_nats::Client,
+    subject: String,
+    n: u64,
+    callers: u64,
+    headers: bool,
+) -> anyhow::Result<(f64, Value)> {
+    let (elapsed, latency) = concurrently(n, callers, move |i| {
+        let (raw, subject) = (raw.clone(), subject.clone());
+        async move {
+            let body = br#"{"by":1}"#.to_vec().into();
+            if headers {
+                let mut h = async_nats::HeaderMap::new();
+                h.insert("Tessera-Entity", format!("e-{}", i % 10_000).as_str());
+                h.insert("Tessera-Command", "add");
+                h.insert("Content-Type", "application/json");
+                raw.request_with_headers(subject, h, body).await?;
+            } else {
+                raw.request(subject, body).await?;
+            }
+            Ok(())
+        }
+    })
+    .await?;
+    Ok((n as f64 / elapsed.as_secs_f64(), latency))
+}
+
 /// The median run by rate.
 fn median(mut runs: Vec<(f64, Value)>) -> (f64, Value) {
     runs.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -95,31 +124,9 @@ pub(super) async fn run(s: Sizes, url: &str) -> anyhow::Result<Value> {
         .await?;
         runs[0].push((n as f64 / elapsed.as_secs_f64(), latency));
 
-        let (raw, subject) = (client.nats().clone(), format!("{prefix}.echo"));
-        let (elapsed, latency) = concurrently(n, s.callers, move |_| {
-            let (raw, subject) = (raw.clone(), subject.clone());
-            async move {
-                raw.request(subject, br#"{"by":1}"#.to_vec().into()).await?;
-                Ok(())
-            }
-        })
-        .await?;
-        runs[1].push((n as f64 / elapsed.as_secs_f64(), latency));
-
-        let (raw, subject) = (client.nats().clone(), format!("{prefix}.echo2"));
-        let (elapsed, latency) = concurrently(n, s.callers, move |i| {
-            let (raw, subject) = (raw.clone(), subject.clone());
-            async move {
-                let mut h = async_nats::HeaderMap::new();
-                h.insert("Tessera-Entity", format!("e-{}", i % 10_000).as_str());
-                h.insert("Tessera-Command", "add");
-                h.insert("Content-Type", "application/json");
-                raw.request_with_headers(subject, h, br#"{"by":1}"#.to_vec().into()).await?;
-                Ok(())
-            }
-        })
-        .await?;
-        runs[2].push((n as f64 / elapsed.as_secs_f64(), latency));
+        let raw = client.nats();
+        runs[1].push(echo_round(raw.clone(), format!("{prefix}.echo"), n, s.callers, false).await?);
+        runs[2].push(echo_round(raw.clone(), format!("{prefix}.echo2"), n, s.callers, true).await?);
         let [a, b, c] = runs.each_ref().map(|r| r[round].0);
         eprintln!(
             "round {round}: commands over NATS {a:.0}/s; raw echo {b:.0}/s; echo as deployed (own connection, headers) {c:.0}/s"
