@@ -278,6 +278,9 @@ impl Node {
     /// Stops the executors and the shard actors (in-flight appends complete
     /// in the journal). The edges must have stopped first.
     pub(crate) async fn stop(&self) {
+        // Feed settlings still retrying end (they would go on retrying a
+        // journal the stopped node no longer uses, e.g. one being dropped).
+        self.inner.feed_openings.close();
         self.inner.projections.stop();
         self.inner.executors.stop();
         let sup = &self.inner.supervisor;
@@ -297,7 +300,7 @@ impl Node {
     }
 
     /// Settles the unit's feed under `epoch` in the background (retrying
-    /// while the journal is down), then — in a cluster, if the lease is
+    /// while the journal is down, until the node stops), then — in a cluster, if the lease is
     /// still this epoch's — starts its projections.
     fn open_unit_feed(&self, t: String, shard: u32, epoch: u64) {
         let me = self.clone();
@@ -305,7 +308,8 @@ impl Node {
             let Ok(_permit) = me.inner.feed_openings.acquire().await else { return };
             let mut wait = std::time::Duration::from_millis(200);
             while let Err(e) = me.inner.journal.open_feed(&t, shard, epoch).await {
-                if me.inner.ownership.as_ref().is_some_and(|o| o.fence(&t, shard) != Some(epoch)) {
+                let moved = me.inner.ownership.as_ref().is_some_and(|o| o.fence(&t, shard) != Some(epoch));
+                if moved || me.inner.feed_openings.is_closed() {
                     return;
                 }
                 tracing::warn!(entity_type = %t, shard, error = %e, "cannot settle the unit's feed; retrying");
