@@ -53,8 +53,8 @@ pub(crate) mod names {
     pub(crate) static DEDUPLICATED: HeaderName = HeaderName::from_static(wire::DEDUPLICATED);
 }
 
-/// The span for handling one NATS message with headers `h`, named `op`
-/// and parented to the message's `traceparent` (with traces on; otherwise
+/// The span for handling one NATS message with headers `h` (a `nats` span
+/// with `op = name`), parented to the message's `traceparent` (with traces on; otherwise
 /// `Span::none()`, which costs nothing). The handler is instrumented with
 /// it directly, so that the message's headers need not be kept (or cloned)
 /// beside the handler's future.
