@@ -18,8 +18,8 @@ pub struct Metrics {
     /// `requests{kind="command",status="200"}` and `latency{kind="command"}`,
     /// resolved once: the series every successful command updates (a label
     /// lookup hashes the values and takes a lock).
-    pub(crate) command_ok: IntCounter,
-    pub(crate) command_latency: Histogram,
+    command_ok: IntCounter,
+    command_latency: Histogram,
     /// HTTP requests from routing to the response handed back to hyper
     /// (every route; excludes reading and writing the socket).
     pub http_latency: Histogram,
@@ -164,6 +164,24 @@ fn latency_buckets() -> Vec<f64> {
 }
 
 impl Metrics {
+    /// Counts one invocation of `kind` (`command`, `function`, …) with its
+    /// outcome (`Err`: the status it was refused or failed with) and
+    /// records its latency. A successful command, the common case, updates
+    /// series resolved once, without a label lookup.
+    pub(crate) fn invocation(&self, kind: &str, result: Result<(), u16>, seconds: f64) {
+        let command = kind == "command";
+        match result {
+            Ok(()) if command => self.command_ok.inc(),
+            Ok(()) => self.requests.with_label_values(&[kind, "200"]).inc(),
+            Err(s) => self.requests.with_label_values(&[kind, &s.to_string()]).inc(),
+        }
+        if command {
+            self.command_latency.observe(seconds);
+        } else {
+            self.latency.with_label_values(&[kind]).observe(seconds);
+        }
+    }
+
     /// A fresh registry with every metric registered.
     pub fn new() -> Self {
         let registry = Registry::new();

@@ -271,15 +271,15 @@ async fn call(node: &Node, link: &NatsLink, msg: Message) {
 async fn serve_call(node: &Node, link: &NatsLink, msg: Message) {
     let reply = msg.reply.as_ref();
     let h = msg.headers.as_ref();
-    let format = match contract::content_format(header(h, wire::CONTENT_TYPE)) {
+    let format = match contract::content_format(named(h, &names::CONTENT_TYPE)) {
         Ok(f) => f,
         Err(e) => return respond_error(link, reply, &e, Format::Json).await,
     };
     let name =
         msg.subject.as_str().strip_prefix(&format!("{}.call.", link.subjects.prefix())).unwrap_or_default().to_owned();
     // The reply in the caller's `Accept` format, else in the request's.
-    let reply_format = header(h, wire::ACCEPT).and_then(Format::from_content_type).unwrap_or(format);
-    let id = header(h, wire::INVOCATION_ID).map_or_else(crate::node::new_invocation_id, str::to_owned);
+    let reply_format = named(h, &names::ACCEPT).and_then(Format::from_content_type).unwrap_or(format);
+    let id = named(h, &names::INVOCATION_ID).map_or_else(crate::node::new_invocation_id, str::to_owned);
     let result = match contract::body_size(msg.payload.len(), node.config().http.max_body_bytes) {
         Err(e) => Err(e),
         Ok(()) => node.call_function_as(&name, &msg.payload, format, id).await,
@@ -311,7 +311,7 @@ async fn invoke_async(node: &Node, link: &NatsLink, msg: jetstream::Message, max
         .strip_prefix(&format!("{}.invoke.", link.subjects.prefix()))
         .unwrap_or_default()
         .to_owned();
-    let id = header(h, wire::INVOCATION_ID)
+    let id = named(h, &names::INVOCATION_ID)
         .or_else(|| header(h, wire::NATS_MSG_ID))
         .map(str::to_owned)
         .unwrap_or_else(|| format!("js-{stream_seq}"));
@@ -319,7 +319,7 @@ async fn invoke_async(node: &Node, link: &NatsLink, msg: jetstream::Message, max
     let request_id = header(h, wire::REQUEST_ID);
     // The same contract as a call over HTTP; a call that breaks it gets a
     // final error row (there is nobody to answer) and is not run.
-    let checked = contract::content_format(header(h, wire::CONTENT_TYPE)).and_then(|format| {
+    let checked = contract::content_format(named(h, &names::CONTENT_TYPE)).and_then(|format| {
         contract::idempotency_key(Some(&id))?;
         contract::body_size(msg.payload.len(), node.config().http.max_body_bytes)?;
         Ok(format)

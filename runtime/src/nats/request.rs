@@ -32,7 +32,7 @@ pub(crate) fn named<'a>(h: Option<&'a HeaderMap>, name: &HeaderName) -> Option<&
     h.and_then(|h| h.get(name.clone())).map(|v| v.as_str())
 }
 
-/// The header names a command reads and its reply carries, made once: a
+/// The header names the ingress reads and its replies carry, made once: a
 /// name given as `&str` is validated and copied into a new allocation on
 /// every lookup and every insert (none of ours is one of NATS's standard
 /// names). Cloning one of these copies no bytes.

@@ -300,8 +300,8 @@ impl Node {
     }
 
     /// Settles the unit's feed under `epoch` in the background (retrying
-    /// while the journal is down, until the node stops), then — in a cluster, if the lease is
-    /// still this epoch's — starts its projections.
+    /// while the journal is down, until the node stops), then — in a
+    /// cluster, if the lease is still this epoch's — starts its projections.
     fn open_unit_feed(&self, t: String, shard: u32, epoch: u64) {
         let me = self.clone();
         tokio::spawn(async move {
@@ -375,19 +375,7 @@ impl Node {
     }
 
     fn record(&self, kind: &str, started: Instant, result: Result<(), u16>) {
-        let m = &self.inner.metrics;
-        let elapsed = started.elapsed().as_secs_f64();
-        let command = kind == "command";
-        match result {
-            Ok(()) if command => m.command_ok.inc(),
-            Ok(()) => m.requests.with_label_values(&[kind, "200"]).inc(),
-            Err(s) => m.requests.with_label_values(&[kind, &s.to_string()]).inc(),
-        }
-        if command {
-            m.command_latency.observe(elapsed);
-        } else {
-            m.latency.with_label_values(&[kind]).observe(elapsed);
-        }
+        self.inner.metrics.invocation(kind, result, started.elapsed().as_secs_f64());
     }
 
     /// Runs one entity command: decoded here, handled by the entity's shard
