@@ -148,6 +148,60 @@ async fn fenced_appends_cross_buckets_and_refuse_a_stale_owner_that_sealed_first
     assert_eq!(j2.last_seq(&e).await.unwrap(), 14);
 }
 
+/// The dispatcher reads only the runtime's records: a feed entry says
+/// whether its event is one (schema 6), so the others' rows are not read;
+/// an entry that does not say (written by schema 5, or by a successor for
+/// an earlier owner's append) has its event read, as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dispatchers_read_skips_the_entities_own_rows() {
+    let (j, url) = fresh(1000, "").await;
+    let ks = url.rsplit('/').next().unwrap().to_owned();
+    let e = EntityKey::new("skip", "a");
+    let shard = e.shard(j.shards());
+    let record = NewEvent {
+        type_name: format!("{}send", tessera_journal::INTERNAL_TYPE_PREFIX),
+        version: 1,
+        payload: b"r".to_vec(),
+        metadata: vec![],
+    };
+    j.append(&e, 0, vec![ev(1), record.clone(), ev(3)]).await.unwrap();
+    // The feed shows a commit once its watermark is written (a few ms).
+    let mut all = Vec::new();
+    for _ in 0..100 {
+        all = j.events_by_shard("skip", shard, 0).try_collect::<Vec<_>>().await.unwrap();
+        if all.len() == 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(all.len(), 3, "all three entries visible");
+
+    let before = j.request_counts().feed_event_reads;
+    let got: Vec<_> = j.internal_by_shard("skip", shard, 0).try_collect().await.unwrap();
+    assert_eq!(j.request_counts().feed_event_reads - before, 1, "only the record's row is read");
+    assert_eq!(got.iter().map(|g| g.offset).collect::<Vec<_>>(), all.iter().map(|a| a.offset).collect::<Vec<_>>());
+    assert_eq!(got[1].event, all[1].event, "the record in full");
+    assert_eq!(got[0].event.type_name, "", "an entity's event unread");
+    assert_eq!((got[0].event.seq, got[2].event.seq), (1, 3));
+
+    // An entry that does not say (as schema 5 wrote them): its event is read.
+    let q = format!(
+        "SELECT epoch FROM {ks}.feed WHERE entity_type = 'skip' AND shard = {shard} AND block = 0 AND offset = {}",
+        all[0].offset
+    );
+    let (epoch,) =
+        j.session().query_unpaged(q, ()).await.unwrap().into_rows_result().unwrap().first_row::<(i64,)>().unwrap();
+    let unset = format!(
+        "UPDATE {ks}.feed SET record = null WHERE entity_type = 'skip' AND shard = {shard} AND block = 0 AND offset = {} AND epoch = {epoch}",
+        all[0].offset
+    );
+    j.session().query_unpaged(unset, ()).await.unwrap();
+    let before = j.request_counts().feed_event_reads;
+    let got: Vec<_> = j.internal_by_shard("skip", shard, 0).try_collect().await.unwrap();
+    assert_eq!(j.request_counts().feed_event_reads - before, 2, "the unmarked entry's row and the record's");
+    assert_eq!(got[0].event, all[0].event, "an unmarked entry's event comes in full");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keyspace_of_an_older_schema_is_refused_until_migrated() {
     let ks = unique_keyspace();

@@ -6,10 +6,10 @@ use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::CqlValue;
 
-use super::ScyllaJournal;
 use super::bucket::{self, Raise, Refused};
 use super::rows::{Named, Statics, event_crc, lwt_outcome};
 use super::session::unavailable;
+use super::{ScyllaJournal, counts};
 use crate::error::{AppendError, JournalError};
 use crate::memory::now_ms;
 use crate::types::{AppendRequest, EntityKey, IdempotencyKey, NewEvent, Snapshot};
@@ -98,6 +98,8 @@ impl ScyllaJournal {
                     .with("idem_key", idem),
             );
         }
+        let c = &self.inner.counts;
+        counts::Counters::bump(if plain { &c.plain_appends } else { &c.conditional_appends });
         let r = self.inner.session.batch(&batch, values).await.map_err(unavailable)?;
         if plain {
             return Ok((true, Statics::default()));
@@ -184,7 +186,6 @@ impl ScyllaJournal {
         }
         req.check_keys()?;
         let AppendRequest { expected_seq: expected, events, snapshot, fence, keys: idem, lease } = req;
-        let n = events.len() as u64;
         if !idem.is_empty() {
             let seen = futures::future::try_join_all(idem.iter().map(|k| self.remembered(key, &k.key))).await?;
             if let Some((k, seq)) = idem.iter().zip(seen).find_map(|(k, s)| s.map(|s| (k, s))) {
@@ -209,7 +210,8 @@ impl ScyllaJournal {
         let feed = self.unit_feed(unit, fence).await?;
         self.wait_settled(&feed, key).await?;
         let target = bucket::target(expected, self.inner.bucket);
-        let intent = self.intend(&feed, key, target, expected + 1, n).await?;
+        let records = events.iter().map(|e| e.type_name.starts_with(crate::INTERNAL_TYPE_PREFIX)).collect();
+        let intent = self.intend(&feed, key, target, expected + 1, records).await?;
         crate::fault::point("scylla.after_intent");
         // The lease, asked now that the intent is durable: an append sent
         // after this has its intent where a successor's settle finds it.

@@ -38,6 +38,7 @@
 mod append;
 mod bucket;
 mod config;
+mod counts;
 mod feed;
 mod purge;
 mod read;
@@ -54,6 +55,7 @@ use std::sync::{Arc, Mutex};
 use scylla::client::session::Session;
 
 pub use config::{ScyllaConfig, UrlError};
+pub use counts::RequestCounts;
 pub use schema::{MigrateOptions, SCHEMA_VERSION};
 pub use server::Server;
 use session::open_err;
@@ -85,6 +87,8 @@ struct Inner {
     /// Feed entry writes in flight (after their commits): an append waits
     /// for a slot, so the background writes cannot pile up on the server.
     entry_writes: Arc<tokio::sync::Semaphore>,
+    /// Requests sent, by kind.
+    counts: counts::Counters,
 }
 
 impl ScyllaJournal {
@@ -140,6 +144,7 @@ impl ScyllaJournal {
                 heads: Mutex::new(HashMap::new()),
                 units: feed::Units::default(),
                 entry_writes: Arc::new(tokio::sync::Semaphore::new(feed::MAX_ENTRY_WRITES)),
+                counts: counts::Counters::default(),
                 config,
             }),
         })
@@ -166,6 +171,11 @@ impl ScyllaJournal {
     /// Events per partition.
     pub fn bucket_size(&self) -> u64 {
         self.inner.bucket
+    }
+
+    /// The requests this journal has sent so far, by kind.
+    pub fn request_counts(&self) -> RequestCounts {
+        self.inner.counts.read()
     }
 
     fn known_head(&self, key: &EntityKey) -> u64 {
@@ -213,7 +223,11 @@ impl Journal for ScyllaJournal {
     }
 
     fn events_by_shard(&self, entity_type: &str, shard: u32, after_offset: u64) -> ShardStream {
-        self.feed(entity_type, shard, after_offset)
+        self.feed(entity_type, shard, after_offset, false)
+    }
+
+    fn internal_by_shard(&self, entity_type: &str, shard: u32, after_offset: u64) -> ShardStream {
+        self.feed(entity_type, shard, after_offset, true)
     }
 
     async fn feed_bounds(&self, entity_type: &str, shard: u32) -> Result<FeedBounds, JournalError> {

@@ -198,6 +198,7 @@ impl ScyllaJournal {
             .text("entity_type", &entity.entity_type)
             .with("shard", CqlValue::Int(shard))
             .text("entity_id", &entity.entity_id);
+        super::counts::Counters::bump(&self.inner.counts.index_rows);
         if let Err(e) = self.inner.session.execute_unpaged(&self.inner.st.index_insert, v).await {
             tracing::warn!(%entity, error = %e, "entity committed but not added to the entity index");
         }

@@ -34,6 +34,11 @@ impl Named {
         self.0.push((name, v.map(CqlValue::BigInt)));
         self
     }
+    /// Binds `name` to a BOOLEAN, or to null.
+    pub(crate) fn bool_or_null(mut self, name: &'static str, v: Option<bool>) -> Self {
+        self.0.push((name, v.map(CqlValue::Boolean)));
+        self
+    }
     pub(crate) fn big(self, name: &'static str, v: i64) -> Self {
         self.with(name, CqlValue::BigInt(v))
     }

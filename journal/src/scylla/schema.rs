@@ -25,7 +25,13 @@ use crate::error::JournalError;
 ///   intents are settled (`intent_floor`, `floor_offset`) and which owner
 ///   closed it (`closed_by`). Segments written by version 3 are settled the
 ///   version-3 way.
-pub const SCHEMA_VERSION: i32 = 5;
+/// - 5: each event row's checksum (`crc`).
+/// - 6: each feed entry says whether its event is one of the runtime's
+///   records (`record`, a type under `INTERNAL_TYPE_PREFIX`), so that the
+///   dispatcher, which reads only those, does not read the others' rows.
+///   Entries of older schemas, and those a successor writes for an
+///   earlier owner's appends, have none: their events are read.
+pub const SCHEMA_VERSION: i32 = 6;
 
 /// Offsets per partition of the `feed` table.
 pub const FEED_BLOCK: u64 = 100_000;
@@ -151,6 +157,7 @@ fn migrations(ks: &str) -> Vec<(i32, Vec<String>)> {
         // a flipped byte is the entity's corruption at that seq, not a
         // silently different event. Rows of older schemas have none.
         (5, vec![format!("ALTER TABLE {ks}.events ADD crc bigint")]),
+        (6, vec![format!("ALTER TABLE {ks}.feed ADD record boolean")]),
     ]
 }
 

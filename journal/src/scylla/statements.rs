@@ -171,8 +171,8 @@ impl Statements {
             ))
             .await?,
             feed_put: idem(format!(
-                "INSERT INTO {ks}.feed (entity_type, shard, block, offset, epoch, entity_id, bucket, seq, ts, void, intent) \
-                 VALUES (:entity_type, :shard, :block, :offset, :epoch, :entity_id, :bucket, :seq, :ts, false, :intent) \
+                "INSERT INTO {ks}.feed (entity_type, shard, block, offset, epoch, entity_id, bucket, seq, ts, void, intent, record) \
+                 VALUES (:entity_type, :shard, :block, :offset, :epoch, :entity_id, :bucket, :seq, :ts, false, :intent, :record) \
                  USING TTL :ttl"
             ))
             .await?,
@@ -182,7 +182,7 @@ impl Statements {
             ))
             .await?,
             feed_range: idem(format!(
-                "SELECT offset, epoch, entity_id, bucket, seq, void, intent FROM {ks}.feed \
+                "SELECT offset, epoch, entity_id, bucket, seq, void, intent, ts, record FROM {ks}.feed \
                  WHERE entity_type = :entity_type AND shard = :shard AND block = :block AND offset > :after AND offset <= :upto \
                  LIMIT 1024"
             ))

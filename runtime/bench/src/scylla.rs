@@ -9,6 +9,7 @@ use std::time::Instant;
 use futures::TryStreamExt;
 use serde_json::{Value, json};
 use tessera_journal::scylla::MigrateOptions;
+use tessera_journal::scylla::RequestCounts;
 use tessera_journal::{AppendRequest, EntityKey, Journal, NewEvent, ScyllaJournal};
 
 use super::{Sizes, registry};
@@ -19,19 +20,45 @@ fn ratio(a: f64, b: f64) -> f64 {
     if b > 0.0 { (a / b * 1000.0).round() / 1000.0 } else { 0.0 }
 }
 
-async fn commands(url: &str, s: Sizes, n: u64) -> anyhow::Result<(f64, Value)> {
+/// `n` commands through a node on the Scylla journal at `url`, after
+/// `warm` once on each entity ("get": activation only, so each measured
+/// command is its entity's first append; "add": one append first, so each
+/// measured one is a later append). Returns (commands/s, latency, the
+/// journal's requests per measured command).
+async fn commands(url: &str, s: Sizes, n: u64, warm: &str) -> anyhow::Result<(f64, Value, Value)> {
     let config = NodeConfig::default().with(|c| {
         c.http.listen = None;
         c.journal.kind = JournalKind::Scylla(url.to_owned());
         c.limits.max_in_flight = 1_000_000;
         c.journal.snapshot_every = 0;
     });
-    let node = NodeBuilder::new(registry()).config(config).build().await?;
+    let journal = ScyllaJournal::connect(url, config.journal.shards).await?;
+    let node = NodeBuilder::new(registry()).config(config).journal(Arc::new(journal.clone())).build().await?;
     let ids: Arc<Vec<String>> = Arc::new((0..s.entities).map(|i| format!("e-{i}")).collect());
-    super::runs::drive(&node, &ids, s.entities.min(n), s.callers, "get").await?;
+    super::runs::drive(&node, &ids, s.entities.min(n), s.callers, warm).await?;
+    let before = journal.request_counts();
     let (elapsed, latency) = super::runs::drive(&node, &ids, n, s.callers, "add").await?;
+    // The feed's background writes (entries, watermarks) of the last commands.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let writes = per_command(before, journal.request_counts(), n);
     node.shutdown().await;
-    Ok((n as f64 / elapsed.as_secs_f64(), latency))
+    Ok((n as f64 / elapsed.as_secs_f64(), latency, writes))
+}
+
+/// The journal's requests between two counts, per command, by kind.
+fn per_command(before: RequestCounts, after: RequestCounts, n: u64) -> Value {
+    let per = |a: u64, b: u64| ((a - b) as f64 / n.max(1) as f64 * 100.0).round() / 100.0;
+    json!({
+        "conditional_appends": per(after.conditional_appends, before.conditional_appends),
+        "plain_appends": per(after.plain_appends, before.plain_appends),
+        "intents": per(after.intents, before.intents),
+        "entry_batches": per(after.entry_batches, before.entry_batches),
+        "watermarks_conditional": per(after.watermarks, before.watermarks),
+        "index_rows": per(after.index_rows, before.index_rows),
+        "feed_segment_reads": per(after.segment_reads, before.segment_reads),
+        "feed_entry_reads": per(after.entry_reads, before.entry_reads),
+        "feed_event_reads": per(after.feed_event_reads, before.feed_event_reads),
+    })
 }
 
 /// `n` one-event appends straight to the journal from `callers` tasks,
@@ -80,10 +107,19 @@ pub(super) async fn run(s: Sizes, server: &str) -> anyhow::Result<Value> {
     ScyllaJournal::migrate(&url, &MigrateOptions { other_tables, ..MigrateOptions::default() }).await?;
     let n = (s.commands / 40).max(200);
 
-    let (conditional, latency) = commands(&url, s, n).await?;
-    eprintln!("runtime on scylla (conditional appends): {conditional:.0} commands/s");
-    let (unconditional, latency_plain) = commands(&format!("{url}?conditional=false"), s, n).await?;
-    eprintln!("runtime on scylla (unconditional, opt-in): {unconditional:.0} commands/s");
+    let (conditional, latency, writes) = commands(&url, s, n, "get").await?;
+    eprintln!(
+        "runtime on scylla (conditional appends, first append each): {conditional:.0} commands/s; requests per command {writes}"
+    );
+    let (steady, latency_steady, writes_steady) = commands(&url, s, n, "add").await?;
+    eprintln!(
+        "runtime on scylla (conditional appends, later appends): {steady:.0} commands/s; requests per command {writes_steady}"
+    );
+    let plain_url = format!("{url}?conditional=false");
+    let (unconditional, latency_plain, writes_plain) = commands(&plain_url, s, n, "get").await?;
+    eprintln!(
+        "runtime on scylla (unconditional, opt-in): {unconditional:.0} commands/s; requests per command {writes_plain}"
+    );
 
     // Raw: prepared INSERTs of as many event rows, same concurrency.
     let j = ScyllaJournal::connect(&url, 1024).await?;
@@ -116,6 +152,38 @@ pub(super) async fn run(s: Sizes, server: &str) -> anyhow::Result<Value> {
     }
     let raw = n as f64 / started.elapsed().as_secs_f64();
     eprintln!("raw prepared INSERTs: {raw:.0} rows/s");
+
+    // Raw conditional writes: the same rows as `INSERT … IF NOT EXISTS`
+    // (one Paxos round each, the cheapest conditional write there is), same
+    // concurrency: the ceiling of anything that makes one per command.
+    let mut insert_if = j
+        .session()
+        .prepare(format!(
+            "INSERT INTO {ks}.events (entity_type, entity_id, bucket, seq, ts, type_name, version, payload, metadata) VALUES (?, ?, 0, ?, ?, 'Added', 1, ?, ?) IF NOT EXISTS"
+        ))
+        .await?;
+    insert_if.set_consistency(j.config().consistency);
+    insert_if.set_serial_consistency(Some(j.config().serial_consistency));
+    let insert_if = Arc::new(insert_if);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..s.callers {
+        let (j, insert_if, payload) = (j.clone(), insert_if.clone(), payload.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = c;
+            while i < n {
+                let v = ("raw-lwt", format!("e-{}", i % 10_000), (i + 1) as i64, 0i64, payload.clone(), vec![0u8; 40]);
+                j.session().execute_unpaged(&insert_if, v).await?;
+                i += s.callers;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let raw_lwt = n as f64 / started.elapsed().as_secs_f64();
+    eprintln!("raw conditional INSERTs (IF NOT EXISTS): {raw_lwt:.0} rows/s");
 
     // The fence's cost: the same conditional appends with and without the
     // extra `AND fence = ?` condition, and what raising a fence costs
@@ -158,11 +226,13 @@ pub(super) async fn run(s: Sizes, server: &str) -> anyhow::Result<Value> {
     eprintln!("replay: {replay:.0} events/s (raw read {raw_read:.0})");
     let _ = j.session().query_unpaged(format!("DROP KEYSPACE IF EXISTS {ks}"), ()).await;
     Ok(json!({
-        "description": "durable commands/s through the runtime on the Scylla journal (1 event each; conditional = one single-partition LWT batch per command; unconditional = the opt-in plain batch) vs raw prepared INSERTs of as many rows; replay of one entity vs a raw paged read",
+        "description": "durable commands/s through the runtime on the Scylla journal (1 event each; conditional = one single-partition LWT batch per command, each the first append of its entity; later_append = the same after one append per entity; unconditional = the opt-in plain batch) vs raw prepared INSERTs of as many rows and raw INSERT IF NOT EXISTS (one Paxos round each); the journal's writes per command by kind; replay of one entity vs a raw paged read",
         "commands": n, "callers": s.callers, "entities": s.entities, "replay_events": events,
         "runtime": {
             "conditional_commands_per_sec": conditional.round(), "conditional_latency": latency,
             "unconditional_commands_per_sec": unconditional.round(), "unconditional_latency": latency_plain,
+            "later_append_commands_per_sec": steady.round(), "later_append_latency": latency_steady,
+            "requests_per_command": { "conditional": writes, "later_append": writes_steady, "unconditional": writes_plain },
             "replay_events_per_sec": replay.round(),
         },
         "journal_fence": {
@@ -173,8 +243,11 @@ pub(super) async fn run(s: Sizes, server: &str) -> anyhow::Result<Value> {
             "ratio_fenced_to_unfenced": ratio(fenced, unfenced), "fence_raises_per_sec": raises.round(),
         },
         "hot_entity": hot,
-        "baseline_raw_driver": { "inserts_per_sec": raw.round(), "paged_read_events_per_sec": raw_read.round() },
+        "baseline_raw_driver": { "inserts_per_sec": raw.round(), "conditional_inserts_per_sec": raw_lwt.round(), "paged_read_events_per_sec": raw_read.round() },
         "ratio_runtime_to_baseline": ratio(conditional, raw),
+        "ratio_later_append_to_baseline": ratio(steady, raw),
+        "ratio_raw_conditional_to_raw_insert": ratio(raw_lwt, raw),
+        "ratio_runtime_to_raw_conditional": ratio(conditional, raw_lwt),
         "ratio_unconditional_to_baseline": ratio(unconditional, raw),
         "ratio_replay_to_raw_read": ratio(replay, raw_read),
     }))

@@ -79,6 +79,12 @@ struct Entry {
     seq: u64,
     /// The intent it numbers (none: schema 3, or carried by a successor).
     intent: Option<u64>,
+    /// When it was written, ms since the Unix epoch (within ms of its
+    /// event's commit; what an unread event carries as its time).
+    ts: i64,
+    /// Whether its event is one of the runtime's records (none: not known,
+    /// an entry of schema 5 or older, or carried by a successor).
+    record: Option<bool>,
 }
 
 /// One segment row.
@@ -102,6 +108,9 @@ pub(crate) struct Intent {
     pub(crate) bucket: u64,
     pub(crate) first_seq: u64,
     pub(crate) n: u64,
+    /// Per event, whether it is one of the runtime's records (none: not
+    /// known — an intent read back by a successor).
+    pub(crate) records: Option<Vec<bool>>,
 }
 
 /// The owner's state of one unit's feed on this node.
@@ -231,6 +240,7 @@ impl ScyllaJournal {
     }
 
     async fn segments(&self, unit: &Unit) -> Result<Vec<Segment>, JournalError> {
+        super::counts::Counters::bump(&self.inner.counts.segment_reads);
         let rows: Vec<SegmentRow> = self.rows(&self.inner.st.segments, Self::unit_pk(unit)).await?;
         let mut out: Vec<Segment> = rows
             .into_iter()
@@ -273,10 +283,21 @@ impl ScyllaJournal {
         let mut from = after;
         while b <= block(upto) && out.len() < PAGE {
             let v = Self::unit_pk(unit).big("block", b).big("after", from as i64).big("upto", upto as i64);
-            type Row = (i64, i64, Option<String>, Option<i64>, Option<i64>, Option<bool>, Option<i64>);
+            type Row = (
+                i64,
+                i64,
+                Option<String>,
+                Option<i64>,
+                Option<i64>,
+                Option<bool>,
+                Option<i64>,
+                Option<i64>,
+                Option<bool>,
+            );
+            super::counts::Counters::bump(&self.inner.counts.entry_reads);
             let rows: Vec<Row> = self.rows(&self.inner.st.feed_range, v).await?;
             let full = rows.len() == PAGE;
-            for (offset, epoch, id, bucket, seq, void, intent) in rows {
+            for (offset, epoch, id, bucket, seq, void, intent, ts, record) in rows {
                 from = offset as u64;
                 out.push(Entry {
                     offset: offset as u64,
@@ -286,6 +307,8 @@ impl ScyllaJournal {
                     bucket: bucket.map_or(0, at_least_0),
                     seq: seq.map_or(0, at_least_0),
                     intent: intent.map(at_least_0),
+                    ts: ts.unwrap_or(0),
+                    record,
                 });
             }
             if !full {
@@ -346,6 +369,7 @@ impl ScyllaJournal {
         type Fed =
             (i64, Option<i64>, Option<String>, Option<i32>, Option<Vec<u8>>, Option<Vec<u8>>, Option<i64>, Option<i64>);
         let v = Named::partition(&key.entity_type, &key.entity_id, bucket).big("seq", seq as i64);
+        super::counts::Counters::bump(&self.inner.counts.feed_event_reads);
         let row: Option<Fed> = self.first_row(&self.inner.st.read_fed, v).await?;
         // Schema 3 rows carry the offset they were given ahead of the
         // append (an entry of a failed append names another event's row);
@@ -355,7 +379,10 @@ impl ScyllaJournal {
             .transpose()
     }
 
-    pub(crate) fn feed(&self, entity_type: &str, shard: u32, after_offset: u64) -> ShardStream {
+    /// The feed of a unit after `after_offset`; with `records_only`, an
+    /// entry known not to be one of the runtime's records comes unread
+    /// (`Journal::internal_by_shard`).
+    pub(crate) fn feed(&self, entity_type: &str, shard: u32, after_offset: u64, records_only: bool) -> ShardStream {
         let me = self.clone();
         let unit: Unit = (entity_type.to_owned(), shard);
         type Spans = Arc<Vec<(u64, u64, u64)>>;
@@ -391,6 +418,11 @@ impl ScyllaJournal {
                 let mut page = Vec::with_capacity(entries.len());
                 for e in entries.into_iter().filter(|e| !e.void) {
                     let key = EntityKey::new(unit.0.clone(), e.entity_id);
+                    if records_only && e.record == Some(false) {
+                        let event = PersistedEvent::unread(e.seq, e.ts);
+                        page.push(ShardEvent { offset: e.offset, entity: key, event });
+                        continue;
+                    }
                     // A schema-3 entry of a failed append, or an event deleted since: skip.
                     if let Some(event) = me.fed_event(&key, e.bucket, e.seq, e.offset).await? {
                         page.push(ShardEvent { offset: e.offset, entity: key, event });

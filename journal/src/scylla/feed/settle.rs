@@ -220,6 +220,7 @@ impl ScyllaJournal {
                     bucket: bucket.map_or(0, at_least_0),
                     first_seq: first_seq.map_or(0, at_least_0),
                     n: n.unwrap_or(0).max(0) as u64,
+                    records: None,
                 });
             }
             if full {

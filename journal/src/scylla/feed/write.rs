@@ -10,6 +10,7 @@ use scylla::value::CqlValue;
 use tokio::sync::watch;
 
 use super::super::ScyllaJournal;
+use super::super::counts::Counters;
 use super::super::rows::{Named, lwt_outcome};
 use super::super::session::unavailable;
 use super::{Intent, MAX_PENDING, Unit, UnitFeed, block};
@@ -31,16 +32,18 @@ impl ScyllaJournal {
         }
     }
 
-    /// Records an intent for an append of `n` events of `key` into
-    /// `bucket` from `first_seq`, before the append is sent.
+    /// Records an intent for an append of `key`'s events into `bucket` from
+    /// `first_seq` (`records`: per event, whether it is one of the
+    /// runtime's records), before the append is sent.
     pub(crate) async fn intend(
         &self,
         feed: &UnitFeed,
         key: &EntityKey,
         bucket: u64,
         first_seq: u64,
-        n: u64,
+        records: Vec<bool>,
     ) -> Result<Intent, JournalError> {
+        let n = records.len() as u64;
         let id = loop {
             {
                 let mut st = feed.offsets();
@@ -59,13 +62,14 @@ impl ScyllaJournal {
             .big("first_seq", first_seq as i64)
             .with("n", CqlValue::Int(n as i32))
             .with("ttl", CqlValue::Int(self.ttl()));
+        Counters::bump(&self.inner.counts.intents);
         if let Err(e) = self.inner.session.execute_unpaged(&self.inner.st.intent_put, v).await {
             // The append is not sent: whether or not the row landed, no
             // event carries this id, so it is decided (nothing committed).
             feed.offsets().drop_intent(id);
             return Err(unavailable(e));
         }
-        Ok(Intent { id, entity_id: key.entity_id.clone(), bucket, first_seq, n })
+        Ok(Intent { id, entity_id: key.entity_id.clone(), bucket, first_seq, n, records: Some(records) })
     }
 
     /// The intent's append was refused: it takes no offsets.
@@ -124,9 +128,11 @@ impl ScyllaJournal {
                     .big("seq", (intent.first_seq + i) as i64)
                     .big("ts", ts)
                     .big_or_null("intent", id.map(|id| id as i64))
+                    .bool_or_null("record", intent.records.as_ref().and_then(|r| r.get(i as usize).copied()))
                     .with("ttl", CqlValue::Int(self.ttl())),
             );
         }
+        Counters::bump(&self.inner.counts.entry_batches);
         self.inner.session.batch(&batch, values).await.map_err(unavailable)?;
         Ok(())
     }
@@ -187,6 +193,7 @@ impl ScyllaJournal {
             .big("watermark", w as i64)
             .big("intent_floor", floor as i64)
             .big("floor_offset", floor_offset as i64);
+        Counters::bump(&self.inner.counts.watermarks);
         let r = self.inner.session.execute_unpaged(&self.inner.st.segment_watermark, v).await.map_err(unavailable)?;
         Ok(lwt_outcome(r)?.0)
     }
