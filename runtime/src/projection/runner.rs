@@ -25,8 +25,16 @@ use crate::now_ms;
 
 /// Longest an idle dispatcher waits before it looks at its feed again.
 const FLOW_POLL: Duration = Duration::from_secs(1);
-/// Longest the dispatcher waits to store progress over events it skipped.
+/// Longest the dispatcher waits to store progress that includes records it
+/// handled, however large its state (timers) grew.
 const FLOW_SKIP_CHECKPOINT: Duration = Duration::from_secs(10);
+/// Longest the dispatcher waits to store progress over events it only
+/// skipped (no record since the last store): a crash re-reads at most this
+/// much of the unit's feed, and only its entries (the journals skip the
+/// entities' own events for it). Every unit storing such progress every
+/// 10 s was a steady stream of appends under load — on the Scylla journal
+/// a conditional write for every sixth command (BENCHMARKS.md).
+const FLOW_SKIPPED_ONLY_CHECKPOINT: Duration = Duration::from_secs(60);
 /// The dispatcher reads an idle unit's feed at least this often, even with
 /// no commit on this node since (see `work`).
 const FLOW_IDLE_LOOK: Duration = Duration::from_secs(30);
@@ -448,12 +456,14 @@ async fn work(inner: Arc<Inner>, index: usize, unit: Unit, signals: Signals, sta
             // State dropped without an event (a purged entity): stored now,
             // and the older checkpoints that held it removed.
             let now = tokio::time::Instant::now();
-            pr.unsaved = Some((now.checked_sub(FLOW_SKIP_CHECKPOINT).unwrap_or(now), 0));
+            pr.unsaved = Some((now.checked_sub(FLOW_SKIPPED_ONLY_CHECKPOINT).unwrap_or(now), 0));
             trim_after_store = true;
         }
         let every = if flow { flow_checkpoint_every(base_every, state_len) } else { base_every };
         let large = flow && every > base_every;
-        let (every, skip_every) = (scaled(every, due), scaled(FLOW_SKIP_CHECKPOINT, due));
+        let skipped_only = flow && pr.unsaved.is_some_and(|(_, n)| n == 0);
+        let bound = if skipped_only { FLOW_SKIPPED_ONLY_CHECKPOINT } else { FLOW_SKIP_CHECKPOINT };
+        let (every, skip_every) = (scaled(every, due), scaled(bound, due));
         // Store the checkpoint when due.
         // The dispatcher counts only its records: progress over events it
         // skipped is stored rarely (a crash re-reads them, nothing more).
