@@ -99,6 +99,48 @@ async fn journal_appends(
     Ok((n as f64 / took.as_secs_f64(), raises, latency))
 }
 
+/// Rows/s of `n` event rows (entity type `entity_type`, 10 000 entities) written straight through the driver as
+/// prepared `INSERT`s ending in `condition`, from `callers` tasks at once:
+/// the baselines.
+async fn raw_rows(
+    j: &ScyllaJournal,
+    ks: &str,
+    condition: &str,
+    entity_type: &'static str,
+    n: u64,
+    callers: u64,
+    payload: &[u8],
+) -> anyhow::Result<f64> {
+    let mut insert = j
+        .session()
+        .prepare(format!(
+            "INSERT INTO {ks}.events (entity_type, entity_id, bucket, seq, ts, type_name, version, payload, metadata) VALUES (?, ?, 0, ?, ?, 'Added', 1, ?, ?){condition}"
+        ))
+        .await?;
+    insert.set_consistency(j.config().consistency);
+    insert.set_serial_consistency(Some(j.config().serial_consistency));
+    let insert = Arc::new(insert);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..callers {
+        let (j, insert, payload) = (j.clone(), insert.clone(), payload.to_vec());
+        tasks.push(tokio::spawn(async move {
+            let mut i = c;
+            while i < n {
+                let v =
+                    (entity_type, format!("e-{}", i % 10_000), (i + 1) as i64, 0i64, payload.clone(), vec![0u8; 40]);
+                j.session().execute_unpaged(&insert, v).await?;
+                i += callers;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
 pub(super) async fn run(s: Sizes, server: &str) -> anyhow::Result<Value> {
     let server = server.trim_end_matches('/');
     let ks = format!("bench_{}", std::process::id());
@@ -123,66 +165,13 @@ pub(super) async fn run(s: Sizes, server: &str) -> anyhow::Result<Value> {
 
     // Raw: prepared INSERTs of as many event rows, same concurrency.
     let j = ScyllaJournal::connect(&url, 1024).await?;
-    let mut insert = j
-        .session()
-        .prepare(format!(
-            "INSERT INTO {ks}.events (entity_type, entity_id, bucket, seq, ts, type_name, version, payload, metadata) VALUES (?, ?, 0, ?, ?, 'Added', 1, ?, ?)"
-        ))
-        .await?;
-    insert.set_consistency(j.config().consistency);
-    let insert = Arc::new(insert);
     let payload = rmp_serde::to_vec_named(&super::counter::CounterEvent::Added { by: 1 })?;
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..s.callers {
-        let (j, insert, payload) = (j.clone(), insert.clone(), payload.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut i = c;
-            while i < n {
-                let v =
-                    ("raw", format!("e-{}", i % 10_000), (i + 1_000_000) as i64, 0i64, payload.clone(), vec![0u8; 40]);
-                j.session().execute_unpaged(&insert, v).await?;
-                i += s.callers;
-            }
-            anyhow::Ok(())
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
-    let raw = n as f64 / started.elapsed().as_secs_f64();
+    let raw = raw_rows(&j, &ks, "", "raw", n, s.callers, &payload).await?;
     eprintln!("raw prepared INSERTs: {raw:.0} rows/s");
-
     // Raw conditional writes: the same rows as `INSERT … IF NOT EXISTS`
     // (one Paxos round each, the cheapest conditional write there is), same
     // concurrency: the ceiling of anything that makes one per command.
-    let mut insert_if = j
-        .session()
-        .prepare(format!(
-            "INSERT INTO {ks}.events (entity_type, entity_id, bucket, seq, ts, type_name, version, payload, metadata) VALUES (?, ?, 0, ?, ?, 'Added', 1, ?, ?) IF NOT EXISTS"
-        ))
-        .await?;
-    insert_if.set_consistency(j.config().consistency);
-    insert_if.set_serial_consistency(Some(j.config().serial_consistency));
-    let insert_if = Arc::new(insert_if);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..s.callers {
-        let (j, insert_if, payload) = (j.clone(), insert_if.clone(), payload.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut i = c;
-            while i < n {
-                let v = ("raw-lwt", format!("e-{}", i % 10_000), (i + 1) as i64, 0i64, payload.clone(), vec![0u8; 40]);
-                j.session().execute_unpaged(&insert_if, v).await?;
-                i += s.callers;
-            }
-            anyhow::Ok(())
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
-    let raw_lwt = n as f64 / started.elapsed().as_secs_f64();
+    let raw_lwt = raw_rows(&j, &ks, " IF NOT EXISTS", "raw-lwt", n, s.callers, &payload).await?;
     eprintln!("raw conditional INSERTs (IF NOT EXISTS): {raw_lwt:.0} rows/s");
 
     // The fence's cost: the same conditional appends with and without the
