@@ -466,7 +466,7 @@ pub async fn internal_by_shard_has_every_offset_and_the_records_in_full(b: &mut 
     let offsets = |f: &[ShardEvent]| f.iter().map(|f| (f.offset, f.entity.clone(), f.event.seq)).collect::<Vec<_>>();
     assert_eq!(offsets(&internal), offsets(&all), "every offset, entity and seq");
     for (i, a) in internal.iter().zip(&all) {
-        if a.event.type_name.starts_with(crate::INTERNAL_TYPE_PREFIX) {
+        if crate::is_internal_type(&a.event.type_name) {
             assert_eq!(i.event, a.event, "a record comes in full");
         } else {
             assert!(

@@ -41,6 +41,13 @@ pub use shard::{DEFAULT_SHARDS, shard_of, token};
 /// Entity types the runtime keeps for itself (e.g. projection checkpoints)
 /// start with this; the Scylla journal writes no feed for them.
 pub const INTERNAL_TYPE_PREFIX: &str = "tessera.";
+
+/// Whether an event of this type is one of the runtime's records (under
+/// [`INTERNAL_TYPE_PREFIX`]), not an entity's own: what the journals' feed
+/// entries mark and `Journal::internal_by_shard` reads in full.
+pub fn is_internal_type(type_name: &str) -> bool {
+    type_name.starts_with(INTERNAL_TYPE_PREFIX)
+}
 pub use types::{
     AppendAck, AppendRequest, EntityInfo, EntityKey, FeedBounds, IdempotencyKey, LeaseCheck, NewEvent, PersistedEvent,
     ShardEvent, Snapshot,

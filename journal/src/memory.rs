@@ -96,7 +96,7 @@ impl MemoryJournal {
             for (offset, (entity, seq, _)) in feed.entries.range(after + 1..).take(PAGE) {
                 (last, scanned) = (Some(*offset), scanned + 1);
                 if let Some(event) = stripe.logs.get(entity).and_then(|l| l.events.get(seq)) {
-                    let event = if internal_only && !event.type_name.starts_with(crate::INTERNAL_TYPE_PREFIX) {
+                    let event = if internal_only && !crate::is_internal_type(&event.type_name) {
                         PersistedEvent::unread(event.seq, event.timestamp_ms)
                     } else {
                         event.clone()

@@ -374,7 +374,7 @@ impl Writer {
                             format::encode_event(timestamp_ms, &e.type_name, e.version, &e.payload, &e.metadata);
                         batch.insert(&self.s().ks.events, format::event_key(&prefix, seq), record);
                         offset += 1;
-                        let internal = e.type_name.starts_with(crate::INTERNAL_TYPE_PREFIX);
+                        let internal = crate::is_internal_type(&e.type_name);
                         let feed_ref = format::encode_feed_ref(&prefix, seq, timestamp_ms, internal);
                         batch.insert(&self.s().ks.feed, format::feed_key(&unit, offset), feed_ref);
                     }

@@ -210,7 +210,7 @@ impl ScyllaJournal {
         let feed = self.unit_feed(unit, fence).await?;
         self.wait_settled(&feed, key).await?;
         let target = bucket::target(expected, self.inner.bucket);
-        let records = events.iter().map(|e| e.type_name.starts_with(crate::INTERNAL_TYPE_PREFIX)).collect();
+        let records = events.iter().map(|e| crate::is_internal_type(&e.type_name)).collect();
         let intent = self.intend(&feed, key, target, expected + 1, records).await?;
         crate::fault::point("scylla.after_intent");
         // The lease, asked now that the intent is durable: an append sent

@@ -99,9 +99,9 @@ async fn journal_appends(
     Ok((n as f64 / took.as_secs_f64(), raises, latency))
 }
 
-/// Rows/s of `n` event rows (entity type `entity_type`, 10 000 entities) written straight through the driver as
-/// prepared `INSERT`s ending in `condition`, from `callers` tasks at once:
-/// the baselines.
+/// Rows/s of `n` event rows (entity type `entity_type`, 10 000 entities)
+/// written straight through the driver as prepared `INSERT`s ending in
+/// `condition`, from `callers` tasks at once: the baselines.
 async fn raw_rows(
     j: &ScyllaJournal,
     ks: &str,

@@ -50,7 +50,7 @@ pub const FLOW_VERSION: u32 = 1;
 
 /// True for an event the runtime wrote (not the entity's own).
 pub fn is_internal(type_name: &str) -> bool {
-    type_name.starts_with(tessera_journal::INTERNAL_TYPE_PREFIX)
+    tessera_journal::is_internal_type(type_name)
 }
 
 /// A timer that reached its entity.
