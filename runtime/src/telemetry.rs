@@ -5,10 +5,11 @@
 //! invocations waiting in JetStream, and messages between entities (in the
 //! sending event's metadata).
 //!
-//! Every invocation already runs in a `tracing` span (`invoke`, with the
-//! entity type, id, command and invocation id as fields); with an endpoint
-//! set, [`layer`] turns those spans into OpenTelemetry spans (fields become
-//! attributes) and a batch thread exports them. The edges call
+//! Every invocation runs in a `tracing` span (`invoke`, with the entity
+//! type, id, command and invocation id as fields) whenever something reads
+//! it ([`invocation_spans`]); with an endpoint set, [`layer`] turns those
+//! spans into OpenTelemetry spans (fields become attributes) and a batch
+//! thread exports them. The edges call
 //! [`set_remote_parent`] on the span they open for a request and
 //! [`current_traceparent`] when they send one on; both are no-ops (one
 //! relaxed load) while tracing is off.
@@ -42,6 +43,34 @@ static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 /// True once OTLP export is on.
 pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
+}
+
+/// The target of the per-invocation spans (`invoke`, `function`, `timer`,
+/// `deliver`, `async_call`, `async_command`).
+pub const INVOCATION_TARGET: &str = "tessera::invocation";
+
+static LOG_SPANS: AtomicBool = AtomicBool::new(false);
+
+/// Whether an invocation gets its `tracing` span: with traces on (the
+/// spans are exported), when the logs are filtered by span fields
+/// ([`log_spans`]), or when the log filter shows [`INVOCATION_TARGET`] at
+/// debug (`info,tessera::invocation=debug`: each line an invocation logs
+/// then carries its span's fields). Otherwise only the log layer would see
+/// the span, for the few lines an invocation logs, and it is
+/// `Span::none()`: formatting its fields and keeping it in the registry was
+/// a fifth of an in-memory command's CPU (BENCHMARKS.md, "What tracing
+/// costs a command").
+pub fn invocation_spans() -> bool {
+    enabled()
+        || LOG_SPANS.load(Ordering::Relaxed)
+        || tracing::enabled!(target: INVOCATION_TARGET, tracing::Level::DEBUG)
+}
+
+/// Says that the log filter selects by span (an `EnvFilter` with span
+/// directives such as `[invoke{entity_type=stock}]=trace`), so that
+/// invocations keep their spans whatever the level.
+pub fn log_spans(on: bool) {
+    LOG_SPANS.store(on, Ordering::Relaxed);
 }
 
 /// Where traces go and what they are called.
@@ -143,4 +172,27 @@ pub fn current_traceparent() -> Option<String> {
     let mut carrier = HashMap::with_capacity(2);
     TraceContextPropagator::new().inject_context(&cx, &mut carrier);
     carrier.remove(TRACEPARENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing_subscriber::layer::SubscriberExt;
+
+    fn logging(directives: &str) -> impl tracing::Subscriber + Send + Sync {
+        let targets: tracing_subscriber::filter::Targets = directives.parse().expect("directives");
+        tracing_subscriber::registry().with(targets).with(tracing_subscriber::fmt::layer().with_writer(std::io::sink))
+    }
+
+    #[test]
+    fn invocations_have_no_span_that_only_info_logs_would_read() {
+        tracing::subscriber::with_default(logging("info"), || assert!(!super::invocation_spans()));
+    }
+
+    #[test]
+    fn the_invocation_target_at_debug_gives_invocations_their_spans() {
+        tracing::subscriber::with_default(logging("warn,tessera::invocation=debug"), || {
+            assert!(super::invocation_spans());
+        });
+        tracing::subscriber::with_default(logging("debug"), || assert!(super::invocation_spans()));
+    }
 }

@@ -9,6 +9,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use tessera_entities::Format;
 
+use super::runs::{median, ratio};
 use super::{Sizes, concurrently, registry};
 use tessera_runtime::NodeBuilder;
 use tessera_runtime::client::NatsClient;
@@ -44,16 +45,6 @@ async fn echo_round(
     })
     .await?;
     Ok((n as f64 / elapsed.as_secs_f64(), latency))
-}
-
-/// The median run by rate.
-fn median(mut runs: Vec<(f64, Value)>) -> (f64, Value) {
-    runs.sort_by(|a, b| a.0.total_cmp(&b.0));
-    runs.swap_remove(runs.len() / 2)
-}
-
-fn ratio(a: f64, b: f64) -> f64 {
-    if b > 0.0 { (a / b * 1000.0).round() / 1000.0 } else { 0.0 }
 }
 
 pub(super) async fn run(s: Sizes, url: &str) -> anyhow::Result<Value> {

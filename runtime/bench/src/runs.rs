@@ -68,36 +68,66 @@ pub(super) async fn drive(
     .await
 }
 
+/// The median run by rate (the first of each pair).
+pub(super) fn median(mut runs: Vec<(f64, Value)>) -> (f64, Value) {
+    runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    runs.swap_remove(runs.len() / 2)
+}
+
+/// Rounds of the durable comparison.
+const DURABLE_ROUNDS: usize = 3;
+
 /// Durable commands through the runtime on the local journal vs raw fjall
 /// batched durable writes of as many events, in batches of the size the
-/// runtime's group commit reached.
+/// runtime's group commit reached. Rounds of the two alternate, so that
+/// each ratio compares runs seconds apart (the disk's fsync latency, which
+/// bounds the baseline, drifts by 2× on this machine kind within minutes);
+/// each figure is the median of its rounds.
 pub(super) async fn durable(s: Sizes, scratch: &Path) -> anyhow::Result<Value> {
     let dir = tempfile::Builder::new().prefix("tessera-bench-").tempdir_in(scratch)?;
     let node =
         NodeBuilder::new(registry()).config(bench_config(JournalKind::Local, &dir.path().join("node"))).build().await?;
     let ids = ids(s.entities);
     let (warm, _) = drive(&node, &ids, s.entities, s.callers, "get").await?;
-    let (elapsed, latency) = drive(&node, &ids, s.commands, s.callers, "add").await?;
-    let commits = node.metrics().commit_batch.get_sample_count();
-    let appends = node.metrics().commit_batch.get_sample_sum();
-    let avg_batch = if commits > 0 { appends / commits as f64 } else { 1.0 };
-    node.shutdown().await;
-    let rate = s.commands as f64 / elapsed.as_secs_f64();
-    eprintln!("runtime: {rate:.0} durable commands/s, avg group commit {avg_batch:.1}");
+    let (mut runtime, mut raw) = (Vec::new(), Vec::new());
+    for round in 0..DURABLE_ROUNDS {
+        let m = node.metrics();
+        let (commits0, appends0) = (m.commit_batch.get_sample_count(), m.commit_batch.get_sample_sum());
+        let (elapsed, latency) = drive(&node, &ids, s.commands, s.callers, "add").await?;
+        let commits = m.commit_batch.get_sample_count() - commits0;
+        let appends = m.commit_batch.get_sample_sum() - appends0;
+        let avg_batch = if commits > 0 { appends / commits as f64 } else { 1.0 };
+        let rate = s.commands as f64 / elapsed.as_secs_f64();
 
-    let raw_dir = dir.path().join("raw");
-    let n = s.commands;
-    let batch = avg_batch.round().max(1.0) as u64;
-    let raw = tokio::task::spawn_blocking(move || raw_fjall(&raw_dir, n, batch)).await??;
-    let raw_rate = n as f64 / raw.as_secs_f64();
-    eprintln!("raw fjall: {raw_rate:.0} durable events/s in batches of {batch}");
+        let (raw_dir, n) = (dir.path().join(format!("raw-{round}")), s.commands);
+        let batch = avg_batch.round().max(1.0) as u64;
+        let took = tokio::task::spawn_blocking(move || raw_fjall(&raw_dir, n, batch)).await??;
+        let raw_rate = n as f64 / took.as_secs_f64();
+        eprintln!(
+            "round {round}: runtime {rate:.0} durable commands/s (avg group commit {avg_batch:.1}); raw fjall {raw_rate:.0} durable events/s in batches of {batch}"
+        );
+        runtime.push((
+            rate,
+            json!({ "commands_per_sec": rate.round(), "latency": latency, "group_commits": commits, "avg_commit_batch": (avg_batch * 10.0).round() / 10.0 }),
+        ));
+        raw.push((raw_rate, json!({ "events_per_sec": raw_rate.round(), "batch": batch })));
+    }
+    node.shutdown().await;
+    let rounds = json!({
+        "runtime": runtime.iter().map(|(r, _)| r.round()).collect::<Vec<_>>(),
+        "raw_fjall": raw.iter().map(|(r, _)| r.round()).collect::<Vec<_>>(),
+        "ratios": runtime.iter().zip(&raw).map(|((a, _), (b, _))| ratio(*a, *b)).collect::<Vec<_>>(),
+    });
+    let ((rate, runtime), (raw_rate, raw)) = (median(runtime), median(raw));
+    eprintln!("medians: runtime {rate:.0} durable commands/s; raw fjall {raw_rate:.0} durable events/s");
     Ok(json!({
-        "description": "durable commands/s through the runtime (local journal, fsync per group commit), 1 event per command, vs raw fjall batched SyncData writes of as many events",
+        "description": "durable commands/s through the runtime (local journal, fsync per group commit), 1 event per command, vs raw fjall batched SyncData writes of as many events in batches of the runtime's average group commit; each the median of 3 alternating rounds",
         "commands": s.commands, "entities": s.entities, "callers": s.callers,
         "activations_per_sec": (s.entities as f64 / warm.as_secs_f64()).round(),
-        "runtime": { "commands_per_sec": rate.round(), "latency": latency, "group_commits": commits, "avg_commit_batch": (avg_batch * 10.0).round() / 10.0 },
-        "baseline_raw_fjall": { "events_per_sec": raw_rate.round(), "batch": batch },
+        "runtime": runtime,
+        "baseline_raw_fjall": raw,
         "ratio_runtime_to_baseline": ratio(rate, raw_rate),
+        "rounds": rounds,
     }))
 }
 

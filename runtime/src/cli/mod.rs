@@ -206,6 +206,8 @@ pub fn init_tracing() {
         // ~3% of an in-memory command's CPU even with none.
         None => {
             let targets = directives_for_targets(&filter);
+            // Directives that select by span need the invocations' spans.
+            crate::telemetry::log_spans(targets.is_none());
             let filter = if targets.is_some() { None } else { Some(filter) };
             let registry = tracing_subscriber::registry().with(targets).with(filter);
             let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);

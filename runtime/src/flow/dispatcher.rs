@@ -129,16 +129,17 @@ impl Dispatcher {
     }
 
     /// Runs one job to its end (reply included); with traces on, in a
-    /// span that joins the trace of the invocation that sent it.
+    /// span that joins the trace of the invocation that sent it
+    /// ([`crate::telemetry::invocation_spans`]).
     async fn run(&self, deliver: &dyn Deliver, job: &Job) -> Done {
-        if !crate::telemetry::enabled() {
+        if !crate::telemetry::invocation_spans() {
             return self.run_job(deliver, job).await;
         }
         let (kind, from, seq, trace) = match job {
             Job::Send { from, seq, trace, .. } => ("send", from, seq, trace),
             Job::Call { from, seq, trace, .. } => ("call", from, seq, trace),
         };
-        let span = tracing::info_span!("deliver", kind, from = %from, seq);
+        let span = tracing::info_span!(target: crate::telemetry::INVOCATION_TARGET, "deliver", kind, from = %from, seq);
         crate::telemetry::set_remote_parent(&span, trace.as_deref(), None);
         self.run_job(deliver, job).instrument(span).await
     }

@@ -79,10 +79,10 @@ impl Node {
     /// again. Retryable failures ask for redelivery until `last_attempt`,
     /// which dead-letters the call.
     pub async fn run_async(&self, call: AsyncCall<'_>, attempt: u32, last_attempt: bool) -> AsyncDecision {
-        if !crate::telemetry::enabled() {
+        if !crate::telemetry::invocation_spans() {
             return self.run_async_inner(call, attempt, last_attempt).await;
         }
-        let span = tracing::info_span!("async_call", invocation_id = %call.id, function = %call.function, attempt);
+        let span = tracing::info_span!(target: crate::telemetry::INVOCATION_TARGET, "async_call", invocation_id = %call.id, function = %call.function, attempt);
         crate::telemetry::set_remote_parent(&span, call.trace, None);
         self.run_async_inner(call, attempt, last_attempt).instrument(span).await
     }

@@ -67,10 +67,10 @@ impl Node {
     /// failures ask for redelivery (a shard that moved, always; others
     /// until `last_attempt`, which stores the failure).
     pub async fn run_async_command(&self, cmd: &QueuedCommand, attempt: u32, last_attempt: bool) -> AsyncDecision {
-        if !crate::telemetry::enabled() {
+        if !crate::telemetry::invocation_spans() {
             return self.run_async_command_inner(cmd, attempt, last_attempt).await;
         }
-        let span = tracing::info_span!("async_command", invocation_id = %cmd.id, attempt);
+        let span = tracing::info_span!(target: crate::telemetry::INVOCATION_TARGET, "async_command", invocation_id = %cmd.id, attempt);
         crate::telemetry::set_remote_parent(&span, cmd.trace.as_deref(), None);
         self.run_async_command_inner(cmd, attempt, last_attempt).instrument(span).await
     }
