@@ -66,6 +66,19 @@ pub fn invocation_spans() -> bool {
         || tracing::enabled!(target: INVOCATION_TARGET, tracing::Level::DEBUG)
 }
 
+/// An invocation's span: `info_span!` under [`INVOCATION_TARGET`] when
+/// [`invocation_spans`] says something reads it, else `Span::none()`.
+macro_rules! invocation_span {
+    ($name:literal, $($fields:tt)*) => {
+        if $crate::telemetry::invocation_spans() {
+            tracing::info_span!(target: $crate::telemetry::INVOCATION_TARGET, $name, $($fields)*)
+        } else {
+            tracing::Span::none()
+        }
+    };
+}
+pub(crate) use invocation_span;
+
 /// Says that the log filter selects by span (an `EnvFilter` with span
 /// directives such as `[invoke{entity_type=stock}]=trace`), so that
 /// invocations keep their spans whatever the level.

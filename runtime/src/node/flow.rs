@@ -82,17 +82,12 @@ impl Node {
         let _in_flight = InFlight::enter(n)?;
         let key = EntityKey::new(entity.entity_type.clone(), entity.id.clone());
         let invocation_id = crate::flow::delivery_key(entity, timer.seq, ":fired");
-        let span = if crate::telemetry::invocation_spans() {
-            tracing::info_span!(
-                target: crate::telemetry::INVOCATION_TARGET,
-                "timer",
-                entity = %entity,
-                timer = %timer.id,
-                invocation_id = %invocation_id
-            )
-        } else {
-            tracing::Span::none()
-        };
+        let span = crate::telemetry::invocation_span!(
+            "timer",
+            entity = %entity,
+            timer = %timer.id,
+            invocation_id = %invocation_id
+        );
         let fire = Some(TimerFire { id: timer.id.clone(), seq: timer.seq });
         let inner = span.clone();
         self.ask_shard(key, |key, reply| {

@@ -38,11 +38,7 @@ impl Node {
     ) -> (Result<Vec<u8>, InvokeError>, String) {
         let placed = std::sync::Mutex::new(String::from("tasks"));
         let started = Instant::now();
-        let span = if crate::telemetry::invocation_spans() {
-            tracing::info_span!(target: crate::telemetry::INVOCATION_TARGET, "function", function = %name, invocation_id = %invocation_id)
-        } else {
-            tracing::Span::none()
-        };
+        let span = crate::telemetry::invocation_span!("function", function = %name, invocation_id = %invocation_id);
         let result = self.call_inner(name, body, format, invocation_id, &placed).instrument(span).await;
         self.record("function", started, result.as_ref().map(|_| ()).map_err(InvokeError::status));
         let executor = placed.into_inner().unwrap_or_else(|p| p.into_inner());

@@ -398,18 +398,13 @@ impl Node {
             return Err(e);
         }
         let invocation_id = inv.idempotency_key.clone().unwrap_or_else(new_invocation_id);
-        let span = if crate::telemetry::invocation_spans() {
-            tracing::info_span!(
-                target: crate::telemetry::INVOCATION_TARGET,
-                "invoke",
-                entity_type = %inv.entity_type,
-                entity_id = %inv.entity_id,
-                command = %inv.command,
-                invocation_id = %invocation_id,
-            )
-        } else {
-            tracing::Span::none()
-        };
+        let span = crate::telemetry::invocation_span!(
+            "invoke",
+            entity_type = %inv.entity_type,
+            entity_id = %inv.entity_id,
+            command = %inv.command,
+            invocation_id = %invocation_id,
+        );
         let result = self.invoke_routed(inv, invocation_id, span.clone(), may_forward).instrument(span).await;
         self.record("command", started, result.as_ref().map(|_| ()).map_err(InvokeError::status));
         result
