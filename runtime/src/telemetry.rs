@@ -201,6 +201,45 @@ mod tests {
         tracing::subscriber::with_default(logging("info"), || assert!(!super::invocation_spans()));
     }
 
+    /// What a log layer at `directives` writes for one line inside an invocation's span.
+    fn a_line_inside_an_invocation(directives: &str) -> String {
+        let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+        let sink = out.clone();
+        let writer = move || Writer(sink.clone());
+        let targets: tracing_subscriber::filter::Targets = directives.parse().expect("directives");
+        let logs = tracing_subscriber::registry()
+            .with(targets)
+            .with(tracing_subscriber::fmt::layer().with_ansi(false).with_writer(writer));
+        tracing::subscriber::with_default(logs, || {
+            let span = invocation_span!("invoke", entity_id = "sku-42", invocation_id = "inv-1");
+            span.in_scope(|| tracing::warn!("inside"));
+        });
+        String::from_utf8(out.lock().unwrap().clone()).unwrap()
+    }
+
+    struct Writer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Writer {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn an_invocations_log_lines_carry_its_span_only_with_the_target_at_debug() {
+        let plain = a_line_inside_an_invocation("info");
+        assert!(plain.contains("inside") && !plain.contains("invoke{"), "{plain}");
+        let detailed = a_line_inside_an_invocation("info,tessera::invocation=debug");
+        assert!(
+            detailed.contains("invoke{entity_id=\"sku-42\" invocation_id=\"inv-1\"}: ") && detailed.contains("inside"),
+            "{detailed}"
+        );
+    }
+
     #[test]
     fn the_invocation_target_at_debug_gives_invocations_their_spans() {
         tracing::subscriber::with_default(logging("warn,tessera::invocation=debug"), || {

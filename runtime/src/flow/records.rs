@@ -49,9 +49,7 @@ pub const PURGE_TIMER: &str = "tessera.purge";
 pub const FLOW_VERSION: u32 = 1;
 
 /// True for an event the runtime wrote (not the entity's own).
-pub fn is_internal(type_name: &str) -> bool {
-    tessera_journal::is_internal_type(type_name)
-}
+pub use tessera_journal::is_internal_type as is_internal;
 
 /// A timer that reached its entity.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -480,7 +480,7 @@ impl Node {
         }
         let _in_flight = InFlight::enter(n)?;
         n.metrics.cluster_forwards.inc();
-        tracing::debug!("forwarding to the shard's owner");
+        tracing::debug!(entity_type = %inv.entity_type, entity_id = %inv.entity_id, invocation_id, "forwarding to the shard's owner");
         if inv.idempotency_key.is_none() {
             inv.idempotency_key = Some(invocation_id.to_owned());
         }
@@ -494,7 +494,14 @@ impl Node {
                 r = attempt => return r,
                 (from, to) = moved => {
                     n.metrics.cluster_reroutes.inc();
-                    tracing::info!(?from, ?to, "the shard's owner changed while the command was in flight; sending it again");
+                    tracing::info!(
+                        entity_type = %inv.entity_type,
+                        entity_id = %inv.entity_id,
+                        invocation_id,
+                        ?from,
+                        ?to,
+                        "the shard's owner changed while the command was in flight; sending it again"
+                    );
                 }
             }
             if Instant::now() >= deadline {
