@@ -373,6 +373,29 @@ pub async fn idempotency_keys_are_remembered_by_time_not_count(b: &mut dyn TestB
     ));
 }
 
+/// A key remembered anew after its record expired is remembered for its
+/// new retention: a retention sweep that removes the old record's expiry
+/// does not take the new record with it.
+pub async fn a_key_remembered_anew_outlives_the_sweep_of_its_old_record(b: &mut dyn TestBackend) {
+    use std::time::Duration;
+    // A short feed retention makes the backends that sweep on a timer sweep often.
+    let Some(j) = b.open_with_feed_retention(Duration::from_millis(500)).await else { return };
+    let e = key("anew");
+    let day = Duration::from_secs(86_400);
+    j.commit(&e, AppendRequest::new(0, events(1..=1)).with_key("k", Duration::from_millis(1))).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Expired, so it runs again and is remembered for a day from now; the
+    // old record's expiry may not have been swept yet.
+    j.commit(&e, AppendRequest::new(1, events(2..=2)).with_key("k", day)).await.expect("an expired key runs again");
+    // Several sweeps later the key is still remembered.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(j.find_key(&e, "k").await.unwrap(), Some(2));
+    match j.commit(&e, AppendRequest::new(2, events(3..=3)).with_key("k", day)).await {
+        Err(AppendError::Duplicate { seq: 2, .. }) => {}
+        other => panic!("a retry within the new retention is a duplicate, got {other:?}"),
+    }
+}
+
 /// One append may carry several invocations' keys (a runtime batching an
 /// entity's queued commands), each recorded at its own seq; a later append
 /// with any of them is a duplicate naming that key's seq, and writes
@@ -658,7 +681,7 @@ macro_rules! journal_conformance_tests {
             feed_offsets_are_gapless_under_concurrency_and_restarts, refused_appends_leave_no_hole_in_the_feed,
             idempotency_keys_are_remembered_by_time_not_count, several_keys_in_one_append_each_at_its_seq,
             a_reader_behind_retention_gets_an_error, internal_by_shard_has_every_offset_and_the_records_in_full,
-            purge_leaves_nothing_of_the_entity);
+            purge_leaves_nothing_of_the_entity, a_key_remembered_anew_outlives_the_sweep_of_its_old_record);
     };
     (@suite $name:ident, $backend:expr; $($test:ident),*) => {
         mod $name {

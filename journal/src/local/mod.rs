@@ -10,6 +10,7 @@
 mod format;
 mod meta_cache;
 mod store;
+mod sweep;
 mod writer;
 
 use std::fs::{File, OpenOptions, TryLockError};

@@ -9,11 +9,12 @@
 //! committed event the next offset of its shard in the same batch as the
 //! event, so offsets are gapless per shard, in seq order per entity, and a
 //! crash can lose neither an event nor its feed entry (they commit
-//! together). Retention: a sweep every few seconds removes feed entries and
-//! idempotency keys past their time, and records per shard the last offset
-//! it removed (a reader behind it gets `FeedExpired`).
+//! together). Retention: a sweep every few seconds finds feed entries and
+//! idempotency keys past their time on its own thread ([`super::sweep`]);
+//! the writer removes them between group commits and records per shard the
+//! last offset it removed (a reader behind it gets `FeedExpired`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
@@ -24,6 +25,7 @@ use tokio::sync::oneshot;
 use super::format::{self, EntityMeta};
 use super::meta_cache::{self, MetaCache};
 use super::store::{self, Shared, Store};
+use super::sweep::{Ask, Expired, Sweeper};
 use crate::error::{AppendError, JournalError};
 use crate::memory::now_ms;
 use crate::types::{AppendAck, AppendRequest, EntityKey, IdempotencyKey, Snapshot};
@@ -74,8 +76,20 @@ impl Op {
 /// Observations of each commit, for metrics.
 pub type CommitObserver = Box<dyn Fn(usize, std::time::Duration) + Send + Sync>;
 
-/// Most entries one sweep removes per shard (the rest go on the next sweep).
-const SWEEP_LIMIT: usize = 10_000;
+/// Most removals of expired rows in one batch between group commits (a
+/// larger backlog goes on after the next group commit).
+const EXPIRE_CHUNK: usize = 2_000;
+
+/// How soon a writer with no writes looks again for a sweep's findings.
+const SWEEP_POLL: Duration = Duration::from_millis(20);
+
+/// One row retention removes.
+enum Removal {
+    /// A unit's feed entry at `offset`.
+    Feed { unit: Vec<u8>, key: Vec<u8>, offset: u64 },
+    /// A `key_expiry` key (`[expires at][key key]`).
+    Key(Vec<u8>),
+}
 
 /// How the writer is set up.
 pub(crate) struct WriterOptions {
@@ -107,6 +121,9 @@ pub(crate) struct Writer {
     /// The last offset assigned per feed unit (type × shard; loaded on first use).
     feed_last: HashMap<Vec<u8>, u64>,
     last_sweep: Instant,
+    sweeper: Sweeper,
+    /// Rows a sweep found past their time, not yet removed.
+    expiring: VecDeque<Removal>,
 }
 
 enum Done {
@@ -136,7 +153,9 @@ impl Writer {
     pub(crate) fn new(shared: Arc<Shared>, o: WriterOptions) -> Result<Self, JournalError> {
         let current = Some(shared.get()?);
         let (cache, feed_last) = (MetaCache::new(meta_cache::GENERATION), HashMap::new());
-        Ok(Self { shared, current, broken: None, o, cache, feed_last, last_sweep: Instant::now() })
+        let sweeper = Sweeper::start(shared.clone()).map_err(unavailable)?;
+        let (last_sweep, expiring) = (Instant::now(), VecDeque::new());
+        Ok(Self { shared, current, broken: None, o, cache, feed_last, last_sweep, sweeper, expiring })
     }
 
     /// The store to write to. Only called while not broken.
@@ -169,6 +188,7 @@ impl Writer {
                 self.current = Some(s);
                 self.cache.clear();
                 self.feed_last.clear();
+                self.expiring.clear();
                 let was = self.broken.take().map(|b| b.cause).unwrap_or_default();
                 tracing::warn!(after = %was, "journal reopened: writes accepted again");
             }
@@ -188,7 +208,8 @@ impl Writer {
     pub(crate) fn run(mut self, rx: Receiver<Op>) {
         let mut ops = Vec::with_capacity(self.o.max_batch);
         loop {
-            match rx.recv_timeout(self.sweep_every()) {
+            let busy = self.sweeper.in_flight || !self.expiring.is_empty();
+            match rx.recv_timeout(if busy { SWEEP_POLL } else { self.sweep_every() }) {
                 Ok(first) => ops.push(first),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
@@ -213,12 +234,31 @@ impl Writer {
             if !ops.is_empty() {
                 self.commit_group(&mut ops);
             }
-            if self.last_sweep.elapsed() >= self.sweep_every() {
-                self.last_sweep = Instant::now();
-                if let Err(e) = self.sweep(now_ms()) {
-                    tracing::warn!(error = %e, "journal retention sweep failed; retried on the next one");
-                }
+            self.retention();
+        }
+    }
+
+    /// Between group commits: takes a sweep's findings, removes a chunk of
+    /// them, and asks for the next sweep when the last one's are gone.
+    fn retention(&mut self) {
+        match self.sweeper.take() {
+            Some(Ok(found)) => self.expiring.extend(removals(found)),
+            Some(Err(e)) => tracing::warn!(error = %e, "journal retention sweep failed; retried on the next one"),
+            None => {}
+        }
+        if self.broken.is_some() {
+            return;
+        }
+        if !self.expiring.is_empty() {
+            if let Err(e) = self.expire_some() {
+                tracing::warn!(error = %e, "removing expired journal rows failed; retried on the next sweep");
+                self.expiring.clear();
             }
+        } else if !self.sweeper.in_flight && self.last_sweep.elapsed() >= self.sweep_every() {
+            self.last_sweep = Instant::now();
+            let now = now_ms();
+            let cutoff = now.saturating_sub(self.o.feed_retention.as_millis().min(i64::MAX as u128) as i64);
+            self.sweeper.ask(Ask { now, cutoff });
         }
     }
 
@@ -470,40 +510,38 @@ impl Writer {
         }
     }
 
-    /// Removes feed entries committed before `now - retention` (from the
-    /// front of each shard's feed) and idempotency keys past their expiry.
-    fn sweep(&mut self, now: i64) -> Result<(), JournalError> {
-        let cutoff = now.saturating_sub(self.o.feed_retention.as_millis().min(i64::MAX as u128) as i64);
-        let mut batch = self.s().db.batch().durability(self.o.durability);
-        let units: Vec<Vec<u8>> = self
-            .s()
-            .ks
-            .meta
-            .prefix(format::UNIT_MARK)
-            .map(|item| item.key().map(|k| k[format::UNIT_MARK.len()..].to_vec()))
-            .collect::<Result<_, _>>()
-            .map_err(unavailable)?;
-        for unit in units {
-            let range = format::feed_key(&unit, 0)..=format::feed_key(&unit, u64::MAX);
-            let mut removed = None;
-            for item in self.s().ks.feed.range(range).take(SWEEP_LIMIT) {
-                let (k, v) = item.into_inner().map_err(unavailable)?;
-                let ts = format::decode_feed_ref(&v).map_or(0, |(_, _, ts, _)| ts);
-                if ts >= cutoff {
-                    break;
+    /// Removes up to [`EXPIRE_CHUNK`] expired rows in one batch, without an
+    /// `fsync` of its own (the next group commit's makes it durable; one
+    /// lost in a crash is found again by the next sweep). A unit's marker
+    /// moves to the last offset removed; a key's record goes only while it
+    /// still expires when its `key_expiry` entry says (it may have been
+    /// remembered anew since the sweep read it).
+    fn expire_some(&mut self) -> Result<(), JournalError> {
+        let chunk: Vec<Removal> = self.expiring.drain(..EXPIRE_CHUNK.min(self.expiring.len())).collect();
+        let ks = &self.s().ks;
+        let mut batch = self.s().db.batch().durability(None);
+        let mut marks: HashMap<Vec<u8>, u64> = HashMap::new();
+        for r in chunk {
+            match r {
+                Removal::Feed { unit, key, offset } => {
+                    batch.remove(&ks.feed, key);
+                    let m = marks.entry(unit).or_default();
+                    *m = (*m).max(offset);
                 }
-                removed = Some(format::feed_offset(&k));
-                batch.remove(&self.s().ks.feed, k);
-            }
-            if let Some(to) = removed {
-                batch.insert(&self.s().ks.meta, format::expired_key(&unit), to.to_be_bytes().to_vec());
+                Removal::Key(k) => {
+                    let (Some(at), Some(kk)) = (k.get(..8), k.get(8..)) else { continue };
+                    let at = u64::from_be_bytes(at.try_into().unwrap_or_default());
+                    let record = ks.keys.get(kk).map_err(unavailable)?;
+                    let still = record.and_then(|v| format::decode_key_record(&v).ok()).map(|(_, e)| e.max(0) as u64);
+                    if still == Some(at) {
+                        batch.remove(&ks.keys, kk.to_vec());
+                    }
+                    batch.remove(&ks.key_expiry, k);
+                }
             }
         }
-        let upto = format::key_expiry(now, &[]);
-        for item in self.s().ks.key_expiry.range(..upto).take(SWEEP_LIMIT) {
-            let k = item.key().map_err(unavailable)?;
-            batch.remove(&self.s().ks.keys, k[8..].to_vec());
-            batch.remove(&self.s().ks.key_expiry, k);
+        for (unit, to) in marks {
+            batch.insert(&ks.meta, format::expired_key(&unit), to.to_be_bytes().to_vec());
         }
         if !batch.is_empty() {
             batch.commit().map_err(|e| self.broke(&e))?;
@@ -566,6 +604,15 @@ impl Writer {
         self.cache.remove(&ikey);
         Ok(())
     }
+}
+
+/// A sweep's findings as rows to remove, each unit's feed front first.
+fn removals(found: Expired) -> impl Iterator<Item = Removal> {
+    let Expired { feed, keys } = found;
+    let feed = feed.into_iter().flat_map(|(unit, keys)| {
+        keys.into_iter().map(move |key| Removal::Feed { offset: format::feed_offset(&key), unit: unit.clone(), key })
+    });
+    feed.chain(keys.into_iter().map(Removal::Key))
 }
 
 /// The unit's floor: its last offset when a purge removed entries (0: none).
