@@ -78,6 +78,42 @@ mod local_format {
         list.into_iter().map(|i| (i.entity_id, i.last_seq, i.deleted_to)).collect()
     }
 
+    /// Retention with a backlog larger than what the writer removes between
+    /// two group commits: every expired entry goes, in chunks, the expired
+    /// mark only ever moves forward, and the feed reads on after it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_retention_backlog_is_removed_in_chunks_and_the_mark_only_moves_forward() {
+        use std::time::{Duration, Instant};
+        let dir = tempfile::tempdir().unwrap();
+        let j = LocalJournal::builder(dir.path()).feed_retention(Duration::from_millis(300)).open().expect("open");
+        let e = EntityKey::new("stock", "backlog");
+        let shard = e.shard(j.shards());
+        // 5 000 events in one unit: more than two removal chunks.
+        let last = appends(&j, &e, &[500; 10]).await;
+        assert_eq!(last, 5_000);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut seen = 0;
+        loop {
+            let b = j.feed_bounds("stock", shard).await.unwrap();
+            assert!(b.expired_to >= seen, "the expired mark went back: {seen} -> {}", b.expired_to);
+            seen = b.expired_to;
+            if seen >= 5_000 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the backlog was never removed: {b:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let rest: Vec<_> = j.events_by_shard("stock", shard, seen).try_collect().await.unwrap();
+        assert!(rest.is_empty(), "nothing after the last expired offset: {}", rest.len());
+        // The events themselves stay (retention is the feed's, not the entity's).
+        assert_eq!(j.last_seq(&e).await.unwrap(), 5_000);
+        let next = j.append(&e, 5_000, vec![event(5_001)]).await.unwrap();
+        assert_eq!(next.last_seq, 5_001);
+        let after: Vec<_> = j.events_by_shard("stock", shard, seen).try_collect().await.unwrap();
+        assert_eq!(after.iter().map(|f| f.offset).collect::<Vec<_>>(), vec![5_001], "offsets go on after the mark");
+    }
+
     #[tokio::test]
     async fn an_entitys_last_seq_comes_back_from_its_events_after_a_reopen() {
         let dir = tempfile::tempdir().unwrap();

@@ -27,11 +27,18 @@ use crate::error::JournalError;
 /// go on the next sweep).
 pub(crate) const SWEEP_LIMIT: usize = 10_000;
 
+/// Most feed entries one sweep finds in all (what it holds in memory until
+/// the writer removed them); the units after it wait for the next sweep.
+pub(crate) const SWEEP_TOTAL: usize = 100_000;
+
+/// A unit's prefix (shared by the removals of its entries).
+pub(crate) type Unit = Arc<[u8]>;
+
 /// What one sweep found past its time.
 #[derive(Debug, Default)]
 pub(crate) struct Expired {
     /// Per unit: the keys of its expired feed entries, front first.
-    pub(crate) feed: Vec<(Vec<u8>, Vec<Vec<u8>>)>,
+    pub(crate) feed: Vec<(Unit, Vec<Vec<u8>>)>,
     /// `key_expiry` keys (`[expires at][key key]`) past `now`.
     pub(crate) keys: Vec<Vec<u8>>,
 }
@@ -104,7 +111,11 @@ fn find(ks: &super::store::Keyspaces, ask: Ask) -> Result<Expired, JournalError>
         .collect::<Result<_, _>>()
         .map_err(unavailable)?;
     let mut out = Expired::default();
+    let mut total = 0;
     for unit in units {
+        if total >= SWEEP_TOTAL {
+            break;
+        }
         let range = format::feed_key(&unit, 0)..=format::feed_key(&unit, u64::MAX);
         let mut keys = Vec::new();
         for item in ks.feed.range(range).take(SWEEP_LIMIT) {
@@ -116,7 +127,8 @@ fn find(ks: &super::store::Keyspaces, ask: Ask) -> Result<Expired, JournalError>
             keys.push(k.to_vec());
         }
         if !keys.is_empty() {
-            out.feed.push((unit, keys));
+            total += keys.len();
+            out.feed.push((unit.into(), keys));
         }
     }
     let upto = format::key_expiry(ask.now, &[]);

@@ -25,7 +25,7 @@ use tokio::sync::oneshot;
 use super::format::{self, EntityMeta};
 use super::meta_cache::{self, MetaCache};
 use super::store::{self, Shared, Store};
-use super::sweep::{Ask, Expired, Sweeper};
+use super::sweep::{Ask, Expired, Sweeper, Unit};
 use crate::error::{AppendError, JournalError};
 use crate::memory::now_ms;
 use crate::types::{AppendAck, AppendRequest, EntityKey, IdempotencyKey, Snapshot};
@@ -85,8 +85,8 @@ const SWEEP_POLL: Duration = Duration::from_millis(20);
 
 /// One row retention removes.
 enum Removal {
-    /// A unit's feed entry at `offset`.
-    Feed { unit: Vec<u8>, key: Vec<u8>, offset: u64 },
+    /// One of a unit's feed entries.
+    Feed { unit: Unit, key: Vec<u8> },
     /// A `key_expiry` key (`[expires at][key key]`).
     Key(Vec<u8>),
 }
@@ -520,13 +520,13 @@ impl Writer {
         let chunk: Vec<Removal> = self.expiring.drain(..EXPIRE_CHUNK.min(self.expiring.len())).collect();
         let ks = &self.s().ks;
         let mut batch = self.s().db.batch().durability(None);
-        let mut marks: HashMap<Vec<u8>, u64> = HashMap::new();
+        let mut marks: HashMap<Unit, u64> = HashMap::new();
         for r in chunk {
             match r {
-                Removal::Feed { unit, key, offset } => {
-                    batch.remove(&ks.feed, key);
+                Removal::Feed { unit, key } => {
                     let m = marks.entry(unit).or_default();
-                    *m = (*m).max(offset);
+                    *m = (*m).max(format::feed_offset(&key));
+                    batch.remove(&ks.feed, key);
                 }
                 Removal::Key(k) => {
                     let (Some(at), Some(kk)) = (k.get(..8), k.get(8..)) else { continue };
@@ -609,9 +609,9 @@ impl Writer {
 /// A sweep's findings as rows to remove, each unit's feed front first.
 fn removals(found: Expired) -> impl Iterator<Item = Removal> {
     let Expired { feed, keys } = found;
-    let feed = feed.into_iter().flat_map(|(unit, keys)| {
-        keys.into_iter().map(move |key| Removal::Feed { offset: format::feed_offset(&key), unit: unit.clone(), key })
-    });
+    let feed = feed
+        .into_iter()
+        .flat_map(|(unit, keys)| keys.into_iter().map(move |key| Removal::Feed { unit: unit.clone(), key }));
     feed.chain(keys.into_iter().map(Removal::Key))
 }
 
