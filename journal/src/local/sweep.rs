@@ -25,22 +25,19 @@ use crate::error::JournalError;
 
 /// Most entries one sweep finds per unit, and most expired keys (the rest
 /// go on the next sweep).
-pub(crate) const SWEEP_LIMIT: usize = 10_000;
+const SWEEP_LIMIT: usize = 10_000;
 
 /// Most feed entries one sweep finds in all (what it holds in memory until
 /// the writer removed them); the units after it wait for the next sweep.
-pub(crate) const SWEEP_TOTAL: usize = 100_000;
+const SWEEP_TOTAL: usize = 100_000;
 
-/// A unit's prefix (shared by the removals of its entries).
-pub(crate) type Unit = Arc<[u8]>;
-
-/// What one sweep found past its time.
-#[derive(Debug, Default)]
-pub(crate) struct Expired {
-    /// Per unit: the keys of its expired feed entries, front first.
-    pub(crate) feed: Vec<(Unit, Vec<Vec<u8>>)>,
-    /// `key_expiry` keys (`[expires at][key key]`) past `now`.
-    pub(crate) keys: Vec<Vec<u8>>,
+/// One row a sweep found past its time, for the writer to remove.
+pub(crate) enum Removal {
+    /// One of a unit's feed entries (the unit's prefix is shared by its
+    /// entries' removals); each unit's come front first.
+    Feed { unit: Arc<[u8]>, key: Vec<u8> },
+    /// A `key_expiry` key (`[expires at][key key]`) past the sweep's `now`.
+    Key(Vec<u8>),
 }
 
 /// A sweep to run: entries committed before `cutoff`, keys expiring before `now`.
@@ -52,7 +49,7 @@ pub(crate) struct Ask {
 /// The writer's end of the sweeper thread: asks go one way, findings the other.
 pub(crate) struct Sweeper {
     asks: Option<Sender<Ask>>,
-    found: Receiver<Result<Expired, JournalError>>,
+    found: Receiver<Result<Vec<Removal>, JournalError>>,
     thread: Option<JoinHandle<()>>,
     /// A sweep asked for and not yet answered.
     pub(crate) in_flight: bool,
@@ -85,7 +82,7 @@ impl Sweeper {
     }
 
     /// The findings of the sweep asked for, once it is done.
-    pub(crate) fn take(&mut self) -> Option<Result<Expired, JournalError>> {
+    pub(crate) fn take(&mut self) -> Option<Result<Vec<Removal>, JournalError>> {
         let r = self.found.try_recv().ok()?;
         self.in_flight = false;
         Some(r)
@@ -103,37 +100,32 @@ impl Drop for Sweeper {
 }
 
 /// Reads what is past its time.
-fn find(ks: &super::store::Keyspaces, ask: Ask) -> Result<Expired, JournalError> {
+fn find(ks: &super::store::Keyspaces, ask: Ask) -> Result<Vec<Removal>, JournalError> {
     let units: Vec<Vec<u8>> = ks
         .meta
         .prefix(format::UNIT_MARK)
         .map(|item| item.key().map(|k| k[format::UNIT_MARK.len()..].to_vec()))
         .collect::<Result<_, _>>()
         .map_err(unavailable)?;
-    let mut out = Expired::default();
-    let mut total = 0;
+    let mut out = Vec::new();
     for unit in units {
-        if total >= SWEEP_TOTAL {
+        if out.len() >= SWEEP_TOTAL {
             break;
         }
         let range = format::feed_key(&unit, 0)..=format::feed_key(&unit, u64::MAX);
-        let mut keys = Vec::new();
+        let unit: Arc<[u8]> = unit.into();
         for item in ks.feed.range(range).take(SWEEP_LIMIT) {
             let (k, v) = item.into_inner().map_err(unavailable)?;
             let ts = format::decode_feed_ref(&v).map_or(0, |(_, _, ts, _)| ts);
             if ts >= ask.cutoff {
                 break;
             }
-            keys.push(k.to_vec());
-        }
-        if !keys.is_empty() {
-            total += keys.len();
-            out.feed.push((unit.into(), keys));
+            out.push(Removal::Feed { unit: unit.clone(), key: k.to_vec() });
         }
     }
     let upto = format::key_expiry(ask.now, &[]);
     for item in ks.key_expiry.range(..upto).take(SWEEP_LIMIT) {
-        out.keys.push(item.key().map_err(unavailable)?.to_vec());
+        out.push(Removal::Key(item.key().map_err(unavailable)?.to_vec()));
     }
     Ok(out)
 }

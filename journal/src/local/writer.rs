@@ -25,7 +25,7 @@ use tokio::sync::oneshot;
 use super::format::{self, EntityMeta};
 use super::meta_cache::{self, MetaCache};
 use super::store::{self, Shared, Store};
-use super::sweep::{Ask, Expired, Sweeper, Unit};
+use super::sweep::{Ask, Removal, Sweeper};
 use crate::error::{AppendError, JournalError};
 use crate::memory::now_ms;
 use crate::types::{AppendAck, AppendRequest, EntityKey, IdempotencyKey, Snapshot};
@@ -82,14 +82,6 @@ const EXPIRE_CHUNK: usize = 2_000;
 
 /// How soon a writer with no writes looks again for a sweep's findings.
 const SWEEP_POLL: Duration = Duration::from_millis(20);
-
-/// One row retention removes.
-enum Removal {
-    /// One of a unit's feed entries.
-    Feed { unit: Unit, key: Vec<u8> },
-    /// A `key_expiry` key (`[expires at][key key]`).
-    Key(Vec<u8>),
-}
 
 /// How the writer is set up.
 pub(crate) struct WriterOptions {
@@ -242,7 +234,7 @@ impl Writer {
     /// them, and asks for the next sweep when the last one's are gone.
     fn retention(&mut self) {
         match self.sweeper.take() {
-            Some(Ok(found)) => self.expiring.extend(removals(found)),
+            Some(Ok(found)) => self.expiring.extend(found),
             Some(Err(e)) => tracing::warn!(error = %e, "journal retention sweep failed; retried on the next one"),
             None => {}
         }
@@ -520,7 +512,7 @@ impl Writer {
         let chunk: Vec<Removal> = self.expiring.drain(..EXPIRE_CHUNK.min(self.expiring.len())).collect();
         let ks = &self.s().ks;
         let mut batch = self.s().db.batch().durability(None);
-        let mut marks: HashMap<Unit, u64> = HashMap::new();
+        let mut marks: HashMap<Arc<[u8]>, u64> = HashMap::new();
         for r in chunk {
             match r {
                 Removal::Feed { unit, key } => {
@@ -529,8 +521,7 @@ impl Writer {
                     batch.remove(&ks.feed, key);
                 }
                 Removal::Key(k) => {
-                    let (Some(at), Some(kk)) = (k.get(..8), k.get(8..)) else { continue };
-                    let at = u64::from_be_bytes(at.try_into().unwrap_or_default());
+                    let (Some(at), Some(kk)) = (k.get(..8).and_then(format::decode_u64), k.get(8..)) else { continue };
                     let record = ks.keys.get(kk).map_err(unavailable)?;
                     let still = record.and_then(|v| format::decode_key_record(&v).ok()).map(|(_, e)| e.max(0) as u64);
                     if still == Some(at) {
@@ -604,15 +595,6 @@ impl Writer {
         self.cache.remove(&ikey);
         Ok(())
     }
-}
-
-/// A sweep's findings as rows to remove, each unit's feed front first.
-fn removals(found: Expired) -> impl Iterator<Item = Removal> {
-    let Expired { feed, keys } = found;
-    let feed = feed
-        .into_iter()
-        .flat_map(|(unit, keys)| keys.into_iter().map(move |key| Removal::Feed { unit: unit.clone(), key }));
-    feed.chain(keys.into_iter().map(Removal::Key))
 }
 
 /// The unit's floor: its last offset when a purge removed entries (0: none).
