@@ -123,13 +123,47 @@ pub(super) trait CompactionFlavour {
     #[warn(clippy::too_many_arguments)]
     fn finish(
         self: Box<Self>,
-        super_version: &mut SuperVersions,
+        current: &Version,
         opts: &Options,
         payload: &CompactionPayload,
         dst_lvl: usize,
         blob_frag_map: FragmentationMap,
         extra_blob_files: Vec<BlobFile>,
-    ) -> crate::Result<()>;
+    ) -> crate::Result<FinishedCompaction>;
+}
+
+/// Tessera patch (third_party/README.md): what a finished compaction leaves
+/// to its caller, which persists `version` without the tree's version lock
+/// and then, under the lock, calls [`FinishedCompaction::install`].
+pub(super) struct FinishedCompaction {
+    /// The tree version with the compaction's output in place of its input.
+    pub version: Version,
+    tables_to_delete: Vec<Table>,
+    blob_files_to_drop: Vec<BlobFile>,
+}
+
+impl FinishedCompaction {
+    /// Installs the (already persisted) version and marks the compacted
+    /// tables and dead blob files for deletion.
+    pub fn install(self, super_versions: &mut SuperVersions, opts: &Options) {
+        super_versions.install_persisted_version(
+            self.version,
+            |_| {},
+            &opts.global_seqno,
+            &opts.visible_seqno,
+        );
+
+        // NOTE: If the application were to crash >here< it's fine
+        // The tables/blob files are not referenced anymore, and will be
+        // cleaned up upon recovery
+        for table in self.tables_to_delete {
+            table.mark_as_deleted();
+        }
+
+        for blob_file in self.blob_files_to_drop {
+            blob_file.mark_as_deleted();
+        }
+    }
 }
 
 /// Compaction worker that will relocate blobs that sit in blob files that are being rewritten
@@ -257,13 +291,13 @@ impl CompactionFlavour for RelocatingCompaction {
 
     fn finish(
         mut self: Box<Self>,
-        super_version: &mut SuperVersions,
+        current: &Version,
         opts: &Options,
         payload: &CompactionPayload,
         dst_lvl: usize,
         blob_frag_map_diff: FragmentationMap,
         extra_blob_files: Vec<BlobFile>,
-    ) -> crate::Result<()> {
+    ) -> crate::Result<FinishedCompaction> {
         log::debug!(
             "Relocating compaction done in {:?}",
             self.inner.start.elapsed(),
@@ -277,53 +311,33 @@ impl CompactionFlavour for RelocatingCompaction {
 
         let mut blob_files_to_drop = self.rewriting_blob_files;
 
-        let current_version = super_version.latest_version();
-
-        for blob_file in current_version.version.blob_files.iter() {
-            if blob_file.is_dead(current_version.version.gc_stats()) {
+        for blob_file in current.blob_files.iter() {
+            if blob_file.is_dead(current.gc_stats()) {
                 blob_files_to_drop.push(blob_file.clone());
             }
         }
 
-        super_version.upgrade_version(
-            &opts.config.path,
-            |current| {
-                let mut copy = current.clone();
-
-                copy.version = copy.version.with_merge(
-                    &payload.table_ids.iter().copied().collect::<Vec<_>>(),
-                    &created_tables,
-                    payload.dest_level as usize,
-                    if blob_frag_map_diff.is_empty() {
-                        None
-                    } else {
-                        Some(blob_frag_map_diff)
-                    },
-                    created_blob_files,
-                    &blob_files_to_drop
-                        .iter()
-                        .map(BlobFile::id)
-                        .collect::<HashSet<_>>(),
-                );
-
-                Ok(copy)
+        let version = current.with_merge(
+            &payload.table_ids.iter().copied().collect::<Vec<_>>(),
+            &created_tables,
+            payload.dest_level as usize,
+            if blob_frag_map_diff.is_empty() {
+                None
+            } else {
+                Some(blob_frag_map_diff)
             },
-            &opts.global_seqno,
-            &opts.visible_seqno,
-        )?;
+            created_blob_files,
+            &blob_files_to_drop
+                .iter()
+                .map(BlobFile::id)
+                .collect::<HashSet<_>>(),
+        );
 
-        // NOTE: If the application were to crash >here< it's fine
-        // The tables/blob files are not referenced anymore, and will be
-        // cleaned up upon recovery
-        for table in table_ids_to_delete {
-            table.mark_as_deleted();
-        }
-
-        for blob_file in blob_files_to_drop {
-            blob_file.mark_as_deleted();
-        }
-
-        Ok(())
+        Ok(FinishedCompaction {
+            version,
+            tables_to_delete: table_ids_to_delete,
+            blob_files_to_drop,
+        })
     }
 }
 
@@ -392,13 +406,13 @@ impl CompactionFlavour for StandardCompaction {
 
     fn finish(
         mut self: Box<Self>,
-        super_version: &mut SuperVersions,
+        current: &Version,
         opts: &Options,
         payload: &CompactionPayload,
         dst_lvl: usize,
         blob_frag_map: FragmentationMap,
         extra_blob_files: Vec<BlobFile>,
-    ) -> crate::Result<()> {
+    ) -> crate::Result<FinishedCompaction> {
         log::debug!("Compaction done in {:?}", self.start.elapsed());
 
         let table_ids_to_delete = std::mem::take(&mut self.tables_to_rewrite);
@@ -407,53 +421,33 @@ impl CompactionFlavour for StandardCompaction {
 
         let mut blob_files_to_drop = Vec::default();
 
-        let current_version = super_version.latest_version();
-
-        for blob_file in current_version.version.blob_files.iter() {
-            if blob_file.is_dead(current_version.version.gc_stats()) {
+        for blob_file in current.blob_files.iter() {
+            if blob_file.is_dead(current.gc_stats()) {
                 blob_files_to_drop.push(blob_file.clone());
             }
         }
 
-        super_version.upgrade_version(
-            &opts.config.path,
-            |current| {
-                let mut copy = current.clone();
-
-                copy.version = copy.version.with_merge(
-                    &payload.table_ids.iter().copied().collect::<Vec<_>>(),
-                    &created_tables,
-                    payload.dest_level as usize,
-                    if blob_frag_map.is_empty() {
-                        None
-                    } else {
-                        Some(blob_frag_map)
-                    },
-                    extra_blob_files,
-                    &blob_files_to_drop
-                        .iter()
-                        .map(BlobFile::id)
-                        .collect::<HashSet<_>>(),
-                );
-
-                Ok(copy)
+        let version = current.with_merge(
+            &payload.table_ids.iter().copied().collect::<Vec<_>>(),
+            &created_tables,
+            payload.dest_level as usize,
+            if blob_frag_map.is_empty() {
+                None
+            } else {
+                Some(blob_frag_map)
             },
-            &opts.global_seqno,
-            &opts.visible_seqno,
-        )?;
+            extra_blob_files,
+            &blob_files_to_drop
+                .iter()
+                .map(BlobFile::id)
+                .collect::<HashSet<_>>(),
+        );
 
-        // NOTE: If the application were to crash >here< it's fine
-        // The tables are not referenced anymore, and will be
-        // cleaned up upon recovery
-        for table in table_ids_to_delete {
-            table.mark_as_deleted();
-        }
-
-        for blob_file in blob_files_to_drop {
-            blob_file.mark_as_deleted();
-        }
-
-        Ok(())
+        Ok(FinishedCompaction {
+            version,
+            tables_to_delete: table_ids_to_delete,
+            blob_files_to_drop,
+        })
     }
 }
 

@@ -186,8 +186,15 @@ fn move_tables(
     opts: &Options,
     payload: &CompactionPayload,
 ) -> crate::Result<()> {
+    // Tessera patch (third_party/README.md): the next version is persisted
+    // without the version lock and installed under it; the compaction state
+    // mutex, held by the caller, keeps other version changes out meanwhile.
     #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
-    let mut version_history_lock = opts.version_history.write().expect("lock is poisoned");
+    let current = opts
+        .version_history
+        .read()
+        .expect("lock is poisoned")
+        .latest_version();
 
     // Fail-safe for buggy compaction strategies
     if compaction_state
@@ -211,31 +218,30 @@ fn move_tables(
     // `Version::with_moved` asserts that every input table is still present, so committing a
     // stale move would panic while holding both the compaction state mutex and the version
     // history write lock, poisoning them.
-    if table_ids.iter().any(|&id| {
-        version_history_lock
-            .latest_version()
-            .version
-            .get_table(id)
-            .is_none()
-    }) {
+    if table_ids
+        .iter()
+        .any(|&id| current.version.get_table(id).is_none())
+    {
         log::debug!("{table_ids:?} are not referenced anymore; skipping move");
         return Ok(());
     }
 
-    version_history_lock.upgrade_version(
-        &opts.config.path,
-        |current| {
-            let mut copy = current.clone();
+    let next = current
+        .version
+        .with_moved(&table_ids, payload.dest_level as usize);
+    drop(current);
 
-            copy.version = copy
-                .version
-                .with_moved(&table_ids, payload.dest_level as usize);
+    crate::version::persist_version(&opts.config.path, &next)?;
 
-            Ok(copy)
-        },
+    #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
+    let mut version_history_lock = opts.version_history.write().expect("lock is poisoned");
+
+    version_history_lock.install_persisted_version(
+        next,
+        |_| {},
         &opts.global_seqno,
         &opts.visible_seqno,
-    )?;
+    );
 
     if let Err(e) = version_history_lock.maintenance(&opts.config.path, opts.mvcc_gc_watermark) {
         log::error!("Manifest maintenance failed: {e:?}");
@@ -528,10 +534,16 @@ fn merge_tables(
     #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
     let mut compaction_state = opts.compaction_state.lock().expect("lock is poisoned");
 
-    log::trace!("Acquiring super version write lock");
+    // Tessera patch (third_party/README.md): the output tables are finished
+    // and the next version persisted without the version lock; only the
+    // install takes it. The compaction state mutex, held from here on,
+    // keeps every other change of the on-disk version out meanwhile.
     #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
-    let mut version_history_lock = opts.version_history.write().expect("lock is poisoned");
-    log::trace!("Acquired super version write lock");
+    let current = opts
+        .version_history
+        .read()
+        .expect("lock is poisoned")
+        .latest_version();
 
     // NOTE: Check for race condition - https://github.com/fjall-rs/fjall/issues/287
     //
@@ -539,13 +551,11 @@ fn merge_tables(
     // in the meantime (`clear()` for example installs a brand new, empty version).
     // Committing the merge result would then insert the compacted tables into a version that no longer
     // references their inputs, resurrecting data that was already logically removed.
-    if payload.table_ids.iter().any(|&id| {
-        version_history_lock
-            .latest_version()
-            .version
-            .get_table(id)
-            .is_none()
-    }) {
+    if payload
+        .table_ids
+        .iter()
+        .any(|&id| current.version.get_table(id).is_none())
+    {
         log::debug!("Input table(s) are not referenced anymore; skipping result installation");
 
         compaction_state
@@ -571,15 +581,19 @@ fn merge_tables(
         })?
         .unwrap_or_default();
 
-    compactor
+    let finished = compactor
         .finish(
-            &mut version_history_lock,
+            &current.version,
             opts,
             payload,
             dst_lvl,
             blob_frag_map,
             extra_blob_files,
         )
+        .and_then(|finished| {
+            crate::version::persist_version(&opts.config.path, &finished.version)?;
+            Ok(finished)
+        })
         .inspect_err(|e| {
             // NOTE: We cannot use hidden_guard here because we already locked the compaction state
 
@@ -589,6 +603,14 @@ fn merge_tables(
                 .hidden_set_mut()
                 .show(payload.table_ids.iter().copied());
         })?;
+    drop(current);
+
+    log::trace!("Acquiring super version write lock");
+    #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
+    let mut version_history_lock = opts.version_history.write().expect("lock is poisoned");
+    log::trace!("Acquired super version write lock");
+
+    finished.install(&mut version_history_lock, opts);
 
     compaction_state
         .hidden_set_mut()
@@ -613,8 +635,14 @@ fn drop_tables(
     opts: &Options,
     ids_to_drop: &[TableId],
 ) -> crate::Result<()> {
+    // Tessera patch (third_party/README.md): persisted without the version
+    // lock, installed under it (see `move_tables`).
     #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
-    let mut version_history_lock = opts.version_history.write().expect("lock is poisoned");
+    let current = opts
+        .version_history
+        .read()
+        .expect("lock is poisoned")
+        .latest_version();
 
     // Fail-safe for buggy compaction strategies
     if compaction_state
@@ -630,13 +658,7 @@ fn drop_tables(
 
     let Some(tables) = ids_to_drop
         .iter()
-        .map(|&id| {
-            version_history_lock
-                .latest_version()
-                .version
-                .get_table(id)
-                .cloned()
-        })
+        .map(|&id| current.version.get_table(id).cloned())
         .collect::<Option<Vec<_>>>()
     else {
         log::warn!(
@@ -652,20 +674,22 @@ fn drop_tables(
 
     // IMPORTANT: Write the manifest with the removed tables first
     // Otherwise the table files are deleted, but are still referenced!
-    version_history_lock.upgrade_version(
-        &opts.config.path,
-        |current| {
-            let mut copy = current.clone();
+    let next = current
+        .version
+        .with_dropped(ids_to_drop, &mut dropped_blob_files)?;
+    drop(current);
 
-            copy.version = copy
-                .version
-                .with_dropped(ids_to_drop, &mut dropped_blob_files)?;
+    crate::version::persist_version(&opts.config.path, &next)?;
 
-            Ok(copy)
-        },
+    #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
+    let mut version_history_lock = opts.version_history.write().expect("lock is poisoned");
+
+    version_history_lock.install_persisted_version(
+        next,
+        |_| {},
         &opts.global_seqno,
         &opts.visible_seqno,
-    )?;
+    );
 
     if let Err(e) = version_history_lock.maintenance(&opts.config.path, opts.mvcc_gc_watermark) {
         log::error!("Manifest maintenance failed: {e:?}");

@@ -263,6 +263,10 @@ impl AbstractTree for Tree {
 
     fn clear(&self) -> crate::Result<()> {
         let config = self.tree_config();
+        // Tessera patch: every change of the on-disk version holds the
+        // compaction state mutex (see `register_tables`).
+        #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
+        let _compaction_state = self.compaction_state.lock().expect("lock is poisoned");
         let mut versions = self.get_version_history_lock();
 
         versions.upgrade_version(
@@ -447,40 +451,54 @@ impl AbstractTree for Tree {
 
         #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
         let mut _compaction_state = self.compaction_state.lock().expect("lock is poisoned");
+
+        // Tessera patch (third_party/README.md): the next version is derived
+        // and persisted (a file `fsync`, a directory `fsync` and the
+        // `current` pointer's atomic rewrite) without the version lock, and
+        // only installed under it: every write to the tree reads that lock,
+        // and held across the `fsync`s it stalled them all for tens of ms.
+        // The compaction state mutex, held throughout, keeps every other
+        // change of the on-disk version out meanwhile.
         #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
-        let mut version_lock = self.version_history.write().expect("lock is poisoned");
+        let current = self
+            .version_history
+            .read()
+            .expect("lock is poisoned")
+            .latest_version();
 
         // NOTE: Check for race condition
         // Fixes: https://github.com/fjall-rs/fjall/issues/287#issuecomment-4938188362
         if sealed_memtables_to_delete
             .iter()
-            .any(|id| !version_lock.latest_version().sealed_memtables.contains(id))
+            .any(|id| !current.sealed_memtables.contains(id))
         {
             log::debug!("Not registering tables because flush task processed some sealed memtables which do not exist (anymore)");
             return Ok(());
         }
 
-        version_lock.upgrade_version(
-            &self.config.path,
-            |current| {
-                let mut copy = current.clone();
+        let next = current.version.with_new_l0_run(
+            tables,
+            blob_files,
+            frag_map.filter(|x| !x.is_empty()),
+        );
+        drop(current);
 
-                copy.version = copy.version.with_new_l0_run(
-                    tables,
-                    blob_files,
-                    frag_map.filter(|x| !x.is_empty()),
-                );
+        crate::version::persist_version(&self.config.path, &next)?;
 
+        #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
+        let mut version_lock = self.version_history.write().expect("lock is poisoned");
+
+        version_lock.install_persisted_version(
+            next,
+            |copy| {
                 for &table_id in sealed_memtables_to_delete {
                     log::trace!("releasing sealed memtable #{table_id}");
                     copy.sealed_memtables = Arc::new(copy.sealed_memtables.remove(table_id));
                 }
-
-                Ok(copy)
             },
             &self.config.seqno,
             &self.config.visible_seqno,
-        )?;
+        );
 
         if let Err(e) = version_lock.maintenance(&self.config.path, gc_watermark) {
             log::warn!("Version GC failed: {e:?}");

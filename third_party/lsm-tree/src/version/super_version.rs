@@ -158,6 +158,37 @@ impl SuperVersions {
         Ok(())
     }
 
+    /// Tessera patch (third_party/README.md): installs a tree version that
+    /// the caller has already persisted (`persist_version`) *outside* this
+    /// lock, on top of the latest super version, whose memtables may have
+    /// rotated meanwhile; `edit` adjusts the memtables (a flush releases the
+    /// sealed memtables it wrote).
+    ///
+    /// The caller holds the tree's compaction state mutex from reading the
+    /// version it derived `version` from until this returns: every change
+    /// of the on-disk version takes that mutex, so the latest version is
+    /// still the one `version` was derived from.
+    pub(crate) fn install_persisted_version(
+        &mut self,
+        version: crate::version::Version,
+        edit: impl FnOnce(&mut SuperVersion),
+        seqno: &SequenceNumberCounter,
+        visible_seqno: &SequenceNumberCounter,
+    ) {
+        let mut next = self.latest_version();
+        assert_eq!(
+            next.version.id() + 1,
+            version.id(),
+            "a tree version changed while another was persisted outside the lock",
+        );
+        next.version = version;
+        edit(&mut next);
+        let seqno = seqno.next();
+        next.seqno = seqno;
+        self.append_version(next);
+        visible_seqno.fetch_max(seqno + 1);
+    }
+
     pub fn append_version(&mut self, version: SuperVersion) {
         self.0.push_back(version);
     }
