@@ -158,9 +158,8 @@ pub(super) fn wrk_installed() -> bool {
     std::process::Command::new("wrk").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
 }
 
-pub(super) async fn run(quick: bool, scratch: &Path) -> anyhow::Result<Value> {
+pub(super) async fn run(secs: u64, scratch: &Path) -> anyhow::Result<Value> {
     anyhow::ensure!(wrk_installed(), "the http benchmark needs wrk (deploy/local/bench-http.sh installs it)");
-    let secs = if quick { 2 } else { 30 };
     let dir = tempfile::Builder::new().prefix("tessera-bench-http-").tempdir_in(scratch)?;
     let script = dir.path().join("add.lua");
     std::fs::write(&script, SCRIPT)?;
@@ -199,7 +198,7 @@ pub(super) async fn run(quick: bool, scratch: &Path) -> anyhow::Result<Value> {
         let after = node_counts(&metrics);
         let d: Vec<u64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
         r["node"] = json!({
-            "group_commits": d[0], "group_commits_over_25ms": d[1], "group_commits_over_50ms": d[2],
+            "group_commits": d[0], "group_commits_over_20ms": d[1], "group_commits_over_50ms": d[2],
             "commands": d[3], "commands_over_10ms": d[4], "commands_over_50ms": d[5],
             "http_requests": d[6], "http_requests_over_10ms": d[7], "http_requests_over_50ms": d[8],
         });
@@ -246,8 +245,8 @@ fn node_counts(m: &tessera_runtime::metrics::Metrics) -> [u64; 9] {
         };
         [total, total - le(bounds[0]), total - le(bounds[1])]
     };
-    let [c, c25, c50] = over(&m.commit_latency, [0.025, 0.05]);
+    let [c, c20, c50] = over(&m.commit_latency, [0.02, 0.05]);
     let [r, r10, r50] = over(&m.latency, [0.01, 0.05]);
     let [h, h10, h50] = over(&m.http_latency, [0.01, 0.05]);
-    [c, c25, c50, r, r10, r50, h, h10, h50]
+    [c, c20, c50, r, r10, r50, h, h10, h50]
 }

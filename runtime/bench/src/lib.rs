@@ -48,6 +48,10 @@ pub struct BenchArgs {
     /// Where temporary journals go (default: the system temp dir).
     #[arg(long)]
     pub scratch: Option<PathBuf>,
+    /// Seconds of each load of the `http` benchmark (default 60, the tail
+    /// aim's run length; 2 with `--quick`).
+    #[arg(long)]
+    pub http_seconds: Option<u64>,
     /// NATS server for the `nats` benchmark (default: `TESSERA_NATS_URL`; without one it is skipped).
     #[arg(long, env = "TESSERA_NATS_URL")]
     pub nats: Option<String>,
@@ -206,7 +210,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let mut result = match name {
             "durable" => runs::durable(sizes, &scratch).await?,
             "hot" => hot::run(sizes, &scratch).await?,
-            "http" => http::run(args.quick, &scratch).await?,
+            "http" => http::run(args.http_seconds.unwrap_or(if args.quick { 2 } else { 60 }), &scratch).await?,
             "memory" => runs::in_memory(sizes).await?,
             "replay" => runs::replay(sizes, &scratch).await?,
             "projection" => projection::run(sizes, &scratch).await?,
