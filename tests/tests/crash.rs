@@ -64,26 +64,6 @@ async fn sigkill_amid_flushes_and_compactions_loses_no_acknowledged_command() ->
     .await
 }
 
-/// The sum of the version ids in the storage engine's `current` files
-/// under `dir` (the first 8 bytes of each, little-endian): how many times
-/// the trees' lists of table files changed (flushes and compactions).
-fn tree_versions(dir: &std::path::Path) -> u64 {
-    let mut sum = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.file_name().is_some_and(|n| n == "current") {
-                let id = std::fs::read(&path).ok().and_then(|b| Some(u64::from_le_bytes(b.get(..8)?.try_into().ok()?)));
-                sum += id.unwrap_or(0);
-            }
-        }
-    }
-    sum
-}
-
 /// Kills a node (SIGKILL) after `load` of 16 clients' idempotent batches,
 /// restarts it, and audits the journal: every acknowledged command exactly
 /// once, every batch whole; then retries every attempted command. The
@@ -103,7 +83,7 @@ async fn sigkill_under_load(
     let cfg = config.to_str().unwrap_or_default().to_owned();
     let args: Vec<&str> = ["--config", cfg.as_str()].into_iter().chain(node_args.iter().copied()).collect();
     let node = NodeProcess::start(&data, &args).await?;
-    let versions_at_start = tree_versions(&data);
+    let versions_at_start = tessera_journal::LocalJournal::storage_versions(&data);
 
     let stop = Arc::new(AtomicBool::new(false));
     let mut clients = Vec::new();
@@ -144,7 +124,7 @@ async fn sigkill_under_load(
         attempted.extend(t);
     }
     assert!(acked.len() > 50, "the load ran ({} acknowledged)", acked.len());
-    let versions = tree_versions(&data) - versions_at_start;
+    let versions = tessera_journal::LocalJournal::storage_versions(&data) - versions_at_start;
     assert!(
         versions >= min_versions,
         "the storage engine's trees changed version only {versions} times during the load"

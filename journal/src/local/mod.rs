@@ -304,6 +304,29 @@ impl LocalJournal {
         }
     }
 
+    /// How many times the storage engine's table lists changed under
+    /// `dir` (a journal's directory, or any directory holding such stores):
+    /// the sum of the version ids in its trees' `current` files (the first
+    /// 8 bytes of each, little-endian), one step per flush or compaction.
+    /// A diagnostic for tests and operators; 0 for a directory without any.
+    pub fn storage_versions(dir: &Path) -> u64 {
+        let mut sum = 0;
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if path.file_name().is_some_and(|n| n == "current") {
+                    let id =
+                        std::fs::read(&path).ok().and_then(|b| b.get(..8)?.try_into().ok().map(u64::from_le_bytes));
+                    sum += id.unwrap_or(0);
+                }
+            }
+        }
+        sum
+    }
+
     /// Every entity type with an entity in this journal, in order.
     pub fn entity_types(&self) -> Result<Vec<String>, JournalError> {
         let store = self.inner.store.get()?;
