@@ -669,6 +669,61 @@ pub async fn fence_survives_reopen(b: &mut dyn TestBackend) {
     j.commit(&e, AppendRequest::new(1, events(2..=2)).fenced(6)).await.expect("append");
 }
 
+/// Commits through [`Journal::commit_then`], or through `commit` when the
+/// backend hands the append back.
+async fn commit_then(j: &dyn Journal, e: &EntityKey, request: AppendRequest) -> Result<crate::AppendAck, AppendError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let told = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = told.clone();
+    let done: crate::AppendDone = Box::new(move |r| {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let _ = tx.send(r);
+    });
+    match j.commit_then(e, request, done) {
+        Some((request, _)) => j.commit(e, request).await,
+        None => {
+            let r = rx.await.expect("done is told the outcome");
+            assert_eq!(told.load(std::sync::atomic::Ordering::SeqCst), 1, "done is told once");
+            r
+        }
+    }
+}
+
+/// An append handed over with `commit_then` is answered as `commit` answers
+/// it — acknowledged once durable and readable, a conflict, a duplicate key,
+/// a stale fence — and what it acknowledged is there after a reopen.
+pub async fn commit_then_answers_as_commit_does(b: &mut dyn TestBackend) {
+    let day = std::time::Duration::from_secs(86_400);
+    let j = b.open().await;
+    let e = key("then");
+    let ack = commit_then(&*j, &e, AppendRequest::new(0, events(1..=2)).with_key("k1", day)).await.expect("append");
+    assert_eq!((ack.first_seq, ack.last_seq), (1, 2));
+    assert_eq!(read_all(&*j, &e, 1, 2).await.len(), 2, "readable once acknowledged");
+    assert!(matches!(
+        commit_then(&*j, &e, AppendRequest::new(1, events(3..=3))).await,
+        Err(AppendError::Conflict { expected: 1, actual: 2, .. })
+    ));
+    assert!(matches!(
+        commit_then(&*j, &e, AppendRequest::new(2, events(3..=3)).with_key("k1", day)).await,
+        Err(AppendError::Duplicate { seq: 2, .. })
+    ));
+    j.raise_fence(&e, 5).await.expect("fence");
+    assert!(matches!(
+        commit_then(&*j, &e, AppendRequest::new(2, events(3..=3)).fenced(4)).await,
+        Err(AppendError::Fenced { epoch: 4, current: 5, .. })
+    ));
+    let ack = commit_then(&*j, &e, AppendRequest::new(2, events(3..=3)).fenced(5)).await.expect("fenced append");
+    assert_eq!(ack.last_seq, 3);
+    drop(j);
+    let j = b.reopen().await;
+    assert_eq!(j.last_seq(&e).await.unwrap(), 3);
+    let got = read_all(&*j, &e, 1, 3).await;
+    assert_eq!(
+        got.iter().map(|e| e.payload.clone()).collect::<Vec<_>>(),
+        (1..=3).map(|n| event(n).payload).collect::<Vec<_>>()
+    );
+}
+
 /// Instantiates the whole conformance suite as tests in module `$name`,
 /// with a fresh backend from `$backend` for each test.
 #[macro_export]
@@ -681,7 +736,8 @@ macro_rules! journal_conformance_tests {
             feed_offsets_are_gapless_under_concurrency_and_restarts, refused_appends_leave_no_hole_in_the_feed,
             idempotency_keys_are_remembered_by_time_not_count, several_keys_in_one_append_each_at_its_seq,
             a_reader_behind_retention_gets_an_error, internal_by_shard_has_every_offset_and_the_records_in_full,
-            purge_leaves_nothing_of_the_entity, a_key_remembered_anew_outlives_the_sweep_of_its_old_record);
+            purge_leaves_nothing_of_the_entity, a_key_remembered_anew_outlives_the_sweep_of_its_old_record,
+            commit_then_answers_as_commit_does);
     };
     (@suite $name:ident, $backend:expr; $($test:ident),*) => {
         mod $name {

@@ -15,6 +15,9 @@ pub type EventStream = BoxStream<'static, Result<PersistedEvent, JournalError>>;
 pub type ShardStream = BoxStream<'static, Result<ShardEvent, JournalError>>;
 /// A stream of the entities of one type.
 pub type EntityStream = BoxStream<'static, Result<EntityInfo, JournalError>>;
+/// Told the outcome of an append given to [`Journal::commit_then`], once,
+/// on whichever thread finished it.
+pub type AppendDone = Box<dyn FnOnce(Result<AppendAck, AppendError>) + Send>;
 
 /// An append-only, per-entity event journal.
 ///
@@ -46,6 +49,22 @@ pub trait Journal: Send + Sync + 'static {
     /// when one is given, only while the entity's fence is the request's
     /// epoch when it has one.
     async fn commit(&self, entity: &EntityKey, request: AppendRequest) -> Result<AppendAck, AppendError>;
+
+    /// [`Self::commit`] for a backend that finishes appends on a thread of
+    /// its own (the local journal's writer): the append is handed over and
+    /// `done` is told its outcome from there, sparing the caller a task and
+    /// a channel per append. Same guarantees as `commit`: `done` is told
+    /// `Ok` only once the append is durable. A backend that does not offer
+    /// it (the default) hands both back untouched; use `commit` then.
+    fn commit_then(
+        &self,
+        entity: &EntityKey,
+        request: AppendRequest,
+        done: AppendDone,
+    ) -> Option<(AppendRequest, AppendDone)> {
+        let _ = entity;
+        Some((request, done))
+    }
 
     /// Raises the entity's fence to `epoch`, the writer's lease epoch: from
     /// then on only appends fenced with `epoch` commit (older owners' late

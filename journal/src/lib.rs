@@ -32,7 +32,7 @@ pub mod shard;
 mod types;
 
 pub use error::{AppendError, JournalError, OpenError};
-pub use journal::{EntityStream, EventStream, Journal, ShardStream, StorageStats};
+pub use journal::{AppendDone, EntityStream, EventStream, Journal, ShardStream, StorageStats};
 pub use local::{Durability, LocalJournal};
 pub use memory::MemoryJournal;
 pub use scylla::ScyllaJournal;

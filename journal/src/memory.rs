@@ -8,7 +8,9 @@
 //! each other (one global lock was a third of the CPU of a command, most of
 //! it in the lock's futex under two threads).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::HashMap;
 use std::ops::RangeInclusive;
 use std::sync::{Arc, Mutex, MutexGuard};
 

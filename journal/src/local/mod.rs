@@ -26,10 +26,10 @@ use tokio::sync::oneshot;
 
 use store::{Keyspaces, Shared, Store};
 pub use writer::CommitObserver;
-use writer::{Op, Writer, WriterOptions, unavailable};
+use writer::{AppendReply, Op, Writer, WriterOptions, unavailable};
 
 use crate::error::{AppendError, JournalError, OpenError};
-use crate::journal::{EntityStream, EventStream, Journal, ShardStream};
+use crate::journal::{AppendDone, EntityStream, EventStream, Journal, ShardStream};
 use crate::paging::paged;
 use crate::shard::DEFAULT_SHARDS;
 use crate::types::{AppendAck, AppendRequest, EntityInfo, EntityKey, FeedBounds, PersistedEvent, ShardEvent, Snapshot};
@@ -413,8 +413,16 @@ impl LocalJournal {
     }
 
     fn submit(&self, op: Op) -> Result<(), JournalError> {
+        self.hand_over(op).map_err(|_| JournalError::Closed)
+    }
+
+    /// Queues `op` for the writer; gives it back when the journal is closed.
+    fn hand_over(&self, op: Op) -> Result<(), Box<Op>> {
         let tx = self.inner.tx.lock().unwrap_or_else(|p| p.into_inner());
-        tx.as_ref().ok_or(JournalError::Closed)?.send(op).map_err(|_| JournalError::Closed)
+        match tx.as_ref() {
+            Some(tx) => tx.send(op).map_err(|e| Box::new(e.0)),
+            None => Err(Box::new(op)),
+        }
     }
 
     /// Runs a read on the current store, off the async threads.
@@ -463,8 +471,21 @@ fn read_page(inner: &Keyspaces, entity: &EntityKey, from: u64, to: u64) -> Resul
 impl Journal for LocalJournal {
     async fn commit(&self, entity: &EntityKey, request: AppendRequest) -> Result<AppendAck, AppendError> {
         let (ack, rx) = oneshot::channel();
-        self.submit(Op::Append { key: entity.clone(), request, ack })?;
+        self.submit(Op::Append { key: entity.clone(), request, ack: AppendReply::Channel(ack) })?;
         rx.await.map_err(|_| JournalError::Closed)?
+    }
+
+    fn commit_then(
+        &self,
+        entity: &EntityKey,
+        request: AppendRequest,
+        done: AppendDone,
+    ) -> Option<(AppendRequest, AppendDone)> {
+        // An op the writer cannot take is answered here (`done` must be told).
+        if let Err(op) = self.hand_over(Op::Append { key: entity.clone(), request, ack: AppendReply::call(done) }) {
+            op.fail(&JournalError::Closed);
+        }
+        None
     }
 
     async fn raise_fence(&self, entity: &EntityKey, epoch: u64) -> Result<(), AppendError> {

@@ -30,12 +30,48 @@ use crate::error::{AppendError, JournalError};
 use crate::memory::now_ms;
 use crate::types::{AppendAck, AppendRequest, EntityKey, IdempotencyKey, Snapshot};
 
+/// Where an append's outcome goes: a channel its caller awaits, or a
+/// completion called on the writer thread ([`crate::Journal::commit_then`]).
+pub(crate) enum AppendReply {
+    Channel(oneshot::Sender<Result<AppendAck, AppendError>>),
+    Call(Completion),
+}
+
+impl AppendReply {
+    pub(crate) fn call(done: crate::journal::AppendDone) -> Self {
+        Self::Call(Completion(Some(done)))
+    }
+
+    pub(crate) fn send(self, result: Result<AppendAck, AppendError>) {
+        match self {
+            Self::Channel(tx) => drop(tx.send(result)),
+            Self::Call(mut c) => {
+                if let Some(done) = c.0.take() {
+                    done(result)
+                }
+            }
+        }
+    }
+}
+
+/// A completion that is told `Closed` if it is dropped untold (a writer
+/// gone with ops queued), as a dropped channel tells its receiver.
+pub(crate) struct Completion(Option<crate::journal::AppendDone>);
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        if let Some(done) = self.0.take() {
+            done(Err(JournalError::Closed.into()))
+        }
+    }
+}
+
 /// A write queued for the writer thread.
 pub(crate) enum Op {
     Append {
         key: EntityKey,
         request: AppendRequest,
-        ack: oneshot::Sender<Result<AppendAck, AppendError>>,
+        ack: AppendReply,
     },
     RaiseFence {
         key: EntityKey,
@@ -62,9 +98,9 @@ pub(crate) enum Op {
 
 impl Op {
     /// Answers the op with `err` without running it.
-    fn fail(self, err: &JournalError) {
+    pub(crate) fn fail(self, err: &JournalError) {
         match self {
-            Self::Append { ack, .. } => drop(ack.send(Err(err.clone().into()))),
+            Self::Append { ack, .. } => ack.send(Err(err.clone().into())),
             Self::RaiseFence { ack, .. } => drop(ack.send(Err(err.clone().into()))),
             Self::Snapshot { ack, .. } | Self::DeleteTo { ack, .. } | Self::Purge { ack, .. } => {
                 drop(ack.send(Err(err.clone())))
@@ -119,7 +155,7 @@ pub(crate) struct Writer {
 }
 
 enum Done {
-    Append(oneshot::Sender<Result<AppendAck, AppendError>>, AppendAck),
+    Append(AppendReply, AppendAck),
     Unit(oneshot::Sender<Result<(), JournalError>>),
     Fence(oneshot::Sender<Result<(), AppendError>>),
 }
@@ -127,14 +163,14 @@ enum Done {
 impl Done {
     fn ok(self) {
         match self {
-            Self::Append(ack, a) => drop(ack.send(Ok(a))),
+            Self::Append(ack, a) => ack.send(Ok(a)),
             Self::Unit(ack) => drop(ack.send(Ok(()))),
             Self::Fence(ack) => drop(ack.send(Ok(()))),
         }
     }
     fn fail(self, err: &JournalError) {
         match self {
-            Self::Append(ack, _) => drop(ack.send(Err(err.clone().into()))),
+            Self::Append(ack, _) => ack.send(Err(err.clone().into())),
             Self::Unit(ack) => drop(ack.send(Err(err.clone()))),
             Self::Fence(ack) => drop(ack.send(Err(err.clone().into()))),
         }
@@ -332,7 +368,7 @@ impl Writer {
                 Op::Append { key, request, ack } => {
                     let lease_held = request.lease_held();
                     if let Err(e) = request.check_keys() {
-                        let _ = ack.send(Err(e.into()));
+                        ack.send(Err(e.into()));
                         continue;
                     }
                     let AppendRequest { expected_seq: expected, events, snapshot, fence, keys: idem, .. } = request;
@@ -340,24 +376,20 @@ impl Writer {
                     let mut m = match self.meta(&pending, &key, &ikey) {
                         Ok(m) => m,
                         Err(e) => {
-                            let _ = ack.send(Err(e.into()));
+                            ack.send(Err(e.into()));
                             continue;
                         }
                     };
                     if events.is_empty() {
-                        let _ = ack.send(Err(JournalError::Invalid("append of no events".into()).into()));
+                        ack.send(Err(JournalError::Invalid("append of no events".into()).into()));
                         continue;
                     }
                     if let Some(epoch) = fence.filter(|e| *e != m.fence || !lease_held) {
-                        let _ = ack.send(Err(AppendError::Fenced { entity: key.to_string(), epoch, current: m.fence }));
+                        ack.send(Err(AppendError::Fenced { entity: key.to_string(), epoch, current: m.fence }));
                         continue;
                     }
                     if m.last_seq != expected {
-                        let _ = ack.send(Err(AppendError::Conflict {
-                            entity: key.to_string(),
-                            expected,
-                            actual: m.last_seq,
-                        }));
+                        ack.send(Err(AppendError::Conflict { entity: key.to_string(), expected, actual: m.last_seq }));
                         continue;
                     }
                     // One append per entity is in a group at most (single
@@ -365,11 +397,11 @@ impl Writer {
                     match self.first_remembered(&key, &idem, timestamp_ms) {
                         Ok(None) => {}
                         Ok(Some((k, seq))) => {
-                            let _ = ack.send(Err(AppendError::Duplicate { entity: key.to_string(), key: k, seq }));
+                            ack.send(Err(AppendError::Duplicate { entity: key.to_string(), key: k, seq }));
                             continue;
                         }
                         Err(e) => {
-                            let _ = ack.send(Err(e.into()));
+                            ack.send(Err(e.into()));
                             continue;
                         }
                     }
@@ -377,7 +409,7 @@ impl Writer {
                     if let Some(s) = &snapshot {
                         if s.seq > last_seq {
                             let msg = format!("snapshot seq {} is past {last_seq}", s.seq);
-                            let _ = ack.send(Err(JournalError::Invalid(msg).into()));
+                            ack.send(Err(JournalError::Invalid(msg).into()));
                             continue;
                         }
                         batch.insert(&self.s().ks.snapshots, ikey.clone(), format::encode_snapshot(s));
@@ -395,7 +427,7 @@ impl Writer {
                             }
                             Ok(o) => o,
                             Err(e) => {
-                                let _ = ack.send(Err(e.into()));
+                                ack.send(Err(e.into()));
                                 continue;
                             }
                         },

@@ -27,11 +27,12 @@ pub(super) async fn one(
     let ids: Arc<Vec<String>> = Arc::new((0..entities).map(|i| format!("hot-{i}")).collect());
     drive(&node, &ids, entities, callers.min(entities), "get").await?;
     let (elapsed, latency) = drive(&node, &ids, commands, callers, "add").await?;
-    let m = node.metrics();
+    let m = node.metrics().clone();
+    // After the shutdown: the shards add their last appends to the histogram when they stop.
+    node.shutdown().await;
     let appends = m.entity_batch.get_sample_count();
     let per_append = if appends > 0 { m.entity_batch.get_sample_sum() / appends as f64 } else { 0.0 };
     let commits = m.commit_batch.get_sample_count();
-    node.shutdown().await;
     let rate = commands as f64 / elapsed.as_secs_f64();
     eprintln!(
         "{entities} entities, {callers} callers: {rate:.0} commands/s, {per_append:.1} commands per append, {commits} group commits"

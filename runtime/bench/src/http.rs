@@ -17,7 +17,7 @@ use tessera_runtime::NodeBuilder;
 use tessera_runtime::config::JournalKind;
 
 use super::runs::{bench_config, ratio};
-use super::{histogram, registry, summary};
+use super::{cpu_secs, histogram, registry, summary};
 
 /// The wrk script: POST `{"by":1}` to a random counter of `ENTITIES`; at the
 /// end, one JSON line with its figures (`wrk/report.lua`, shared with the
@@ -35,17 +35,6 @@ end
 "#,
     include_str!("../wrk/report.lua")
 );
-
-/// CPU seconds (user + system) a process used, from `/proc/PID/stat`.
-fn cpu_secs(pid: &str) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
-    // Fields after the command name (which may hold spaces) start at `) `.
-    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 of stat (11 and 12 after the name); 100 ticks/s on Linux.
-    (ticks(11) + ticks(12)) / 100.0
-}
 
 /// Runs wrk for `secs` at `connections` against `addr` (counters `0..entities`),
 /// with the probe beside it; returns wrk's figures, the probe's, and the

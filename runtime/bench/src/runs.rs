@@ -90,27 +90,42 @@ pub(super) async fn durable(s: Sizes, scratch: &Path) -> anyhow::Result<Value> {
     let ids = ids(s.entities);
     let (warm, _) = drive(&node, &ids, s.entities, s.callers, "get").await?;
     let (mut runtime, mut raw) = (Vec::new(), Vec::new());
+    let raw_db = fjall::Database::builder(dir.path().join("raw")).open()?;
+    let raw_ks = raw_db.keyspace("events", fjall::KeyspaceCreateOptions::default)?;
     for round in 0..DURABLE_ROUNDS {
         let m = node.metrics();
         let (commits0, appends0) = (m.commit_batch.get_sample_count(), m.commit_batch.get_sample_sum());
+        let cpu0 = crate::cpu_secs("self");
         let (elapsed, latency) = drive(&node, &ids, s.commands, s.callers, "add").await?;
+        let cpu_us = (crate::cpu_secs("self") - cpu0) * 1e6 / s.commands as f64;
         let commits = m.commit_batch.get_sample_count() - commits0;
         let appends = m.commit_batch.get_sample_sum() - appends0;
         let avg_batch = if commits > 0 { appends / commits as f64 } else { 1.0 };
         let rate = s.commands as f64 / elapsed.as_secs_f64();
 
-        let (raw_dir, n) = (dir.path().join(format!("raw-{round}")), s.commands);
+        let n = s.commands;
         let batch = avg_batch.round().max(1.0) as u64;
-        let took = tokio::task::spawn_blocking(move || raw_fjall(&raw_dir, n, batch)).await??;
+        // On a named thread of its own, so that a profile tells it from the runtime's threads.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (db, ks, from) = (raw_db.clone(), raw_ks.clone(), round as u64 * n);
+        let raw_cpu0 = crate::cpu_secs("self");
+        std::thread::Builder::new().name("raw-fjall".into()).spawn(move || {
+            let _ = tx.send(raw_fjall(&db, &ks, from, n, batch));
+        })?;
+        let took = rx.await??;
+        let raw_cpu_us = (crate::cpu_secs("self") - raw_cpu0) * 1e6 / n as f64;
         let raw_rate = n as f64 / took.as_secs_f64();
         eprintln!(
-            "round {round}: runtime {rate:.0} durable commands/s (avg group commit {avg_batch:.1}); raw fjall {raw_rate:.0} durable events/s in batches of {batch}"
+            "round {round}: runtime {rate:.0} durable commands/s (avg group commit {avg_batch:.1}, {cpu_us:.1} µs CPU each); raw fjall {raw_rate:.0} durable events/s in batches of {batch} ({raw_cpu_us:.1} µs CPU each)"
         );
         runtime.push((
             rate,
-            json!({ "commands_per_sec": rate.round(), "latency": latency, "group_commits": commits, "avg_commit_batch": (avg_batch * 10.0).round() / 10.0 }),
+            json!({ "commands_per_sec": rate.round(), "latency": latency, "group_commits": commits, "avg_commit_batch": (avg_batch * 10.0).round() / 10.0, "cpu_us_per_command": (cpu_us * 10.0).round() / 10.0 }),
         ));
-        raw.push((raw_rate, json!({ "events_per_sec": raw_rate.round(), "batch": batch })));
+        raw.push((
+            raw_rate,
+            json!({ "events_per_sec": raw_rate.round(), "batch": batch, "cpu_us_per_event": (raw_cpu_us * 10.0).round() / 10.0 }),
+        ));
     }
     node.shutdown().await;
     let rounds = json!({
@@ -121,7 +136,7 @@ pub(super) async fn durable(s: Sizes, scratch: &Path) -> anyhow::Result<Value> {
     let ((rate, runtime), (raw_rate, raw)) = (median(runtime), median(raw));
     eprintln!("medians: runtime {rate:.0} durable commands/s; raw fjall {raw_rate:.0} durable events/s");
     Ok(json!({
-        "description": "durable commands/s through the runtime (local journal, fsync per group commit), 1 event per command, vs raw fjall batched SyncData writes of as many events in batches of the runtime's average group commit; each the median of 3 alternating rounds",
+        "description": "durable commands/s through the runtime (local journal, fsync per group commit), 1 event per command, vs raw fjall batched SyncData writes of as many events in batches of the runtime's average group commit, into one database that grows across the rounds as the journal does; each the median of 3 alternating rounds; CPU per command is the whole process's during the round",
         "commands": s.commands, "entities": s.entities, "callers": s.callers,
         "activations_per_sec": (s.entities as f64 / warm.as_secs_f64()).round(),
         "runtime": runtime,
@@ -131,18 +146,20 @@ pub(super) async fn durable(s: Sizes, scratch: &Path) -> anyhow::Result<Value> {
     }))
 }
 
-fn raw_fjall(dir: &Path, n: u64, batch: u64) -> anyhow::Result<Duration> {
-    let db = fjall::Database::builder(dir).open()?;
-    let ks = db.keyspace("events", fjall::KeyspaceCreateOptions::default)?;
+/// Raw fjall: `n` durable events after the first `from`, in batches of
+/// `batch`, into the same database every round (as the runtime's journal
+/// grows across its rounds, so each side pays for the compactions of as
+/// much data).
+fn raw_fjall(db: &fjall::Database, ks: &fjall::Keyspace, from: u64, n: u64, batch: u64) -> anyhow::Result<Duration> {
     let value = vec![0x5a_u8; 64];
     let started = Instant::now();
-    let mut written = 0;
-    while written < n {
+    let (mut written, end) = (from, from + n);
+    while written < end {
         let mut b = db.batch().durability(Some(fjall::PersistMode::SyncData));
-        for _ in 0..batch.min(n - written) {
+        for _ in 0..batch.min(end - written) {
             let mut key = format!("bench-counter/e-{}", written % 10_000).into_bytes();
             key.extend_from_slice(&written.to_be_bytes());
-            b.insert(&ks, key, value.clone());
+            b.insert(ks, key, value.clone());
             written += 1;
         }
         b.commit()?;
@@ -176,13 +193,16 @@ pub(super) async fn in_memory(s: Sizes) -> anyhow::Result<Value> {
         NodeBuilder::new(registry()).config(bench_config(JournalKind::Memory, Path::new("unused"))).build().await?;
     let ids = ids(s.entities);
     drive(&node, &ids, s.entities, s.callers, "get").await?;
+    let cpu0 = crate::cpu_secs("self");
     let (elapsed, latency) = drive(&node, &ids, s.commands, s.callers, "add").await?;
+    let cpu_us = (crate::cpu_secs("self") - cpu0) * 1e6 / s.commands as f64;
     node.shutdown().await;
     let rate = s.commands as f64 / elapsed.as_secs_f64();
-    eprintln!("runtime (memory journal): {rate:.0} commands/s");
+    eprintln!("runtime (memory journal): {rate:.0} commands/s, {cpu_us:.1} µs CPU each");
 
     let (echo, handle) = Actor::spawn(None, EchoActor, ()).await?;
     let ping = echo.clone();
+    let raw_cpu0 = crate::cpu_secs("self");
     let (raw, raw_latency) = concurrently(s.commands, s.callers, move |i| {
         let echo = ping.clone();
         async move {
@@ -193,15 +213,16 @@ pub(super) async fn in_memory(s: Sizes) -> anyhow::Result<Value> {
         }
     })
     .await?;
+    let raw_cpu_us = (crate::cpu_secs("self") - raw_cpu0) * 1e6 / s.commands as f64;
     echo.stop(None);
     let _ = handle.await;
     let raw_rate = s.commands as f64 / raw.as_secs_f64();
-    eprintln!("raw ractor call: {raw_rate:.0} round trips/s");
+    eprintln!("raw ractor call: {raw_rate:.0} round trips/s, {raw_cpu_us:.1} µs CPU each");
     Ok(json!({
         "description": "commands/s through the runtime on the memory journal (1 event per command) vs raw ractor call round trips to one echo actor",
         "commands": s.commands, "entities": s.entities, "callers": s.callers,
-        "runtime": { "commands_per_sec": rate.round(), "latency": latency },
-        "baseline_ractor_call": { "calls_per_sec": raw_rate.round(), "latency": raw_latency },
+        "runtime": { "commands_per_sec": rate.round(), "latency": latency, "cpu_us_per_command": (cpu_us * 10.0).round() / 10.0 },
+        "baseline_ractor_call": { "calls_per_sec": raw_rate.round(), "latency": raw_latency, "cpu_us_per_call": (raw_cpu_us * 100.0).round() / 100.0 },
         "ratio_runtime_to_baseline": ratio(rate, raw_rate),
     }))
 }

@@ -183,8 +183,10 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// A fresh invocation id: a UUIDv7 in its hyphenated form (encoded
+/// directly, without the formatting machinery `to_string` goes through).
 pub(crate) fn new_invocation_id() -> String {
-    uuid::Uuid::now_v7().to_string()
+    String::from(&*uuid::Uuid::now_v7().hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()))
 }
 
 impl Node {

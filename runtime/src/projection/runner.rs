@@ -6,6 +6,8 @@
 //! wrote (a rewind, a previous owner's tail).
 
 use std::collections::HashMap;
+
+use foldhash::HashMap as FastMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -94,10 +96,10 @@ struct Inner {
     journal: Arc<dyn Journal>,
     list: Vec<Arc<dyn Projection>>,
     /// Entity type → the projections reading it.
-    by_type: HashMap<String, Vec<usize>>,
+    by_type: FastMap<String, Vec<usize>>,
     /// Entity type → shard → the unit's workers (by type first, so that the
     /// commit hook looks a unit up without building a key).
-    workers: Mutex<HashMap<String, HashMap<u32, UnitWorkers>>>,
+    workers: Mutex<FastMap<String, FastMap<u32, UnitWorkers>>>,
     metrics: Metrics,
     settings: ProjectionSettings,
     shards: u32,
@@ -116,7 +118,7 @@ impl Projections {
         metrics: Metrics,
         settings: ProjectionSettings,
     ) -> Self {
-        let mut by_type: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut by_type: FastMap<String, Vec<usize>> = FastMap::default();
         for (i, p) in list.iter().enumerate() {
             for t in p.entity_types() {
                 by_type.entry(t).or_default().push(i);
@@ -129,7 +131,7 @@ impl Projections {
                 journal,
                 list,
                 by_type,
-                workers: Mutex::new(HashMap::new()),
+                workers: Mutex::new(FastMap::default()),
                 metrics,
                 settings,
                 shards,

@@ -9,7 +9,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::Instrument;
 
 use futures::TryStreamExt;
-use tessera_journal::{AppendError, EntityKey};
+use tessera_journal::{AppendAck, AppendError, EntityKey};
 
 use super::machine::{Io, Machine, Work};
 use super::{Committed, ShardContext, ShardMsg, activation};
@@ -73,6 +73,11 @@ impl Actor for ShardActor {
             ShardMsg::Purged { key } => m.purged(&key),
             ShardMsg::Activated { key, incarnation, result } => m.activated(key, incarnation, result, now),
             ShardMsg::Appended { key, incarnation, result } => m.appended(key, incarnation, result, now),
+            ShardMsg::Journaled { key, incarnation, result, flow } => {
+                if let Some(result) = journaled(&m.ctx, &myself, m.shard, &key, incarnation, result, flow) {
+                    m.appended(key, incarnation, result, now);
+                }
+            }
             ShardMsg::Release { entity_type, force, reply } => {
                 let _ = reply.send(m.release(&entity_type, force));
             }
@@ -135,10 +140,23 @@ fn run(io: Io, me: &ActorRef<ShardMsg>, ctx: &Arc<ShardContext>, shard: u32) -> 
             );
         }
         Io::Append { key, incarnation, request, epoch, span } => {
-            let mut commit = Box::pin(append(ctx, key.clone(), request, epoch, shard).instrument(span));
+            let request = match prepare(&ctx, &key, request, epoch, shard) {
+                Ok(r) => r,
+                Err(e) => return Some(Appended { key, incarnation, result: Err(e) }),
+            };
+            let flow = request.events.iter().any(|e| crate::flow::is_internal(&e.type_name));
+            ctx.metrics.journal_in_flight.inc();
+            // A journal with a writer thread of its own answers there: its
+            // answer comes back as a message, without a task per append.
+            let (me2, key2) = (me.clone(), key.clone());
+            let done: tessera_journal::AppendDone = Box::new(move |result| {
+                let _ = me2.send_message(ShardMsg::Journaled { key: key2, incarnation, result, flow });
+            });
+            let (request, _) = ctx.journal.commit_then(&key, request, done)?;
+            let mut commit = Box::pin(append(ctx, key.clone(), request, flow, shard).instrument(span));
             // One poll here: the memory journal answers at once, the others
-            // have sent the append on (to the writer thread, to the server)
-            // and are finished in a task, which polls with its own waker.
+            // have sent the append on (to the server) and are finished in a
+            // task, which polls with its own waker.
             let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
             if let std::task::Poll::Ready(result) = commit.as_mut().poll(&mut cx) {
                 return Some(Appended { key, incarnation, result });
@@ -175,16 +193,16 @@ fn run(io: Io, me: &ActorRef<ShardMsg>, ctx: &Arc<ShardContext>, shard: u32) -> 
     None
 }
 
-/// Commits one append: the fence checked again right before the commit
-/// (the lease may have lapsed while the command waited), the commit hook
-/// told of what was written.
-async fn append(
-    ctx: Arc<ShardContext>,
-    key: EntityKey,
+/// Readies an append for the journal: the fence checked again right
+/// before the commit (the lease may have lapsed while the command waited),
+/// and the lease handed to the journal to ask again right before it writes.
+fn prepare(
+    ctx: &ShardContext,
+    key: &EntityKey,
     request: tessera_journal::AppendRequest,
     epoch: Option<u64>,
     shard: u32,
-) -> Result<Committed, InvokeError> {
+) -> Result<tessera_journal::AppendRequest, InvokeError> {
     if let Some(f) = &ctx.fence
         && f.fence(&key.entity_type, shard) != epoch
     {
@@ -193,7 +211,7 @@ async fn append(
             key.entity_type
         )));
     }
-    let request = match (&ctx.fence, epoch) {
+    Ok(match (&ctx.fence, epoch) {
         // The lease, asked again by the journal right before
         // the commit is sent (after what it writes ahead of it).
         (Some(f), Some(e)) => {
@@ -201,21 +219,72 @@ async fn append(
             request.with_lease(Arc::new(move || f.fence(&t, shard) == Some(e)))
         }
         _ => request,
-    };
-    let flow = request.events.iter().any(|e| crate::flow::is_internal(&e.type_name));
-    ctx.metrics.journal_in_flight.inc();
+    })
+}
+
+/// Commits one prepared append (counted in flight by the caller).
+async fn append(
+    ctx: Arc<ShardContext>,
+    key: EntityKey,
+    request: tessera_journal::AppendRequest,
+    flow: bool,
+    shard: u32,
+) -> Result<Committed, InvokeError> {
     let result = match ctx.journal.commit(&key, request).await {
+        Ok(ack) => Ok(ack),
+        Err(AppendError::Duplicate { key: k, seq, .. }) => {
+            let result = remembered(&ctx, &key, k, seq).await;
+            ctx.metrics.journal_in_flight.dec();
+            return result;
+        }
+        Err(e) => Err(e),
+    };
+    after_commit(&ctx, &key, shard, result, flow)
+}
+
+/// What follows a commit that needs no read: the commit hook told of what
+/// was written, the append no longer in flight.
+fn after_commit(
+    ctx: &ShardContext,
+    key: &EntityKey,
+    shard: u32,
+    result: Result<AppendAck, AppendError>,
+    flow: bool,
+) -> Result<Committed, InvokeError> {
+    ctx.metrics.journal_in_flight.dec();
+    match result {
         Ok(ack) => {
             if let Some(hook) = &ctx.on_commit {
                 hook(&key.entity_type, shard, flow);
             }
             Ok(Committed::Appended(ack))
         }
-        Err(AppendError::Duplicate { key: k, seq, .. }) => remembered(&ctx, &key, k, seq).await,
         Err(e) => Err(InvokeError::from(e)),
-    };
-    ctx.metrics.journal_in_flight.dec();
-    result
+    }
+}
+
+/// [`append`]'s end for an append the journal answered by message
+/// ([`ShardMsg::Journaled`]): the outcome, or `None` for a duplicate,
+/// whose original reply is read in a task that sends it on.
+fn journaled(
+    ctx: &Arc<ShardContext>,
+    me: &ActorRef<ShardMsg>,
+    shard: u32,
+    key: &EntityKey,
+    incarnation: u64,
+    result: Result<AppendAck, AppendError>,
+    flow: bool,
+) -> Option<Result<Committed, InvokeError>> {
+    if let Err(AppendError::Duplicate { key: k, seq, .. }) = result {
+        let (ctx, me, key) = (ctx.clone(), me.clone(), key.clone());
+        tokio::spawn(async move {
+            let result = remembered(&ctx, &key, k, seq).await;
+            ctx.metrics.journal_in_flight.dec();
+            let _ = me.send_message(ShardMsg::Appended { key, incarnation, result });
+        });
+        return None;
+    }
+    Some(after_commit(ctx, key, shard, result, flow))
 }
 
 /// Purges the entity's journal when its last event is the tombstone at

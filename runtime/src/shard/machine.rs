@@ -11,7 +11,9 @@
 //! ignores its old appends); events are applied and replied to only after
 //! the journal acknowledged them.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
@@ -137,10 +139,19 @@ pub(crate) struct Machine {
     /// Entities whose journal is being purged: refused until it is done.
     purging: HashSet<EntityKey>,
     io: Vec<Io>,
+    /// Commands per append, counted here and added to the shared histogram
+    /// every [`BATCH_SAMPLES_PER_FLUSH`] appends and at each tick (one
+    /// contended update of its atomics per append was ~1.5% of a command).
+    batch_sizes: prometheus::local::LocalHistogram,
+    batch_samples: u32,
 }
+
+/// Appends counted locally before they go to the shared histogram.
+const BATCH_SAMPLES_PER_FLUSH: u32 = 64;
 
 impl Machine {
     pub(crate) fn new(shard: u32, ctx: Arc<ShardContext>, idle_ticks: u32) -> Self {
+        let batch_sizes = ctx.metrics.entity_batch.local();
         Self {
             shard,
             ctx,
@@ -151,6 +162,15 @@ impl Machine {
             releasing: HashSet::new(),
             purging: HashSet::new(),
             io: Vec::new(),
+            batch_sizes,
+            batch_samples: 0,
+        }
+    }
+
+    fn flush_batch_sizes(&mut self) {
+        if self.batch_samples > 0 {
+            self.batch_sizes.flush();
+            self.batch_samples = 0;
         }
     }
 
@@ -372,7 +392,11 @@ impl Machine {
                     batch.wrote(port, invocation_id, span.clone(), retryable, &request, pending);
                     drop(_guard);
                     self.fill(key, &mut batch, &mut request, lease, now_ms);
-                    self.ctx.metrics.entity_batch.observe(batch.len() as f64);
+                    self.batch_sizes.observe(batch.len() as f64);
+                    self.batch_samples += 1;
+                    if self.batch_samples >= BATCH_SAMPLES_PER_FLUSH {
+                        self.flush_batch_sizes();
+                    }
                     let Some(slot) = self.slots.get_mut(key) else { return };
                     slot.busy = Some(Box::new(batch));
                     let incarnation = slot.incarnation;
@@ -560,6 +584,7 @@ impl Machine {
 
     /// One tick of the shard's clock: passivates entities idle for the timeout.
     pub(crate) fn tick(&mut self) {
+        self.flush_batch_sizes();
         self.clock = self.clock.wrapping_add(1);
         let (clock, idle) = (self.clock, self.idle_ticks);
         let before = self.slots.len();
@@ -631,6 +656,7 @@ impl Machine {
 
     /// Fails everything waiting (the actor stops).
     pub(crate) fn stop(&mut self) {
+        self.flush_batch_sizes();
         let n = self.slots.len() as i64;
         self.ctx.metrics.active_entities.sub(n);
         for (_, slot) in self.slots.drain() {

@@ -160,6 +160,16 @@ pub(crate) enum ShardMsg {
         incarnation: u64,
         result: Result<Committed, InvokeError>,
     },
+    /// The journal's own answer to an append handed over with
+    /// [`Journal::commit_then`] (sent from the journal's writer thread),
+    /// before what `append` does after a commit: the commit hook, a
+    /// duplicate's original reply.
+    Journaled {
+        key: EntityKey,
+        incarnation: u64,
+        result: Result<AppendAck, tessera_journal::AppendError>,
+        flow: bool,
+    },
     /// This node is handing off (or lost) an entity type's slice of the
     /// shard: refuse its new commands, passivate its idle entities (all of
     /// them when `force`), reply how many are still busy.
