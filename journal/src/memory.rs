@@ -9,10 +9,10 @@
 //! it in the lock's futex under two threads).
 
 use std::collections::BTreeMap;
-
-use foldhash::HashMap;
 use std::ops::RangeInclusive;
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use foldhash::HashMap;
 
 use futures::{FutureExt, StreamExt};
 

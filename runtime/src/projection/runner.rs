@@ -6,12 +6,11 @@
 //! wrote (a rewind, a previous owner's tail).
 
 use std::collections::HashMap;
-
-use foldhash::HashMap as FastMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use foldhash::HashMap as FastMap;
 use futures::{StreamExt, TryStreamExt};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};

@@ -12,11 +12,10 @@
 //! the journal acknowledged them.
 
 use std::collections::VecDeque;
-
-use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use tessera_entities::{DynEntity, DynState};
 use tessera_journal::{AppendRequest, EntityKey, Snapshot};
 
