@@ -116,6 +116,11 @@ pub type CommitObserver = Box<dyn Fn(usize, std::time::Duration) + Send + Sync>;
 /// larger backlog goes on after the next group commit).
 const EXPIRE_CHUNK: usize = 2_000;
 
+/// A group commit at least this long is logged at debug, its time split
+/// into building the batch and committing it (the write-ahead journal's
+/// write and `fdatasync`, then the memtable inserts).
+const SLOW_GROUP_COMMIT: Duration = Duration::from_millis(20);
+
 /// How soon a writer with no writes looks again for a sweep's findings.
 const SWEEP_POLL: Duration = Duration::from_millis(20);
 
@@ -504,16 +509,24 @@ impl Writer {
         if !batch.is_empty() {
             let n = done.len();
             crate::fault::point("local.before_commit");
+            let built = started.elapsed();
             match batch.commit() {
                 Ok(()) => {
                     crate::fault::point("local.after_commit");
+                    let took = started.elapsed();
+                    if took >= SLOW_GROUP_COMMIT {
+                        // Measured (BENCHMARKS.md, tenth session): when one is
+                        // slow, it is the commit (the journal's fdatasync), not
+                        // the building of the batch.
+                        tracing::debug!(writes = n, build = ?built, commit = ?(took - built), "slow group commit");
+                    }
                     self.cache.extend(pending);
                     self.feed_last.extend(feed_pending);
                     for d in done {
                         d.ok();
                     }
                     if let Some(obs) = &self.o.observer {
-                        obs(n, started.elapsed());
+                        obs(n, took);
                     }
                 }
                 Err(e) => {
