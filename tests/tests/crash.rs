@@ -64,11 +64,16 @@ async fn sigkill_amid_flushes_and_compactions_loses_no_acknowledged_command() ->
     .await
 }
 
+/// The longest a load goes on past its time waiting for the storage
+/// engine's version changes.
+const MAX_LOAD: Duration = Duration::from_secs(60);
+
 /// Kills a node (SIGKILL) after `load` of 16 clients' idempotent batches,
 /// restarts it, and audits the journal: every acknowledged command exactly
 /// once, every batch whole; then retries every attempted command. The
 /// storage engine's trees must have changed version (flushes, compactions)
-/// at least `min_versions` times during the load.
+/// at least `min_versions` times during the load (it goes on until they
+/// have, up to [`MAX_LOAD`] more).
 async fn sigkill_under_load(
     node_args: &[&str],
     load: Duration,
@@ -113,7 +118,16 @@ async fn sigkill_under_load(
             (acked, attempted)
         }));
     }
+    // The load runs for `load`, then on until the trees changed version
+    // `min_versions` times (a slow machine writes less in the same time),
+    // at most `MAX_LOAD`; the kill lands amid that churn.
     tokio::time::sleep(load).await;
+    let loading = std::time::Instant::now();
+    while tessera_journal::LocalJournal::storage_versions(&data) - versions_at_start < min_versions
+        && loading.elapsed() < MAX_LOAD
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     node.kill().await;
     stop.store(true, Ordering::Relaxed);
     let mut acked = HashSet::new();
